@@ -1,0 +1,132 @@
+//! Types shared by the proxy and the issuer: the verified identity a request carries
+//! upstream, scope sets, and the fixed set of reasons a token is refused.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+/// Why a token was refused. The label values are the `reason` of
+/// `scopegate_auth_failures_total` (a fixed, bounded set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    MissingToken,
+    Malformed,
+    BadSignature,
+    UnknownKey,
+    DisallowedAlg,
+    Expired,
+    NotYetValid,
+    WrongIssuer,
+    WrongAudience,
+    WrongType,
+    InsufficientScope,
+    /// `azp`/`client_id` not in the issuer's `clients` allowlist.
+    UnknownClient,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 12] = [
+        Reason::MissingToken,
+        Reason::Malformed,
+        Reason::BadSignature,
+        Reason::UnknownKey,
+        Reason::DisallowedAlg,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::WrongIssuer,
+        Reason::WrongAudience,
+        Reason::WrongType,
+        Reason::InsufficientScope,
+        Reason::UnknownClient,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::MissingToken => "missing_token",
+            Reason::Malformed => "malformed",
+            Reason::BadSignature => "bad_signature",
+            Reason::UnknownKey => "unknown_key",
+            Reason::DisallowedAlg => "disallowed_alg",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::WrongIssuer => "wrong_issuer",
+            Reason::WrongAudience => "wrong_audience",
+            Reason::WrongType => "wrong_type",
+            Reason::InsufficientScope => "insufficient_scope",
+            Reason::UnknownClient => "unknown_client",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// A refused token: the reason (for metrics and logs) and a description for the client
+/// that says what failed without echoing the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthFailure {
+    pub reason: Reason,
+    pub description: String,
+}
+
+impl AuthFailure {
+    pub fn new(reason: Reason, description: impl Into<String>) -> Self {
+        AuthFailure {
+            reason,
+            description: description.into(),
+        }
+    }
+}
+
+/// The identity a verified access token proves, with its forwardable header values
+/// prepared once at verification (and shared by every request that reuses the token).
+#[derive(Debug)]
+pub struct Identity {
+    pub subject: HeaderValue,
+    /// Granted scopes, space separated, in token order.
+    pub scopes: HeaderValue,
+    pub client_id: Option<HeaderValue>,
+    pub issuer: HeaderValue,
+    /// Index of the trusted issuer that vouched for this token.
+    pub issuer_index: usize,
+    pub audiences: Vec<Box<str>>,
+    /// `exp` in seconds since the epoch.
+    pub expires_at: f64,
+    /// Values for `forward.claims`, by position in that map; `None` where the token lacks
+    /// the claim.
+    pub mapped: Vec<Option<HeaderValue>>,
+    /// Key id and algorithm that verified the token (for the verified-token cache).
+    pub kid: Option<Box<str>>,
+    pub alg: crate::jose::Alg,
+}
+
+impl Identity {
+    pub fn scope_str(&self) -> &str {
+        self.scopes.to_str().unwrap_or("")
+    }
+
+    /// True if the token grants `scope` (whole-word match).
+    pub fn has_scope(&self, scope: &str) -> bool {
+        has_word(self.scope_str(), scope)
+    }
+
+    pub fn has_audience(&self, audience: &str) -> bool {
+        self.audiences.iter().any(|a| &**a == audience)
+    }
+}
+
+/// Whole-word membership in a space-separated list.
+///
+/// ```
+/// assert!(scopegate::claims::has_word("read:a write:a", "write:a"));
+/// assert!(!scopegate::claims::has_word("read:all", "read"));
+/// ```
+pub fn has_word(list: &str, word: &str) -> bool {
+    list.split_ascii_whitespace().any(|w| w == word)
+}
+
+pub type SharedIdentity = Arc<Identity>;

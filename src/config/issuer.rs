@@ -1,0 +1,662 @@
+//! The `issuer:` section: the built-in OAuth 2.0 / OpenID Connect server, in the
+//! Auth0 model (APIs with scopes, roles granting scopes per API, clients, users).
+//!
+//! Cross-references are checked here, once: a role naming an unknown API or scope, a
+//! client grant to an undefined scope, a user with an unknown role, duplicates.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::Deserialize;
+
+use super::{Config, ConfigError, Dur, check_url};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub url: String,
+    #[serde(default = "default_store")]
+    pub store: String,
+    #[serde(default)]
+    pub default_audience: Option<String>,
+    #[serde(default)]
+    pub login: LoginConfig,
+    #[serde(default)]
+    pub device: DeviceConfig,
+    #[serde(default)]
+    pub throttle: ThrottleConfig,
+    #[serde(default)]
+    pub keys: KeysConfig,
+    #[serde(default)]
+    pub tokens: TokensConfig,
+    #[serde(default)]
+    pub apis: Vec<ApiConfig>,
+    #[serde(default)]
+    pub roles: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    #[serde(default)]
+    pub claims: Option<ClaimsConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_store() -> String {
+    "sqlite://scopegate.db".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginConfig {
+    pub title: String,
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        LoginConfig {
+            title: "Scopegate".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceConfig {
+    pub interval: Dur,
+    pub ttl: Dur,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            interval: Dur::secs(5),
+            ttl: Dur::secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThrottleConfig {
+    pub max_failures: u32,
+    pub window: Dur,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            max_failures: 5,
+            window: Dur::secs(900),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SigningAlg {
+    RS256,
+    ES256,
+    EdDSA,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    pub algorithm: SigningAlg,
+    pub rotate_after: Dur,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig {
+            algorithm: SigningAlg::RS256,
+            rotate_after: Dur::secs(30 * 86_400),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    pub access_ttl: Dur,
+    pub id_ttl: Dur,
+    pub refresh_ttl: Dur,
+    pub code_ttl: Dur,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        TokensConfig {
+            access_ttl: Dur::secs(3600),
+            id_ttl: Dur::secs(36_000),
+            refresh_ttl: Dur::secs(30 * 86_400),
+            code_ttl: Dur::secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub identifier: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<ScopeConfig>,
+    #[serde(default)]
+    pub allow_offline_access: bool,
+    #[serde(default)]
+    pub access_ttl: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeConfig {
+    pub value: String,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub grant_types: Vec<String>,
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    #[serde(default)]
+    pub post_logout_redirect_uris: Vec<String>,
+    #[serde(default)]
+    pub grants: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub username: String,
+    pub password_hash: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub email_verified: bool,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub user_metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimsConfig {
+    pub namespace: String,
+    #[serde(default)]
+    pub id_token: Vec<String>,
+    #[serde(default)]
+    pub access_token: Vec<String>,
+}
+
+/// Grant type names as RFC names, with the short aliases DESIGN.md allows.
+pub const GRANT_TYPES: [(&str, &str); 9] = [
+    ("authorization_code", "authorization_code"),
+    ("implicit", "implicit"),
+    ("password", "password"),
+    ("client_credentials", "client_credentials"),
+    ("refresh_token", "refresh_token"),
+    (
+        "urn:ietf:params:oauth:grant-type:device_code",
+        "urn:ietf:params:oauth:grant-type:device_code",
+    ),
+    ("device_code", "urn:ietf:params:oauth:grant-type:device_code"),
+    (
+        "urn:ietf:params:oauth:grant-type:token-exchange",
+        "urn:ietf:params:oauth:grant-type:token-exchange",
+    ),
+    (
+        "token_exchange",
+        "urn:ietf:params:oauth:grant-type:token-exchange",
+    ),
+];
+
+/// The RFC name for a configured grant type, or `None` if it is unknown.
+pub fn canonical_grant_type(name: &str) -> Option<&'static str> {
+    GRANT_TYPES
+        .iter()
+        .find(|(alias, _)| *alias == name)
+        .map(|(_, rfc)| *rfc)
+}
+
+/// Claims an operator may never overwrite through `claims:`.
+const STANDARD_CLAIMS: [&str; 22] = [
+    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "azp", "client_id", "scope", "nonce",
+    "at_hash", "c_hash", "auth_time", "acr", "amr", "sid", "name", "email", "email_verified",
+    "scp", "typ",
+];
+
+impl IssuerConfig {
+    /// The `sub` of a configured user.
+    pub fn subject_of(user: &UserConfig) -> String {
+        user.id
+            .clone()
+            .unwrap_or_else(|| format!("user|{}", user.username))
+    }
+
+    pub(super) fn validate(&self, config: &Config) -> Result<(), ConfigError> {
+        let url = check_url(&self.url, "issuer.url")?;
+        if url.query().is_some() {
+            return Err(ConfigError::at(
+                "issuer.url",
+                "the issuer URL must not have a query or fragment",
+            ));
+        }
+        if !(self.store.starts_with("sqlite:")
+            || self.store.starts_with("postgres://")
+            || self.store.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::at(
+                "issuer.store",
+                format!(
+                    "{:?} is not a store URL; use sqlite://FILE or postgres://...",
+                    crate::config::issuer::redact_url(&self.store)
+                ),
+            ));
+        }
+        if self.throttle.max_failures == 0 {
+            return Err(ConfigError::at(
+                "issuer.throttle.max_failures",
+                "must be at least 1",
+            ));
+        }
+        for (key, value) in [
+            ("issuer.tokens.access_ttl", self.tokens.access_ttl),
+            ("issuer.tokens.id_ttl", self.tokens.id_ttl),
+            ("issuer.tokens.refresh_ttl", self.tokens.refresh_ttl),
+            ("issuer.tokens.code_ttl", self.tokens.code_ttl),
+            ("issuer.device.interval", self.device.interval),
+            ("issuer.device.ttl", self.device.ttl),
+            ("issuer.keys.rotate_after", self.keys.rotate_after),
+            ("issuer.throttle.window", self.throttle.window),
+        ] {
+            if value.get() < std::time::Duration::from_secs(1) {
+                return Err(ConfigError::at(key, "must be at least 1s"));
+            }
+        }
+        if self.keys.rotate_after.get() <= self.tokens.access_ttl.get() {
+            return Err(ConfigError::at(
+                "issuer.keys.rotate_after",
+                "must be longer than issuer.tokens.access_ttl",
+            ));
+        }
+
+        let mut apis = BTreeMap::new();
+        for (index, api) in self.apis.iter().enumerate() {
+            let at = format!("issuer.apis[{index}]");
+            if api.identifier.is_empty() || api.identifier.contains(char::is_whitespace) {
+                return Err(ConfigError::at(
+                    format!("{at}.identifier"),
+                    "an API identifier is a non-empty string without spaces (usually a URL)",
+                ));
+            }
+            if apis.contains_key(api.identifier.as_str()) {
+                return Err(ConfigError::at(
+                    format!("{at}.identifier"),
+                    format!("API {:?} is defined twice", api.identifier),
+                ));
+            }
+            let mut scopes = HashSet::new();
+            for (scope_index, scope) in api.scopes.iter().enumerate() {
+                let scope_at = format!("{at}.scopes[{scope_index}].value");
+                check_scope_token(&scope.value, &scope_at)?;
+                if matches!(
+                    scope.value.as_str(),
+                    "openid" | "profile" | "email" | "offline_access"
+                ) {
+                    return Err(ConfigError::at(
+                        scope_at,
+                        format!(
+                            "{:?} is an OpenID Connect scope and cannot be an API scope",
+                            scope.value
+                        ),
+                    ));
+                }
+                if !scopes.insert(scope.value.as_str()) {
+                    return Err(ConfigError::at(
+                        scope_at,
+                        format!("scope {:?} is defined twice", scope.value),
+                    ));
+                }
+            }
+            if let Some(ttl) = api.access_ttl
+                && ttl.get() < std::time::Duration::from_secs(1)
+            {
+                return Err(ConfigError::at(
+                    format!("{at}.access_ttl"),
+                    "must be at least 1s",
+                ));
+            }
+            apis.insert(api.identifier.as_str(), scopes);
+        }
+        let userinfo = format!("{}userinfo", issuer_base(&self.url));
+        if apis.contains_key(userinfo.as_str()) {
+            return Err(ConfigError::at(
+                "issuer.apis",
+                "an API identifier may not be the issuer's userinfo URL",
+            ));
+        }
+        if let Some(default) = &self.default_audience
+            && !apis.contains_key(default.as_str())
+        {
+            return Err(ConfigError::at(
+                "issuer.default_audience",
+                format!("{default:?} is not the identifier of an API in issuer.apis"),
+            ));
+        }
+
+        let check_grants = |at: &str, grants: &BTreeMap<String, Vec<String>>| {
+            for (api, scopes) in grants {
+                let defined = apis.get(api.as_str()).ok_or_else(|| {
+                    ConfigError::at(
+                        format!("{at}.{api:?}"),
+                        format!("{api:?} is not the identifier of an API in issuer.apis"),
+                    )
+                })?;
+                for (index, scope) in scopes.iter().enumerate() {
+                    if !defined.contains(scope.as_str()) {
+                        return Err(ConfigError::at(
+                            format!("{at}.{api:?}[{index}]"),
+                            format!("scope {scope:?} is not defined by API {api:?}"),
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        };
+
+        for (role, grants) in &self.roles {
+            check_grants(&format!("issuer.roles.{role}"), grants)?;
+        }
+
+        let mut client_ids = HashSet::new();
+        for (index, client) in self.clients.iter().enumerate() {
+            let at = format!("issuer.clients[{index}]");
+            if client.client_id.is_empty()
+                || !client.client_id.bytes().all(|b| b > 0x20 && b < 0x7f && b != b':')
+            {
+                return Err(ConfigError::at(
+                    format!("{at}.client_id"),
+                    "a client_id is printable ASCII without spaces or ':'",
+                ));
+            }
+            if !client_ids.insert(client.client_id.as_str()) {
+                return Err(ConfigError::at(
+                    format!("{at}.client_id"),
+                    format!("client_id {:?} is used twice", client.client_id),
+                ));
+            }
+            if let Some(secret) = &client.client_secret
+                && secret.len() < 8
+            {
+                return Err(ConfigError::at(
+                    format!("{at}.client_secret"),
+                    "a client secret needs at least 8 characters",
+                ));
+            }
+            if client.grant_types.is_empty() {
+                return Err(ConfigError::at(
+                    format!("{at}.grant_types"),
+                    "list the grant types this client may use",
+                ));
+            }
+            let mut canonical = HashSet::new();
+            for (grant_index, grant) in client.grant_types.iter().enumerate() {
+                let rfc = canonical_grant_type(grant).ok_or_else(|| {
+                    ConfigError::at(
+                        format!("{at}.grant_types[{grant_index}]"),
+                        format!("unknown grant type {grant:?}"),
+                    )
+                })?;
+                canonical.insert(rfc);
+            }
+            if canonical.contains("client_credentials") && client.client_secret.is_none() {
+                return Err(ConfigError::at(
+                    format!("{at}.grant_types"),
+                    "client_credentials needs a confidential client (set client_secret)",
+                ));
+            }
+            let browser = canonical.contains("authorization_code") || canonical.contains("implicit");
+            if browser && client.redirect_uris.is_empty() {
+                return Err(ConfigError::at(
+                    format!("{at}.redirect_uris"),
+                    "authorization_code and implicit need at least one redirect URI",
+                ));
+            }
+            for (uri_index, uri) in client
+                .redirect_uris
+                .iter()
+                .chain(&client.post_logout_redirect_uris)
+                .enumerate()
+            {
+                let key = if uri_index < client.redirect_uris.len() {
+                    format!("{at}.redirect_uris[{uri_index}]")
+                } else {
+                    format!(
+                        "{at}.post_logout_redirect_uris[{}]",
+                        uri_index - client.redirect_uris.len()
+                    )
+                };
+                check_redirect_uri(uri, &key)?;
+            }
+            if !client.grants.is_empty() && !canonical.contains("client_credentials") {
+                return Err(ConfigError::at(
+                    format!("{at}.grants"),
+                    "grants are for client_credentials, which this client may not use",
+                ));
+            }
+            check_grants(&format!("{at}.grants"), &client.grants)?;
+        }
+
+        let mut usernames = HashSet::new();
+        let mut emails = HashSet::new();
+        let mut subjects = HashSet::new();
+        for (index, user) in self.users.iter().enumerate() {
+            let at = format!("issuer.users[{index}]");
+            if user.username.is_empty() || user.username.contains(char::is_whitespace) {
+                return Err(ConfigError::at(
+                    format!("{at}.username"),
+                    "a username is non-empty and has no spaces",
+                ));
+            }
+            if !usernames.insert(user.username.to_lowercase()) {
+                return Err(ConfigError::at(
+                    format!("{at}.username"),
+                    format!("username {:?} is used twice", user.username),
+                ));
+            }
+            if let Some(email) = &user.email {
+                if !email.contains('@') {
+                    return Err(ConfigError::at(
+                        format!("{at}.email"),
+                        format!("{email:?} is not an email address"),
+                    ));
+                }
+                if !emails.insert(email.to_lowercase()) {
+                    return Err(ConfigError::at(
+                        format!("{at}.email"),
+                        format!("email {email:?} is used twice"),
+                    ));
+                }
+            }
+            if !subjects.insert(IssuerConfig::subject_of(user)) {
+                return Err(ConfigError::at(
+                    format!("{at}.id"),
+                    "two users have the same subject",
+                ));
+            }
+            if !user.password_hash.starts_with("$argon2id$") {
+                return Err(ConfigError::at(
+                    format!("{at}.password_hash"),
+                    "must be an argon2id PHC string; make one with `scopegate hash-password`",
+                ));
+            }
+            for (role_index, role) in user.roles.iter().enumerate() {
+                if !self.roles.contains_key(role) {
+                    return Err(ConfigError::at(
+                        format!("{at}.roles[{role_index}]"),
+                        format!("role {role:?} is not defined in issuer.roles"),
+                    ));
+                }
+            }
+        }
+
+        if let Some(claims) = &self.claims {
+            let namespace = &claims.namespace;
+            let is_url = (namespace.starts_with("https://") || namespace.starts_with("http://"))
+                && namespace.parse::<http::Uri>().is_ok_and(|u| u.host().is_some());
+            if !is_url {
+                return Err(ConfigError::at(
+                    "issuer.claims.namespace",
+                    format!(
+                        "{namespace:?} must be an http(s) URL, e.g. https://example.com/, so custom claims never collide with standard ones"
+                    ),
+                ));
+            }
+            for (key, fields) in [("id_token", &claims.id_token), ("access_token", &claims.access_token)] {
+                for (index, field) in fields.iter().enumerate() {
+                    let claim = format!("{namespace}{field}");
+                    if field.is_empty() || STANDARD_CLAIMS.contains(&claim.as_str()) {
+                        return Err(ConfigError::at(
+                            format!("issuer.claims.{key}[{index}]"),
+                            format!("{field:?} cannot be a custom claim"),
+                        ));
+                    }
+                }
+            }
+        }
+
+        for (index, route) in config.routes.iter().enumerate() {
+            let Some(audience) = &route.audience else {
+                continue;
+            };
+            let Some(defined) = apis.get(audience.as_str()) else {
+                continue;
+            };
+            for (key, list) in [("scopes", &route.scopes), ("any_scopes", &route.any_scopes)] {
+                for (scope_index, scope) in list.iter().enumerate() {
+                    let oidc = matches!(scope.as_str(), "openid" | "profile" | "email" | "offline_access");
+                    if !oidc && !defined.contains(scope.as_str()) {
+                        return Err(ConfigError::at(
+                            format!("routes[{index}].{key}[{scope_index}]"),
+                            format!(
+                                "scope {scope:?} is not defined by API {audience:?} in issuer.apis, so no token could carry it"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_scope_token(scope: &str, at: &str) -> Result<(), ConfigError> {
+    if scope.is_empty()
+        || !scope
+            .bytes()
+            .all(|b| b > 0x20 && b < 0x7f && b != b'"' && b != b'\\')
+    {
+        return Err(ConfigError::at(
+            at,
+            format!("{scope:?} is not a valid scope (printable ASCII, no spaces, quotes or backslashes)"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_redirect_uri(uri: &str, at: &str) -> Result<(), ConfigError> {
+    let parsed: http::Uri = uri
+        .parse()
+        .map_err(|_| ConfigError::at(at, format!("{uri:?} is not a URL")))?;
+    if uri.contains('#') {
+        return Err(ConfigError::at(at, "a redirect URI must not have a fragment"));
+    }
+    let Some(scheme) = parsed.scheme_str() else {
+        return Err(ConfigError::at(at, format!("{uri:?} is not an absolute URL")));
+    };
+    match scheme {
+        "https" => Ok(()),
+        "http" if parsed.host().is_some_and(super::is_loopback_host) => Ok(()),
+        "http" => Err(ConfigError::at(
+            at,
+            format!("{uri:?} uses http:// on a non-loopback host; use https://"),
+        )),
+        // Private-use schemes for native apps (RFC 8252 §7.1), e.g. com.example.app:/cb
+        other if other.contains('.') => Ok(()),
+        other => Err(ConfigError::at(
+            at,
+            format!("redirect URI scheme {other:?} is not allowed"),
+        )),
+    }
+}
+
+/// Hashes a password as an argon2id PHC string (for `users[].password_hash`).
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::PasswordHasher;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|hash| hash.to_string())
+        .map_err(|err| format!("hashing failed: {err}"))
+}
+
+/// The issuer URL with exactly one trailing slash, the base that endpoint paths are
+/// joined to.
+pub fn issuer_base(url: &str) -> String {
+    format!("{}/", url.trim_end_matches('/'))
+}
+
+/// A URL with any password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_store_passwords() {
+        assert_eq!(
+            redact_url("postgres://app:hunter2@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redact_url("sqlite://scopegate.db"), "sqlite://scopegate.db");
+    }
+
+    #[test]
+    fn grant_type_aliases() {
+        assert_eq!(
+            canonical_grant_type("device_code"),
+            Some("urn:ietf:params:oauth:grant-type:device_code")
+        );
+        assert_eq!(canonical_grant_type("magic"), None);
+    }
+}

@@ -1,0 +1,166 @@
+//! The one place where proxy errors become HTTP answers (RFC 6750 for tokens).
+//!
+//! Handlers return a [`ProxyError`]; [`ProxyError::into_response`] picks the status,
+//! the `WWW-Authenticate` challenge and the JSON body `{error, error_description}`.
+//! Internal detail (why an upstream failed) goes to the log, never to the client.
+
+use bytes::Bytes;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::claims::{AuthFailure, Reason};
+use crate::pipeline::router::MethodSet;
+use crate::pipeline::{Body, full};
+
+pub const REALM: &str = "scopegate";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyError {
+    /// No token on a route that needs one (or a non-Bearer `Authorization`).
+    MissingToken,
+    /// A token was present and is not acceptable.
+    InvalidToken(AuthFailure),
+    /// Valid token, not enough scope. `required` is what the route asks for.
+    InsufficientScope { required: String },
+    NotFound,
+    MethodNotAllowed(MethodSet),
+    /// A request Scopegate refuses to interpret (odd path, duplicate Authorization...).
+    BadRequest(String),
+    HeadersTooLarge,
+    BadGateway,
+    GatewayTimeout,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::MissingToken | ProxyError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            ProxyError::NotFound => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::BadGateway => StatusCode::BAD_GATEWAY,
+            ProxyError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The auth failure reason to count, if this is an auth failure.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            ProxyError::MissingToken => Some(Reason::MissingToken),
+            ProxyError::InvalidToken(failure) => Some(failure.reason),
+            ProxyError::InsufficientScope { .. } => Some(Reason::InsufficientScope),
+            _ => None,
+        }
+    }
+
+    fn code_and_description(&self) -> (&'static str, String) {
+        match self {
+            ProxyError::MissingToken => (
+                "unauthorized",
+                "this route needs a bearer access token".into(),
+            ),
+            ProxyError::InvalidToken(failure) => ("invalid_token", failure.description.clone()),
+            ProxyError::InsufficientScope { required } => (
+                "insufficient_scope",
+                format!("the access token lacks the scope this route needs: {required}"),
+            ),
+            ProxyError::NotFound => ("not_found", "no route matches this path".into()),
+            ProxyError::MethodNotAllowed(_) => (
+                "method_not_allowed",
+                "the route for this path does not take this method".into(),
+            ),
+            ProxyError::BadRequest(why) => ("invalid_request", why.clone()),
+            ProxyError::HeadersTooLarge => (
+                "invalid_request",
+                "the request headers are larger than this gateway accepts".into(),
+            ),
+            ProxyError::BadGateway => ("bad_gateway", "the upstream could not be reached".into()),
+            ProxyError::GatewayTimeout => (
+                "gateway_timeout",
+                "the upstream did not answer in time".into(),
+            ),
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let (code, description) = self.code_and_description();
+        let challenge = match &self {
+            ProxyError::MissingToken => Some(format!("Bearer realm=\"{REALM}\"")),
+            ProxyError::InvalidToken(_) => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
+                quoted(&description)
+            )),
+            ProxyError::InsufficientScope { required } => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"{}\"",
+                quoted(required)
+            )),
+            _ => None,
+        };
+        let mut response = json_response(status, code, &description);
+        let headers = response.headers_mut();
+        if let Some(challenge) = challenge
+            && let Ok(value) = HeaderValue::from_str(&challenge)
+        {
+            headers.insert(WWW_AUTHENTICATE, value);
+        }
+        if let ProxyError::MethodNotAllowed(methods) = &self
+            && let Ok(value) = HeaderValue::from_str(&methods.allow_header())
+        {
+            headers.insert(ALLOW, value);
+        }
+        response
+    }
+}
+
+/// A JSON `{error, error_description}` answer.
+pub fn json_response(status: StatusCode, error: &str, description: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": error, "error_description": description });
+    let mut response = Response::new(full(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Makes text safe inside an HTTP quoted-string: no quotes, backslashes or controls.
+fn quoted(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            c if c.is_ascii_graphic() || c == ' ' => c,
+            _ => '?',
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_follow_rfc_6750() {
+        let r = ProxyError::MissingToken.into_response();
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()[WWW_AUTHENTICATE], "Bearer realm=\"scopegate\"");
+
+        let r = ProxyError::InvalidToken(AuthFailure::new(Reason::Expired, "the token \"expired\""))
+            .into_response();
+        let challenge = r.headers()[WWW_AUTHENTICATE].to_str().unwrap();
+        assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+        assert!(challenge.contains("error_description=\"the token 'expired'\""), "{challenge}");
+
+        let r = ProxyError::InsufficientScope {
+            required: "read:a write:a".into(),
+        }
+        .into_response();
+        assert_eq!(r.status(), 403);
+        assert!(r.headers()[WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .ends_with("error=\"insufficient_scope\", scope=\"read:a write:a\""));
+    }
+}

@@ -1,0 +1,27 @@
+//! Scopegate: an API gateway that enforces OAuth 2.0 access tokens.
+//!
+//! A request's journey: [`server`] accepts it, [`pipeline::handle`] routes it
+//! ([`pipeline::router`]), authenticates its bearer token ([`pipeline::authn`], keys from
+//! [`jwks`]), authorizes it against the route's scopes ([`pipeline::authz`]), rewrites
+//! headers ([`pipeline::forward`]) and sends it on ([`upstream`]). Configuration
+//! ([`config`]) is parsed and validated once, then compiled into a [`state::State`].
+//!
+//! Tests and benches start the real thing with [`state::Gateway::new`] and
+//! [`server::serve`] on `127.0.0.1:0`.
+
+#![forbid(unsafe_code)]
+
+pub mod claims;
+pub mod config;
+pub mod error;
+pub mod jose;
+pub mod jwks;
+pub mod metrics;
+pub mod pipeline;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+pub mod upstream;
+
+pub use server::{serve, serve_admin};
+pub use state::Gateway;

@@ -1,0 +1,162 @@
+//! The `scopegate` command: `run` (the default), `check`, `hash-password`.
+
+#![forbid(unsafe_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use scopegate::config::Config;
+use scopegate::state::Gateway;
+
+#[derive(Parser)]
+#[command(name = "scopegate", version, about = "An API gateway that enforces OAuth 2.0 access tokens")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file.
+    #[arg(short, long, global = true, env = "SCOPEGATE_CONFIG", default_value = "gateway.yaml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Run,
+    /// Validate the configuration and print the route table.
+    Check,
+    /// Read a password on stdin and print an argon2id PHC string.
+    HashPassword,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(&cli.config),
+        Command::Check => check(&cli.config),
+        Command::HashPassword => hash_password(),
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            print!("{}", scopegate::config::route_table(&config));
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn hash_password() -> ExitCode {
+    let mut input = String::new();
+    if let Err(err) = std::io::stdin().read_to_string(&mut input) {
+        eprintln!("error: cannot read the password from stdin: {err}");
+        return ExitCode::FAILURE;
+    }
+    let password = input
+        .strip_suffix("\r\n")
+        .or_else(|| input.strip_suffix('\n'))
+        .unwrap_or(&input);
+    if password.is_empty() {
+        eprintln!("error: empty password");
+        return ExitCode::FAILURE;
+    }
+    match scopegate::config::hash_password(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    scopegate::telemetry::init(&config.log);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if config.server.workers > 0 {
+        runtime.worker_threads(config.server.workers);
+    }
+    let runtime = match runtime.build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config, path)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config, path: &Path) -> Result<(), String> {
+    let listen = config.server.listen;
+    let admin_listen = config.server.admin_listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|err| format!("cannot listen on {listen}: {err}"))?;
+    let admin_listener = tokio::net::TcpListener::bind(admin_listen)
+        .await
+        .map_err(|err| format!("cannot listen on {admin_listen} (admin): {err}"))?;
+    let gateway = Gateway::new(config, Some(path.to_path_buf()))?;
+    tracing::info!(%listen, %admin_listen, config = %path.display(), version = env!("CARGO_PKG_VERSION"), "scopegate serving");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(signals(gateway.clone(), stop_tx));
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let admin = tokio::spawn(scopegate::serve_admin(
+        admin_listener,
+        gateway.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    scopegate::serve(listener, gateway, stopped(stop_rx))
+        .await
+        .map_err(|err| err.to_string())?;
+    admin.abort();
+    tracing::info!("scopegate stopped");
+    Ok(())
+}
+
+/// SIGTERM / Ctrl-C: stop accepting and drain. SIGHUP: reload the config.
+async fn signals(gateway: Arc<Gateway>, stop: tokio::sync::watch::Sender<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => match gateway.reload() {
+                Ok(()) => tracing::info!("configuration reloaded"),
+                Err(err) => tracing::error!(error = %err, "configuration refused; the previous one keeps serving"),
+            },
+        }
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+    let _ = stop.send(true);
+}

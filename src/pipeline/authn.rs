@@ -1,0 +1,450 @@
+//! Authentication: find the bearer token, verify it against the trusted issuer's keys,
+//! check its claims, and produce the [`Identity`] it proves.
+//!
+//! Order of checks: size → JWS shape → header (`alg` allowed for the issuer, no `crit`,
+//! no embedded key or key URL, `typ`) → `iss` names a trusted issuer → key by `kid` that
+//! fits `alg` → signature → `exp`/`nbf`/`iat` → ID-token look → `aud` → client allowlist
+//! → `sub` and scopes. Algorithms come from configuration; the token only picks among them.
+//!
+//! Verified tokens are cached by SHA-256 of the token, bounded, never past `exp`. A cache
+//! hit is re-checked for expiry and for its key still being in the issuer's JWKS, so the
+//! cache never accepts what the uncached path would refuse. Route checks (audience,
+//! scopes) run on every request, cached or not.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderValue};
+use serde_json::{Map, Value};
+
+use crate::claims::{AuthFailure, Identity, Reason};
+use crate::error::ProxyError;
+use crate::jose::{Alg, Jws};
+use crate::jwks::{KeyMatch, TrustedIssuer};
+
+type TokenHash = [u8; 32];
+
+/// Everything needed to verify tokens, built once per config.
+pub struct Verifier {
+    issuers: Vec<Arc<TrustedIssuer>>,
+    by_iss: HashMap<Box<str>, usize>,
+    leeway: f64,
+    max_token_bytes: usize,
+    /// `forward.claims` names, in the order of `Identity::mapped`.
+    claim_names: Vec<Box<str>>,
+    cache: Option<moka::sync::Cache<TokenHash, Arc<Identity>>>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("issuers", &self.issuers)
+            .field("cache", &self.cache.is_some())
+            .finish()
+    }
+}
+
+/// Cache entries live until the token expires (plus leeway), at most an hour.
+struct UntilExpiry {
+    leeway: f64,
+}
+
+impl moka::Expiry<TokenHash, Arc<Identity>> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &TokenHash,
+        value: &Arc<Identity>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        let left = value.expires_at + self.leeway - now_secs();
+        Some(Duration::from_secs_f64(left.clamp(0.0, 3600.0)))
+    }
+}
+
+pub fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Finds the bearer token in `Authorization`. `Ok(None)` when there is none or the
+/// scheme is not Bearer (which counts as no token).
+pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ProxyError> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ProxyError::BadRequest(
+            "more than one Authorization header".into(),
+        ));
+    }
+    let bytes = value.as_bytes();
+    let scheme_end = bytes.iter().position(|&b| b == b' ').unwrap_or(bytes.len());
+    if !bytes[..scheme_end].eq_ignore_ascii_case(b"bearer") {
+        return Ok(None);
+    }
+    let token = value
+        .to_str()
+        .map_err(|_| malformed("the bearer token has characters a token cannot have"))?[scheme_end..]
+        .trim_matches(' ');
+    if token.is_empty() {
+        return Err(malformed("the Authorization header has an empty bearer token"));
+    }
+    // RFC 6750 b64token: ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/", then "="*.
+    let body = token.trim_end_matches('=');
+    if !body
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+    {
+        return Err(malformed("the bearer token has characters a token cannot have"));
+    }
+    Ok(Some(token))
+}
+
+fn malformed(description: &str) -> ProxyError {
+    ProxyError::InvalidToken(AuthFailure::new(Reason::Malformed, description))
+}
+
+fn fail(reason: Reason, description: impl Into<String>) -> AuthFailure {
+    AuthFailure::new(reason, description)
+}
+
+impl Verifier {
+    pub fn new(
+        issuers: Vec<Arc<TrustedIssuer>>,
+        leeway: Duration,
+        max_token_bytes: usize,
+        claim_names: Vec<Box<str>>,
+        cache_size: u64,
+    ) -> Verifier {
+        let by_iss = issuers
+            .iter()
+            .enumerate()
+            .map(|(index, issuer)| (issuer.issuer().into(), index))
+            .collect();
+        let leeway = leeway.as_secs_f64();
+        let cache = (cache_size > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(cache_size)
+                .expire_after(UntilExpiry { leeway })
+                .build()
+        });
+        Verifier {
+            issuers,
+            by_iss,
+            leeway,
+            max_token_bytes,
+            claim_names,
+            cache,
+        }
+    }
+
+    pub fn issuers(&self) -> &[Arc<TrustedIssuer>] {
+        &self.issuers
+    }
+
+    /// Verifies a bearer token and returns the identity it proves.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthFailure> {
+        if token.len() > self.max_token_bytes {
+            return Err(fail(
+                Reason::Malformed,
+                format!("the token is larger than {} bytes", self.max_token_bytes),
+            ));
+        }
+        let Some(cache) = &self.cache else {
+            return self.verify_uncached(token).await.map(Arc::new);
+        };
+        let hash = token_hash(token);
+        if let Some(identity) = cache.get(&hash) {
+            if self.still_valid(&identity) {
+                return Ok(identity);
+            }
+            cache.invalidate(&hash);
+        }
+        let identity = Arc::new(self.verify_uncached(token).await?);
+        cache.insert(hash, identity.clone());
+        Ok(identity)
+    }
+
+    /// The checks a cached identity must pass again: not expired, key still published.
+    fn still_valid(&self, identity: &Identity) -> bool {
+        now_secs() < identity.expires_at + self.leeway
+            && self.issuers[identity.issuer_index]
+                .current()
+                .contains(identity.kid.as_deref(), identity.alg)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<Identity, AuthFailure> {
+        let jws = Jws::parse(token).map_err(|err| fail(Reason::Malformed, err.to_string()))?;
+        let header = jws
+            .header()
+            .map_err(|err| fail(Reason::Malformed, err.to_string()))?;
+        if header.crit {
+            return Err(fail(
+                Reason::Malformed,
+                "the token header has a crit parameter Scopegate does not understand",
+            ));
+        }
+        if header.embedded_key {
+            return Err(fail(
+                Reason::Malformed,
+                "the token header names its own key (jku, x5u, jwk or x5c); keys come only from the issuer's JWKS",
+            ));
+        }
+        let alg = Alg::from_name(&header.alg).ok_or_else(|| {
+            fail(
+                Reason::DisallowedAlg,
+                format!("algorithm {:?} is not accepted", truncate(&header.alg)),
+            )
+        })?;
+        let at_typ = match header.typ.as_deref() {
+            None => false,
+            Some(typ) if typ.eq_ignore_ascii_case("at+jwt") || typ.eq_ignore_ascii_case("application/at+jwt") => true,
+            Some(typ) if typ.eq_ignore_ascii_case("jwt") => false,
+            Some(typ) => {
+                return Err(fail(
+                    Reason::WrongType,
+                    format!("a token of type {:?} is not an access token", truncate(typ)),
+                ));
+            }
+        };
+        let claims: Map<String, Value> = serde_json::from_slice(&jws.payload)
+            .map_err(|_| fail(Reason::Malformed, "the token payload is not a JSON object"))?;
+
+        let iss = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .ok_or_else(|| fail(Reason::WrongIssuer, "the token has no iss"))?;
+        let &issuer_index = self
+            .by_iss
+            .get(iss)
+            .ok_or_else(|| fail(Reason::WrongIssuer, "the token's issuer is not trusted"))?;
+        let issuer = &self.issuers[issuer_index];
+        if !issuer.config.algorithms.contains(&alg) {
+            return Err(fail(
+                Reason::DisallowedAlg,
+                format!("algorithm {alg} is not accepted for this issuer"),
+            ));
+        }
+
+        let kid = header.kid.as_deref();
+        let keys = issuer.keys_for(kid, alg).await;
+        let candidates = match keys.find(kid, alg) {
+            KeyMatch::Candidates(candidates) => candidates,
+            KeyMatch::WrongType => {
+                return Err(fail(
+                    Reason::BadSignature,
+                    format!("the key named by kid does not fit algorithm {alg}"),
+                ));
+            }
+            KeyMatch::Unknown if keys.generation == 0 => {
+                return Err(fail(
+                    Reason::UnknownKey,
+                    "the issuer's keys are not available yet",
+                ));
+            }
+            KeyMatch::Unknown => {
+                return Err(fail(
+                    Reason::UnknownKey,
+                    "no key of the issuer matches the token's kid",
+                ));
+            }
+        };
+        let message = jws.signing_input.as_bytes();
+        let verified_by = candidates
+            .into_iter()
+            .find(|&index| keys.keys[index].verify(alg, message, &jws.signature));
+        if verified_by.is_none() {
+            return Err(fail(Reason::BadSignature, "the token signature is not valid"));
+        }
+
+        let now = now_secs();
+        let exp = numeric(&claims, "exp")?
+            .ok_or_else(|| fail(Reason::Malformed, "the token has no exp"))?;
+        if now >= exp + self.leeway {
+            return Err(fail(Reason::Expired, "the token has expired"));
+        }
+        if let Some(nbf) = numeric(&claims, "nbf")?
+            && nbf > now + self.leeway
+        {
+            return Err(fail(Reason::NotYetValid, "the token is not valid yet (nbf)"));
+        }
+        if let Some(iat) = numeric(&claims, "iat")?
+            && iat > now + self.leeway
+        {
+            return Err(fail(Reason::NotYetValid, "the token was issued in the future (iat)"));
+        }
+
+        if !at_typ && (claims.contains_key("nonce") || claims.contains_key("at_hash")) {
+            return Err(fail(
+                Reason::WrongType,
+                "this is an ID token; send an access token",
+            ));
+        }
+
+        let audiences = string_or_list(&claims, "aud")?;
+        if !audiences
+            .iter()
+            .any(|aud| issuer.config.audiences.iter().any(|a| a.as_str() == &**aud))
+        {
+            return Err(fail(
+                Reason::WrongAudience,
+                "the token is not meant for this API (aud)",
+            ));
+        }
+
+        let client = match claims.get("azp").or_else(|| claims.get("client_id")) {
+            None => None,
+            Some(Value::String(client)) => Some(client.as_str()),
+            Some(_) => return Err(fail(Reason::Malformed, "azp/client_id is not a string")),
+        };
+        if let Some(allowed) = &issuer.config.clients
+            && !client.is_some_and(|c| allowed.iter().any(|a| a == c))
+        {
+            return Err(fail(
+                Reason::UnknownClient,
+                "the token's client is not allowed here",
+            ));
+        }
+
+        let subject = match claims.get("sub") {
+            Some(Value::String(sub)) if !sub.is_empty() => header_value(sub, "sub")?,
+            _ => return Err(fail(Reason::Malformed, "the token has no sub")),
+        };
+        let scopes = scopes_of(&claims)?;
+        let mapped = self
+            .claim_names
+            .iter()
+            .map(|name| match claims.get(&**name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(text)) => header_value(text, name).map(Some),
+                Some(other) => header_value(&other.to_string(), name).map(Some),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        Ok(Identity {
+            subject,
+            scopes,
+            client_id: client.map(|c| header_value(c, "client_id")).transpose()?,
+            issuer: issuer.issuer_header.clone(),
+            issuer_index,
+            audiences,
+            expires_at: exp,
+            mapped,
+            kid: kid.map(Into::into),
+            alg,
+        })
+    }
+}
+
+fn token_hash(token: &str) -> TokenHash {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// A token-supplied string, shortened for an error description.
+fn truncate(text: &str) -> String {
+    text.chars().take(32).collect()
+}
+
+fn numeric(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, AuthFailure> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .filter(|v| v.is_finite())
+            .map(Some)
+            .ok_or_else(|| fail(Reason::Malformed, format!("{name} is not a usable number"))),
+        Some(_) => Err(fail(
+            Reason::Malformed,
+            format!("{name} must be a number (NumericDate)"),
+        )),
+    }
+}
+
+fn string_or_list(claims: &Map<String, Value>, name: &str) -> Result<Vec<Box<str>>, AuthFailure> {
+    match claims.get(name) {
+        None => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s.as_str().into()]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .map(Into::into)
+                    .ok_or_else(|| fail(Reason::Malformed, format!("{name} holds a non-string")))
+            })
+            .collect(),
+        Some(_) => Err(fail(
+            Reason::Malformed,
+            format!("{name} must be a string or a list of strings"),
+        )),
+    }
+}
+
+/// Scopes from `scope` (string or list), else `scp`, as one space-separated value.
+fn scopes_of(claims: &Map<String, Value>) -> Result<HeaderValue, AuthFailure> {
+    let name = if claims.contains_key("scope") { "scope" } else { "scp" };
+    let joined = match claims.get(name) {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.split_ascii_whitespace().collect::<Vec<_>>().join(" "),
+        Some(Value::Array(_)) => string_or_list(claims, name)?
+            .iter()
+            .flat_map(|s| s.split_ascii_whitespace())
+            .collect::<Vec<_>>()
+            .join(" "),
+        Some(_) => {
+            return Err(fail(
+                Reason::Malformed,
+                format!("{name} must be a string or a list of strings"),
+            ));
+        }
+    };
+    header_value(&joined, name)
+}
+
+fn header_value(text: &str, claim: &str) -> Result<HeaderValue, AuthFailure> {
+    HeaderValue::from_str(text).map_err(|_| {
+        fail(
+            Reason::Malformed,
+            format!("claim {:?} cannot be forwarded in a header", truncate(claim)),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for v in values {
+            map.append(http::header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_other_schemes_are_no_token() {
+        assert_eq!(bearer_token(&headers(&["Bearer abc.def.ghi"])).unwrap(), Some("abc.def.ghi"));
+        assert_eq!(bearer_token(&headers(&["bEaReR   abc"])).unwrap(), Some("abc"));
+        assert_eq!(bearer_token(&headers(&["Basic dXNlcjpwYXNz"])).unwrap(), None);
+        assert_eq!(bearer_token(&headers(&["Bearerabc"])).unwrap(), None);
+        assert_eq!(bearer_token(&headers(&[])).unwrap(), None);
+    }
+
+    #[test]
+    fn odd_bearer_values_are_refused() {
+        assert!(bearer_token(&headers(&["Bearer "])).is_err());
+        assert!(bearer_token(&headers(&["Bearer a b"])).is_err());
+        assert!(bearer_token(&headers(&["Bearer a\"b"])).is_err());
+        assert!(matches!(
+            bearer_token(&headers(&["Bearer a", "Bearer b"])),
+            Err(ProxyError::BadRequest(_))
+        ));
+    }
+}

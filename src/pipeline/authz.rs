@@ -1,0 +1,54 @@
+//! Authorization: does a verified identity satisfy the route's policy (audience, all of
+//! `scopes`, one of `any_scopes`)?
+
+use crate::claims::{AuthFailure, Identity, Reason};
+use crate::config::{AuthMode, RouteConfig};
+use crate::error::ProxyError;
+
+/// A route's access rules, prepared at load.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub auth: AuthMode,
+    pub audience: Option<Box<str>>,
+    pub scopes: Vec<Box<str>>,
+    pub any_scopes: Vec<Box<str>>,
+    /// `scope="..."` values for 403 answers, built once.
+    all_text: String,
+    any_text: String,
+}
+
+impl Policy {
+    pub fn from_route(route: &RouteConfig) -> Policy {
+        Policy {
+            auth: route.auth,
+            audience: route.audience.as_deref().map(Into::into),
+            scopes: route.scopes.iter().map(|s| s.as_str().into()).collect(),
+            any_scopes: route.any_scopes.iter().map(|s| s.as_str().into()).collect(),
+            all_text: route.scopes.join(" "),
+            any_text: route.any_scopes.join(" "),
+        }
+    }
+
+    /// Checks the identity against this policy.
+    pub fn authorize(&self, identity: &Identity) -> Result<(), ProxyError> {
+        if let Some(audience) = &self.audience
+            && !identity.has_audience(audience)
+        {
+            return Err(ProxyError::InvalidToken(AuthFailure::new(
+                Reason::WrongAudience,
+                "the token is not meant for this route's audience",
+            )));
+        }
+        if !self.scopes.iter().all(|scope| identity.has_scope(scope)) {
+            return Err(ProxyError::InsufficientScope {
+                required: self.all_text.clone(),
+            });
+        }
+        if !self.any_scopes.is_empty() && !self.any_scopes.iter().any(|scope| identity.has_scope(scope)) {
+            return Err(ProxyError::InsufficientScope {
+                required: self.any_text.clone(),
+            });
+        }
+        Ok(())
+    }
+}

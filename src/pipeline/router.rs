@@ -1,0 +1,566 @@
+//! Route lookup: path patterns compiled into a segment trie.
+//!
+//! Precedence (DESIGN.md): exact > segment param > longer prefix > shorter prefix; a
+//! method list beats "any"; ties go to the first route in the file. Every route is given
+//! a rank once, at load, from that order. A lookup walks the trie (literal and param
+//! branches, collecting prefix routes on the way) and keeps the best-ranked route whose
+//! methods allow the request; if routes match the path but none the method, the answer is
+//! 405 with their methods. A request falls back to a less specific route (a shorter
+//! prefix, an "any" route beside a method-limited one) when the more specific one does
+//! not take its method. No regex, no allocation on the hot path.
+//!
+//! Paths are normalised before lookup by [`normalize_path`], which refuses anything an
+//! upstream might read differently from us (dot segments, encoded `/`, `\` and `.`).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use http::Method;
+
+/// One segment of a route pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Lit(Box<str>),
+    Param,
+}
+
+/// A parsed `match.path`: `/x` exact, `/x/*` prefix, `/x/{id}` one-segment param.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    segs: Vec<Seg>,
+    prefix: bool,
+}
+
+impl Pattern {
+    /// Parses a route path pattern, with a message a person can act on.
+    pub fn parse(path: &str) -> Result<Pattern, String> {
+        if !path.starts_with('/') {
+            return Err(format!("path {path:?} must start with '/'"));
+        }
+        let (body, prefix) = match path.strip_suffix("/*") {
+            Some(body) => (body, true),
+            None => (path, false),
+        };
+        let mut segs = Vec::new();
+        if !(prefix && body.is_empty()) {
+            let parts: Vec<&str> = body[1..].split('/').collect();
+            let last = parts.len() - 1;
+            for (index, part) in parts.into_iter().enumerate() {
+                if part.is_empty() && (index != last || prefix) {
+                    return Err(format!(
+                        "path {path:?} has an empty segment ('//'); such requests are refused, so the route could never match"
+                    ));
+                }
+                if part.starts_with('{') || part.ends_with('}') {
+                    let name = part
+                        .strip_prefix('{')
+                        .and_then(|p| p.strip_suffix('}'))
+                        .filter(|n| {
+                            !n.is_empty()
+                                && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                        })
+                        .ok_or_else(|| {
+                            format!(
+                                "segment {part:?} in {path:?}: a parameter is a whole segment like {{id}}"
+                            )
+                        })?;
+                    let _ = name;
+                    segs.push(Seg::Param);
+                    continue;
+                }
+                if part.contains('*') {
+                    return Err(format!(
+                        "path {path:?}: '*' is only allowed as the last segment, as in /x/*"
+                    ));
+                }
+                if part == "." || part == ".." {
+                    return Err(format!("path {path:?} has a dot segment"));
+                }
+                if !part.bytes().all(is_pchar_byte) {
+                    return Err(format!(
+                        "path {path:?} has characters that must be percent-encoded"
+                    ));
+                }
+                let slashed = format!("/{part}");
+                let normalized = normalize_path(&slashed)
+                    .map_err(|err| format!("path {path:?}: {err}"))?;
+                segs.push(Seg::Lit(normalized[1..].into()));
+            }
+        }
+        Ok(Pattern { segs, prefix })
+    }
+
+    fn class(&self) -> u8 {
+        if self.prefix {
+            2
+        } else if self.segs.contains(&Seg::Param) {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+fn is_pchar_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+'
+                | b',' | b';' | b'=' | b':' | b'@' | b'%'
+        )
+}
+
+/// A set of HTTP methods, or "any".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MethodSet {
+    bits: u16,
+    any: bool,
+}
+
+const KNOWN: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::CONNECT,
+];
+
+fn method_bit(method: &Method) -> Option<u16> {
+    KNOWN.iter().position(|m| m == method).map(|i| 1 << i)
+}
+
+impl MethodSet {
+    pub fn any() -> MethodSet {
+        MethodSet { bits: 0, any: true }
+    }
+
+    /// From a config list of known method names; `None` means any.
+    pub fn from_names(names: Option<&[String]>) -> MethodSet {
+        match names {
+            None => MethodSet::any(),
+            Some(names) => MethodSet {
+                bits: names
+                    .iter()
+                    .filter_map(|n| Method::from_bytes(n.as_bytes()).ok())
+                    .filter_map(|m| method_bit(&m))
+                    .fold(0, |acc, bit| acc | bit),
+                any: false,
+            },
+        }
+    }
+
+    pub fn allows(self, method: &Method) -> bool {
+        self.any || method_bit(method).is_some_and(|bit| self.bits & bit != 0)
+    }
+
+    pub fn is_any(self) -> bool {
+        self.any
+    }
+
+    fn union(self, other: MethodSet) -> MethodSet {
+        MethodSet {
+            bits: self.bits | other.bits,
+            any: self.any || other.any,
+        }
+    }
+
+    /// The `Allow` header value, e.g. `GET, HEAD`.
+    pub fn allow_header(self) -> String {
+        KNOWN
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.bits & (1 << i) != 0)
+            .map(|(_, m)| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    lits: HashMap<Box<str>, Node>,
+    param: Option<Box<Node>>,
+    /// Routes whose pattern ends exactly here.
+    ends: Vec<u32>,
+    /// Prefix routes (`/x/*`) rooted here.
+    prefixes: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    route: usize,
+    rank: u32,
+    methods: MethodSet,
+}
+
+/// The answer of a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Index of the route in the config's route list.
+    Found(usize),
+    /// Routes exist for this path, none for this method: these methods are allowed.
+    MethodNotAllowed(MethodSet),
+    NotFound,
+}
+
+/// Compiled routes. Built once per config load.
+#[derive(Debug, Default)]
+pub struct Router {
+    root: Node,
+    entries: Vec<Entry>,
+}
+
+impl Router {
+    /// Compiles `(pattern, methods)` pairs, in file order.
+    pub fn new(routes: &[(Pattern, MethodSet)]) -> Router {
+        let mut order: Vec<usize> = (0..routes.len()).collect();
+        order.sort_by_key(|&i| {
+            let (pattern, methods) = &routes[i];
+            let shape: Vec<u8> = pattern
+                .segs
+                .iter()
+                .map(|s| u8::from(*s == Seg::Param))
+                .collect();
+            (
+                pattern.class(),
+                std::cmp::Reverse(if pattern.prefix { pattern.segs.len() } else { 0 }),
+                shape,
+                methods.is_any(),
+                i,
+            )
+        });
+        let mut rank = vec![0u32; routes.len()];
+        for (position, &index) in order.iter().enumerate() {
+            rank[index] = position as u32;
+        }
+        let mut router = Router::default();
+        for (index, (pattern, methods)) in routes.iter().enumerate() {
+            let entry_id = router.entries.len() as u32;
+            router.entries.push(Entry {
+                route: index,
+                rank: rank[index],
+                methods: *methods,
+            });
+            let mut node = &mut router.root;
+            for seg in &pattern.segs {
+                node = match seg {
+                    Seg::Lit(lit) => node.lits.entry(lit.clone()).or_default(),
+                    Seg::Param => node.param.get_or_insert_with(Default::default),
+                };
+            }
+            if pattern.prefix {
+                node.prefixes.push(entry_id);
+            } else {
+                node.ends.push(entry_id);
+            }
+        }
+        router
+    }
+
+    /// Finds the route for a normalised path (no query) and method.
+    pub fn lookup(&self, path: &str, method: &Method) -> Lookup {
+        let rest = path.strip_prefix('/').unwrap_or(path);
+        let mut best: Option<Entry> = None;
+        let mut allowed: Option<MethodSet> = None;
+        self.walk(&self.root, Some(rest), method, &mut best, &mut allowed);
+        match (best, allowed) {
+            (Some(entry), _) => Lookup::Found(entry.route),
+            (None, Some(methods)) => Lookup::MethodNotAllowed(methods),
+            (None, None) => Lookup::NotFound,
+        }
+    }
+
+    fn consider(
+        &self,
+        ids: &[u32],
+        method: &Method,
+        best: &mut Option<Entry>,
+        allowed: &mut Option<MethodSet>,
+    ) {
+        for &id in ids {
+            let entry = self.entries[id as usize];
+            if entry.methods.allows(method) {
+                if best.is_none_or(|b| entry.rank < b.rank) {
+                    *best = Some(entry);
+                }
+            } else {
+                *allowed = Some(allowed.unwrap_or_default().union(entry.methods));
+            }
+        }
+    }
+
+    /// `rest` is the unmatched remainder of the path; `None` once every segment is used.
+    fn walk(
+        &self,
+        node: &Node,
+        rest: Option<&str>,
+        method: &Method,
+        best: &mut Option<Entry>,
+        allowed: &mut Option<MethodSet>,
+    ) {
+        self.consider(&node.prefixes, method, best, allowed);
+        let Some(rest) = rest else {
+            self.consider(&node.ends, method, best, allowed);
+            return;
+        };
+        let (segment, next) = match rest.split_once('/') {
+            Some((segment, next)) => (segment, Some(next)),
+            None => (rest, None),
+        };
+        if let Some(child) = node.lits.get(segment) {
+            self.walk(child, next, method, best, allowed);
+        }
+        if !segment.is_empty()
+            && let Some(child) = &node.param
+        {
+            self.walk(child, next, method, best, allowed);
+        }
+    }
+}
+
+/// Why a request path is refused before routing (400 `invalid_request`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the path must start with '/'")]
+    NotAbsolute,
+    #[error("the path has an invalid percent-encoding")]
+    BadEncoding,
+    #[error("the path has an encoded '/', '\\' or '.', or an encoded NUL")]
+    EncodedSeparator,
+    #[error("the path has a backslash")]
+    Backslash,
+    #[error("the path has a '.' or '..' segment")]
+    DotSegment,
+    #[error("the path has an empty segment ('//')")]
+    EmptySegment,
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Normalises a request path for matching and forwarding: percent-encoded unreserved
+/// characters are decoded, other escapes get upper-case hex; dot segments (also
+/// `..;x` as some servers read it), encoded `/`, `\`, `.` or NUL, raw backslashes and
+/// empty segments are refused. Borrowed when nothing changes.
+///
+/// ```
+/// use scopegate::pipeline::router::normalize_path;
+/// assert_eq!(normalize_path("/a/%7Euser").unwrap(), "/a/~user");
+/// assert!(normalize_path("/a/%2e%2e/b").is_err());
+/// assert!(normalize_path("/a/../b").is_err());
+/// ```
+pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
+    if !path.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let bytes = path.as_bytes();
+    let mut out: Option<String> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let (Some(hi), Some(lo)) = (
+                    bytes.get(i + 1).copied().and_then(hex),
+                    bytes.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err(PathError::BadEncoding);
+                };
+                let decoded = hi * 16 + lo;
+                let buf = out.get_or_insert_with(|| path[..i].to_string());
+                match decoded {
+                    b'/' | b'\\' | b'.' | 0 => return Err(PathError::EncodedSeparator),
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => {
+                        buf.push(decoded as char)
+                    }
+                    _ => {
+                        buf.push('%');
+                        buf.push(char::from(b"0123456789ABCDEF"[usize::from(hi)]));
+                        buf.push(char::from(b"0123456789ABCDEF"[usize::from(lo)]));
+                    }
+                }
+                i += 3;
+                continue;
+            }
+            b'\\' => return Err(PathError::Backslash),
+            _ => {
+                if let Some(buf) = out.as_mut() {
+                    buf.push(b as char);
+                }
+            }
+        }
+        i += 1;
+    }
+    let normalized = match out {
+        Some(text) => Cow::Owned(text),
+        None => Cow::Borrowed(path),
+    };
+    let body = &normalized[1..];
+    let mut segments = body.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let bare = segment.split(';').next().unwrap_or(segment);
+        if bare == "." || bare == ".." {
+            return Err(PathError::DotSegment);
+        }
+        if segment.is_empty() && segments.peek().is_some() {
+            return Err(PathError::EmptySegment);
+        }
+    }
+    Ok(normalized)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(routes: &[(&str, Option<&[&str]>)]) -> Router {
+        let compiled: Vec<(Pattern, MethodSet)> = routes
+            .iter()
+            .map(|(path, methods)| {
+                let names: Option<Vec<String>> =
+                    methods.map(|m| m.iter().map(|s| s.to_string()).collect());
+                (
+                    Pattern::parse(path).unwrap(),
+                    MethodSet::from_names(names.as_deref()),
+                )
+            })
+            .collect();
+        Router::new(&compiled)
+    }
+
+    #[test]
+    fn precedence_exact_param_longer_prefix_shorter_prefix() {
+        let r = router(&[
+            ("/*", None),
+            ("/api/*", None),
+            ("/api/users/*", None),
+            ("/api/users/{id}", None),
+            ("/api/users/me", None),
+        ]);
+        let get = Method::GET;
+        assert_eq!(r.lookup("/api/users/me", &get), Lookup::Found(4));
+        assert_eq!(r.lookup("/api/users/42", &get), Lookup::Found(3));
+        assert_eq!(r.lookup("/api/users/42/x", &get), Lookup::Found(2));
+        assert_eq!(r.lookup("/api/users", &get), Lookup::Found(2));
+        assert_eq!(r.lookup("/api/other", &get), Lookup::Found(1));
+        assert_eq!(r.lookup("/elsewhere", &get), Lookup::Found(0));
+        assert_eq!(r.lookup("/", &get), Lookup::Found(0));
+    }
+
+    #[test]
+    fn prefix_matches_itself_and_below_never_siblings() {
+        let r = router(&[("/x/*", None)]);
+        for path in ["/x", "/x/", "/x/a", "/x/a/b"] {
+            assert_eq!(r.lookup(path, &Method::GET), Lookup::Found(0), "{path}");
+        }
+        for path in ["/xyz", "/", "/y/x"] {
+            assert_eq!(r.lookup(path, &Method::GET), Lookup::NotFound, "{path}");
+        }
+    }
+
+    #[test]
+    fn exact_is_exact() {
+        let r = router(&[("/x", None), ("/", None)]);
+        assert_eq!(r.lookup("/x", &Method::GET), Lookup::Found(0));
+        assert_eq!(r.lookup("/x/", &Method::GET), Lookup::NotFound);
+        assert_eq!(r.lookup("/", &Method::GET), Lookup::Found(1));
+    }
+
+    #[test]
+    fn param_needs_a_non_empty_segment() {
+        let r = router(&[("/u/{id}", None)]);
+        assert_eq!(r.lookup("/u/1", &Method::GET), Lookup::Found(0));
+        assert_eq!(r.lookup("/u/", &Method::GET), Lookup::NotFound);
+        assert_eq!(r.lookup("/u/1/2", &Method::GET), Lookup::NotFound);
+    }
+
+    #[test]
+    fn method_lists_beat_any_and_fall_back() {
+        let r = router(&[
+            ("/c/*", None),
+            ("/c/*", Some(&["POST"])),
+            ("/c/{id}", Some(&["DELETE"])),
+        ]);
+        assert_eq!(r.lookup("/c/1", &Method::POST), Lookup::Found(1));
+        assert_eq!(r.lookup("/c/1", &Method::DELETE), Lookup::Found(2));
+        // The param route does not take GET: fall back to the prefix "any" route.
+        assert_eq!(r.lookup("/c/1", &Method::GET), Lookup::Found(0));
+    }
+
+    #[test]
+    fn wrong_method_is_405_with_allow() {
+        let r = router(&[("/c/*", Some(&["GET", "HEAD"])), ("/c/{id}", Some(&["DELETE"]))]);
+        match r.lookup("/c/1", &Method::PUT) {
+            Lookup::MethodNotAllowed(set) => assert_eq!(set.allow_header(), "GET, HEAD, DELETE"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.lookup("/d", &Method::PUT), Lookup::NotFound);
+    }
+
+    #[test]
+    fn ties_go_to_the_first_route_and_literals_beat_params() {
+        let r = router(&[
+            ("/t/{a}/x", None),
+            ("/t/y/{b}", None),
+            ("/t/{a}/*", None),
+            ("/t/y/*", None),
+            ("/same", None),
+            ("/same", None),
+        ]);
+        assert_eq!(r.lookup("/t/y/x", &Method::GET), Lookup::Found(1));
+        assert_eq!(r.lookup("/t/y/z/w", &Method::GET), Lookup::Found(3));
+        assert_eq!(r.lookup("/t/q/z/w", &Method::GET), Lookup::Found(2));
+        assert_eq!(r.lookup("/same", &Method::GET), Lookup::Found(4));
+    }
+
+    #[test]
+    fn patterns_are_validated() {
+        for bad in ["x", "/a/*/b", "/a/{}", "/a/{id", "/a//b", "/a/../b", "/a b", "/a/%2F", "//*"] {
+            assert!(Pattern::parse(bad).is_err(), "{bad:?}");
+        }
+        for good in ["/", "/*", "/a", "/a/", "/a/*", "/a/{id}", "/a/{id}/*", "/v1:batch"] {
+            assert!(Pattern::parse(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn path_normalisation_refuses_tricks() {
+        assert_eq!(normalize_path("/a/b").unwrap(), "/a/b");
+        assert!(matches!(normalize_path("/a/b").unwrap(), Cow::Borrowed(_)));
+        assert_eq!(normalize_path("/%61pi/%7e%2d").unwrap(), "/api/~-");
+        assert_eq!(normalize_path("/a%20b%3f").unwrap(), "/a%20b%3F");
+        assert_eq!(normalize_path("/a/").unwrap(), "/a/");
+        assert_eq!(normalize_path("/").unwrap(), "/");
+        let refused = [
+            ("/a/../b", PathError::DotSegment),
+            ("/a/./b", PathError::DotSegment),
+            ("/..", PathError::DotSegment),
+            ("/a/..;x/b", PathError::DotSegment),
+            ("/a/%2e%2e/b", PathError::EncodedSeparator),
+            ("/a/%2E/b", PathError::EncodedSeparator),
+            ("/a%2Fb", PathError::EncodedSeparator),
+            ("/a%2fb", PathError::EncodedSeparator),
+            ("/a%5Cb", PathError::EncodedSeparator),
+            ("/a%00", PathError::EncodedSeparator),
+            ("/a\\b", PathError::Backslash),
+            ("/a//b", PathError::EmptySegment),
+            ("//a", PathError::EmptySegment),
+            ("/a%zz", PathError::BadEncoding),
+            ("/a%4", PathError::BadEncoding),
+            ("a", PathError::NotAbsolute),
+        ];
+        for (path, expected) in refused {
+            assert_eq!(normalize_path(path).unwrap_err(), expected, "{path}");
+        }
+    }
+}
