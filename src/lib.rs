@@ -18,6 +18,7 @@ pub mod jose;
 pub mod jwks;
 pub mod metrics;
 pub mod pipeline;
+pub mod reload;
 pub mod server;
 pub mod state;
 pub mod telemetry;

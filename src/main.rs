@@ -132,6 +132,11 @@ async fn serve(config: Config, path: &Path) -> Result<(), String> {
     let gateway = Gateway::new(config, Some(path.to_path_buf()))?;
     tracing::info!(%listen, %admin_listen, config = %path.display(), version = env!("CARGO_PKG_VERSION"), "scopegate serving");
 
+    // Reload on file change too; without a watcher, SIGHUP still works.
+    let _watcher = scopegate::reload::watch(gateway.clone(), path)
+        .inspect_err(|err| tracing::warn!(error = %err, "config file changes will not be noticed; use SIGHUP"))
+        .ok();
+
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(signals(gateway.clone(), stop_tx));
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
