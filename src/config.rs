@@ -374,7 +374,7 @@ impl Config {
     /// Every check that does not need the network, run once at load.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
-        if self.server.listen == self.server.admin_listen {
+        if self.server.listen == self.server.admin_listen && self.server.listen.port() != 0 {
             return Err(ConfigError::at(
                 "server.admin_listen",
                 "the admin listener must not share the proxy's address",

@@ -130,7 +130,6 @@ async fn serve(config: Config, path: &Path) -> Result<(), String> {
         .await
         .map_err(|err| format!("cannot listen on {admin_listen} (admin): {err}"))?;
     let gateway = Gateway::new(config, Some(path.to_path_buf()))?;
-    tracing::info!(%listen, %admin_listen, config = %path.display(), version = env!("CARGO_PKG_VERSION"), "scopegate serving");
 
     // Reload on file change too; without a watcher, SIGHUP still works.
     let _watcher = scopegate::reload::watch(gateway.clone(), path)
@@ -138,7 +137,24 @@ async fn serve(config: Config, path: &Path) -> Result<(), String> {
         .ok();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(signals(gateway.clone(), stop_tx));
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate())
+            .map_err(|err| format!("cannot handle SIGTERM: {err}"))?;
+        let hup =
+            signal(SignalKind::hangup()).map_err(|err| format!("cannot handle SIGHUP: {err}"))?;
+        tokio::spawn(signals(gateway.clone(), term, hup, stop_tx));
+    }
+    // Announced only once signals and the watcher are in place.
+    let bound = |l: &tokio::net::TcpListener, asked| l.local_addr().unwrap_or(asked);
+    tracing::info!(
+        listen = %bound(&listener, listen),
+        admin_listen = %bound(&admin_listener, admin_listen),
+        config = %path.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "scopegate serving"
+    );
+
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -156,15 +172,12 @@ async fn serve(config: Config, path: &Path) -> Result<(), String> {
 }
 
 /// SIGTERM / Ctrl-C: stop accepting and drain. SIGHUP: reload the config.
-async fn signals(gateway: Arc<Gateway>, stop: tokio::sync::watch::Sender<bool>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
+async fn signals(
+    gateway: Arc<Gateway>,
+    mut term: tokio::signal::unix::Signal,
+    mut hup: tokio::signal::unix::Signal,
+    stop: tokio::sync::watch::Sender<bool>,
+) {
     loop {
         tokio::select! {
             _ = term.recv() => break,

@@ -1,0 +1,450 @@
+//! Operations, on the real binary: SIGTERM drains in-flight requests and exits 0;
+//! SIGHUP and file changes reload, a broken file is refused while the old config keeps
+//! serving; requests in flight across a reload all succeed; TLS termination with ALPN
+//! h2/http1.1; https upstreams verified against `upstream_ca_file`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// A `scopegate run` process with its addresses, parsed from its JSON log.
+struct Gateway {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    config: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "scopegate-ops-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The config file: ephemeral ports, JSON logs, `server_extra` keys under `server:`.
+fn config_text(server_extra: &str, body: &str) -> String {
+    format!(
+        "server:\n  listen: 127.0.0.1:0\n  admin_listen: 127.0.0.1:0\n  shutdown_grace: 10s\n{server_extra}log: {{ format: json, level: info }}\n{body}"
+    )
+}
+
+impl Gateway {
+    fn start(body: &str) -> Gateway {
+        Gateway::start_with("", body)
+    }
+
+    fn start_with(server_extra: &str, body: &str) -> Gateway {
+        let dir = temp_dir();
+        let config = dir.join("gateway.yaml");
+        std::fs::write(&config, config_text(server_extra, body)).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
+            .arg("run")
+            .arg("-c")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("scopegate serving") {
+                    let _ = tx.send(line.clone());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("gateway did not start: {:?}", logs.lock().unwrap()));
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let addr = json["listen"].as_str().unwrap().parse().unwrap();
+        let admin = json["admin_listen"].as_str().unwrap().parse().unwrap();
+        Gateway {
+            child,
+            addr,
+            admin,
+            config,
+            logs,
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn rewrite(&self, body: &str) {
+        // Write then rename, as editors and Kubernetes do.
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(&tmp, config_text("", body)).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(dir) = self.config.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// An upstream that answers `ok` after `?ms=N` milliseconds and reports each arrival.
+async fn slow_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        let _ = tx.send(());
+                        let ms = req
+                            .uri()
+                            .query()
+                            .and_then(|q| q.strip_prefix("ms="))
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn get(url: &str) -> Result<(StatusCode, String), String> {
+    let response = client()
+        .request(Request::get(url).body(Empty::new()).unwrap())
+        .await
+        .map_err(|err| err.to_string())?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Polls `check` until it holds; gives up (and fails) after a generous bound. Tests
+/// never assert on time, but a broken reload must not hang the suite.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+fn route(name: &str, path: &str, upstream: &str) -> String {
+    format!(
+        "  - {{ name: {name}, match: {{ path: '{path}' }}, upstream: '{upstream}', auth: none }}\n"
+    )
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let (upstream, mut arrivals) = slow_upstream().await;
+    let mut gateway = Gateway::start(&format!(
+        "routes:\n{}",
+        route("slow", "/slow", &format!("http://{upstream}"))
+    ));
+    let url = gateway.url("/slow?ms=1500");
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    arrivals
+        .recv()
+        .await
+        .expect("the request reached the upstream");
+    gateway.signal("TERM");
+
+    // New connections are refused once the listener is closed...
+    let addr = gateway.addr;
+    eventually("the listener closes after SIGTERM", async || {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    // ...while the request that was in flight completes normally.
+    let (status, body) = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request answered");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "ok");
+
+    let status = tokio::task::spawn_blocking(move || gateway.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "exit status after drain");
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_a_broken_file_keeps_the_old_config() {
+    let gateway = Gateway::start(&format!(
+        "routes:\n{}",
+        route("first", "/first", "builtin:echo")
+    ));
+    assert_eq!(get(&gateway.url("/first")).await.unwrap().0, StatusCode::OK);
+    assert_eq!(
+        get(&gateway.url("/second")).await.unwrap().0,
+        StatusCode::NOT_FOUND
+    );
+
+    gateway.rewrite(&format!(
+        "routes:\n{}",
+        route("second", "/second", "builtin:echo")
+    ));
+    gateway.signal("HUP");
+    eventually("the new route serves", async || {
+        matches!(get(&gateway.url("/second")).await, Ok((StatusCode::OK, _)))
+    })
+    .await;
+    assert_eq!(
+        get(&gateway.url("/first")).await.unwrap().0,
+        StatusCode::NOT_FOUND
+    );
+
+    gateway.rewrite("routes:\n  - name: [broken\n");
+    gateway.signal("HUP");
+    eventually("the refused reload is counted", async || {
+        get(&gateway.admin_url("/metrics"))
+            .await
+            .is_ok_and(|(_, text)| {
+                text.lines().any(|l| {
+                    l.starts_with("scopegate_config_reloads_total{result=\"error\"}")
+                        && !l.ends_with(" 0")
+                })
+            })
+    })
+    .await;
+    assert_eq!(
+        get(&gateway.url("/second")).await.unwrap().0,
+        StatusCode::OK,
+        "old config must keep serving"
+    );
+    assert_eq!(
+        get(&gateway.admin_url("/readyz")).await.unwrap().0,
+        StatusCode::OK
+    );
+    let logs = gateway.logs.lock().unwrap().join("\n");
+    assert!(logs.contains("refused"), "the refusal is logged: {logs}");
+}
+
+#[tokio::test]
+async fn requests_in_flight_across_a_reload_all_succeed() {
+    let (upstream, _arrivals) = slow_upstream().await;
+    let up = format!("http://{upstream}");
+    let gateway = Gateway::start(&format!("routes:\n{}", route("slow", "/slow", &up)));
+    let client = client();
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let client = client.clone();
+        let url = gateway.url("/slow?ms=300");
+        tasks.push(tokio::spawn(async move {
+            let response = client
+                .request(Request::get(url).body(Empty::new()).unwrap())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(response.status())
+        }));
+    }
+    // Reload (file change, no signal) while those are in flight.
+    gateway.rewrite(&format!(
+        "routes:\n{}{}",
+        route("slow", "/slow", &up),
+        route("extra", "/extra", "builtin:echo")
+    ));
+    eventually("the file change is applied", async || {
+        matches!(get(&gateway.url("/extra")).await, Ok((StatusCode::OK, _)))
+    })
+    .await;
+    let mut ok = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(StatusCode::OK) => ok += 1,
+            other => panic!("a request across the reload failed: {other:?}"),
+        }
+    }
+    assert_eq!(ok, 200);
+}
+
+fn self_signed(dir: &std::path::Path) -> (PathBuf, PathBuf, rcgen::CertifiedKey<rcgen::KeyPair>) {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    (cert, key, certified)
+}
+
+fn tls_client_trusting(cert_pem: &std::path::Path) -> rustls::ClientConfig {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(cert_pem).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+}
+
+#[tokio::test]
+async fn tls_termination_offers_h2_and_http11() {
+    let dir = temp_dir();
+    let (cert, key, _) = self_signed(&dir);
+    let gateway = Gateway::start_with(
+        &format!(
+            "  tls: {{ cert_file: '{}', key_file: '{}' }}\n",
+            cert.display(),
+            key.display()
+        ),
+        &format!("routes:\n{}", route("echo", "/echo", "builtin:echo")),
+    );
+    for (alpn, version) in [
+        (
+            &[b"h2".as_slice(), b"http/1.1".as_slice()][..],
+            http::Version::HTTP_2,
+        ),
+        (&[b"http/1.1".as_slice()][..], http::Version::HTTP_11),
+    ] {
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_client_trusting(&cert))
+            .https_only();
+        let connector = if alpn.len() == 2 {
+            builder.enable_all_versions().build()
+        } else {
+            builder.enable_http1().build()
+        };
+        let client: Client<_, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(connector);
+        let url = format!("https://localhost:{}/echo", gateway.addr.port());
+        let response = client
+            .request(Request::get(url).body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.version(), version, "ALPN {alpn:?}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An https upstream with its own certificate.
+async fn tls_upstream(dir: &std::path::Path) -> (SocketAddr, PathBuf) {
+    let (cert, key, _) = self_signed(dir);
+    let acceptor = scopegate::server::tls_acceptor(&cert, &key).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
+                        b"secure",
+                    ))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, cert)
+}
+
+#[tokio::test]
+async fn https_upstreams_are_verified_against_the_configured_ca() {
+    let dir = temp_dir();
+    let (upstream, cert) = tls_upstream(&dir).await;
+    let up = format!("https://localhost:{}", upstream.port());
+
+    let trusted = Gateway::start_with(
+        &format!("  upstream_ca_file: '{}'\n", cert.display()),
+        &format!("routes:\n{}", route("secure", "/secure", &up)),
+    );
+    let (status, body) = get(&trusted.url("/secure")).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "secure");
+
+    // Without the CA the certificate is unknown: the gateway refuses to talk (502).
+    let untrusted = Gateway::start(&format!("routes:\n{}", route("secure", "/secure", &up)));
+    let (status, body) = get(&untrusted.url("/secure")).await.unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("bad_gateway"));
+    let _ = std::fs::remove_dir_all(dir);
+}
