@@ -177,7 +177,9 @@ impl<'t> Jws<'t> {
         else {
             return Err(ParseError::Shape);
         };
-        if header.is_empty() || payload.is_empty() || signature.is_empty() {
+        // An empty signature is a well-formed (unsigned) JWS: it parses, so its `alg`
+        // (`none`, typically) decides how it is refused, and it can never verify.
+        if header.is_empty() || payload.is_empty() {
             return Err(ParseError::Shape);
         }
         let header_json = URL_SAFE_NO_PAD
@@ -198,6 +200,12 @@ impl<'t> Jws<'t> {
     }
 
     pub fn header(&self) -> Result<Header<'_>, ParseError> {
+        // A JOSE header is a JSON object (RFC 7515 §4). serde would also read a struct
+        // from an array, field by field (`["RS256","kid"]`); refuse that shape here.
+        let first = self.header_json.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            return Err(ParseError::Json("header"));
+        }
         let raw: RawHeader<'_> =
             serde_json::from_slice(&self.header_json).map_err(|_| ParseError::Json("header"))?;
         Ok(Header {
@@ -594,6 +602,13 @@ mod tests {
         assert_eq!(jws.header().unwrap_err(), ParseError::Json("header"));
         let jws = Jws::parse("e30.e30.c2ln").unwrap();
         assert_eq!(jws.header().unwrap_err(), ParseError::NoAlg);
+        // ["RS256"] is not a header, though serde could read RawHeader from it.
+        let jws = Jws::parse("WyJSUzI1NiJd.e30.c2ln").unwrap();
+        assert_eq!(jws.header().unwrap_err(), ParseError::Json("header"));
+        // Unsigned (`alg: none`) tokens parse; their signature is empty and never verifies.
+        let jws = Jws::parse("eyJhbGciOiJub25lIn0.e30.").unwrap();
+        assert_eq!(jws.header().unwrap().alg, "none");
+        assert!(jws.signature.is_empty());
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! reads them without a lock, refreshed every `jwks_ttl` in the background.
 //!
 //! An unknown `kid` may trigger a refetch, at most one per `jwks_min_refresh` per issuer,
-//! and concurrent requests share it (single flight: one fetch behind a mutex, later
-//! arrivals see the new generation and do not fetch again). A storm of random `kid`s
-//! therefore costs at most one fetch per interval. A failed fetch keeps the last good
+//! and concurrent requests share it (single flight: one fetch behind a mutex; a request
+//! that waited while a fetch ran takes that fetch's outcome, success or failure, and does
+//! not fetch again). A storm of random `kid`s therefore costs at most one fetch per
+//! interval, and a slow or black-holed issuer costs each request at most the fetch in
+//! flight, never a queue of fetches one after another. A failed fetch keeps the last good
 //! keys. Keys come only from here: never from a URL or key named inside a token.
 
 use std::future::Future;
@@ -123,6 +125,9 @@ pub struct TrustedIssuer {
     /// Milliseconds since `born` of the last fetch attempt, plus one (0 = never).
     last_attempt: AtomicU64,
     fetches: AtomicU64,
+    /// Fetch attempts finished, successful or not: a waiter that sees this move knows a
+    /// fetch ran while it waited, and takes that outcome.
+    completed: AtomicU64,
     loaded: AtomicBool,
     born: Instant,
 }
@@ -156,6 +161,7 @@ impl TrustedIssuer {
             refresh: tokio::sync::Mutex::new(()),
             last_attempt: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
             loaded: AtomicBool::new(false),
             born: Instant::now(),
         }))
@@ -227,9 +233,16 @@ impl TrustedIssuer {
         if seen_generation > 0 && self.recently_attempted() {
             return;
         }
+        let completed = self.completed.load(Ordering::Acquire);
         let _flight = self.refresh.lock().await;
-        // Someone else fetched while we waited, or is rate-limited now: use their result.
-        if self.keys.load().generation != seen_generation || self.recently_attempted() {
+        // A fetch finished while we waited (whatever its outcome), new keys arrived, or
+        // we are rate-limited now: use what there is. Re-checking only the generation and
+        // the rate limit (measured from a fetch's start) let every waiter behind a slow
+        // failed fetch start a fetch of its own, one after another.
+        if self.completed.load(Ordering::Acquire) != completed
+            || self.keys.load().generation != seen_generation
+            || self.recently_attempted()
+        {
             return;
         }
         self.fetch_and_store().await;
@@ -271,6 +284,8 @@ impl TrustedIssuer {
             .jwks_fetches_total
             .with_label_values(&[self.config.issuer.as_str(), label])
             .inc();
+        // After the keys are stored: a waiter that sees the count move sees them too.
+        self.completed.fetch_add(1, Ordering::AcqRel);
         label == "success"
     }
 

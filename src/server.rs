@@ -55,16 +55,27 @@ fn http_builder(gateway: &Gateway) -> auto::Builder<TokioExecutor> {
     let state = gateway.state();
     let server = &state.config.server;
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's read buffer must hold the whole request head. Sized at exactly
+    // `max_header_bytes`, hyper itself refused every oversized head with a bare, empty
+    // 431 before the pipeline's own check could answer with JSON. With room for twice
+    // the limit, the pipeline answers (JSON 431); hyper's bare 431 only bounds memory
+    // against heads beyond that.
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(server.timeouts.client_header.get())
-        .max_buf_size(server.limits.max_header_bytes.max(8192));
+        .max_buf_size(head_buffer_bytes(server.limits.max_header_bytes));
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(server.limits.max_header_bytes).unwrap_or(u32::MAX));
     builder
+}
+
+/// hyper's HTTP/1 read buffer for a `max_header_bytes` limit: room for twice the limit
+/// (at least 16 KiB), so the pipeline, not hyper, answers a head just over the limit.
+fn head_buffer_bytes(max_header_bytes: usize) -> usize {
+    max_header_bytes.saturating_mul(2).max(16 * 1024)
 }
 
 /// Serves the proxy (and issuer) on `listener` until `shutdown` resolves, then lets

@@ -215,15 +215,17 @@ pub fn downstream_headers(headers: &mut HeaderMap, request_id: &HeaderValue) {
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
 }
 
-/// Header names listed in `Connection`, normalised.
+/// Header names listed in `Connection`, normalised. Read as bytes: a value with one
+/// non-ASCII token (which names no header) must not hide the tokens beside it.
 fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| normalize_name(t.trim()))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
+        .filter_map(|t| std::str::from_utf8(t).ok().filter(|t| t.is_ascii()))
+        .map(normalize_name)
         .collect()
 }
 
@@ -329,6 +331,13 @@ mod tests {
         }
         assert_eq!(out["x-forwarded-for"], "1.1.1.1, 10.0.0.1");
         assert_eq!(out["x-forwarded-proto"], "https");
+
+        let mut client = HeaderMap::new();
+        let named = HeaderValue::from_bytes(b"x-secret, caf\xe9").unwrap();
+        client.insert(header::CONNECTION, named);
+        client.insert("x-secret", HeaderValue::from_static("1"));
+        let out = upstream_headers(&forward(), client, None, &origin);
+        assert!(!out.contains_key("x-secret"), "non-ASCII hid x-secret");
     }
 
     #[test]
