@@ -275,6 +275,36 @@ async fn encoded_unreserved_characters_cannot_dodge_a_protected_route() {
 }
 
 #[tokio::test]
+async fn path_parameters_cannot_dodge_a_protected_route() {
+    // A public catch-all beside a protected prefix: the shape where a bypass would hurt.
+    let env = Env::start(
+        r#"
+  - { name: public, match: { path: /* }, upstream: "@upstream@", auth: none }
+  - { name: admin, match: { path: /admin/* }, upstream: "@upstream@", scopes: [admin] }
+"#,
+    )
+    .await;
+    // A server that strips ";..." reads these as /admin/users: they get the admin policy.
+    for path in [
+        "/admin;x/users",
+        "/admin;jsessionid=1/users",
+        "/admin;/users",
+    ] {
+        let reply = raw(
+            env.gw.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(
+            reply.status, 401,
+            "{path} dodged the admin route: {}",
+            reply.raw
+        );
+    }
+    assert_eq!(env.upstream.count(), 0);
+}
+
+#[tokio::test]
 async fn builtin_echo_answers_with_the_forwarded_request() {
     let env = Env::start(
         r#"

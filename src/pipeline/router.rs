@@ -73,6 +73,11 @@ impl Pattern {
                         "path {path:?}: '*' is only allowed as the last segment, as in /x/*"
                     ));
                 }
+                if part.contains(';') {
+                    return Err(format!(
+                        "path {path:?}: ';' path parameters are ignored when matching, so a pattern cannot contain them"
+                    ));
+                }
                 if part == "." || part == ".." {
                     return Err(format!("path {path:?} has a dot segment"));
                 }
@@ -330,6 +335,9 @@ impl Router {
             Some((segment, next)) => (segment, Some(next)),
             None => (rest, None),
         };
+        // Match as a server that strips path parameters (`/admin;x` → `/admin`) would
+        // read the path, so `;` cannot steer a request away from a protected route.
+        let segment = segment.split_once(';').map_or(segment, |(bare, _)| bare);
         if let Some(child) = node.lits.get(segment) {
             self.walk(child, next, method, best, allowed);
         }
@@ -543,6 +551,20 @@ mod tests {
         assert_eq!(r.lookup("/t/y/z/w", &Method::GET), Lookup::Found(3));
         assert_eq!(r.lookup("/t/q/z/w", &Method::GET), Lookup::Found(2));
         assert_eq!(r.lookup("/same", &Method::GET), Lookup::Found(4));
+    }
+
+    #[test]
+    fn path_parameters_do_not_change_the_route() {
+        let r = router(&[("/*", None), ("/admin/*", None), ("/u/{id}", None)]);
+        assert_eq!(r.lookup("/admin;x/users", &Method::GET), Lookup::Found(1));
+        assert_eq!(
+            r.lookup("/admin;jsessionid=1", &Method::GET),
+            Lookup::Found(1)
+        );
+        assert_eq!(r.lookup("/u/7;v=1", &Method::GET), Lookup::Found(2));
+        // An empty segment before ';' is no value for a parameter.
+        assert_eq!(r.lookup("/u/;v=1", &Method::GET), Lookup::Found(0));
+        assert!(Pattern::parse("/a;b").is_err());
     }
 
     #[test]
