@@ -448,3 +448,55 @@ async fn https_upstreams_are_verified_against_the_configured_ca() {
     assert!(body.contains("bad_gateway"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_tls_certificate() {
+    let dir = temp_dir();
+    let (cert, key, _) = self_signed(&dir);
+    let first = dir.join("first.pem");
+    std::fs::copy(&cert, &first).unwrap();
+    let gateway = Gateway::start_with(
+        &format!(
+            "  tls: {{ cert_file: '{}', key_file: '{}' }}\n",
+            cert.display(),
+            key.display()
+        ),
+        &format!("routes:\n{}", route("echo", "/echo", "builtin:echo")),
+    );
+    let url = format!("https://localhost:{}/echo", gateway.addr.port());
+    let fetch = |trusted: PathBuf, url: String| async move {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_client_trusting(&trusted))
+            .https_only()
+            .enable_http1()
+            .build();
+        let client: Client<_, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(connector);
+        client
+            .request(Request::get(url).body(Empty::new()).unwrap())
+            .await
+            .map(|r| r.status())
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(fetch(first.clone(), url.clone()).await, Ok(StatusCode::OK));
+
+    // New certificate and key in place, then SIGHUP.
+    let (_, _, second) = {
+        let other = temp_dir();
+        self_signed(&other)
+    };
+    std::fs::write(&cert, second.cert.pem()).unwrap();
+    std::fs::write(&key, second.signing_key.serialize_pem()).unwrap();
+    let second_pem = dir.join("second.pem");
+    std::fs::write(&second_pem, second.cert.pem()).unwrap();
+    gateway.signal("HUP");
+    eventually("new connections get the new certificate", async || {
+        fetch(second_pem.clone(), url.clone()).await == Ok(StatusCode::OK)
+    })
+    .await;
+    assert!(
+        fetch(first, url).await.is_err(),
+        "a client trusting only the old certificate must now fail"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
