@@ -75,15 +75,23 @@ pub struct Shared {
 impl State {
     /// Builds state from a validated config. `previous` lends trusted issuers whose
     /// configuration is unchanged, so a reload does not refetch their keys.
-    pub fn build(config: Config, shared: &Shared, previous: Option<&State>) -> Result<State, String> {
-        let tls_client = crate::upstream::tls_client_config(config.server.upstream_ca_file.as_deref())?;
+    pub fn build(
+        config: Config,
+        shared: &Shared,
+        previous: Option<&State>,
+    ) -> Result<State, String> {
+        let tls_client =
+            crate::upstream::tls_client_config(config.server.upstream_ca_file.as_deref())?;
         let mut issuers = Vec::new();
         for issuer_config in &config.trust.issuers {
             let reused = previous.and_then(|p| {
                 p.verifier
                     .issuers()
                     .iter()
-                    .find(|old| old.config == *issuer_config && !matches!(old.source, crate::jwks::KeySource::Local(_)))
+                    .find(|old| {
+                        old.config == *issuer_config
+                            && !matches!(old.source, crate::jwks::KeySource::Local(_))
+                    })
                     .cloned()
             });
             let issuer = match reused {
@@ -123,7 +131,12 @@ impl State {
             issuers,
             config.trust.leeway.get(),
             config.server.limits.max_token_bytes,
-            config.forward.claims.keys().map(|k| k.as_str().into()).collect(),
+            config
+                .forward
+                .claims
+                .keys()
+                .map(|k| k.as_str().into())
+                .collect(),
             config.server.token_cache_size,
         );
         let tls = match &config.server.tls {
@@ -205,7 +218,10 @@ impl Gateway {
         let previous = self.state.load_full();
         let result = State::build(config, &shared, Some(&previous));
         let label = if result.is_ok() { "success" } else { "error" };
-        self.metrics.config_reloads_total.with_label_values(&[label]).inc();
+        self.metrics
+            .config_reloads_total
+            .with_label_values(&[label])
+            .inc();
         let state = result?;
         if state.config.server.listen != previous.config.server.listen
             || state.config.server.admin_listen != previous.config.server.admin_listen

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{Config, ConfigError, Dur, check_url};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
     #[serde(default = "yes")]
@@ -49,7 +49,7 @@ fn default_store() -> String {
     "sqlite://scopegate.db".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoginConfig {
     pub title: String,
@@ -63,7 +63,7 @@ impl Default for LoginConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeviceConfig {
     pub interval: Dur,
@@ -79,7 +79,7 @@ impl Default for DeviceConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ThrottleConfig {
     pub max_failures: u32,
@@ -102,7 +102,7 @@ pub enum SigningAlg {
     EdDSA,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeysConfig {
     pub algorithm: SigningAlg,
@@ -118,7 +118,7 @@ impl Default for KeysConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokensConfig {
     pub access_ttl: Dur,
@@ -138,7 +138,7 @@ impl Default for TokensConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     pub identifier: String,
@@ -152,7 +152,7 @@ pub struct ApiConfig {
     pub access_ttl: Option<Dur>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScopeConfig {
     pub value: String,
@@ -160,7 +160,7 @@ pub struct ScopeConfig {
     pub description: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     pub client_id: String,
@@ -178,7 +178,7 @@ pub struct ClientConfig {
     pub grants: BTreeMap<String, Vec<String>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     #[serde(default)]
@@ -197,7 +197,7 @@ pub struct UserConfig {
     pub user_metadata: serde_json::Map<String, serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimsConfig {
     pub namespace: String,
@@ -218,7 +218,10 @@ pub const GRANT_TYPES: [(&str, &str); 9] = [
         "urn:ietf:params:oauth:grant-type:device_code",
         "urn:ietf:params:oauth:grant-type:device_code",
     ),
-    ("device_code", "urn:ietf:params:oauth:grant-type:device_code"),
+    (
+        "device_code",
+        "urn:ietf:params:oauth:grant-type:device_code",
+    ),
     (
         "urn:ietf:params:oauth:grant-type:token-exchange",
         "urn:ietf:params:oauth:grant-type:token-exchange",
@@ -237,11 +240,46 @@ pub fn canonical_grant_type(name: &str) -> Option<&'static str> {
         .map(|(_, rfc)| *rfc)
 }
 
+/// The issuer's endpoints, relative to the path of `issuer.url` (Auth0's paths). They are
+/// matched before routes; `scopegate check` names routes whose paths they take.
+pub const ENDPOINTS: [&str; 11] = [
+    "/authorize",
+    "/oauth/token",
+    "/userinfo",
+    "/oauth/revoke",
+    "/oauth/introspect",
+    "/oauth/device/code",
+    "/activate",
+    "/logout",
+    "/.well-known/jwks.json",
+    "/.well-known/openid-configuration",
+    "/.well-known/oauth-authorization-server",
+];
+
 /// Claims an operator may never overwrite through `claims:`.
 const STANDARD_CLAIMS: [&str; 22] = [
-    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "azp", "client_id", "scope", "nonce",
-    "at_hash", "c_hash", "auth_time", "acr", "amr", "sid", "name", "email", "email_verified",
-    "scp", "typ",
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "azp",
+    "client_id",
+    "scope",
+    "nonce",
+    "at_hash",
+    "c_hash",
+    "auth_time",
+    "acr",
+    "amr",
+    "sid",
+    "name",
+    "email",
+    "email_verified",
+    "scp",
+    "typ",
 ];
 
 impl IssuerConfig {
@@ -252,6 +290,22 @@ impl IssuerConfig {
             .unwrap_or_else(|| format!("user|{}", user.username))
     }
 
+    /// The path of `issuer.url` without its trailing slash (`""` for a root issuer).
+    pub fn base_path(&self) -> String {
+        let path = self
+            .url
+            .parse::<http::Uri>()
+            .map(|uri| uri.path().to_string())
+            .unwrap_or_default();
+        path.trim_end_matches('/').to_string()
+    }
+
+    /// Every endpoint path the issuer serves on the proxy listener.
+    pub fn endpoint_paths(&self) -> Vec<String> {
+        let base = self.base_path();
+        ENDPOINTS.iter().map(|e| format!("{base}{e}")).collect()
+    }
+
     pub(super) fn validate(&self, config: &Config) -> Result<(), ConfigError> {
         let url = check_url(&self.url, "issuer.url")?;
         if url.query().is_some() {
@@ -259,6 +313,14 @@ impl IssuerConfig {
                 "issuer.url",
                 "the issuer URL must not have a query or fragment",
             ));
+        }
+        for (index, trusted) in config.trust.issuers.iter().enumerate() {
+            if self.enabled && issuer_base(&trusted.issuer) == issuer_base(&self.url) {
+                return Err(ConfigError::at(
+                    format!("trust.issuers[{index}].issuer"),
+                    "this is the built-in issuer, which is trusted automatically; remove this entry",
+                ));
+            }
         }
         if !(self.store.starts_with("sqlite:")
             || self.store.starts_with("postgres://")
@@ -391,7 +453,10 @@ impl IssuerConfig {
         for (index, client) in self.clients.iter().enumerate() {
             let at = format!("issuer.clients[{index}]");
             if client.client_id.is_empty()
-                || !client.client_id.bytes().all(|b| b > 0x20 && b < 0x7f && b != b':')
+                || !client
+                    .client_id
+                    .bytes()
+                    .all(|b| b > 0x20 && b < 0x7f && b != b':')
             {
                 return Err(ConfigError::at(
                     format!("{at}.client_id"),
@@ -434,7 +499,8 @@ impl IssuerConfig {
                     "client_credentials needs a confidential client (set client_secret)",
                 ));
             }
-            let browser = canonical.contains("authorization_code") || canonical.contains("implicit");
+            let browser =
+                canonical.contains("authorization_code") || canonical.contains("implicit");
             if browser && client.redirect_uris.is_empty() {
                 return Err(ConfigError::at(
                     format!("{at}.redirect_uris"),
@@ -522,7 +588,9 @@ impl IssuerConfig {
         if let Some(claims) = &self.claims {
             let namespace = &claims.namespace;
             let is_url = (namespace.starts_with("https://") || namespace.starts_with("http://"))
-                && namespace.parse::<http::Uri>().is_ok_and(|u| u.host().is_some());
+                && namespace
+                    .parse::<http::Uri>()
+                    .is_ok_and(|u| u.host().is_some());
             if !is_url {
                 return Err(ConfigError::at(
                     "issuer.claims.namespace",
@@ -531,7 +599,10 @@ impl IssuerConfig {
                     ),
                 ));
             }
-            for (key, fields) in [("id_token", &claims.id_token), ("access_token", &claims.access_token)] {
+            for (key, fields) in [
+                ("id_token", &claims.id_token),
+                ("access_token", &claims.access_token),
+            ] {
                 for (index, field) in fields.iter().enumerate() {
                     let claim = format!("{namespace}{field}");
                     if field.is_empty() || STANDARD_CLAIMS.contains(&claim.as_str()) {
@@ -553,7 +624,10 @@ impl IssuerConfig {
             };
             for (key, list) in [("scopes", &route.scopes), ("any_scopes", &route.any_scopes)] {
                 for (scope_index, scope) in list.iter().enumerate() {
-                    let oidc = matches!(scope.as_str(), "openid" | "profile" | "email" | "offline_access");
+                    let oidc = matches!(
+                        scope.as_str(),
+                        "openid" | "profile" | "email" | "offline_access"
+                    );
                     if !oidc && !defined.contains(scope.as_str()) {
                         return Err(ConfigError::at(
                             format!("routes[{index}].{key}[{scope_index}]"),
@@ -577,7 +651,9 @@ fn check_scope_token(scope: &str, at: &str) -> Result<(), ConfigError> {
     {
         return Err(ConfigError::at(
             at,
-            format!("{scope:?} is not a valid scope (printable ASCII, no spaces, quotes or backslashes)"),
+            format!(
+                "{scope:?} is not a valid scope (printable ASCII, no spaces, quotes or backslashes)"
+            ),
         ));
     }
     Ok(())
@@ -588,10 +664,16 @@ fn check_redirect_uri(uri: &str, at: &str) -> Result<(), ConfigError> {
         .parse()
         .map_err(|_| ConfigError::at(at, format!("{uri:?} is not a URL")))?;
     if uri.contains('#') {
-        return Err(ConfigError::at(at, "a redirect URI must not have a fragment"));
+        return Err(ConfigError::at(
+            at,
+            "a redirect URI must not have a fragment",
+        ));
     }
     let Some(scheme) = parsed.scheme_str() else {
-        return Err(ConfigError::at(at, format!("{uri:?} is not an absolute URL")));
+        return Err(ConfigError::at(
+            at,
+            format!("{uri:?} is not an absolute URL"),
+        ));
     };
     match scheme {
         "https" => Ok(()),
