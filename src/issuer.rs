@@ -205,14 +205,14 @@ impl Issuer {
         })
     }
 
-    /// Answers a request for one of the issuer's endpoints ([`Issuer::owns`]).
-    pub async fn handle<B>(&self, request: Request<B>, remote: SocketAddr) -> Response<Body>
+    /// Answers a request for one of the issuer's endpoints; `path` is the request's
+    /// normalized path, which [`Issuer::owns`].
+    pub async fn handle<B>(&self, request: Request<B>, path: &str, remote: SocketAddr) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let (parts, body) = request.into_parts();
-        let path = parts.uri.path();
         let endpoint = path
             .strip_prefix(self.model.base_path.as_str())
             .unwrap_or(path);

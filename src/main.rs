@@ -129,7 +129,7 @@ async fn serve(config: Config, path: &Path) -> Result<(), String> {
     let admin_listener = tokio::net::TcpListener::bind(admin_listen)
         .await
         .map_err(|err| format!("cannot listen on {admin_listen} (admin): {err}"))?;
-    let gateway = Gateway::new(config, Some(path.to_path_buf()))?;
+    let gateway = Gateway::start(config, Some(path.to_path_buf())).await?;
     tracing::info!(%listen, %admin_listen, config = %path.display(), version = env!("CARGO_PKG_VERSION"), "scopegate serving");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -164,7 +164,7 @@ async fn signals(gateway: Arc<Gateway>, stop: tokio::sync::watch::Sender<bool>) 
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-            _ = hup.recv() => match gateway.reload() {
+            _ = hup.recv() => match gateway.reload_async().await {
                 Ok(()) => tracing::info!("configuration reloaded"),
                 Err(err) => tracing::error!(error = %err, "configuration refused; the previous one keeps serving"),
             },
