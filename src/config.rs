@@ -788,7 +788,10 @@ pub fn route_table(config: &Config) -> String {
 
 /// Routes whose paths include issuer endpoints (which are matched first), with those
 /// endpoints.
-pub fn routes_shadowed_by_issuer(config: &Config, endpoints: &[String]) -> Vec<(String, Vec<String>)> {
+pub fn routes_shadowed_by_issuer(
+    config: &Config,
+    endpoints: &[String],
+) -> Vec<(String, Vec<String>)> {
     use crate::pipeline::router::{Lookup, MethodSet, Pattern, Router};
     let mut out = Vec::new();
     for route in &config.routes {

@@ -207,7 +207,12 @@ impl Issuer {
 
     /// Answers a request for one of the issuer's endpoints; `path` is the request's
     /// normalized path, which [`Issuer::owns`].
-    pub async fn handle<B>(&self, request: Request<B>, path: &str, remote: SocketAddr) -> Response<Body>
+    pub async fn handle<B>(
+        &self,
+        request: Request<B>,
+        path: &str,
+        remote: SocketAddr,
+    ) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,

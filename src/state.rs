@@ -199,7 +199,11 @@ fn reuse_issuer(old: &Arc<Issuer>, config: &crate::config::IssuerConfig) -> Opti
 
 /// The built-in issuer as a trusted issuer, with in-process keys. Carried over from the
 /// previous state when it trusts the same issuer core the same way (no key reload gap).
-fn local_trust(builtin: &Arc<Issuer>, shared: &Shared, previous: Option<&State>) -> Result<Arc<TrustedIssuer>, String> {
+fn local_trust(
+    builtin: &Arc<Issuer>,
+    shared: &Shared,
+    previous: Option<&State>,
+) -> Result<Arc<TrustedIssuer>, String> {
     let trust = builtin.trust_config();
     let same_core = previous
         .and_then(|p| p.issuer.as_ref())
@@ -250,7 +254,10 @@ impl Gateway {
 
     /// Builds the first state, the built-in issuer included (its store is opened and
     /// migrated, its keys loaded or generated).
-    pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Gateway>, String> {
+    pub async fn start(
+        config: Config,
+        config_path: Option<PathBuf>,
+    ) -> Result<Arc<Gateway>, String> {
         let metrics = Metrics::new();
         let issuer = match config.issuer.as_ref().filter(|i| i.enabled) {
             Some(issuer_config) => Some(Issuer::new(issuer_config, metrics.clone()).await?),

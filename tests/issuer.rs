@@ -23,7 +23,10 @@ fn userinfo_of(running: &Running) -> String {
 async fn discovery_lists_every_endpoint_and_jwks_is_public_only() {
     let store = TestStore::new(Backend::Sqlite).await;
     let gw = Running::start(&store.url, &Options::default()).await;
-    for path in ["/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"] {
+    for path in [
+        "/.well-known/openid-configuration",
+        "/.well-known/oauth-authorization-server",
+    ] {
         let doc = get(&gw.url(path), None).await;
         assert_eq!(doc.status, 200);
         assert!(doc.header("cache-control").contains("max-age"), "{path}");
@@ -41,8 +44,14 @@ async fn discovery_lists_every_endpoint_and_jwks_is_public_only() {
         ] {
             assert_eq!(d[key], gw.url(endpoint), "{key}");
         }
-        assert_eq!(d["code_challenge_methods_supported"], serde_json::json!(["S256"]));
-        assert_eq!(d["id_token_signing_alg_values_supported"], serde_json::json!(["RS256"]));
+        assert_eq!(
+            d["code_challenge_methods_supported"],
+            serde_json::json!(["S256"])
+        );
+        assert_eq!(
+            d["id_token_signing_alg_values_supported"],
+            serde_json::json!(["RS256"])
+        );
         for grant in [
             "authorization_code",
             "implicit",
@@ -52,13 +61,32 @@ async fn discovery_lists_every_endpoint_and_jwks_is_public_only() {
             "urn:ietf:params:oauth:grant-type:device_code",
             "urn:ietf:params:oauth:grant-type:token-exchange",
         ] {
-            assert!(d["grant_types_supported"].as_array().unwrap().iter().any(|g| g == grant), "{grant}");
+            assert!(
+                d["grant_types_supported"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|g| g == grant),
+                "{grant}"
+            );
         }
         for method in ["client_secret_basic", "client_secret_post", "none"] {
-            assert!(d["token_endpoint_auth_methods_supported"].as_array().unwrap().iter().any(|g| g == method));
+            assert!(
+                d["token_endpoint_auth_methods_supported"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|g| g == method)
+            );
         }
         for rt in ["code", "token", "id_token", "id_token token"] {
-            assert!(d["response_types_supported"].as_array().unwrap().iter().any(|g| g == rt));
+            assert!(
+                d["response_types_supported"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|g| g == rt)
+            );
         }
     }
     let jwks = get(&gw.url("/.well-known/jwks.json"), None).await;
@@ -71,7 +99,10 @@ async fn discovery_lists_every_endpoint_and_jwks_is_public_only() {
     assert_eq!(key["alg"], "RS256");
     assert_eq!(key["use"], "sig");
     for private in ["d", "p", "q", "dp", "dq", "qi", "k"] {
-        assert!(!key.contains_key(private), "private member {private} served");
+        assert!(
+            !key.contains_key(private),
+            "private member {private} served"
+        );
     }
     // Endpoints refuse other methods with 405 and Allow; browser endpoints are reserved.
     let r = get(&gw.url("/oauth/token"), None).await;
@@ -92,13 +123,21 @@ async fn es256_and_eddsa_issuers_sign_verifiable_tokens() {
         let gw = Running::start(&store.url, &options).await;
         let jwks = gw.jwks().await;
         assert_eq!(jwks["keys"][0]["alg"], algorithm);
-        let tokens = gw.login("alice", ALICE_PASSWORD, "openid read:contacts").await;
+        let tokens = gw
+            .login("alice", ALICE_PASSWORD, "openid read:contacts")
+            .await;
         let at = tokens["access_token"].as_str().unwrap();
         let (header, _) = verify_independently(&jwks, at, &issuer_of(&gw), &[CONTACTS]);
         assert_eq!(format!("{:?}", header.alg), algorithm);
         let id = tokens["id_token"].as_str().unwrap();
         let (_, claims) = verify_independently(&jwks, id, &issuer_of(&gw), &["cli"]);
-        assert_eq!(claims["at_hash"], scopegate::issuer::mint::at_hash(scopegate::jose::Alg::from_name(algorithm).unwrap(), at));
+        assert_eq!(
+            claims["at_hash"],
+            scopegate::issuer::mint::at_hash(
+                scopegate::jose::Alg::from_name(algorithm).unwrap(),
+                at
+            )
+        );
         let echo = get(&gw.url("/api/contacts/1"), Some(at)).await;
         assert_eq!(echo.status, 200, "{:?}", echo.json);
         gw.stop().await;
@@ -113,7 +152,10 @@ async fn client_credentials_issues_machine_tokens() {
     let store = TestStore::new(Backend::Sqlite).await;
     let gw = Running::start(&store.url, &Options::default()).await;
     let answer = gw
-        .token(&[("grant_type", "client_credentials"), ("audience", CONTACTS)], Some(("m2m", M2M_SECRET)))
+        .token(
+            &[("grant_type", "client_credentials"), ("audience", CONTACTS)],
+            Some(("m2m", M2M_SECRET)),
+        )
         .await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.header("cache-control"), "no-store");
@@ -131,7 +173,10 @@ async fn client_credentials_issues_machine_tokens() {
     assert_eq!(claims["client_id"], "m2m");
     assert_eq!(claims["scope"], "read:contacts write:contacts");
     assert!(claims["jti"].as_str().is_some_and(|j| j.len() >= 16));
-    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 3600);
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        3600
+    );
 
     // Requested ∩ granted; client_secret_post works too.
     let answer = gw
@@ -151,22 +196,40 @@ async fn client_credentials_issues_machine_tokens() {
     // Only ungranted scopes: invalid_scope.
     let answer = gw
         .token(
-            &[("grant_type", "client_credentials"), ("audience", CONTACTS), ("scope", "delete:contacts")],
+            &[
+                ("grant_type", "client_credentials"),
+                ("audience", CONTACTS),
+                ("scope", "delete:contacts"),
+            ],
             Some(("m2m", M2M_SECRET)),
         )
         .await;
     assert_eq!((answer.status, answer.error()), (400, "invalid_scope"));
     // No grant for that API.
     let answer = gw
-        .token(&[("grant_type", "client_credentials"), ("audience", CALENDAR)], Some(("m2m", M2M_SECRET)))
+        .token(
+            &[("grant_type", "client_credentials"), ("audience", CALENDAR)],
+            Some(("m2m", M2M_SECRET)),
+        )
         .await;
     assert_eq!((answer.status, answer.error()), (403, "access_denied"));
     // Unknown API; no API at all.
     let answer = gw
-        .token(&[("grant_type", "client_credentials"), ("audience", "https://nope")], Some(("m2m", M2M_SECRET)))
+        .token(
+            &[
+                ("grant_type", "client_credentials"),
+                ("audience", "https://nope"),
+            ],
+            Some(("m2m", M2M_SECRET)),
+        )
         .await;
     assert_eq!((answer.status, answer.error()), (400, "invalid_target"));
-    let answer = gw.token(&[("grant_type", "client_credentials")], Some(("m2m", M2M_SECRET))).await;
+    let answer = gw
+        .token(
+            &[("grant_type", "client_credentials")],
+            Some(("m2m", M2M_SECRET)),
+        )
+        .await;
     assert_eq!((answer.status, answer.error()), (400, "invalid_request"));
 
     // The proxy accepts the machine token on a scoped route and forwards its identity.
@@ -179,8 +242,13 @@ async fn client_credentials_issues_machine_tokens() {
     assert_eq!(denied.status, 403);
 
     let metrics = gw.gateway.metrics.render();
-    assert!(metrics.contains("scopegate_tokens_issued_total{grant_type=\"client_credentials\"} 2"), "{metrics}");
-    assert!(metrics.contains("scopegate_token_errors_total{error=\"access_denied\",grant_type=\"client_credentials\"} 1"));
+    assert!(
+        metrics.contains("scopegate_tokens_issued_total{grant_type=\"client_credentials\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(
+        "scopegate_token_errors_total{error=\"access_denied\",grant_type=\"client_credentials\"} 1"
+    ));
     assert!(metrics.contains("route=\"issuer\""));
     gw.stop().await;
 }
@@ -192,37 +260,91 @@ async fn token_endpoint_refuses_bad_requests_without_state_change() {
     let cc = [("grant_type", "client_credentials"), ("audience", CONTACTS)];
 
     // Client authentication failures: 401 invalid_client with a Basic challenge.
-    for auth in [Some(("m2m", "wrong-secret")), Some(("nobody", "whatever-secret")), None] {
+    for auth in [
+        Some(("m2m", "wrong-secret")),
+        Some(("nobody", "whatever-secret")),
+        None,
+    ] {
         let answer = gw.token(&cc, auth).await;
-        assert_eq!((answer.status, answer.error()), (401, "invalid_client"), "{auth:?}");
-        assert!(answer.header("www-authenticate").starts_with("Basic realm="));
+        assert_eq!(
+            (answer.status, answer.error()),
+            (401, "invalid_client"),
+            "{auth:?}"
+        );
+        assert!(
+            answer
+                .header("www-authenticate")
+                .starts_with("Basic realm=")
+        );
         assert_eq!(answer.header("cache-control"), "no-store");
     }
     // A confidential client without its secret.
-    let answer = gw.token(&[("grant_type", "client_credentials"), ("client_id", "m2m")], None).await;
+    let answer = gw
+        .token(
+            &[("grant_type", "client_credentials"), ("client_id", "m2m")],
+            None,
+        )
+        .await;
     assert_eq!((answer.status, answer.error()), (401, "invalid_client"));
     // Two authentication methods at once.
     let answer = gw
         .token(
-            &[("grant_type", "client_credentials"), ("audience", CONTACTS), ("client_secret", M2M_SECRET)],
+            &[
+                ("grant_type", "client_credentials"),
+                ("audience", CONTACTS),
+                ("client_secret", M2M_SECRET),
+            ],
             Some(("m2m", M2M_SECRET)),
         )
         .await;
     assert_eq!((answer.status, answer.error()), (400, "invalid_request"));
     // A grant type the client may not use; one nobody knows; none at all.
-    let answer = gw.token(&[("grant_type", "password"), ("username", "alice"), ("password", ALICE_PASSWORD)], Some(("m2m", M2M_SECRET))).await;
-    assert_eq!((answer.status, answer.error()), (400, "unauthorized_client"));
-    let answer = gw.token(&[("grant_type", "magic")], Some(("m2m", M2M_SECRET))).await;
-    assert_eq!((answer.status, answer.error()), (400, "unsupported_grant_type"));
-    let answer = gw.token(&[("audience", CONTACTS)], Some(("m2m", M2M_SECRET))).await;
+    let answer = gw
+        .token(
+            &[
+                ("grant_type", "password"),
+                ("username", "alice"),
+                ("password", ALICE_PASSWORD),
+            ],
+            Some(("m2m", M2M_SECRET)),
+        )
+        .await;
+    assert_eq!(
+        (answer.status, answer.error()),
+        (400, "unauthorized_client")
+    );
+    let answer = gw
+        .token(&[("grant_type", "magic")], Some(("m2m", M2M_SECRET)))
+        .await;
+    assert_eq!(
+        (answer.status, answer.error()),
+        (400, "unsupported_grant_type")
+    );
+    let answer = gw
+        .token(&[("audience", CONTACTS)], Some(("m2m", M2M_SECRET)))
+        .await;
     assert_eq!((answer.status, answer.error()), (400, "invalid_request"));
     // The public client may not use client_credentials (not listed).
-    let answer = gw.token(&[("grant_type", "client_credentials"), ("client_id", "cli")], None).await;
-    assert_eq!((answer.status, answer.error()), (400, "unauthorized_client"));
+    let answer = gw
+        .token(
+            &[("grant_type", "client_credentials"), ("client_id", "cli")],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (answer.status, answer.error()),
+        (400, "unauthorized_client")
+    );
 
     // Only forms; duplicate parameters; oversized bodies; broken encoding.
     let token_url = gw.url("/oauth/token");
-    let json = post_raw(&token_url, "application/json", r#"{"grant_type":"client_credentials"}"#.into(), Some(basic("m2m", M2M_SECRET))).await;
+    let json = post_raw(
+        &token_url,
+        "application/json",
+        r#"{"grant_type":"client_credentials"}"#.into(),
+        Some(basic("m2m", M2M_SECRET)),
+    )
+    .await;
     assert_eq!((json.status, json.error()), (400, "invalid_request"));
     assert_eq!(json.header("cache-control"), "no-store");
     let dup = post_raw(
@@ -236,20 +358,44 @@ async fn token_endpoint_refuses_bad_requests_without_state_change() {
     let big = post_raw(
         &token_url,
         "application/x-www-form-urlencoded",
-        format!("grant_type=client_credentials&pad={}", "x".repeat(64 * 1024)),
+        format!(
+            "grant_type=client_credentials&pad={}",
+            "x".repeat(64 * 1024)
+        ),
         Some(basic("m2m", M2M_SECRET)),
     )
     .await;
     assert_eq!((big.status, big.error()), (400, "invalid_request"));
-    let bad = post_raw(&token_url, "application/x-www-form-urlencoded", "grant_type=%zz".into(), None).await;
+    let bad = post_raw(
+        &token_url,
+        "application/x-www-form-urlencoded",
+        "grant_type=%zz".into(),
+        None,
+    )
+    .await;
     assert_eq!((bad.status, bad.error()), (400, "invalid_request"));
     let bad_scope = gw
-        .token(&[("grant_type", "client_credentials"), ("audience", CONTACTS), ("scope", "read\"x")], Some(("m2m", M2M_SECRET)))
+        .token(
+            &[
+                ("grant_type", "client_credentials"),
+                ("audience", CONTACTS),
+                ("scope", "read\"x"),
+            ],
+            Some(("m2m", M2M_SECRET)),
+        )
         .await;
-    assert_eq!((bad_scope.status, bad_scope.error()), (400, "invalid_scope"));
+    assert_eq!(
+        (bad_scope.status, bad_scope.error()),
+        (400, "invalid_scope")
+    );
     let metrics = gw.gateway.metrics.render();
-    assert!(!metrics.contains("scopegate_tokens_issued_total{"), "nothing was issued: {metrics}");
-    assert!(metrics.contains("scopegate_token_errors_total{error=\"invalid_client\",grant_type=\"client_credentials\"}"));
+    assert!(
+        !metrics.contains("scopegate_tokens_issued_total{"),
+        "nothing was issued: {metrics}"
+    );
+    assert!(metrics.contains(
+        "scopegate_token_errors_total{error=\"invalid_client\",grant_type=\"client_credentials\"}"
+    ));
     gw.stop().await;
 }
 
@@ -262,18 +408,37 @@ async fn password_grant_issues_user_tokens(backend: Backend) {
     let jwks = gw.jwks().await;
     // alice is a reader: write:contacts is requested but not granted.
     let tokens = gw
-        .login("alice", ALICE_PASSWORD, "openid profile email read:contacts write:contacts offline_access bogus")
+        .login(
+            "alice",
+            ALICE_PASSWORD,
+            "openid profile email read:contacts write:contacts offline_access bogus",
+        )
         .await;
-    assert_eq!(tokens["scope"], "openid profile email read:contacts offline_access");
+    assert_eq!(
+        tokens["scope"],
+        "openid profile email read:contacts offline_access"
+    );
     let at = tokens["access_token"].as_str().unwrap();
     let (header, claims) = verify_independently(&jwks, at, &issuer_of(&gw), &[CONTACTS]);
     assert_eq!(header.typ.as_deref(), Some("at+jwt"));
     assert_eq!(claims["sub"], "user|alice");
-    assert_eq!(claims["aud"], serde_json::json!([CONTACTS, userinfo_of(&gw)]));
+    assert_eq!(
+        claims["aud"],
+        serde_json::json!([CONTACTS, userinfo_of(&gw)])
+    );
     assert_eq!(claims["azp"], "cli");
-    assert_eq!(claims["scope"], "openid profile email read:contacts offline_access");
-    assert_eq!(claims["https://contacts.example.com/roles"], serde_json::json!(["reader"]));
-    assert!(claims.get("email").is_none(), "profile claims stay out of access tokens");
+    assert_eq!(
+        claims["scope"],
+        "openid profile email read:contacts offline_access"
+    );
+    assert_eq!(
+        claims["https://contacts.example.com/roles"],
+        serde_json::json!(["reader"])
+    );
+    assert!(
+        claims.get("email").is_none(),
+        "profile claims stay out of access tokens"
+    );
 
     let id = tokens["id_token"].as_str().unwrap();
     let (id_header, id_claims) = verify_independently(&jwks, id, &issuer_of(&gw), &["cli"]);
@@ -281,11 +446,17 @@ async fn password_grant_issues_user_tokens(backend: Backend) {
     assert_eq!(id_claims["aud"], "cli");
     assert_eq!(id_claims["sub"], "user|alice");
     assert!(id_claims["auth_time"].as_i64().is_some());
-    assert_eq!(id_claims["at_hash"], scopegate::issuer::mint::at_hash(scopegate::jose::Alg::RS256, at));
+    assert_eq!(
+        id_claims["at_hash"],
+        scopegate::issuer::mint::at_hash(scopegate::jose::Alg::RS256, at)
+    );
     assert_eq!(id_claims["name"], "Alice Liddell");
     assert_eq!(id_claims["email"], "alice@example.com");
     assert_eq!(id_claims["email_verified"], true);
-    assert_eq!(id_claims["https://contacts.example.com/favorite_color"], "blue");
+    assert_eq!(
+        id_claims["https://contacts.example.com/favorite_color"],
+        "blue"
+    );
     assert!(tokens["refresh_token"].as_str().is_some());
 
     // The proxy: reading is allowed, writing needs a scope alice's roles lack.
@@ -293,11 +464,18 @@ async fn password_grant_issues_user_tokens(backend: Backend) {
     assert_eq!(echo.status, 200, "{:?}", echo.json);
     assert_eq!(echo.json["path"], "/contacts/1?x=1");
     assert_eq!(echo.json["headers"]["x-auth-subject"], "user|alice");
-    assert_eq!(echo.json["headers"]["x-auth-scopes"], "openid profile email read:contacts offline_access");
+    assert_eq!(
+        echo.json["headers"]["x-auth-scopes"],
+        "openid profile email read:contacts offline_access"
+    );
     assert_eq!(echo.json["headers"]["x-auth-roles"], "[\"reader\"]");
     let denied = request("POST", &gw.url("/api/contacts/1"), Some(at)).await;
     assert_eq!(denied.status, 403);
-    assert!(denied.header("www-authenticate").contains("insufficient_scope"));
+    assert!(
+        denied
+            .header("www-authenticate")
+            .contains("insufficient_scope")
+    );
     // The ID token is never an access token.
     assert_eq!(get(&gw.url("/api/contacts/1"), Some(id)).await.status, 401);
 
@@ -323,24 +501,55 @@ async fn password_grant_issues_user_tokens(backend: Backend) {
     let (_, bob) = verify_independently(&jwks, bob_at, &issuer_of(&gw), &[CONTACTS]);
     assert_eq!(bob["sub"], "bob-0001");
     assert_eq!(bob["aud"], CONTACTS);
-    assert_eq!(request("POST", &gw.url("/api/contacts/1"), Some(bob_at)).await.status, 200);
-    assert_eq!(request("DELETE", &gw.url("/api/contacts/1"), Some(bob_at)).await.status, 403);
+    assert_eq!(
+        request("POST", &gw.url("/api/contacts/1"), Some(bob_at))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        request("DELETE", &gw.url("/api/contacts/1"), Some(bob_at))
+            .await
+            .status,
+        403
+    );
 
     // No audience and no default: a token good for /userinfo only.
     let answer = gw
         .token(
-            &[("grant_type", "password"), ("client_id", "cli"), ("username", "alice"), ("password", ALICE_PASSWORD), ("scope", "openid offline_access")],
+            &[
+                ("grant_type", "password"),
+                ("client_id", "cli"),
+                ("username", "alice"),
+                ("password", ALICE_PASSWORD),
+                ("scope", "openid offline_access"),
+            ],
             None,
         )
         .await;
     assert_eq!(answer.status, 200);
-    assert_eq!(answer.json["scope"], "openid", "no offline access without an API");
-    let (_, c) = verify_independently(&jwks, answer.json["access_token"].as_str().unwrap(), &issuer_of(&gw), &[&userinfo_of(&gw)]);
+    assert_eq!(
+        answer.json["scope"], "openid",
+        "no offline access without an API"
+    );
+    let (_, c) = verify_independently(
+        &jwks,
+        answer.json["access_token"].as_str().unwrap(),
+        &issuer_of(&gw),
+        &[&userinfo_of(&gw)],
+    );
     assert_eq!(c["aud"], userinfo_of(&gw));
     // An API without allow_offline_access gives no refresh token.
     let answer = gw
         .token(
-            &[("grant_type", "password"), ("client_id", "cli"), ("username", "alice"), ("password", ALICE_PASSWORD), ("audience", CALENDAR), ("scope", "read:calendar offline_access")],
+            &[
+                ("grant_type", "password"),
+                ("client_id", "cli"),
+                ("username", "alice"),
+                ("password", ALICE_PASSWORD),
+                ("audience", CALENDAR),
+                ("scope", "read:calendar offline_access"),
+            ],
             None,
         )
         .await;
@@ -350,12 +559,36 @@ async fn password_grant_issues_user_tokens(backend: Backend) {
     // Wrong password, unknown user, missing fields.
     for (user, password) in [("alice", "wrong"), ("mallory", "whatever")] {
         let answer = gw
-            .token(&[("grant_type", "password"), ("client_id", "cli"), ("username", user), ("password", password)], None)
+            .token(
+                &[
+                    ("grant_type", "password"),
+                    ("client_id", "cli"),
+                    ("username", user),
+                    ("password", password),
+                ],
+                None,
+            )
             .await;
-        assert_eq!((answer.status, answer.error()), (400, "invalid_grant"), "{user}");
-        assert_eq!(answer.json["error_description"], "wrong username or password");
+        assert_eq!(
+            (answer.status, answer.error()),
+            (400, "invalid_grant"),
+            "{user}"
+        );
+        assert_eq!(
+            answer.json["error_description"],
+            "wrong username or password"
+        );
     }
-    let answer = gw.token(&[("grant_type", "password"), ("client_id", "cli"), ("username", "alice")], None).await;
+    let answer = gw
+        .token(
+            &[
+                ("grant_type", "password"),
+                ("client_id", "cli"),
+                ("username", "alice"),
+            ],
+            None,
+        )
+        .await;
     assert_eq!((answer.status, answer.error()), (400, "invalid_request"));
     gw.stop().await;
 }
@@ -366,7 +599,17 @@ async fn password_failures_lock_out_user_and_ip(backend: Backend) {
     let attempt = |user: &'static str, password: &'static str| {
         let url = gw.url("/oauth/token");
         async move {
-            post_form(&url, &[("grant_type", "password"), ("client_id", "cli"), ("username", user), ("password", password)], None).await
+            post_form(
+                &url,
+                &[
+                    ("grant_type", "password"),
+                    ("client_id", "cli"),
+                    ("username", user),
+                    ("password", password),
+                ],
+                None,
+            )
+            .await
         }
     };
     for _ in 0..3 {
@@ -375,7 +618,12 @@ async fn password_failures_lock_out_user_and_ip(backend: Backend) {
     // Locked: even the right password is refused, with 429 and Retry-After.
     let locked = attempt("alice", ALICE_PASSWORD).await;
     assert_eq!((locked.status, locked.error()), (429, "invalid_grant"));
-    assert!(locked.header("retry-after").parse::<u64>().is_ok_and(|s| s > 0 && s <= 600));
+    assert!(
+        locked
+            .header("retry-after")
+            .parse::<u64>()
+            .is_ok_and(|s| s > 0 && s <= 600)
+    );
     assert_eq!(locked.header("cache-control"), "no-store");
     // The IP is locked too (3 failures from 127.0.0.1), for every user.
     let other = attempt("bob", BOB_PASSWORD).await;
@@ -387,13 +635,27 @@ async fn password_failures_lock_out_user_and_ip(backend: Backend) {
         let started = std::time::Instant::now();
         let answer = post_form(
             &gw2.url("/oauth/token"),
-            &[("grant_type", "password"), ("client_id", "cli"), ("username", user), ("password", "wrong")],
+            &[
+                ("grant_type", "password"),
+                ("client_id", "cli"),
+                ("username", user),
+                ("password", "wrong"),
+            ],
             None,
         )
         .await;
-        assert_eq!((answer.status, answer.json.clone()), (400, serde_json::json!({"error": "invalid_grant", "error_description": "wrong username or password"})));
+        assert_eq!(
+            (answer.status, answer.json.clone()),
+            (
+                400,
+                serde_json::json!({"error": "invalid_grant", "error_description": "wrong username or password"})
+            )
+        );
         // Both paths run argon2 (the unknown user against a dummy hash).
-        assert!(started.elapsed() > std::time::Duration::from_millis(5), "{user}");
+        assert!(
+            started.elapsed() > std::time::Duration::from_millis(5),
+            "{user}"
+        );
     }
     gw.stop().await;
     gw2.stop().await;
@@ -405,12 +667,22 @@ async fn password_failures_lock_out_user_and_ip(backend: Backend) {
 async fn refresh_tokens_rotate_and_reuse_revokes_the_family(backend: Backend) {
     let store = TestStore::new(backend).await;
     let gw = Running::start(&store.url, &Options::default()).await;
-    let tokens = gw.login("alice", ALICE_PASSWORD, "openid profile read:contacts offline_access").await;
+    let tokens = gw
+        .login(
+            "alice",
+            ALICE_PASSWORD,
+            "openid profile read:contacts offline_access",
+        )
+        .await;
     let rt1 = tokens["refresh_token"].as_str().unwrap().to_string();
     let refresh = |token: String, scope: Option<&'static str>| {
         let url = gw.url("/oauth/token");
         async move {
-            let mut params = vec![("grant_type", "refresh_token"), ("client_id", "cli"), ("refresh_token", token.as_str())];
+            let mut params = vec![
+                ("grant_type", "refresh_token"),
+                ("client_id", "cli"),
+                ("refresh_token", token.as_str()),
+            ];
             if let Some(scope) = scope {
                 params.push(("scope", scope));
             }
@@ -423,7 +695,10 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family(backend: Backend) {
     // Another client cannot use it.
     let stolen = post_form(
         &gw.url("/oauth/token"),
-        &[("grant_type", "refresh_token"), ("refresh_token", rt1.as_str())],
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", rt1.as_str()),
+        ],
         Some(("web", WEB_SECRET)),
     )
     .await;
@@ -441,7 +716,10 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family(backend: Backend) {
     // The new refresh token keeps the family's full grant.
     let third = refresh(rt2.clone(), None).await;
     assert_eq!(third.status, 200, "{:?}", third.json);
-    assert_eq!(third.json["scope"], "openid profile read:contacts offline_access");
+    assert_eq!(
+        third.json["scope"],
+        "openid profile read:contacts offline_access"
+    );
     assert!(third.json["id_token"].as_str().is_some());
     let rt3 = third.json["refresh_token"].as_str().unwrap().to_string();
     // Reusing a spent token revokes the whole family, rt3 included.
@@ -457,14 +735,25 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family(backend: Backend) {
 async fn parallel_refresh_redemptions_have_one_winner(backend: Backend) {
     let store = TestStore::new(backend).await;
     let gw = Running::start(&store.url, &Options::default()).await;
-    let tokens = gw.login("alice", ALICE_PASSWORD, "read:contacts offline_access").await;
+    let tokens = gw
+        .login("alice", ALICE_PASSWORD, "read:contacts offline_access")
+        .await;
     let rt = tokens["refresh_token"].as_str().unwrap().to_string();
     let mut tasks = Vec::new();
     for _ in 0..6 {
         let url = gw.url("/oauth/token");
         let rt = rt.clone();
         tasks.push(tokio::spawn(async move {
-            post_form(&url, &[("grant_type", "refresh_token"), ("client_id", "cli"), ("refresh_token", rt.as_str())], None).await
+            post_form(
+                &url,
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("client_id", "cli"),
+                    ("refresh_token", rt.as_str()),
+                ],
+                None,
+            )
+            .await
         }));
     }
     let mut statuses = Vec::new();
@@ -475,34 +764,58 @@ async fn parallel_refresh_redemptions_have_one_winner(backend: Backend) {
         }
         statuses.push(answer.status);
     }
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
     gw.stop().await;
 }
 
 async fn restart_keeps_keys_and_refresh_tokens(backend: Backend) {
     let store = TestStore::new(backend).await;
     let enc = || Some(scopegate::issuer::keys::KeyEncryption::parse(&"5a".repeat(32)).unwrap());
-    let gw = Running::start_with(&store.url, &Options::default(), enc()).await.unwrap();
-    let kid = gw.jwks().await["keys"][0]["kid"].as_str().unwrap().to_string();
-    let tokens = gw.login("alice", ALICE_PASSWORD, "read:contacts offline_access").await;
+    let gw = Running::start_with(&store.url, &Options::default(), enc())
+        .await
+        .unwrap();
+    let kid = gw.jwks().await["keys"][0]["kid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tokens = gw
+        .login("alice", ALICE_PASSWORD, "read:contacts offline_access")
+        .await;
     let rt = tokens["refresh_token"].as_str().unwrap().to_string();
     let old_at = tokens["access_token"].as_str().unwrap().to_string();
     // Private keys are encrypted at rest.
     let stored = gw.issuer.core.store.load_keys().await.unwrap();
-    assert!(stored.iter().all(|k| k.encryption == "aes-256-gcm" && k.private_key.starts_with("v1.")));
+    assert!(
+        stored
+            .iter()
+            .all(|k| k.encryption == "aes-256-gcm" && k.private_key.starts_with("v1."))
+    );
     gw.stop().await;
 
     // Without the key-encryption key the store's keys cannot be used: a clear error.
-    let err = Running::start_with(&store.url, &Options::default(), None).await.err().unwrap();
+    let err = Running::start_with(&store.url, &Options::default(), None)
+        .await
+        .err()
+        .unwrap();
     assert!(err.contains("SCOPEGATE_KEY_ENCRYPTION_KEY"), "{err}");
 
-    let gw = Running::start_with(&store.url, &Options::default(), enc()).await.unwrap();
+    let gw = Running::start_with(&store.url, &Options::default(), enc())
+        .await
+        .unwrap();
     let jwks = gw.jwks().await;
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
     assert_eq!(jwks["keys"][0]["kid"], kid.as_str());
     let answer = post_form(
         &gw.url("/oauth/token"),
-        &[("grant_type", "refresh_token"), ("client_id", "cli"), ("refresh_token", rt.as_str())],
+        &[
+            ("grant_type", "refresh_token"),
+            ("client_id", "cli"),
+            ("refresh_token", rt.as_str()),
+        ],
         None,
     )
     .await;
@@ -520,15 +833,23 @@ async fn restart_keeps_keys_and_refresh_tokens(backend: Backend) {
 async fn token_exchange_trades_for_another_api(backend: Backend) {
     let store = TestStore::new(backend).await;
     let gw = Running::start(&store.url, &Options::default()).await;
-    let alice = gw.login("alice", ALICE_PASSWORD, "openid read:contacts").await;
+    let alice = gw
+        .login("alice", ALICE_PASSWORD, "openid read:contacts")
+        .await;
     let subject = alice["access_token"].as_str().unwrap().to_string();
     let exchange = |token: String, audience: &'static str, scope: Option<&'static str>| {
         let url = gw.url("/oauth/token");
         async move {
             let mut params = vec![
-                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:token-exchange",
+                ),
                 ("subject_token", token.as_str()),
-                ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+                (
+                    "subject_token_type",
+                    "urn:ietf:params:oauth:token-type:access_token",
+                ),
                 ("audience", audience),
             ];
             if let Some(scope) = scope {
@@ -537,10 +858,21 @@ async fn token_exchange_trades_for_another_api(backend: Backend) {
             post_form(&url, &params, Some(("web", WEB_SECRET))).await
         }
     };
-    let traded = exchange(subject.clone(), CALENDAR, Some("read:calendar write:calendar")).await;
+    let traded = exchange(
+        subject.clone(),
+        CALENDAR,
+        Some("read:calendar write:calendar"),
+    )
+    .await;
     assert_eq!(traded.status, 200, "{:?}", traded.json);
-    assert_eq!(traded.json["issued_token_type"], "urn:ietf:params:oauth:token-type:access_token");
-    assert_eq!(traded.json["scope"], "read:calendar", "limited by alice's roles");
+    assert_eq!(
+        traded.json["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    assert_eq!(
+        traded.json["scope"], "read:calendar",
+        "limited by alice's roles"
+    );
     let at = traded.json["access_token"].as_str().unwrap();
     let (_, claims) = verify_independently(&gw.jwks().await, at, &issuer_of(&gw), &[CALENDAR]);
     assert_eq!(claims["sub"], "user|alice");
@@ -551,40 +883,77 @@ async fn token_exchange_trades_for_another_api(backend: Backend) {
     assert_eq!(echo.status, 200, "{:?}", echo.json);
     assert_eq!(echo.json["headers"]["x-auth-subject"], "user|alice");
     // And the original does not.
-    assert_eq!(get(&gw.url("/api/calendar/today"), Some(&subject)).await.status, 401);
+    assert_eq!(
+        get(&gw.url("/api/calendar/today"), Some(&subject))
+            .await
+            .status,
+        401
+    );
 
     // bob's roles grant nothing for the calendar.
     let bob = gw.login("bob", BOB_PASSWORD, "read:contacts").await;
-    let none = exchange(bob["access_token"].as_str().unwrap().into(), CALENDAR, Some("read:calendar")).await;
+    let none = exchange(
+        bob["access_token"].as_str().unwrap().into(),
+        CALENDAR,
+        Some("read:calendar"),
+    )
+    .await;
     assert_eq!((none.status, none.error()), (400, "invalid_scope"));
 
     // Forged, ID token, machine token, garbage: invalid_grant.
     let mut forged = subject.clone();
     let last = forged.pop().unwrap();
     forged.push(if last == 'A' { 'B' } else { 'A' });
-    let machine = gw.machine_token().await["access_token"].as_str().unwrap().to_string();
-    let id_token = gw.login("alice", ALICE_PASSWORD, "openid").await["id_token"].as_str().unwrap().to_string();
+    let machine = gw.machine_token().await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id_token = gw.login("alice", ALICE_PASSWORD, "openid").await["id_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for bad in [forged, machine, id_token, "garbage".to_string()] {
         let answer = exchange(bad, CALENDAR, None).await;
-        assert_eq!((answer.status, answer.error()), (400, "invalid_grant"), "{:?}", answer.json);
+        assert_eq!(
+            (answer.status, answer.error()),
+            (400, "invalid_grant"),
+            "{:?}",
+            answer.json
+        );
     }
     // Wrong subject_token_type; no audience; unknown audience.
     let answer = post_form(
         &gw.url("/oauth/token"),
         &[
-            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
             ("subject_token", subject.as_str()),
-            ("subject_token_type", "urn:ietf:params:oauth:token-type:id_token"),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:id_token",
+            ),
             ("audience", CALENDAR),
         ],
         Some(("web", WEB_SECRET)),
     )
     .await;
     assert_eq!((answer.status, answer.error()), (400, "invalid_request"));
-    assert_eq!(exchange(subject.clone(), "https://nope", None).await.error(), "invalid_target");
+    assert_eq!(
+        exchange(subject.clone(), "https://nope", None)
+            .await
+            .error(),
+        "invalid_target"
+    );
 
     // A revoked subject token.
-    let revoke = post_form(&gw.url("/oauth/revoke"), &[("client_id", "cli"), ("token", subject.as_str())], None).await;
+    let revoke = post_form(
+        &gw.url("/oauth/revoke"),
+        &[("client_id", "cli"), ("token", subject.as_str())],
+        None,
+    )
+    .await;
     assert_eq!(revoke.status, 200);
     let answer = exchange(subject.clone(), CALENDAR, None).await;
     assert_eq!((answer.status, answer.error()), (400, "invalid_grant"));
@@ -592,7 +961,14 @@ async fn token_exchange_trades_for_another_api(backend: Backend) {
     // An expired subject token (the short API's tokens live 1s).
     let short = gw
         .token(
-            &[("grant_type", "password"), ("client_id", "cli"), ("username", "alice"), ("password", ALICE_PASSWORD), ("audience", SHORT), ("scope", "read:short")],
+            &[
+                ("grant_type", "password"),
+                ("client_id", "cli"),
+                ("username", "alice"),
+                ("password", ALICE_PASSWORD),
+                ("audience", SHORT),
+                ("scope", "read:short"),
+            ],
             None,
         )
         .await;
@@ -613,12 +989,23 @@ async fn introspection_userinfo_and_revocation(backend: Backend) {
         let url = gw.url("/oauth/introspect");
         async move { post_form(&url, &[("token", token.as_str())], auth).await }
     };
-    let tokens = gw.login("alice", ALICE_PASSWORD, "openid profile email read:contacts offline_access").await;
+    let tokens = gw
+        .login(
+            "alice",
+            ALICE_PASSWORD,
+            "openid profile email read:contacts offline_access",
+        )
+        .await;
     let at = tokens["access_token"].as_str().unwrap().to_string();
     let rt = tokens["refresh_token"].as_str().unwrap().to_string();
 
     // Introspection needs a confidential client.
-    let answer = post_form(&gw.url("/oauth/introspect"), &[("token", at.as_str()), ("client_id", "cli")], None).await;
+    let answer = post_form(
+        &gw.url("/oauth/introspect"),
+        &[("token", at.as_str()), ("client_id", "cli")],
+        None,
+    )
+    .await;
     assert_eq!((answer.status, answer.error()), (401, "invalid_client"));
     let answer = introspect(at.clone(), None).await;
     assert_eq!(answer.status, 401);
@@ -630,7 +1017,10 @@ async fn introspection_userinfo_and_revocation(backend: Backend) {
     assert_eq!(active.json["sub"], "user|alice");
     assert_eq!(active.json["client_id"], "cli");
     assert_eq!(active.json["username"], "alice");
-    assert_eq!(active.json["scope"], "openid profile email read:contacts offline_access");
+    assert_eq!(
+        active.json["scope"],
+        "openid profile email read:contacts offline_access"
+    );
     // Refresh tokens: active for their own client only.
     let refresh_web = introspect(rt.clone(), Some(("web", WEB_SECRET))).await;
     assert_eq!(refresh_web.json, serde_json::json!({"active": false}));
@@ -642,10 +1032,15 @@ async fn introspection_userinfo_and_revocation(backend: Backend) {
         assert_eq!(info.json["sub"], "user|alice");
         assert_eq!(info.json["name"], "Alice Liddell");
         assert_eq!(info.json["email"], "alice@example.com");
-        assert_eq!(info.json["https://contacts.example.com/favorite_color"], "blue");
+        assert_eq!(
+            info.json["https://contacts.example.com/favorite_color"],
+            "blue"
+        );
     }
     // openid only: sub and custom claims, no profile or email.
-    let slim = gw.login("alice", ALICE_PASSWORD, "openid read:contacts").await;
+    let slim = gw
+        .login("alice", ALICE_PASSWORD, "openid read:contacts")
+        .await;
     let info = get(&gw.url("/userinfo"), slim["access_token"].as_str()).await;
     assert_eq!(info.status, 200);
     assert!(info.json.get("email").is_none() && info.json.get("name").is_none());
@@ -655,46 +1050,96 @@ async fn introspection_userinfo_and_revocation(backend: Backend) {
     assert_eq!(info.status, 401);
     assert!(info.header("www-authenticate").contains("invalid_token"));
     let machine = gw.machine_token().await;
-    assert_eq!(get(&gw.url("/userinfo"), machine["access_token"].as_str()).await.status, 401);
+    assert_eq!(
+        get(&gw.url("/userinfo"), machine["access_token"].as_str())
+            .await
+            .status,
+        401
+    );
     let missing = get(&gw.url("/userinfo"), None).await;
     assert_eq!(missing.status, 401);
-    assert_eq!(missing.header("www-authenticate"), "Bearer realm=\"scopegate\"");
-    assert_eq!(get(&gw.url("/userinfo"), Some("garbage.token.here")).await.status, 401);
+    assert_eq!(
+        missing.header("www-authenticate"),
+        "Bearer realm=\"scopegate\""
+    );
+    assert_eq!(
+        get(&gw.url("/userinfo"), Some("garbage.token.here"))
+            .await
+            .status,
+        401
+    );
 
     // Revocation: another client's token is refused and stays valid.
-    let other = post_form(&gw.url("/oauth/revoke"), &[("token", at.as_str())], Some(("web", WEB_SECRET))).await;
+    let other = post_form(
+        &gw.url("/oauth/revoke"),
+        &[("token", at.as_str())],
+        Some(("web", WEB_SECRET)),
+    )
+    .await;
     assert_eq!((other.status, other.error()), (400, "unauthorized_client"));
-    assert_eq!(introspect(at.clone(), Some(("m2m", M2M_SECRET))).await.json["active"], true);
+    assert_eq!(
+        introspect(at.clone(), Some(("m2m", M2M_SECRET))).await.json["active"],
+        true
+    );
     // Unknown tokens are answered 200; a token parameter is required.
-    let unknown = post_form(&gw.url("/oauth/revoke"), &[("token", "whatever"), ("client_id", "cli")], None).await;
+    let unknown = post_form(
+        &gw.url("/oauth/revoke"),
+        &[("token", "whatever"), ("client_id", "cli")],
+        None,
+    )
+    .await;
     assert_eq!(unknown.status, 200);
     let none = post_form(&gw.url("/oauth/revoke"), &[("client_id", "cli")], None).await;
     assert_eq!((none.status, none.error()), (400, "invalid_request"));
     // Revoking the access token shows at once at introspection and /userinfo.
     let revoked = post_form(
         &gw.url("/oauth/revoke"),
-        &[("token", at.as_str()), ("token_type_hint", "access_token"), ("client_id", "cli")],
+        &[
+            ("token", at.as_str()),
+            ("token_type_hint", "access_token"),
+            ("client_id", "cli"),
+        ],
         None,
     )
     .await;
     assert_eq!(revoked.status, 200);
-    assert_eq!(introspect(at.clone(), Some(("m2m", M2M_SECRET))).await.json, serde_json::json!({"active": false}));
+    assert_eq!(
+        introspect(at.clone(), Some(("m2m", M2M_SECRET))).await.json,
+        serde_json::json!({"active": false})
+    );
     assert_eq!(get(&gw.url("/userinfo"), Some(&at)).await.status, 401);
 
     // Refresh: rotate, then revoke the new one: the family dies.
     let rotated = post_form(
         &gw.url("/oauth/token"),
-        &[("grant_type", "refresh_token"), ("client_id", "cli"), ("refresh_token", rt.as_str())],
+        &[
+            ("grant_type", "refresh_token"),
+            ("client_id", "cli"),
+            ("refresh_token", rt.as_str()),
+        ],
         None,
     )
     .await;
     let rt2 = rotated.json["refresh_token"].as_str().unwrap().to_string();
-    assert_eq!(introspect(rt.clone(), Some(("web", WEB_SECRET))).await.json["active"], false, "spent");
-    let revoke = post_form(&gw.url("/oauth/revoke"), &[("token", rt2.as_str()), ("client_id", "cli")], None).await;
+    assert_eq!(
+        introspect(rt.clone(), Some(("web", WEB_SECRET))).await.json["active"],
+        false,
+        "spent"
+    );
+    let revoke = post_form(
+        &gw.url("/oauth/revoke"),
+        &[("token", rt2.as_str()), ("client_id", "cli")],
+        None,
+    )
+    .await;
     assert_eq!(revoke.status, 200);
     let again = post_form(
         &gw.url("/oauth/token"),
-        &[("grant_type", "refresh_token"), ("client_id", "cli"), ("refresh_token", rt2.as_str())],
+        &[
+            ("grant_type", "refresh_token"),
+            ("client_id", "cli"),
+            ("refresh_token", rt2.as_str()),
+        ],
         None,
     )
     .await;
@@ -703,19 +1148,42 @@ async fn introspection_userinfo_and_revocation(backend: Backend) {
     // Foreign and expired tokens are inactive.
     let foreign_issuer = TestStore::new(Backend::Sqlite).await;
     let elsewhere = Running::start(&foreign_issuer.url, &Options::default()).await;
-    let foreign = elsewhere.machine_token().await["access_token"].as_str().unwrap().to_string();
-    assert_eq!(introspect(foreign, Some(("m2m", M2M_SECRET))).await.json, serde_json::json!({"active": false}));
+    let foreign = elsewhere.machine_token().await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        introspect(foreign, Some(("m2m", M2M_SECRET))).await.json,
+        serde_json::json!({"active": false})
+    );
     elsewhere.stop().await;
     let short = gw
         .token(
-            &[("grant_type", "password"), ("client_id", "cli"), ("username", "alice"), ("password", ALICE_PASSWORD), ("audience", SHORT), ("scope", "openid read:short")],
+            &[
+                ("grant_type", "password"),
+                ("client_id", "cli"),
+                ("username", "alice"),
+                ("password", ALICE_PASSWORD),
+                ("audience", SHORT),
+                ("scope", "openid read:short"),
+            ],
             None,
         )
         .await;
     let short_at = short.json["access_token"].as_str().unwrap().to_string();
-    assert_eq!(introspect(short_at.clone(), Some(("m2m", M2M_SECRET))).await.json["active"], true);
+    assert_eq!(
+        introspect(short_at.clone(), Some(("m2m", M2M_SECRET)))
+            .await
+            .json["active"],
+        true
+    );
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    assert_eq!(introspect(short_at.clone(), Some(("m2m", M2M_SECRET))).await.json, serde_json::json!({"active": false}));
+    assert_eq!(
+        introspect(short_at.clone(), Some(("m2m", M2M_SECRET)))
+            .await
+            .json,
+        serde_json::json!({"active": false})
+    );
     assert_eq!(get(&gw.url("/userinfo"), Some(&short_at)).await.status, 401);
     gw.stop().await;
 }
@@ -729,23 +1197,50 @@ async fn keys_rotate_and_old_keys_stay_published() {
     // rotate_after must exceed access_ttl (1h in the test config), so rotate by changing
     // the algorithm, which retires the RS256 key at once.
     let gw = Running::start(&store.url, &Options::default()).await;
-    let before = gw.machine_token().await["access_token"].as_str().unwrap().to_string();
+    let before = gw.machine_token().await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let old_kid = jsonwebtoken::decode_header(&before).unwrap().kid.unwrap();
-    let yaml = config_yaml(gw.addr.port(), &store.url, &Options { algorithm: "ES256", ..Options::default() });
+    let yaml = config_yaml(
+        gw.addr.port(),
+        &store.url,
+        &Options {
+            algorithm: "ES256",
+            ..Options::default()
+        },
+    );
     let config = scopegate::config::Config::from_yaml_with_env(&yaml, |_| None).unwrap();
     // A keys change needs the async path: the sync one refuses and keeps serving.
     assert!(gw.gateway.apply(config.clone()).is_err());
     gw.gateway.apply_async(config).await.unwrap();
-    let after = gw.machine_token().await["access_token"].as_str().unwrap().to_string();
+    let after = gw.machine_token().await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let header = jsonwebtoken::decode_header(&after).unwrap();
     assert_eq!(format!("{:?}", header.alg), "ES256");
     assert_ne!(header.kid.as_deref(), Some(old_kid.as_str()));
     let jwks = gw.jwks().await;
-    let kids: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
-    assert!(kids.contains(&old_kid.as_str()), "the retired key is still published: {kids:?}");
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(
+        kids.contains(&old_kid.as_str()),
+        "the retired key is still published: {kids:?}"
+    );
     // Both the old and the new token pass the proxy.
-    assert_eq!(get(&gw.url("/api/contacts/1"), Some(&before)).await.status, 200);
-    assert_eq!(get(&gw.url("/api/contacts/1"), Some(&after)).await.status, 200);
+    assert_eq!(
+        get(&gw.url("/api/contacts/1"), Some(&before)).await.status,
+        200
+    );
+    assert_eq!(
+        get(&gw.url("/api/contacts/1"), Some(&after)).await.status,
+        200
+    );
     verify_independently(&jwks, &before, &issuer_of(&gw), &[CONTACTS]);
     verify_independently(&jwks, &after, &issuer_of(&gw), &[CONTACTS]);
     gw.stop().await;
@@ -758,16 +1253,36 @@ async fn reload_reuses_the_issuer_core() {
     let core = gw.gateway.state().issuer.as_ref().unwrap().core.clone();
     // Same config: the same issuer. Users changed: same store and keys, new model.
     let yaml = config_yaml(gw.addr.port(), &store.url, &Options::default());
-    gw.gateway.apply(scopegate::config::Config::from_yaml_with_env(&yaml, |_| None).unwrap()).unwrap();
-    assert!(std::sync::Arc::ptr_eq(&gw.gateway.state().issuer.as_ref().unwrap().core, &core));
-    let fewer = config_yaml(gw.addr.port(), &store.url, &Options { max_failures: 7, ..Options::default() });
-    gw.gateway.apply(scopegate::config::Config::from_yaml_with_env(&fewer, |_| None).unwrap()).unwrap();
+    gw.gateway
+        .apply(scopegate::config::Config::from_yaml_with_env(&yaml, |_| None).unwrap())
+        .unwrap();
+    assert!(std::sync::Arc::ptr_eq(
+        &gw.gateway.state().issuer.as_ref().unwrap().core,
+        &core
+    ));
+    let fewer = config_yaml(
+        gw.addr.port(),
+        &store.url,
+        &Options {
+            max_failures: 7,
+            ..Options::default()
+        },
+    );
+    gw.gateway
+        .apply(scopegate::config::Config::from_yaml_with_env(&fewer, |_| None).unwrap())
+        .unwrap();
     let state = gw.gateway.state();
     let issuer = state.issuer.as_ref().unwrap();
     assert!(std::sync::Arc::ptr_eq(&issuer.core, &core));
     assert_eq!(issuer.model.throttle.max_failures, 7);
-    let token = gw.machine_token().await["access_token"].as_str().unwrap().to_string();
-    assert_eq!(get(&gw.url("/api/contacts/1"), Some(&token)).await.status, 200);
+    let token = gw.machine_token().await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        get(&gw.url("/api/contacts/1"), Some(&token)).await.status,
+        200
+    );
     gw.stop().await;
 }
 
@@ -783,9 +1298,15 @@ fn check_names_routes_the_issuer_endpoints_take() {
     );
     let config = scopegate::config::Config::from_yaml_with_env(&yaml, |_| None).unwrap();
     let table = scopegate::config::route_table(&config);
-    assert!(table.contains("note: route \"everything\" does not get /authorize /oauth/token"), "{table}");
+    assert!(
+        table.contains("note: route \"everything\" does not get /authorize /oauth/token"),
+        "{table}"
+    );
     assert!(table.contains("note: route \"oauth\" does not get /oauth/token /oauth/revoke /oauth/introspect /oauth/device/code: the issuer serves it\n"), "{table}");
-    assert!(!table.contains("route \"read-contacts\" does not get"), "{table}");
+    assert!(
+        !table.contains("route \"read-contacts\" does not get"),
+        "{table}"
+    );
     // The built-in issuer may not also be listed under trust.issuers.
     let twice = yaml.replace(
         "routes:",

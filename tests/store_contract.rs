@@ -86,38 +86,87 @@ async fn keys_rotate_once(backend: Backend) {
 async fn refresh_rotation_and_reuse(backend: Backend) {
     let (store, _test) = open(backend).await;
     let t = now();
-    store.create_family(&family("f1"), &secret_hash("rt-1"), t + 100).await.unwrap();
-    let found = store.find_refresh(&secret_hash("rt-1")).await.unwrap().unwrap();
+    store
+        .create_family(&family("f1"), &secret_hash("rt-1"), t + 100)
+        .await
+        .unwrap();
+    let found = store
+        .find_refresh(&secret_hash("rt-1"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(found.family, family_with_times(&found.family));
     assert!(!found.used && !found.family_revoked);
     assert_eq!(
-        store.rotate_refresh(&secret_hash("rt-1"), &secret_hash("rt-2"), t + 100, t).await.unwrap(),
+        store
+            .rotate_refresh(&secret_hash("rt-1"), &secret_hash("rt-2"), t + 100, t)
+            .await
+            .unwrap(),
         Rotation::Rotated
     );
-    let next = store.find_refresh(&secret_hash("rt-2")).await.unwrap().unwrap();
+    let next = store
+        .find_refresh(&secret_hash("rt-2"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(next.family.id, "f1");
     // Reusing the spent token revokes the family: the new token dies with it.
     assert_eq!(
-        store.rotate_refresh(&secret_hash("rt-1"), &secret_hash("rt-x"), t + 100, t).await.unwrap(),
+        store
+            .rotate_refresh(&secret_hash("rt-1"), &secret_hash("rt-x"), t + 100, t)
+            .await
+            .unwrap(),
         Rotation::Reused
     );
-    assert!(store.find_refresh(&secret_hash("rt-2")).await.unwrap().unwrap().family_revoked);
+    assert!(
+        store
+            .find_refresh(&secret_hash("rt-2"))
+            .await
+            .unwrap()
+            .unwrap()
+            .family_revoked
+    );
     assert_eq!(
-        store.rotate_refresh(&secret_hash("rt-2"), &secret_hash("rt-3"), t + 100, t).await.unwrap(),
+        store
+            .rotate_refresh(&secret_hash("rt-2"), &secret_hash("rt-3"), t + 100, t)
+            .await
+            .unwrap(),
         Rotation::Invalid
     );
-    assert!(store.find_refresh(&secret_hash("rt-x")).await.unwrap().is_none());
+    assert!(
+        store
+            .find_refresh(&secret_hash("rt-x"))
+            .await
+            .unwrap()
+            .is_none()
+    );
     // Unknown and expired tokens are invalid and change nothing.
     assert_eq!(
-        store.rotate_refresh(&secret_hash("nope"), &secret_hash("rt-4"), t + 100, t).await.unwrap(),
+        store
+            .rotate_refresh(&secret_hash("nope"), &secret_hash("rt-4"), t + 100, t)
+            .await
+            .unwrap(),
         Rotation::Invalid
     );
-    store.create_family(&family("f2"), &secret_hash("old"), t - 1).await.unwrap();
+    store
+        .create_family(&family("f2"), &secret_hash("old"), t - 1)
+        .await
+        .unwrap();
     assert_eq!(
-        store.rotate_refresh(&secret_hash("old"), &secret_hash("rt-5"), t + 100, t).await.unwrap(),
+        store
+            .rotate_refresh(&secret_hash("old"), &secret_hash("rt-5"), t + 100, t)
+            .await
+            .unwrap(),
         Rotation::Invalid
     );
-    assert!(!store.find_refresh(&secret_hash("old")).await.unwrap().unwrap().family_revoked);
+    assert!(
+        !store
+            .find_refresh(&secret_hash("old"))
+            .await
+            .unwrap()
+            .unwrap()
+            .family_revoked
+    );
     // Revoking a family is idempotent.
     assert!(store.revoke_family("f2", t).await.unwrap());
     assert!(!store.revoke_family("f2", t).await.unwrap());
@@ -134,13 +183,21 @@ fn family_with_times(found: &Family) -> Family {
 async fn parallel_refresh_rotation_has_one_winner(backend: Backend) {
     let (store, _test) = open(backend).await;
     let t = now();
-    store.create_family(&family("fp"), &secret_hash("rt-p"), t + 100).await.unwrap();
+    store
+        .create_family(&family("fp"), &secret_hash("rt-p"), t + 100)
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for i in 0..8 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             store
-                .rotate_refresh(&secret_hash("rt-p"), &secret_hash(&format!("next-{i}")), t + 100, t)
+                .rotate_refresh(
+                    &secret_hash("rt-p"),
+                    &secret_hash(&format!("next-{i}")),
+                    t + 100,
+                    t,
+                )
                 .await
                 .unwrap()
         }));
@@ -151,7 +208,10 @@ async fn parallel_refresh_rotation_has_one_winner(backend: Backend) {
     }
     let winners = results.iter().filter(|r| **r == Rotation::Rotated).count();
     assert_eq!(winners, 1, "{results:?}");
-    assert!(results.iter().all(|r| *r != Rotation::Invalid), "{results:?}");
+    assert!(
+        results.iter().all(|r| *r != Rotation::Invalid),
+        "{results:?}"
+    );
 }
 
 async fn codes_are_redeemed_once(backend: Backend) {
@@ -161,7 +221,9 @@ async fn codes_are_redeemed_once(backend: Backend) {
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let store = store.clone();
-        tasks.push(tokio::spawn(async move { store.consume_code("c1", now()).await.unwrap() }));
+        tasks.push(tokio::spawn(async move {
+            store.consume_code("c1", now()).await.unwrap()
+        }));
     }
     let mut won = Vec::new();
     for task in tasks {
@@ -210,17 +272,46 @@ async fn device_codes_flow(backend: Backend) {
     };
     store.insert_device_code(&device).await.unwrap();
     // The user code is unique.
-    assert!(store.insert_device_code(&DeviceRecord { device_code_hash: "d2".into(), ..device.clone() }).await.is_err());
-    assert_eq!(store.find_device_by_user_code("ABCD-EFGH").await.unwrap().unwrap().status, "pending");
-    assert!(store.consume_device("d1", t).await.unwrap().is_none(), "pending is not consumable");
+    assert!(
+        store
+            .insert_device_code(&DeviceRecord {
+                device_code_hash: "d2".into(),
+                ..device.clone()
+            })
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        store
+            .find_device_by_user_code("ABCD-EFGH")
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        "pending"
+    );
+    assert!(
+        store.consume_device("d1", t).await.unwrap().is_none(),
+        "pending is not consumable"
+    );
     assert_eq!(store.touch_device_poll("d1", t).await.unwrap(), None);
     assert_eq!(store.touch_device_poll("d1", t + 1).await.unwrap(), Some(t));
-    assert!(store.decide_device("ABCD-EFGH", Some("user|alice"), t, t).await.unwrap());
-    assert!(!store.decide_device("ABCD-EFGH", None, t, t).await.unwrap(), "decided once");
+    assert!(
+        store
+            .decide_device("ABCD-EFGH", Some("user|alice"), t, t)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store.decide_device("ABCD-EFGH", None, t, t).await.unwrap(),
+        "decided once"
+    );
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let store = store.clone();
-        tasks.push(tokio::spawn(async move { store.consume_device("d1", now()).await.unwrap() }));
+        tasks.push(tokio::spawn(async move {
+            store.consume_device("d1", now()).await.unwrap()
+        }));
     }
     let mut won = 0;
     for task in tasks {
@@ -230,7 +321,10 @@ async fn device_codes_flow(backend: Backend) {
         }
     }
     assert_eq!(won, 1);
-    assert_eq!(store.find_device("d1").await.unwrap().unwrap().status, "consumed");
+    assert_eq!(
+        store.find_device("d1").await.unwrap().unwrap().status,
+        "consumed"
+    );
 }
 
 async fn revocations_and_throttle(backend: Backend) {
@@ -245,21 +339,45 @@ async fn revocations_and_throttle(backend: Backend) {
     for _ in 0..3 {
         store.record_failure("user:alice", t, 600).await.unwrap();
     }
-    assert_eq!(store.failures("user:alice", t, 600).await.unwrap(), (3, t + 600));
+    assert_eq!(
+        store.failures("user:alice", t, 600).await.unwrap(),
+        (3, t + 600)
+    );
     // The window closes: the count starts over.
-    assert_eq!(store.failures("user:alice", t + 600, 600).await.unwrap().0, 0);
-    store.record_failure("user:alice", t + 600, 600).await.unwrap();
-    assert_eq!(store.failures("user:alice", t + 600, 600).await.unwrap(), (1, t + 1200));
+    assert_eq!(
+        store.failures("user:alice", t + 600, 600).await.unwrap().0,
+        0
+    );
+    store
+        .record_failure("user:alice", t + 600, 600)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.failures("user:alice", t + 600, 600).await.unwrap(),
+        (1, t + 1200)
+    );
     store.clear_failures("user:alice").await.unwrap();
-    assert_eq!(store.failures("user:alice", t + 600, 600).await.unwrap().0, 0);
+    assert_eq!(
+        store.failures("user:alice", t + 600, 600).await.unwrap().0,
+        0
+    );
 
     store.revoke_jti("old", t - 10).await.unwrap();
-    store.create_family(&family("fx"), &secret_hash("expired"), t - 10).await.unwrap();
+    store
+        .create_family(&family("fx"), &secret_hash("expired"), t - 10)
+        .await
+        .unwrap();
     store.insert_code(&code("cx", t - 10)).await.unwrap();
     store.purge_expired(t, 600).await.unwrap();
     assert!(!store.is_revoked("old").await.unwrap());
     assert!(store.is_revoked("j1").await.unwrap());
-    assert!(store.find_refresh(&secret_hash("expired")).await.unwrap().is_none());
+    assert!(
+        store
+            .find_refresh(&secret_hash("expired"))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 both_backends!(

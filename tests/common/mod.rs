@@ -142,7 +142,11 @@ fn start_postgres() -> Result<PgServer, String> {
     )?;
     let root = is_root();
     // Not a TempDir: the wrapper deletes it once the server has stopped.
-    let dir = std::env::temp_dir().join(format!("scopegate-pg-{}-{}", std::process::id(), free_port()));
+    let dir = std::env::temp_dir().join(format!(
+        "scopegate-pg-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     if root {
         let status = Command::new("chown")
@@ -151,7 +155,10 @@ fn start_postgres() -> Result<PgServer, String> {
             .status()
             .map_err(|e| e.to_string())?;
         if !status.success() {
-            return Err("cannot chown the PostgreSQL temp dir to the postgres user (does the user exist?)".into());
+            return Err(
+                "cannot chown the PostgreSQL temp dir to the postgres user (does the user exist?)"
+                    .into(),
+            );
         }
     }
     let port = free_port();
@@ -198,7 +205,9 @@ rm -rf "$D"
         }
         if Instant::now() > deadline {
             let initdb = std::fs::read_to_string(dir.join("initdb.log")).unwrap_or_default();
-            return Err(format!("PostgreSQL did not start in 60s.\ninitdb: {initdb}\nserver: {text}"));
+            return Err(format!(
+                "PostgreSQL did not start in 60s.\ninitdb: {initdb}\nserver: {text}"
+            ));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -224,12 +233,19 @@ pub fn postgres_base_url() -> String {
 /// A new, empty database of its own on the test server.
 pub async fn postgres_database() -> String {
     use sqlx::Connection;
-    let base = tokio::task::spawn_blocking(postgres_base_url).await.unwrap();
+    let base = tokio::task::spawn_blocking(postgres_base_url)
+        .await
+        .unwrap();
     sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(&base).await.expect("connect to the test PostgreSQL");
+    let mut conn = sqlx::AnyConnection::connect(&base)
+        .await
+        .expect("connect to the test PostgreSQL");
     let mut bytes = [0u8; 8];
     aws_lc_rs::rand::fill(&mut bytes).unwrap();
-    let name = format!("sg_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let name = format!(
+        "sg_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
         .await
@@ -396,7 +412,9 @@ pub struct Running {
 impl Running {
     /// Starts the real gateway (config → issuer → Gateway → serve) on 127.0.0.1:0.
     pub async fn start(store: &str, options: &Options) -> Running {
-        Running::start_with(store, options, None).await.expect("gateway starts")
+        Running::start_with(store, options, None)
+            .await
+            .expect("gateway starts")
     }
 
     pub async fn start_with(
@@ -409,12 +427,9 @@ impl Running {
         let yaml = config_yaml(addr.port(), store, options);
         let config = Config::from_yaml_with_env(&yaml, |_| None).map_err(|e| e.to_string())?;
         let metrics = Metrics::new();
-        let issuer = Issuer::with_encryption(
-            config.issuer.as_ref().unwrap(),
-            metrics.clone(),
-            encryption,
-        )
-        .await?;
+        let issuer =
+            Issuer::with_encryption(config.issuer.as_ref().unwrap(), metrics.clone(), encryption)
+                .await?;
         let gateway = Gateway::with_issuer(config, None, metrics, Some(issuer.clone()))?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn({
@@ -512,7 +527,10 @@ pub struct Answer {
 
 impl Answer {
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 
     pub fn error(&self) -> &str {
@@ -529,7 +547,9 @@ pub fn form_encode(params: &[(&str, &str)]) -> String {
         let mut out = String::new();
         for b in s.bytes() {
             match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    out.push(b as char)
+                }
                 b' ' => out.push('+'),
                 _ => out.push_str(&format!("%{b:02X}")),
             }
@@ -555,7 +575,12 @@ pub async fn send(request: http::Request<Full<Bytes>>) -> Answer {
     let response = client().request(request).await.expect("request sent");
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
     Answer {
         status,
@@ -565,7 +590,12 @@ pub async fn send(request: http::Request<Full<Bytes>>) -> Answer {
     }
 }
 
-pub async fn post_raw(url: &str, content_type: &str, body: String, authorization: Option<String>) -> Answer {
+pub async fn post_raw(
+    url: &str,
+    content_type: &str,
+    body: String,
+    authorization: Option<String>,
+) -> Answer {
     let mut builder = http::Request::post(url).header("content-type", content_type);
     if let Some(auth) = authorization {
         builder = builder.header("authorization", auth);
@@ -573,7 +603,11 @@ pub async fn post_raw(url: &str, content_type: &str, body: String, authorization
     send(builder.body(Full::new(Bytes::from(body))).unwrap()).await
 }
 
-pub async fn post_form(url: &str, params: &[(&str, &str)], basic_auth: Option<(&str, &str)>) -> Answer {
+pub async fn post_form(
+    url: &str,
+    params: &[(&str, &str)],
+    basic_auth: Option<(&str, &str)>,
+) -> Answer {
     post_raw(
         url,
         "application/x-www-form-urlencoded",
@@ -615,7 +649,8 @@ pub fn verify_independently(
     validation.set_issuer(&[issuer]);
     validation.set_audience(audiences);
     validation.leeway = 0;
-    let data = jsonwebtoken::decode::<Value>(token, &key, &validation).expect("the token verifies independently");
+    let data = jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .expect("the token verifies independently");
     (header, data.claims)
 }
 
@@ -623,7 +658,12 @@ pub fn verify_independently(
 pub fn claims_of(token: &str) -> Value {
     use base64::Engine;
     let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 /// Generates one test per backend for each async fn taking a [`Backend`].
