@@ -61,23 +61,32 @@ fn issuance(c: &mut Criterion) {
         http::header::AUTHORIZATION,
         http::HeaderValue::from_str(&format!(
             "Basic {}",
-            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("m2m:{SECRET}"))
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("m2m:{SECRET}")
+            )
         ))
         .expect("header"),
     );
-    let form = Form::parse(b"grant_type=client_credentials&audience=https%3A%2F%2Fcontacts.example.com")
-        .expect("form");
+    let form =
+        Form::parse(b"grant_type=client_credentials&audience=https%3A%2F%2Fcontacts.example.com")
+            .expect("form");
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     for (name, alg) in [("RS256", Alg::RS256), ("ES256", Alg::ES256)] {
         let mut group = c.benchmark_group(format!("issuance/{name}"));
-        group.sample_size(30).measurement_time(Duration::from_secs(4));
+        group
+            .sample_size(30)
+            .measurement_time(Duration::from_secs(4));
 
         let key = SigningKey::generate(alg).expect("key");
         let header = format!(r#"{{"alg":"{name}","kid":"0123456789abcdef","typ":"at+jwt"}}"#);
         let payload = br#"{"iss":"https://issuer.example.com/","sub":"m2m@clients","aud":"https://contacts.example.com","azp":"m2m","client_id":"m2m","iat":1700000000,"exp":1700003600,"jti":"AAAAAAAAAAAAAAAAAAAAAA","scope":"read:contacts write:contacts"}"#;
         group.bench_function("raw_sign", |b| {
-            b.iter(|| sign_compact(&key, alg, black_box(header.as_bytes()), black_box(payload)).expect("sign"))
+            b.iter(|| {
+                sign_compact(&key, alg, black_box(header.as_bytes()), black_box(payload))
+                    .expect("sign")
+            })
         });
 
         let issuer = issuer(&runtime, name, &dir);
@@ -86,7 +95,13 @@ fn issuance(c: &mut Criterion) {
         group.bench_function("mint_access", |b| {
             b.iter(|| {
                 issuer
-                    .mint_access(client, Subject::Machine, api, black_box("read:contacts write:contacts"), false)
+                    .mint_access(
+                        client,
+                        Subject::Machine,
+                        api,
+                        black_box("read:contacts write:contacts"),
+                        false,
+                    )
                     .expect("mint")
             })
         });

@@ -111,13 +111,59 @@ impl Issuer {
             .await
             .map_err(|e| e.to_string())?;
         let keys = KeyRing::load(store.clone(), encryption, policy_for(config, &model)).await?;
-        let dummy_hash = tokio::task::spawn_blocking(|| {
-            let mut secret = [0u8; 24];
-            aws_lc_rs::rand::fill(&mut secret).map_err(|_| "no randomness".to_string())?;
-            crate::config::hash_password(&crate::jose::b64url(&secret))
-        })
-        .await
-        .map_err(|_| "hashing was interrupted".to_string())??;
+        let dummy_hash = tokio::task::spawn_blocking(dummy_hash)
+            .await
+            .map_err(|_| "hashing was interrupted".to_string())??;
+        Ok(Issuer::finish(
+            config, model, store, keys, metrics, dummy_hash,
+        ))
+    }
+
+    /// [`Issuer::new`] for synchronous callers inside a Tokio runtime (`Gateway::new`,
+    /// `Gateway::apply`): the store is opened and migrated and the keys are loaded on a
+    /// helper thread with a runtime of its own, then the issuer gets a pool that
+    /// connects lazily on the caller's runtime. Blocks the calling thread meanwhile.
+    pub fn new_blocking(config: &IssuerConfig, metrics: Metrics) -> Result<Arc<Issuer>, String> {
+        if config.store.contains(":memory:") || config.store.contains("mode=memory") {
+            return Err("an in-memory store needs the async start (Gateway::start)".into());
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err("the built-in issuer must be built inside a Tokio runtime".into());
+        }
+        let encryption = KeyEncryption::from_env()?;
+        let model = Model::new(config);
+        let policy = policy_for(config, &model);
+        let url = config.store.clone();
+        let (keys, dummy) = std::thread::scope(|scope| {
+            scope
+                .spawn(move || -> Result<(KeyRing, String), String> {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+                    runtime.block_on(async move {
+                        let store = Store::open(&url).await.map_err(|e| e.to_string())?;
+                        let keys = KeyRing::load(store.clone(), encryption, policy).await?;
+                        store.close().await;
+                        Ok((keys, dummy_hash()?))
+                    })
+                })
+                .join()
+                .map_err(|_| "building the issuer failed".to_string())?
+        })?;
+        let store = Store::connect_lazy(&config.store).map_err(|e| e.to_string())?;
+        let keys = keys.rebind(store.clone());
+        Ok(Issuer::finish(config, model, store, keys, metrics, dummy))
+    }
+
+    fn finish(
+        config: &IssuerConfig,
+        model: Model,
+        store: Store,
+        keys: KeyRing,
+        metrics: Metrics,
+        dummy_hash: String,
+    ) -> Arc<Issuer> {
         let core = Arc::new(Core {
             store,
             keys,
@@ -133,7 +179,7 @@ impl Issuer {
             kid = %core.keys.active().kid,
             "built-in issuer ready"
         );
-        Ok(Arc::new(Issuer::assemble(config, model, core)))
+        Arc::new(Issuer::assemble(config, model, core))
     }
 
     fn assemble(config: &IssuerConfig, model: Model, core: Arc<Core>) -> Issuer {
@@ -343,6 +389,13 @@ impl Issuer {
     pub fn signing_alg(&self) -> Alg {
         self.core.keys.active().alg
     }
+}
+
+/// An argon2id hash of a random password (production parameters).
+fn dummy_hash() -> Result<String, String> {
+    let mut secret = [0u8; 24];
+    aws_lc_rs::rand::fill(&mut secret).map_err(|_| "no randomness".to_string())?;
+    crate::config::hash_password(&crate::jose::b64url(&secret))
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Body> {

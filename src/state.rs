@@ -79,8 +79,9 @@ impl State {
     /// Builds state from a validated config. `previous` lends trusted issuers whose
     /// configuration is unchanged, so a reload does not refetch their keys, and the
     /// built-in issuer when its `store` and `keys` settings are unchanged.
-    /// `prebuilt` is a built-in issuer made for this config ([`Issuer::new`] is async);
-    /// without one and without a reusable previous issuer, an enabled issuer is an error.
+    /// `prebuilt` is a built-in issuer made for this config ([`Issuer::new`]); without one
+    /// and without a reusable previous issuer, it is built here, blocking
+    /// ([`Issuer::new_blocking`]).
     pub fn build(
         config: Config,
         shared: &Shared,
@@ -96,8 +97,9 @@ impl State {
                 None => previous
                     .and_then(|p| p.issuer.as_ref())
                     .and_then(|old| reuse_issuer(old, issuer_config))
-                    .ok_or(
-                        "the built-in issuer must be built asynchronously (Gateway::start, Gateway::apply_async) when it is new or its store or keys settings changed",
+                    .map_or_else(
+                        || Issuer::new_blocking(issuer_config, shared.metrics.clone()),
+                        Ok,
                     )?,
             }),
         };
@@ -247,7 +249,8 @@ impl std::fmt::Debug for Gateway {
 
 impl Gateway {
     /// Builds the first state. Must run inside a Tokio runtime (key refreshers start).
-    /// A config with the built-in issuer enabled needs [`Gateway::start`].
+    /// An enabled built-in issuer is built blocking ([`Issuer::new_blocking`]);
+    /// [`Gateway::start`] does the same without blocking.
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Gateway>, String> {
         Gateway::assemble(config, config_path, Metrics::new(), None)
     }
@@ -308,8 +311,8 @@ impl Gateway {
 
     /// Builds a new state from `config` and swaps it in. In-flight requests finish on the
     /// state they started with. On error nothing changes. The built-in issuer is reused
-    /// (or reconfigured around the same store and keys); a config whose issuer needs
-    /// building anew needs [`Gateway::apply_async`].
+    /// (or reconfigured around the same store and keys); when it must be built anew this
+    /// blocks meanwhile ([`Gateway::apply_async`] does not).
     pub fn apply(&self, config: Config) -> Result<(), String> {
         self.apply_with(config, None)
     }

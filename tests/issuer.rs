@@ -1211,9 +1211,9 @@ async fn keys_rotate_and_old_keys_stay_published() {
         },
     );
     let config = scopegate::config::Config::from_yaml_with_env(&yaml, |_| None).unwrap();
-    // A keys change needs the async path: the sync one refuses and keeps serving.
-    assert!(gw.gateway.apply(config.clone()).is_err());
-    gw.gateway.apply_async(config).await.unwrap();
+    // A keys change builds a new issuer core on the same store: blocking with apply,
+    // without blocking with apply_async (used for EdDSA further down).
+    gw.gateway.apply(config).unwrap();
     let after = gw.machine_token().await["access_token"]
         .as_str()
         .unwrap()
@@ -1243,7 +1243,91 @@ async fn keys_rotate_and_old_keys_stay_published() {
     );
     verify_independently(&jwks, &before, &issuer_of(&gw), &[CONTACTS]);
     verify_independently(&jwks, &after, &issuer_of(&gw), &[CONTACTS]);
+
+    let yaml = config_yaml(
+        gw.addr.port(),
+        &store.url,
+        &Options {
+            algorithm: "EdDSA",
+            ..Options::default()
+        },
+    );
+    let config = scopegate::config::Config::from_yaml_with_env(&yaml, |_| None).unwrap();
+    gw.gateway.apply_async(config).await.unwrap();
+    let third = gw.machine_token().await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        format!("{:?}", jsonwebtoken::decode_header(&third).unwrap().alg),
+        "EdDSA"
+    );
+    assert_eq!(gw.jwks().await["keys"].as_array().unwrap().len(), 3);
+    for token in [&before, &after, &third] {
+        assert_eq!(
+            get(&gw.url("/api/contacts/1"), Some(token)).await.status,
+            200
+        );
+    }
     gw.stop().await;
+}
+
+/// `Gateway::new` (synchronous) builds the issuer too, even on a current-thread runtime.
+#[tokio::test]
+async fn synchronous_gateway_new_builds_the_issuer() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let store = TestStore::new(backend).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let yaml = config_yaml(addr.port(), &store.url, &Options::default());
+        let config = scopegate::config::Config::from_yaml_with_env(&yaml, |_| None).unwrap();
+        let gateway = scopegate::Gateway::new(config, None).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(scopegate::serve(listener, gateway.clone(), async {
+            let _ = rx.await;
+        }));
+        let base = format!("http://{addr}");
+        let answer = post_form(
+            &format!("{base}/oauth/token"),
+            &[
+                ("grant_type", "password"),
+                ("client_id", "cli"),
+                ("username", "alice"),
+                ("password", ALICE_PASSWORD),
+                ("audience", CONTACTS),
+                ("scope", "read:contacts offline_access"),
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{backend:?}: {:?}", answer.json);
+        let at = answer.json["access_token"].as_str().unwrap();
+        assert_eq!(
+            get(&format!("{base}/api/contacts/1"), Some(at))
+                .await
+                .status,
+            200
+        );
+        let _ = tx.send(());
+        let _ = server.await;
+    }
+}
+
+#[test]
+fn the_demo_config_enables_the_issuer() {
+    let config = scopegate::config::Config::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/gateway.yaml"
+    )))
+    .unwrap();
+    let issuer = config.issuer.as_ref().unwrap();
+    assert!(issuer.enabled);
+    assert_eq!(issuer.url, "http://127.0.0.1:8080/");
+    assert!(config.trust.issuers.is_empty());
+    assert_eq!(
+        issuer.clients[1].client_secret.as_deref(),
+        Some("demo-m2m-secret")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

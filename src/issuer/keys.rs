@@ -261,6 +261,12 @@ impl KeyRing {
         })
     }
 
+    /// The same keys over another handle to the same store (a pool made for another
+    /// runtime).
+    pub fn rebind(self, store: Store) -> KeyRing {
+        KeyRing { store, ..self }
+    }
+
     /// The key to sign with now.
     pub fn active(&self) -> Arc<ActiveKey> {
         self.current.load().active.clone()

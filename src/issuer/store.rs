@@ -224,37 +224,8 @@ impl Store {
     pub async fn open(url: &str) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let redacted = crate::config::issuer::redact_url(url);
-        let (backend, connect_url, max) = if url.starts_with("sqlite:") {
-            let memory = url.contains(":memory:") || url.contains("mode=memory");
-            let connect = if url.contains('?') || memory {
-                url.to_string()
-            } else {
-                format!("{url}?mode=rwc")
-            };
-            // An in-memory database exists once per connection: keep exactly one.
-            (Backend::Sqlite, connect, if memory { 1 } else { 8 })
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            (Backend::Postgres, url.to_string(), 10)
-        } else {
-            return Err(StoreError(format!("{redacted:?} is not a store URL")));
-        };
-        let mut options = AnyPoolOptions::new()
-            .max_connections(max)
-            .acquire_timeout(Duration::from_secs(10));
-        if backend == Backend::Sqlite {
-            options = options.after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    sqlx::query("PRAGMA busy_timeout = 10000")
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::query("PRAGMA synchronous = NORMAL")
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok(())
-                })
-            });
-        }
-        let pool = options
+        let (backend, connect_url, max) = Store::plan(url)?;
+        let pool = Store::pool_options(backend, max)
             .connect(&connect_url)
             .await
             .map_err(|err| StoreError(format!("cannot open {redacted}: {err}")))?;
@@ -271,6 +242,63 @@ impl Store {
             .await
             .map_err(|err| StoreError(format!("migrating {redacted}: {}", err.0)))?;
         Ok(store)
+    }
+
+    /// A pool that connects on first use (no I/O now), for a store that
+    /// [`Store::open`] has already created and migrated.
+    pub fn connect_lazy(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let (backend, connect_url, max) = Store::plan(url)?;
+        let pool = Store::pool_options(backend, max)
+            .connect_lazy(&connect_url)
+            .map_err(|err| {
+                StoreError(format!(
+                    "cannot open {}: {err}",
+                    crate::config::issuer::redact_url(url)
+                ))
+            })?;
+        Ok(Store { pool, backend })
+    }
+
+    /// The backend, the URL to connect to, the pool size.
+    fn plan(url: &str) -> Result<(Backend, String, u32)> {
+        if url.starts_with("sqlite:") {
+            let memory = url.contains(":memory:") || url.contains("mode=memory");
+            let connect = if url.contains('?') || memory {
+                url.to_string()
+            } else {
+                format!("{url}?mode=rwc")
+            };
+            // An in-memory database exists once per connection: keep exactly one.
+            Ok((Backend::Sqlite, connect, if memory { 1 } else { 8 }))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok((Backend::Postgres, url.to_string(), 10))
+        } else {
+            Err(StoreError(format!(
+                "{:?} is not a store URL",
+                crate::config::issuer::redact_url(url)
+            )))
+        }
+    }
+
+    fn pool_options(backend: Backend, max: u32) -> AnyPoolOptions {
+        let mut options = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(10));
+        if backend == Backend::Sqlite {
+            options = options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    sqlx::query("PRAGMA busy_timeout = 10000")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA synchronous = NORMAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
+        options
     }
 
     pub fn backend(&self) -> Backend {
