@@ -122,3 +122,58 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OA
     }
     Ok(Some((id, secret)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn model() -> Model {
+        let yaml = "issuer:\n  url: https://id.example.com/\n  apis: [{ identifier: api }]\n  clients:\n    - { client_id: c, client_secret: 'p@ss word:%', grant_types: [client_credentials] }\n    - { client_id: pub, grant_types: [password] }\n";
+        let config = Config::from_yaml_with_env(yaml, |_| None).unwrap();
+        Model::new(config.issuer.as_ref().unwrap())
+    }
+
+    fn basic(credentials: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let value = format!("Basic {}", STANDARD.encode(credentials));
+        headers.insert(http::header::AUTHORIZATION, value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let model = model();
+        let form = Form::default();
+        let ok = authenticate(
+            &model,
+            &basic("c:p%40ss+word%3A%25"),
+            &form,
+            Requirement::Secret,
+        );
+        assert_eq!(ok.unwrap().client_id, "c");
+        let wrong = authenticate(&model, &basic("c:p@ss"), &form, Requirement::Secret).unwrap_err();
+        assert_eq!(wrong.code, crate::error::OAuthCode::InvalidClient);
+        let public = Form::parse(b"client_id=pub").unwrap();
+        assert!(
+            authenticate(
+                &model,
+                &HeaderMap::new(),
+                &public,
+                Requirement::SecretOrPublic
+            )
+            .is_ok()
+        );
+        assert!(authenticate(&model, &HeaderMap::new(), &public, Requirement::Secret).is_err());
+        let public_with_secret = Form::parse(b"client_id=pub&client_secret=x").unwrap();
+        assert!(
+            authenticate(
+                &model,
+                &HeaderMap::new(),
+                &public_with_secret,
+                Requirement::SecretOrPublic
+            )
+            .is_err()
+        );
+    }
+}

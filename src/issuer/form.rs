@@ -20,6 +20,14 @@ pub struct Form {
 impl Form {
     /// Parses a form body. Duplicate names, bad percent-encoding or non-UTF-8 text are
     /// `invalid_request`.
+    ///
+    /// ```
+    /// use scopegate::issuer::form::Form;
+    /// let form = Form::parse(b"grant_type=password&username=a%40b.c&scope=").unwrap();
+    /// assert_eq!(form.get("username"), Some("a@b.c"));
+    /// assert_eq!(form.get("scope"), None); // empty counts as absent
+    /// assert!(Form::parse(b"scope=a&scope=b").is_err()); // sent twice
+    /// ```
     pub fn parse(body: &[u8]) -> Result<Form, OAuthError> {
         let mut pairs: Vec<(String, String)> = Vec::new();
         for part in body.split(|&b| b == b'&') {

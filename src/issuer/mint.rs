@@ -26,7 +26,14 @@ pub fn random_token(bytes: usize) -> Result<String, OAuthError> {
     Ok(b64url(&buf))
 }
 
-/// The requested scopes: `scope` split on spaces, each a valid scope token.
+/// The requested scopes: `scope` split on spaces, each a valid scope token, duplicates
+/// dropped.
+///
+/// ```
+/// use scopegate::issuer::mint::requested_scopes;
+/// assert_eq!(requested_scopes(Some("openid  read:a openid")).unwrap(), ["openid", "read:a"]);
+/// assert!(requested_scopes(Some("bad\"scope")).is_err());
+/// ```
 pub fn requested_scopes(scope: Option<&str>) -> Result<Vec<&str>, OAuthError> {
     let Some(scope) = scope else {
         return Ok(Vec::new());
