@@ -1400,7 +1400,92 @@ fn check_names_routes_the_issuer_endpoints_take() {
     assert_eq!(err.path, "trust.issuers[0].issuer", "{err}");
 }
 
+/// Two gateways on one store and one issuer URL (replicas): same keys, each accepts the
+/// other's tokens, a rotation on one is picked up by the other on the first unknown
+/// `kid`, refresh tokens redeem anywhere.
+async fn replicas_share_keys_rotation_and_refresh_tokens(backend: Backend) {
+    let store = TestStore::new(backend).await;
+    let options = Options {
+        issuer_url: Some("http://127.0.0.1:9/".into()),
+        access_ttl: "1s",
+        rotate_after: "2s",
+        ..Options::default()
+    };
+    let a = Running::start(&store.url, &options).await;
+    let b = Running::start(&store.url, &options).await;
+    let kid = |token: &str| jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
+    assert_eq!(a.jwks().await, b.jwks().await);
+    let from_a = a.machine_token().await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        get(&b.url("/api/contacts/1"), Some(&from_a)).await.status,
+        200
+    );
+    let tokens = a
+        .login("alice", ALICE_PASSWORD, "read:contacts offline_access")
+        .await;
+    let rt = tokens["refresh_token"].as_str().unwrap().to_string();
+
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    a.issuer.core.keys.refresh().await.unwrap();
+    let rotated = a.machine_token().await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(kid(&rotated), kid(&from_a), "rotated after rotate_after");
+    // b has not refreshed yet: the unknown kid makes its proxy re-read the store.
+    assert_eq!(
+        get(&b.url("/api/contacts/1"), Some(&rotated)).await.status,
+        200
+    );
+    let kids: Vec<String> = b.jwks().await["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        kids.contains(&kid(&from_a)) && kids.contains(&kid(&rotated)),
+        "{kids:?}"
+    );
+    // b issues with the new key once it has refreshed, and redeems a's refresh token.
+    b.issuer.core.keys.refresh().await.unwrap();
+    let from_b = b.machine_token().await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(kid(&from_b), kid(&rotated));
+    let answer = post_form(
+        &b.url("/oauth/token"),
+        &[
+            ("grant_type", "refresh_token"),
+            ("client_id", "cli"),
+            ("refresh_token", rt.as_str()),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    // ...exactly once: a sees it spent.
+    let again = post_form(
+        &a.url("/oauth/token"),
+        &[
+            ("grant_type", "refresh_token"),
+            ("client_id", "cli"),
+            ("refresh_token", rt.as_str()),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(again.error(), "invalid_grant");
+    a.stop().await;
+    b.stop().await;
+}
+
 both_backends!(
+    replicas_share_keys_rotation_and_refresh_tokens,
     password_grant_issues_user_tokens,
     password_failures_lock_out_user_and_ip,
     refresh_tokens_rotate_and_reuse_revokes_the_family,

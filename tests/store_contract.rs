@@ -79,7 +79,10 @@ async fn keys_rotate_once(backend: Backend) {
     assert_eq!(keys[0].rotated_at, Some(200));
     assert_eq!(keys[1].kid, "k2");
     assert_eq!(keys[1].rotated_at, None);
-    assert_eq!(store.delete_keys_retired_before(300).await.unwrap(), 1);
+    store.insert_key(&key("k4", 250)).await.unwrap();
+    assert!(store.retire_key("k4", 260).await.unwrap());
+    assert!(!store.retire_key("k4", 270).await.unwrap());
+    assert_eq!(store.delete_keys_retired_before(300).await.unwrap(), 2);
     assert_eq!(store.load_keys().await.unwrap().len(), 1);
 }
 

@@ -2,11 +2,14 @@
 //! replica signs with (and publishes) the same keys. The active key is held parsed in
 //! memory behind an `ArcSwap`; issuing a token never parses a key or touches the store.
 //!
-//! **Rotation.** A key older than `issuer.keys.rotate_after` (or of another algorithm
-//! than `issuer.keys.algorithm`) is retired and a new one generated. A retired key stays
-//! in the JWKS until every token it signed has expired (the longest access or ID token
-//! lifetime, plus a margin), then it is deleted. Replicas race for a rotation through one
-//! conditional update; the loser reloads and uses the winner's key.
+//! **Rotation.** The active key is the newest unretired key of `issuer.keys.algorithm`.
+//! Once it is older than `issuer.keys.rotate_after` it is retired and a new one
+//! generated; replicas race for that through one conditional update, and the loser
+//! reloads and uses the winner's key. When the algorithm changes, a key of the new
+//! algorithm is added and the old one retires when it reaches `rotate_after` (so replicas
+//! still on the old setting during a rolling change do not flip-flop). A retired key
+//! stays in the JWKS until every token it signed has expired (the longest access or ID
+//! token lifetime, plus a margin), then it is deleted.
 //!
 //! **Encryption at rest.** When `SCOPEGATE_KEY_ENCRYPTION_KEY` is set (32 bytes as 64 hex
 //! digits, or base64/base64url), new private keys are stored encrypted with AES-256-GCM:
@@ -358,16 +361,14 @@ async fn sync(
             .iter()
             .filter(|k| k.rotated_at.is_none() && k.alg == policy.alg.name())
             .max_by(|a, b| (a.created_at, &a.kid).cmp(&(b.created_at, &b.kid)));
+        // No key of the configured algorithm yet (first start, or the algorithm changed):
+        // add one, retiring nothing, so replicas still configured with another algorithm
+        // keep theirs (no flip-flop during a rolling change). An active key past
+        // rotate_after: replace it, conditionally, so one replica wins.
         let due = active.is_none_or(|k| k.created_at + rotate_secs <= now);
         if due {
-            // Retire the newest unretired key (of any algorithm) while storing the new one.
-            let to_retire = active.or_else(|| {
-                keys.iter()
-                    .filter(|k| k.rotated_at.is_none())
-                    .max_by(|a, b| (a.created_at, &a.kid).cmp(&(b.created_at, &b.kid)))
-            });
             let new = generate(policy.alg, encryption, now).await?;
-            let stored = match to_retire {
+            let stored = match active {
                 Some(old) => store
                     .rotate_key(&old.kid, &new, now)
                     .await
@@ -384,6 +385,17 @@ async fn sync(
             continue;
         }
         let Some(active) = active else { continue };
+        // Other unretired keys (another algorithm's, or a twin from replicas starting
+        // together) retire once they are as old as rotate_after; they stay published
+        // until their tokens have expired.
+        for stray in keys.iter().filter(|k| {
+            k.rotated_at.is_none() && k.kid != active.kid && k.created_at + rotate_secs <= now
+        }) {
+            store
+                .retire_key(&stray.kid, now)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         let active = match previous {
             Some(p) if p.active.kid == active.kid => p.active.clone(),
             _ => Arc::new(ActiveKey::new(

@@ -434,6 +434,19 @@ impl Store {
         Ok(true)
     }
 
+    /// Retires a key that is still active. False if it was retired already.
+    pub async fn retire_key(&self, kid: &str, now: i64) -> Result<bool> {
+        Ok(sqlx::query(
+            "UPDATE signing_keys SET rotated_at = $1 WHERE kid = $2 AND rotated_at IS NULL",
+        )
+        .bind(now)
+        .bind(kid)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
     /// Deletes keys retired before `before` (their tokens have all expired).
     pub async fn delete_keys_retired_before(&self, before: i64) -> Result<u64> {
         Ok(

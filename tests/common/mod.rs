@@ -285,6 +285,9 @@ pub struct Options {
     pub rotate_after: &'static str,
     pub max_failures: u32,
     pub extra_routes: &'static str,
+    pub access_ttl: &'static str,
+    /// The issuer URL; default `http://127.0.0.1:<port>/`. Replicas share one.
+    pub issuer_url: Option<String>,
 }
 
 impl Default for Options {
@@ -294,6 +297,8 @@ impl Default for Options {
             rotate_after: "30d",
             max_failures: 3,
             extra_routes: "",
+            access_ttl: "1h",
+            issuer_url: None,
         }
     }
 }
@@ -334,10 +339,10 @@ routes:
     scopes: [read:calendar]
 {extra_routes}
 issuer:
-  url: http://127.0.0.1:{port}/
+  url: {url}
   store: "{store}"
   keys: {{ algorithm: {algorithm}, rotate_after: {rotate_after} }}
-  tokens: {{ access_ttl: 1h }}
+  tokens: {{ access_ttl: {access_ttl} }}
   throttle: {{ max_failures: {max_failures}, window: 10m }}
   apis:
     - identifier: {CONTACTS}
@@ -393,6 +398,11 @@ issuer:
         rotate_after = options.rotate_after,
         max_failures = options.max_failures,
         extra_routes = options.extra_routes,
+        access_ttl = options.access_ttl,
+        url = options
+            .issuer_url
+            .clone()
+            .unwrap_or_else(|| format!("http://127.0.0.1:{port}/")),
     )
 }
 
