@@ -55,6 +55,9 @@ pub struct Core {
     /// An argon2id hash of a random password, verified for unknown users so that a
     /// login's timing does not say whether the user exists.
     dummy_hash: String,
+    /// Bounds concurrent argon2 verifications (each takes ~19 MiB and a core for tens of
+    /// milliseconds), so a login flood queues instead of exhausting memory.
+    hashing: tokio::sync::Semaphore,
     store_url: String,
     keys_config: crate::config::issuer::KeysConfig,
 }
@@ -169,6 +172,9 @@ impl Issuer {
             keys,
             metrics,
             dummy_hash,
+            hashing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+            ),
             store_url: config.store.clone(),
             keys_config: config.keys,
         });
@@ -329,6 +335,9 @@ impl Issuer {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.core.dummy_hash.clone());
         let password = password.to_string();
+        let Ok(_permit) = self.core.hashing.acquire().await else {
+            return false;
+        };
         let ok = tokio::task::spawn_blocking(move || {
             argon2::Argon2::default()
                 .verify_password(password.as_bytes(), hash.as_str())

@@ -734,6 +734,21 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_live_under_the_issuer_path() {
+        let config = crate::config::Config::from_yaml_with_env(
+            "issuer:\n  url: https://id.example.com/auth/\n",
+            |_| None,
+        )
+        .unwrap();
+        let issuer = config.issuer.unwrap();
+        assert_eq!(issuer.base_path(), "/auth");
+        let paths = issuer.endpoint_paths();
+        assert!(paths.contains(&"/auth/oauth/token".to_string()));
+        assert!(paths.contains(&"/auth/.well-known/openid-configuration".to_string()));
+        assert_eq!(paths.len(), ENDPOINTS.len());
+    }
+
+    #[test]
     fn grant_type_aliases() {
         assert_eq!(
             canonical_grant_type("device_code"),
