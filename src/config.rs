@@ -467,7 +467,10 @@ fn validate_log(log: &LogConfig) -> Result<(), ConfigError> {
     tracing_subscriber::EnvFilter::try_new(&log.level)
         .map(|_| ())
         .map_err(|err| {
-            ConfigError::at("log.level", format!("invalid level {:?}: {err}", log.level))
+            ConfigError::at(
+                "log.level",
+                format!("invalid level {:?}: {err}", log.level),
+            )
         })
 }
 
@@ -638,7 +641,10 @@ impl RouteConfig {
         if self.name == "unmatched" || self.name == "issuer" {
             return Err(ConfigError::at(
                 format!("{at}.name"),
-                format!("{:?} is reserved for the metrics route label", self.name),
+                format!(
+                    "{:?} is reserved for the metrics route label",
+                    self.name
+                ),
             ));
         }
         crate::pipeline::router::Pattern::parse(&self.matcher.path)
@@ -742,11 +748,7 @@ pub fn route_table(config: &Config) -> String {
                 None => route.matcher.path.clone(),
             },
             route.auth.to_string(),
-            if scopes.is_empty() {
-                "-".into()
-            } else {
-                scopes
-            },
+            if scopes.is_empty() { "-".into() } else { scopes },
             route.upstream.clone(),
         ]);
     }
@@ -821,8 +823,7 @@ mod tests {
         })
     }
 
-    const BASE: &str =
-        "trust:\n  issuers:\n    - issuer: https://id.example.com/\n      audiences: [api]\n";
+    const BASE: &str = "trust:\n  issuers:\n    - issuer: https://id.example.com/\n      audiences: [api]\n";
 
     #[test]
     fn empty_file_is_a_valid_config() {
@@ -845,23 +846,15 @@ mod tests {
     #[test]
     fn bad_paths_durations_and_upstreams_are_refused() {
         let route = |extra: &str| {
-            format!(
-                "{BASE}routes:\n  - name: a\n    match: {{ path: /a }}\n    upstream: builtin:echo\n{extra}"
-            )
+            format!("{BASE}routes:\n  - name: a\n    match: {{ path: /a }}\n    upstream: builtin:echo\n{extra}")
         };
         let err = load(&route("    strip_prefix: a/\n")).unwrap_err();
         assert_eq!(err.path, "routes[0].strip_prefix");
 
-        let err = load(&format!(
-            "{BASE}routes:\n  - name: a\n    match: {{ path: 'a/*' }}\n    upstream: builtin:echo\n"
-        ))
-        .unwrap_err();
+        let err = load(&format!("{BASE}routes:\n  - name: a\n    match: {{ path: 'a/*' }}\n    upstream: builtin:echo\n")).unwrap_err();
         assert_eq!(err.path, "routes[0].match.path");
 
-        let err = load(&format!(
-            "{BASE}routes:\n  - name: a\n    match: {{ path: /a }}\n    upstream: ftp://x\n"
-        ))
-        .unwrap_err();
+        let err = load(&format!("{BASE}routes:\n  - name: a\n    match: {{ path: /a }}\n    upstream: ftp://x\n")).unwrap_err();
         assert_eq!(err.path, "routes[0].upstream");
 
         let err = load("server:\n  timeouts:\n    upstream_connect: 5\n").unwrap_err();
@@ -898,11 +891,9 @@ mod tests {
 
     #[test]
     fn plain_http_issuers_only_on_loopback() {
-        let text =
-            "trust:\n  issuers:\n    - issuer: http://id.example.com/\n      audiences: [api]\n";
+        let text = "trust:\n  issuers:\n    - issuer: http://id.example.com/\n      audiences: [api]\n";
         assert_eq!(load(text).unwrap_err().path, "trust.issuers[0].issuer");
-        let text =
-            "trust:\n  issuers:\n    - issuer: http://127.0.0.1:9/\n      audiences: [api]\n";
+        let text = "trust:\n  issuers:\n    - issuer: http://127.0.0.1:9/\n      audiences: [api]\n";
         assert!(load(text).is_ok());
     }
 
@@ -918,10 +909,8 @@ mod tests {
 
     #[test]
     fn unset_env_var_is_named() {
-        let err = load(
-            "routes:\n  - { name: a, match: { path: /a }, upstream: '${NOPE}', auth: none }\n",
-        )
-        .unwrap_err();
+        let err = load("routes:\n  - { name: a, match: { path: /a }, upstream: '${NOPE}', auth: none }\n")
+            .unwrap_err();
         assert!(err.message.contains("NOPE"));
         assert_eq!(err.line, Some(2));
     }

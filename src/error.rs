@@ -24,9 +24,7 @@ pub enum ProxyError {
     /// A token was present and is not acceptable.
     InvalidToken(AuthFailure),
     /// Valid token, not enough scope. `required` is what the route asks for.
-    InsufficientScope {
-        required: String,
-    },
+    InsufficientScope { required: String },
     NotFound,
     MethodNotAllowed(MethodSet),
     /// A request Scopegate refuses to interpret (odd path, duplicate Authorization...).
@@ -269,26 +267,20 @@ mod tests {
         assert_eq!(r.status(), 401);
         assert_eq!(r.headers()[WWW_AUTHENTICATE], "Bearer realm=\"scopegate\"");
 
-        let r =
-            ProxyError::InvalidToken(AuthFailure::new(Reason::Expired, "the token \"expired\""))
-                .into_response();
+        let r = ProxyError::InvalidToken(AuthFailure::new(Reason::Expired, "the token \"expired\""))
+            .into_response();
         let challenge = r.headers()[WWW_AUTHENTICATE].to_str().unwrap();
         assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
-        assert!(
-            challenge.contains("error_description=\"the token 'expired'\""),
-            "{challenge}"
-        );
+        assert!(challenge.contains("error_description=\"the token 'expired'\""), "{challenge}");
 
         let r = ProxyError::InsufficientScope {
             required: "read:a write:a".into(),
         }
         .into_response();
         assert_eq!(r.status(), 403);
-        assert!(
-            r.headers()[WWW_AUTHENTICATE]
-                .to_str()
-                .unwrap()
-                .ends_with("error=\"insufficient_scope\", scope=\"read:a write:a\"")
-        );
+        assert!(r.headers()[WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .ends_with("error=\"insufficient_scope\", scope=\"read:a write:a\""));
     }
 }

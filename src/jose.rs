@@ -432,8 +432,7 @@ impl SigningKey {
 
     /// Loads a PKCS#8 private key for `alg`.
     pub fn from_pkcs8(alg: Alg, der: &[u8]) -> Result<SigningKey, String> {
-        let rejected =
-            |err: aws_lc_rs::error::KeyRejected| format!("stored {alg} key rejected: {err}");
+        let rejected = |err: aws_lc_rs::error::KeyRejected| format!("stored {alg} key rejected: {err}");
         Ok(match alg {
             Alg::ES256 => SigningKey::Ec(
                 EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der)
@@ -578,16 +577,7 @@ mod tests {
 
     #[test]
     fn malformed_tokens_are_parse_errors() {
-        for bad in [
-            "",
-            "a",
-            "a.b",
-            "a.b.c.d",
-            "..",
-            "a..c",
-            "!!.e30.c2ln",
-            "e30.!!.c2ln",
-        ] {
+        for bad in ["", "a", "a.b", "a.b.c.d", "..", "a..c", "!!.e30.c2ln", "e30.!!.c2ln"] {
             assert!(Jws::parse(bad).is_err(), "{bad:?}");
         }
         let jws = Jws::parse("bm90IGpzb24.e30.c2ln").unwrap();

@@ -218,8 +218,7 @@ impl TrustedIssuer {
     fn recently_attempted(&self) -> bool {
         let last = self.last_attempt.load(Ordering::Acquire);
         last != 0
-            && self.now_ms().saturating_sub(last)
-                < self.config.jwks_min_refresh.get().as_millis() as u64
+            && self.now_ms().saturating_sub(last) < self.config.jwks_min_refresh.get().as_millis() as u64
     }
 
     async fn refresh_after_miss(&self, seen_generation: u64) {

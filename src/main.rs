@@ -12,22 +12,12 @@ use scopegate::config::Config;
 use scopegate::state::Gateway;
 
 #[derive(Parser)]
-#[command(
-    name = "scopegate",
-    version,
-    about = "An API gateway that enforces OAuth 2.0 access tokens"
-)]
+#[command(name = "scopegate", version, about = "An API gateway that enforces OAuth 2.0 access tokens")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// Configuration file.
-    #[arg(
-        short,
-        long,
-        global = true,
-        env = "SCOPEGATE_CONFIG",
-        default_value = "gateway.yaml"
-    )]
+    #[arg(short, long, global = true, env = "SCOPEGATE_CONFIG", default_value = "gateway.yaml")]
     config: PathBuf,
 }
 
@@ -153,10 +143,7 @@ async fn serve(config: Config, path: &Path) -> Result<(), String> {
 /// SIGTERM / Ctrl-C: stop accepting and drain. SIGHUP: reload the config.
 async fn signals(gateway: Arc<Gateway>, stop: tokio::sync::watch::Sender<bool>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
+    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
         tracing::error!("cannot install signal handlers");
         return;
     };

@@ -44,12 +44,11 @@ impl Metrics {
 
     fn try_new() -> prometheus::Result<Metrics> {
         let registry = Registry::new_custom(Some("scopegate".into()), None)?;
-        let counter =
-            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
-                let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(metric.clone()))?;
-                Ok(metric)
-            };
+        let counter = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
         let histogram = |name: &str, help: &str| -> prometheus::Result<HistogramVec> {
             let metric = HistogramVec::new(
                 HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
@@ -99,10 +98,7 @@ impl Metrics {
             )?,
             build_info: {
                 let metric = IntGaugeVec::new(
-                    Opts::new(
-                        "build_info",
-                        "Always 1; the version label says which build.",
-                    ),
+                    Opts::new("build_info", "Always 1; the version label says which build."),
                     &["version"],
                 )?;
                 registry.register(Box::new(metric.clone()))?;
@@ -166,13 +162,8 @@ mod tests {
     fn registries_are_independent_and_render_the_contract_names() {
         let a = Metrics::new();
         let b = Metrics::new();
-        a.requests_total
-            .with_label_values(&["r", "GET", "200"])
-            .inc();
-        assert!(
-            a.render()
-                .contains("scopegate_requests_total{method=\"GET\",route=\"r\",status=\"200\"} 1")
-        );
+        a.requests_total.with_label_values(&["r", "GET", "200"]).inc();
+        assert!(a.render().contains("scopegate_requests_total{method=\"GET\",route=\"r\",status=\"200\"} 1"));
         assert!(!b.render().contains("scopegate_requests_total{"));
         assert!(b.render().contains("scopegate_build_info{version="));
         assert!(b.render().contains("scopegate_in_flight_requests 0"));

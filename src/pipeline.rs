@@ -71,11 +71,7 @@ impl Drop for InFlight<'_> {
 }
 
 /// Handles one request end to end. Never fails: every error becomes an answer.
-pub async fn handle(
-    gateway: &Gateway,
-    request: Request<Incoming>,
-    conn: ConnInfo,
-) -> Response<Body> {
+pub async fn handle(gateway: &Gateway, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
     let started = Instant::now();
     let metrics = &gateway.metrics;
     metrics.in_flight_requests.inc();
@@ -174,17 +170,7 @@ async fn process(
     }
 
     let upstream_target = upstream_target(route, &path, request.uri().query());
-    forward_request(
-        state,
-        route,
-        request,
-        upstream_target,
-        identity.as_deref(),
-        conn,
-        request_id,
-        outcome,
-    )
-    .await
+    forward_request(state, route, request, upstream_target, identity.as_deref(), conn, request_id, outcome).await
 }
 
 /// The path and query sent upstream: the upstream URL's base path, the request path after
@@ -195,8 +181,7 @@ fn upstream_target(route: &Route, path: &str, query: Option<&str>) -> String {
         UpstreamTarget::Http(target) => &*target.base_path,
         UpstreamTarget::Echo => "",
     };
-    let mut out =
-        String::with_capacity(base.len() + forwarded.len() + query.map_or(0, |q| q.len() + 1));
+    let mut out = String::with_capacity(base.len() + forwarded.len() + query.map_or(0, |q| q.len() + 1));
     out.push_str(base);
     out.push_str(&forwarded);
     if let Some(query) = query {
@@ -250,12 +235,11 @@ async fn forward_request(
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = request.into_parts();
-    let host = parts.headers.get(http::header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
     let origin = Origin {
         client_ip: HeaderValue::from_str(&conn.remote.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
@@ -298,10 +282,7 @@ async fn forward_request(
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             forward::downstream_headers(&mut parts.headers, request_id);
-            Ok(Response::from_parts(
-                parts,
-                body.map_err(BoxError::from).boxed_unsync(),
-            ))
+            Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync()))
         }
         Err(err) => {
             tracing::warn!(route = &*route.name, error = %err, "upstream failed");

@@ -20,10 +20,7 @@ use crate::pipeline::{self, Body, ConnInfo, full};
 use crate::state::Gateway;
 
 /// A TLS acceptor from PEM files, offering h2 and http/1.1 by ALPN.
-pub fn tls_acceptor(
-    cert_file: &Path,
-    key_file: &Path,
-) -> Result<tokio_rustls::TlsAcceptor, String> {
+pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -106,13 +103,10 @@ pub async fn serve(
             });
             let result = match tls {
                 Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                            .await;
+                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
                     match handshake {
                         Ok(Ok(stream)) => {
-                            let connection =
-                                builder.serve_connection(TokioIo::new(stream), service);
+                            let connection = builder.serve_connection(TokioIo::new(stream), service);
                             watcher.watch(connection.into_owned()).await
                         }
                         Ok(Err(err)) => {
@@ -180,18 +174,13 @@ fn admin(gateway: &Gateway, request: &Request<Incoming>) -> Response<Body> {
     let text = |status: StatusCode, body: String, content_type: &'static str| {
         let mut response = Response::new(full(Bytes::from(body)));
         *response.status_mut() = status;
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static(content_type),
-        );
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         response
     };
     if request.method() != http::Method::GET && request.method() != http::Method::HEAD {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "GET only\n".into(),
-            "text/plain",
-        );
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into(), "text/plain");
     }
     match request.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),

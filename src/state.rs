@@ -109,10 +109,7 @@ impl State {
                 p.verifier
                     .issuers()
                     .iter()
-                    .find(|old| {
-                        old.config == *issuer_config
-                            && !matches!(old.source, crate::jwks::KeySource::Local(_))
-                    })
+                    .find(|old| old.config == *issuer_config && !matches!(old.source, crate::jwks::KeySource::Local(_)))
                     .cloned()
             });
             let issuer = match reused {
@@ -155,12 +152,7 @@ impl State {
             issuers,
             config.trust.leeway.get(),
             config.server.limits.max_token_bytes,
-            config
-                .forward
-                .claims
-                .keys()
-                .map(|k| k.as_str().into())
-                .collect(),
+            config.forward.claims.keys().map(|k| k.as_str().into()).collect(),
             config.server.token_cache_size,
         );
         let tls = match &config.server.tls {
@@ -351,10 +343,7 @@ impl Gateway {
         let previous = self.state.load_full();
         let result = State::build(config, &shared, Some(&previous), prebuilt);
         let label = if result.is_ok() { "success" } else { "error" };
-        self.metrics
-            .config_reloads_total
-            .with_label_values(&[label])
-            .inc();
+        self.metrics.config_reloads_total.with_label_values(&[label]).inc();
         let state = result?;
         if state.config.server.listen != previous.config.server.listen
             || state.config.server.admin_listen != previous.config.server.admin_listen

@@ -58,14 +58,10 @@ impl UpstreamTarget {
             .cloned()
             .ok_or_else(|| format!("{text:?} has no host"))?;
         if authority.as_str().contains('@') {
-            return Err(format!(
-                "{text:?}: credentials in an upstream URL are not supported"
-            ));
+            return Err(format!("{text:?}: credentials in an upstream URL are not supported"));
         }
         if uri.query().is_some() || text.contains('#') {
-            return Err(format!(
-                "{text:?}: an upstream URL has no query or fragment"
-            ));
+            return Err(format!("{text:?}: an upstream URL has no query or fragment"));
         }
         let base_path = uri.path().trim_end_matches('/');
         crate::pipeline::router::normalize_path(if base_path.is_empty() { "/" } else { base_path })
@@ -174,10 +170,7 @@ impl Upstreams {
 
     /// Sends a prepared request; waits at most the response timeout for its head. The
     /// body then streams with no overall deadline (downloads may be long).
-    pub async fn send(
-        &self,
-        request: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    pub async fn send(&self, request: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
         match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Ok(response)) => Ok(response),
@@ -275,10 +268,7 @@ mod tests {
 
     #[test]
     fn parses_upstream_urls() {
-        assert_eq!(
-            UpstreamTarget::parse("builtin:echo").unwrap(),
-            UpstreamTarget::Echo
-        );
+        assert_eq!(UpstreamTarget::parse("builtin:echo").unwrap(), UpstreamTarget::Echo);
         let UpstreamTarget::Http(t) = UpstreamTarget::parse("http://127.0.0.1:9001/base/").unwrap()
         else {
             panic!()

@@ -28,15 +28,18 @@ pub fn expand(
                 out.push_str("${");
                 rest = stripped;
             } else if let Some(body) = after.strip_prefix("${") {
-                let end = body
-                    .find('}')
-                    .ok_or_else(|| (line_no, "unterminated ${...} reference".to_string()))?;
+                let end = body.find('}').ok_or_else(|| {
+                    (line_no, "unterminated ${...} reference".to_string())
+                })?;
                 let reference = &body[..end];
                 let (name, default) = match reference.split_once(":-") {
                     Some((name, default)) => (name, Some(default)),
                     None => (reference, None),
                 };
-                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                if name.is_empty()
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
                 {
                     return Err((
                         line_no,
@@ -91,10 +94,7 @@ mod tests {
         assert_eq!(expand("a: ${SECRET}\n", env).unwrap(), "a: s3cret\n");
         assert_eq!(expand("a: ${NOPE:-x y}\n", env).unwrap(), "a: x y\n");
         assert_eq!(expand("a: ${EMPTY:-d}\n", env).unwrap(), "a: \n");
-        assert_eq!(
-            expand("a: $${SECRET} $5\n", env).unwrap(),
-            "a: ${SECRET} $5\n"
-        );
+        assert_eq!(expand("a: $${SECRET} $5\n", env).unwrap(), "a: ${SECRET} $5\n");
         assert_eq!(expand("# ${NOPE}\n", env).unwrap(), "# ${NOPE}\n");
     }
 

@@ -218,10 +218,7 @@ pub const GRANT_TYPES: [(&str, &str); 9] = [
         "urn:ietf:params:oauth:grant-type:device_code",
         "urn:ietf:params:oauth:grant-type:device_code",
     ),
-    (
-        "device_code",
-        "urn:ietf:params:oauth:grant-type:device_code",
-    ),
+    ("device_code", "urn:ietf:params:oauth:grant-type:device_code"),
     (
         "urn:ietf:params:oauth:grant-type:token-exchange",
         "urn:ietf:params:oauth:grant-type:token-exchange",
@@ -258,28 +255,9 @@ pub const ENDPOINTS: [&str; 11] = [
 
 /// Claims an operator may never overwrite through `claims:`.
 const STANDARD_CLAIMS: [&str; 22] = [
-    "iss",
-    "sub",
-    "aud",
-    "exp",
-    "nbf",
-    "iat",
-    "jti",
-    "azp",
-    "client_id",
-    "scope",
-    "nonce",
-    "at_hash",
-    "c_hash",
-    "auth_time",
-    "acr",
-    "amr",
-    "sid",
-    "name",
-    "email",
-    "email_verified",
-    "scp",
-    "typ",
+    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "azp", "client_id", "scope", "nonce",
+    "at_hash", "c_hash", "auth_time", "acr", "amr", "sid", "name", "email", "email_verified",
+    "scp", "typ",
 ];
 
 impl IssuerConfig {
@@ -453,10 +431,7 @@ impl IssuerConfig {
         for (index, client) in self.clients.iter().enumerate() {
             let at = format!("issuer.clients[{index}]");
             if client.client_id.is_empty()
-                || !client
-                    .client_id
-                    .bytes()
-                    .all(|b| b > 0x20 && b < 0x7f && b != b':')
+                || !client.client_id.bytes().all(|b| b > 0x20 && b < 0x7f && b != b':')
             {
                 return Err(ConfigError::at(
                     format!("{at}.client_id"),
@@ -499,8 +474,7 @@ impl IssuerConfig {
                     "client_credentials needs a confidential client (set client_secret)",
                 ));
             }
-            let browser =
-                canonical.contains("authorization_code") || canonical.contains("implicit");
+            let browser = canonical.contains("authorization_code") || canonical.contains("implicit");
             if browser && client.redirect_uris.is_empty() {
                 return Err(ConfigError::at(
                     format!("{at}.redirect_uris"),
@@ -588,9 +562,7 @@ impl IssuerConfig {
         if let Some(claims) = &self.claims {
             let namespace = &claims.namespace;
             let is_url = (namespace.starts_with("https://") || namespace.starts_with("http://"))
-                && namespace
-                    .parse::<http::Uri>()
-                    .is_ok_and(|u| u.host().is_some());
+                && namespace.parse::<http::Uri>().is_ok_and(|u| u.host().is_some());
             if !is_url {
                 return Err(ConfigError::at(
                     "issuer.claims.namespace",
@@ -599,10 +571,7 @@ impl IssuerConfig {
                     ),
                 ));
             }
-            for (key, fields) in [
-                ("id_token", &claims.id_token),
-                ("access_token", &claims.access_token),
-            ] {
+            for (key, fields) in [("id_token", &claims.id_token), ("access_token", &claims.access_token)] {
                 for (index, field) in fields.iter().enumerate() {
                     let claim = format!("{namespace}{field}");
                     if field.is_empty() || STANDARD_CLAIMS.contains(&claim.as_str()) {
@@ -624,10 +593,7 @@ impl IssuerConfig {
             };
             for (key, list) in [("scopes", &route.scopes), ("any_scopes", &route.any_scopes)] {
                 for (scope_index, scope) in list.iter().enumerate() {
-                    let oidc = matches!(
-                        scope.as_str(),
-                        "openid" | "profile" | "email" | "offline_access"
-                    );
+                    let oidc = matches!(scope.as_str(), "openid" | "profile" | "email" | "offline_access");
                     if !oidc && !defined.contains(scope.as_str()) {
                         return Err(ConfigError::at(
                             format!("routes[{index}].{key}[{scope_index}]"),
@@ -651,9 +617,7 @@ fn check_scope_token(scope: &str, at: &str) -> Result<(), ConfigError> {
     {
         return Err(ConfigError::at(
             at,
-            format!(
-                "{scope:?} is not a valid scope (printable ASCII, no spaces, quotes or backslashes)"
-            ),
+            format!("{scope:?} is not a valid scope (printable ASCII, no spaces, quotes or backslashes)"),
         ));
     }
     Ok(())
@@ -664,16 +628,10 @@ fn check_redirect_uri(uri: &str, at: &str) -> Result<(), ConfigError> {
         .parse()
         .map_err(|_| ConfigError::at(at, format!("{uri:?} is not a URL")))?;
     if uri.contains('#') {
-        return Err(ConfigError::at(
-            at,
-            "a redirect URI must not have a fragment",
-        ));
+        return Err(ConfigError::at(at, "a redirect URI must not have a fragment"));
     }
     let Some(scheme) = parsed.scheme_str() else {
-        return Err(ConfigError::at(
-            at,
-            format!("{uri:?} is not an absolute URL"),
-        ));
+        return Err(ConfigError::at(at, format!("{uri:?} is not an absolute URL")));
     };
     match scheme {
         "https" => Ok(()),

@@ -88,13 +88,10 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ProxyError> {
     }
     let token = value
         .to_str()
-        .map_err(|_| malformed("the bearer token has characters a token cannot have"))?
-        [scheme_end..]
+        .map_err(|_| malformed("the bearer token has characters a token cannot have"))?[scheme_end..]
         .trim_matches(' ');
     if token.is_empty() {
-        return Err(malformed(
-            "the Authorization header has an empty bearer token",
-        ));
+        return Err(malformed("the Authorization header has an empty bearer token"));
     }
     // RFC 6750 b64token: ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/", then "="*.
     let body = token.trim_end_matches('=');
@@ -102,9 +99,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ProxyError> {
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
     {
-        return Err(malformed(
-            "the bearer token has characters a token cannot have",
-        ));
+        return Err(malformed("the bearer token has characters a token cannot have"));
     }
     Ok(Some(token))
 }
@@ -207,12 +202,7 @@ impl Verifier {
         })?;
         let at_typ = match header.typ.as_deref() {
             None => false,
-            Some(typ)
-                if typ.eq_ignore_ascii_case("at+jwt")
-                    || typ.eq_ignore_ascii_case("application/at+jwt") =>
-            {
-                true
-            }
+            Some(typ) if typ.eq_ignore_ascii_case("at+jwt") || typ.eq_ignore_ascii_case("application/at+jwt") => true,
             Some(typ) if typ.eq_ignore_ascii_case("jwt") => false,
             Some(typ) => {
                 return Err(fail(
@@ -268,10 +258,7 @@ impl Verifier {
             .into_iter()
             .find(|&index| keys.keys[index].verify(alg, message, &jws.signature));
         if verified_by.is_none() {
-            return Err(fail(
-                Reason::BadSignature,
-                "the token signature is not valid",
-            ));
+            return Err(fail(Reason::BadSignature, "the token signature is not valid"));
         }
 
         let now = now_secs();
@@ -283,18 +270,12 @@ impl Verifier {
         if let Some(nbf) = numeric(&claims, "nbf")?
             && nbf > now + self.leeway
         {
-            return Err(fail(
-                Reason::NotYetValid,
-                "the token is not valid yet (nbf)",
-            ));
+            return Err(fail(Reason::NotYetValid, "the token is not valid yet (nbf)"));
         }
         if let Some(iat) = numeric(&claims, "iat")?
             && iat > now + self.leeway
         {
-            return Err(fail(
-                Reason::NotYetValid,
-                "the token was issued in the future (iat)",
-            ));
+            return Err(fail(Reason::NotYetValid, "the token was issued in the future (iat)"));
         }
 
         if !at_typ && (claims.contains_key("nonce") || claims.contains_key("at_hash")) {
@@ -407,11 +388,7 @@ fn string_or_list(claims: &Map<String, Value>, name: &str) -> Result<Vec<Box<str
 
 /// Scopes from `scope` (string or list), else `scp`, as one space-separated value.
 fn scopes_of(claims: &Map<String, Value>) -> Result<HeaderValue, AuthFailure> {
-    let name = if claims.contains_key("scope") {
-        "scope"
-    } else {
-        "scp"
-    };
+    let name = if claims.contains_key("scope") { "scope" } else { "scp" };
     let joined = match claims.get(name) {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.split_ascii_whitespace().collect::<Vec<_>>().join(" "),
@@ -434,10 +411,7 @@ fn header_value(text: &str, claim: &str) -> Result<HeaderValue, AuthFailure> {
     HeaderValue::from_str(text).map_err(|_| {
         fail(
             Reason::Malformed,
-            format!(
-                "claim {:?} cannot be forwarded in a header",
-                truncate(claim)
-            ),
+            format!("claim {:?} cannot be forwarded in a header", truncate(claim)),
         )
     })
 }
@@ -449,28 +423,16 @@ mod tests {
     fn headers(values: &[&str]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for v in values {
-            map.append(
-                http::header::AUTHORIZATION,
-                HeaderValue::from_str(v).unwrap(),
-            );
+            map.append(http::header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
         }
         map
     }
 
     #[test]
     fn bearer_scheme_is_case_insensitive_and_other_schemes_are_no_token() {
-        assert_eq!(
-            bearer_token(&headers(&["Bearer abc.def.ghi"])).unwrap(),
-            Some("abc.def.ghi")
-        );
-        assert_eq!(
-            bearer_token(&headers(&["bEaReR   abc"])).unwrap(),
-            Some("abc")
-        );
-        assert_eq!(
-            bearer_token(&headers(&["Basic dXNlcjpwYXNz"])).unwrap(),
-            None
-        );
+        assert_eq!(bearer_token(&headers(&["Bearer abc.def.ghi"])).unwrap(), Some("abc.def.ghi"));
+        assert_eq!(bearer_token(&headers(&["bEaReR   abc"])).unwrap(), Some("abc"));
+        assert_eq!(bearer_token(&headers(&["Basic dXNlcjpwYXNz"])).unwrap(), None);
         assert_eq!(bearer_token(&headers(&["Bearerabc"])).unwrap(), None);
         assert_eq!(bearer_token(&headers(&[])).unwrap(), None);
     }

@@ -44,12 +44,7 @@ impl Policy {
                 required: self.all_text.clone(),
             });
         }
-        if !self.any_scopes.is_empty()
-            && !self
-                .any_scopes
-                .iter()
-                .any(|scope| identity.has_scope(scope))
-        {
+        if !self.any_scopes.is_empty() && !self.any_scopes.iter().any(|scope| identity.has_scope(scope)) {
             return Err(ProxyError::InsufficientScope {
                 required: self.any_text.clone(),
             });

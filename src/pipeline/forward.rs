@@ -40,13 +40,7 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// `underscores_in_headers`) use to find a header.
 pub fn normalize_name(name: &str) -> String {
     name.bytes()
-        .map(|b| {
-            if b == b'_' {
-                '-'
-            } else {
-                b.to_ascii_lowercase() as char
-            }
-        })
+        .map(|b| if b == b'_' { '-' } else { b.to_ascii_lowercase() as char })
         .collect()
 }
 
@@ -128,9 +122,7 @@ pub fn upstream_headers(
         };
         if is_hop_by_hop(name)
             || forward.is_identity(name)
-            || connection_named
-                .iter()
-                .any(|n| same_header(name.as_str(), n))
+            || connection_named.iter().any(|n| same_header(name.as_str(), n))
             || *name == header::HOST
             || *name == X_FORWARDED_PROTO
             || *name == X_FORWARDED_HOST
@@ -172,10 +164,7 @@ pub fn upstream_headers(
         None => origin.client_ip.clone(),
     };
     out.insert(X_FORWARDED_FOR.clone(), xff);
-    out.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(origin.proto),
-    );
+    out.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(origin.proto));
     if let Some(host) = &origin.host {
         out.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
@@ -294,10 +283,7 @@ mod tests {
         };
         let out = upstream_headers(&forward(), client, None, &origin);
         for name in out.keys() {
-            assert!(
-                !normalize_name(name.as_str()).starts_with("x-auth-"),
-                "{name} leaked"
-            );
+            assert!(!normalize_name(name.as_str()).starts_with("x-auth-"), "{name} leaked");
         }
         assert_eq!(out["x-other"], "kept");
         assert_eq!(out["x-forwarded-for"], "10.0.0.1");
@@ -307,10 +293,7 @@ mod tests {
     #[test]
     fn connection_named_headers_and_hop_by_hop_go() {
         let mut client = HeaderMap::new();
-        client.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, X-Secret, x_auth_subject"),
-        );
+        client.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret, x_auth_subject"));
         client.insert("x-secret", HeaderValue::from_static("1"));
         client.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         client.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -336,9 +319,7 @@ mod tests {
         assert!(sane_request_id(&HeaderValue::from_static("abc-123_x.y")));
         assert!(!sane_request_id(&HeaderValue::from_static("")));
         assert!(!sane_request_id(&HeaderValue::from_static("a b")));
-        assert!(!sane_request_id(
-            &HeaderValue::from_str(&"a".repeat(129)).unwrap()
-        ));
+        assert!(!sane_request_id(&HeaderValue::from_str(&"a".repeat(129)).unwrap()));
         let fresh = new_request_id();
         assert!(sane_request_id(&fresh));
         assert_ne!(fresh, new_request_id());

@@ -82,8 +82,8 @@ impl Pattern {
                     ));
                 }
                 let slashed = format!("/{part}");
-                let normalized =
-                    normalize_path(&slashed).map_err(|err| format!("path {path:?}: {err}"))?;
+                let normalized = normalize_path(&slashed)
+                    .map_err(|err| format!("path {path:?}: {err}"))?;
                 segs.push(Seg::Lit(normalized[1..].into()));
             }
         }
@@ -105,23 +105,8 @@ fn is_pchar_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'@'
-                | b'%'
+            b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+'
+                | b',' | b';' | b'=' | b':' | b'@' | b'%'
         )
 }
 
@@ -242,11 +227,7 @@ impl Router {
                 .collect();
             (
                 pattern.class(),
-                std::cmp::Reverse(if pattern.prefix {
-                    pattern.segs.len()
-                } else {
-                    0
-                }),
+                std::cmp::Reverse(if pattern.prefix { pattern.segs.len() } else { 0 }),
                 shape,
                 methods.is_any(),
                 i,
@@ -518,10 +499,7 @@ mod tests {
 
     #[test]
     fn wrong_method_is_405_with_allow() {
-        let r = router(&[
-            ("/c/*", Some(&["GET", "HEAD"])),
-            ("/c/{id}", Some(&["DELETE"])),
-        ]);
+        let r = router(&[("/c/*", Some(&["GET", "HEAD"])), ("/c/{id}", Some(&["DELETE"]))]);
         match r.lookup("/c/1", &Method::PUT) {
             Lookup::MethodNotAllowed(set) => assert_eq!(set.allow_header(), "GET, HEAD, DELETE"),
             other => panic!("{other:?}"),
@@ -547,21 +525,10 @@ mod tests {
 
     #[test]
     fn patterns_are_validated() {
-        for bad in [
-            "x", "/a/*/b", "/a/{}", "/a/{id", "/a//b", "/a/../b", "/a b", "/a/%2F", "//*",
-        ] {
+        for bad in ["x", "/a/*/b", "/a/{}", "/a/{id", "/a//b", "/a/../b", "/a b", "/a/%2F", "//*"] {
             assert!(Pattern::parse(bad).is_err(), "{bad:?}");
         }
-        for good in [
-            "/",
-            "/*",
-            "/a",
-            "/a/",
-            "/a/*",
-            "/a/{id}",
-            "/a/{id}/*",
-            "/v1:batch",
-        ] {
+        for good in ["/", "/*", "/a", "/a/", "/a/*", "/a/{id}", "/a/{id}/*", "/v1:batch"] {
             assert!(Pattern::parse(good).is_ok(), "{good:?}");
         }
     }
