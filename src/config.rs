@@ -763,11 +763,51 @@ pub fn route_table(config: &Config) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    let builtin = config.issuer.as_ref().filter(|i| i.enabled);
+    if let Some(issuer) = builtin {
+        let endpoints = issuer.endpoint_paths();
+        out.push_str(&format!(
+            "built-in issuer {}: {} (matched before routes)\n",
+            issuer.url,
+            endpoints.join(" ")
+        ));
+        for (route, taken) in routes_shadowed_by_issuer(config, &endpoints) {
+            out.push_str(&format!(
+                "note: route {route:?} does not get {}: the issuer serves it\n",
+                taken.join(" ")
+            ));
+        }
+    }
     out.push_str(&format!(
         "{} route(s); {} trusted issuer(s)\n",
         config.routes.len(),
-        config.trust.issuers.len()
+        config.trust.issuers.len() + usize::from(builtin.is_some())
     ));
+    out
+}
+
+/// Routes whose paths include issuer endpoints (which are matched first), with those
+/// endpoints.
+pub fn routes_shadowed_by_issuer(
+    config: &Config,
+    endpoints: &[String],
+) -> Vec<(String, Vec<String>)> {
+    use crate::pipeline::router::{Lookup, MethodSet, Pattern, Router};
+    let mut out = Vec::new();
+    for route in &config.routes {
+        let Ok(pattern) = Pattern::parse(&route.matcher.path) else {
+            continue;
+        };
+        let router = Router::new(&[(pattern, MethodSet::any())]);
+        let taken: Vec<String> = endpoints
+            .iter()
+            .filter(|path| !matches!(router.lookup(path, &http::Method::GET), Lookup::NotFound))
+            .cloned()
+            .collect();
+        if !taken.is_empty() {
+            out.push((route.name.clone(), taken));
+        }
+    }
     out
 }
 

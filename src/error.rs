@@ -1,8 +1,11 @@
-//! The one place where proxy errors become HTTP answers (RFC 6750 for tokens).
+//! The one place where errors become HTTP answers: [`ProxyError`] for the proxy and
+//! bearer-token endpoints (RFC 6750), [`OAuthError`] for the issuer's token, revocation
+//! and introspection endpoints (RFC 6749 §5.2).
 //!
-//! Handlers return a [`ProxyError`]; [`ProxyError::into_response`] picks the status,
-//! the `WWW-Authenticate` challenge and the JSON body `{error, error_description}`.
-//! Internal detail (why an upstream failed) goes to the log, never to the client.
+//! Handlers return a typed error; `into_response` picks the status, the
+//! `WWW-Authenticate` challenge and the JSON body `{error, error_description}`.
+//! Internal detail (why an upstream or the store failed) goes to the log, never to the
+//! client.
 
 use bytes::Bytes;
 use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -112,6 +115,123 @@ impl ProxyError {
             && let Ok(value) = HeaderValue::from_str(&methods.allow_header())
         {
             headers.insert(ALLOW, value);
+        }
+        response
+    }
+}
+
+/// The error codes of the issuer's endpoints (RFC 6749 §5.2, RFC 7009, RFC 8693,
+/// RFC 8707), plus `access_denied` as Auth0 answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuthCode {
+    InvalidRequest,
+    InvalidClient,
+    InvalidGrant,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+    InvalidScope,
+    InvalidTarget,
+    AccessDenied,
+    UnsupportedTokenType,
+    ServerError,
+    TemporarilyUnavailable,
+}
+
+impl OAuthCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OAuthCode::InvalidRequest => "invalid_request",
+            OAuthCode::InvalidClient => "invalid_client",
+            OAuthCode::InvalidGrant => "invalid_grant",
+            OAuthCode::UnauthorizedClient => "unauthorized_client",
+            OAuthCode::UnsupportedGrantType => "unsupported_grant_type",
+            OAuthCode::InvalidScope => "invalid_scope",
+            OAuthCode::InvalidTarget => "invalid_target",
+            OAuthCode::AccessDenied => "access_denied",
+            OAuthCode::UnsupportedTokenType => "unsupported_token_type",
+            OAuthCode::ServerError => "server_error",
+            OAuthCode::TemporarilyUnavailable => "temporarily_unavailable",
+        }
+    }
+}
+
+/// An answer of the issuer's endpoints that is not a success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthError {
+    pub code: OAuthCode,
+    pub description: std::borrow::Cow<'static, str>,
+    /// Set for a login lockout: answered 429 with `Retry-After`.
+    pub retry_after: Option<u64>,
+}
+
+impl OAuthError {
+    pub fn new(code: OAuthCode, description: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        OAuthError {
+            code,
+            description: description.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn invalid_request(description: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        OAuthError::new(OAuthCode::InvalidRequest, description)
+    }
+
+    pub fn invalid_grant(description: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        OAuthError::new(OAuthCode::InvalidGrant, description)
+    }
+
+    pub fn invalid_client(description: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        OAuthError::new(OAuthCode::InvalidClient, description)
+    }
+
+    /// A store or signing failure: logged with detail where it happened, answered 500
+    /// (503 would invite blind retries of requests that change state).
+    pub fn server_error() -> Self {
+        OAuthError::new(
+            OAuthCode::ServerError,
+            "the issuer could not complete the request",
+        )
+    }
+
+    /// Too many failed logins: `invalid_grant`, answered 429 with `Retry-After`.
+    pub fn locked_out(retry_after: u64) -> Self {
+        OAuthError {
+            code: OAuthCode::InvalidGrant,
+            description: "too many failed login attempts; try again later".into(),
+            retry_after: Some(retry_after.max(1)),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        if self.retry_after.is_some() {
+            return StatusCode::TOO_MANY_REQUESTS;
+        }
+        match self.code {
+            OAuthCode::InvalidClient => StatusCode::UNAUTHORIZED,
+            OAuthCode::AccessDenied => StatusCode::FORBIDDEN,
+            OAuthCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+            OAuthCode::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// RFC 6749 §5.2 JSON with `Cache-Control: no-store` and `Pragma: no-cache`;
+    /// `invalid_client` is 401 with a `WWW-Authenticate: Basic` challenge.
+    pub fn into_response(self) -> Response<Body> {
+        let mut response = json_response(self.status(), self.code.as_str(), &self.description);
+        let headers = response.headers_mut();
+        headers.insert(http::header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if self.code == OAuthCode::InvalidClient {
+            headers.insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"scopegate\", charset=\"UTF-8\""),
+            );
+        }
+        if let Some(seconds) = self.retry_after
+            && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+        {
+            headers.insert(http::header::RETRY_AFTER, value);
         }
         response
     }

@@ -14,6 +14,7 @@
 pub mod claims;
 pub mod config;
 pub mod error;
+pub mod issuer;
 pub mod jose;
 pub mod jwks;
 pub mod metrics;

@@ -129,7 +129,7 @@ async fn serve(config: Config, path: &Path) -> Result<(), String> {
     let admin_listener = tokio::net::TcpListener::bind(admin_listen)
         .await
         .map_err(|err| format!("cannot listen on {admin_listen} (admin): {err}"))?;
-    let gateway = Gateway::new(config, Some(path.to_path_buf()))?;
+    let gateway = Gateway::start(config, Some(path.to_path_buf())).await?;
 
     // Reload on file change too; without a watcher, SIGHUP still works.
     let _watcher = scopegate::reload::watch(gateway.clone(), path)
@@ -182,7 +182,7 @@ async fn signals(
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-            _ = hup.recv() => match gateway.reload() {
+            _ = hup.recv() => match gateway.reload_async().await {
                 Ok(()) => tracing::info!("configuration reloaded"),
                 Err(err) => tracing::error!(error = %err, "configuration refused; the previous one keeps serving"),
             },

@@ -32,6 +32,9 @@ use router::Lookup;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The metrics route label of the built-in issuer's endpoints.
+pub const ISSUER_ROUTE: &str = "issuer";
+
 /// The response body type of everything Scopegate answers: its own small JSON bodies and
 /// upstream bodies streamed through.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -148,6 +151,15 @@ async fn process(
     check_header_size(&request, state.config.server.limits.max_header_bytes)?;
     let path = router::normalize_path(request.uri().path())
         .map_err(|err| ProxyError::BadRequest(err.to_string()))?;
+
+    // The built-in issuer's endpoints come before routes.
+    if let Some(issuer) = &state.issuer
+        && issuer.owns(&path)
+    {
+        outcome.route = Some(Arc::from(ISSUER_ROUTE));
+        let path = path.into_owned();
+        return Ok(issuer.handle(request, &path, conn.remote).await);
+    }
 
     let route = match state.router.lookup(&path, request.method()) {
         Lookup::Found(index) => &state.routes[index],

@@ -47,7 +47,7 @@ pub fn watch(gateway: Arc<Gateway>, path: &Path) -> Result<notify::RecommendedWa
                 continue;
             }
             last = current;
-            match gateway.reload() {
+            match gateway.reload_async().await {
                 Ok(()) => tracing::info!(file = %path.display(), "configuration changed; reloaded"),
                 Err(err) => tracing::error!(
                     file = %path.display(),

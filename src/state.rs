@@ -12,7 +12,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
-use crate::jwks::TrustedIssuer;
+use crate::issuer::Issuer;
+use crate::jwks::{KeySource, TrustedIssuer};
 use crate::metrics::Metrics;
 use crate::pipeline::authn::Verifier;
 use crate::pipeline::authz::Policy;
@@ -55,6 +56,8 @@ pub struct State {
     pub forward: ForwardHeaders,
     pub upstreams: Upstreams,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The built-in issuer, when `issuer.enabled`; its endpoints are matched before routes.
+    pub issuer: Option<Arc<Issuer>>,
 }
 
 impl std::fmt::Debug for State {
@@ -74,14 +77,32 @@ pub struct Shared {
 
 impl State {
     /// Builds state from a validated config. `previous` lends trusted issuers whose
-    /// configuration is unchanged, so a reload does not refetch their keys.
+    /// configuration is unchanged, so a reload does not refetch their keys, and the
+    /// built-in issuer when its `store` and `keys` settings are unchanged.
+    /// `prebuilt` is a built-in issuer made for this config ([`Issuer::new`]); without one
+    /// and without a reusable previous issuer, it is built here, blocking
+    /// ([`Issuer::new_blocking`]).
     pub fn build(
         config: Config,
         shared: &Shared,
         previous: Option<&State>,
+        prebuilt: Option<Arc<Issuer>>,
     ) -> Result<State, String> {
         let tls_client =
             crate::upstream::tls_client_config(config.server.upstream_ca_file.as_deref())?;
+        let builtin = match config.issuer.as_ref().filter(|i| i.enabled) {
+            None => None,
+            Some(issuer_config) => Some(match prebuilt {
+                Some(issuer) => issuer,
+                None => previous
+                    .and_then(|p| p.issuer.as_ref())
+                    .and_then(|old| reuse_issuer(old, issuer_config))
+                    .map_or_else(
+                        || Issuer::new_blocking(issuer_config, shared.metrics.clone()),
+                        Ok,
+                    )?,
+            }),
+        };
         let mut issuers = Vec::new();
         for issuer_config in &config.trust.issuers {
             let reused = previous.and_then(|p| {
@@ -109,6 +130,9 @@ impl State {
                 }
             };
             issuers.push(issuer);
+        }
+        if let Some(builtin) = &builtin {
+            issuers.push(local_trust(builtin, shared, previous)?);
         }
 
         let mut routes = Vec::with_capacity(config.routes.len());
@@ -154,6 +178,7 @@ impl State {
                 config.server.timeouts.upstream_response.get(),
             ),
             tls,
+            issuer: builtin,
             config: Arc::new(config),
         })
     }
@@ -162,6 +187,47 @@ impl State {
     pub fn ready(&self) -> bool {
         self.verifier.issuers().iter().all(|i| i.is_loaded())
     }
+}
+
+/// The previous issuer itself when its configuration is unchanged, else one rebuilt
+/// around its store and keys when only other settings changed.
+fn reuse_issuer(old: &Arc<Issuer>, config: &crate::config::IssuerConfig) -> Option<Arc<Issuer>> {
+    if old.config() == config {
+        Some(old.clone())
+    } else {
+        old.reconfigure(config)
+    }
+}
+
+/// The built-in issuer as a trusted issuer, with in-process keys. Carried over from the
+/// previous state when it trusts the same issuer core the same way (no key reload gap).
+fn local_trust(
+    builtin: &Arc<Issuer>,
+    shared: &Shared,
+    previous: Option<&State>,
+) -> Result<Arc<TrustedIssuer>, String> {
+    let trust = builtin.trust_config();
+    let same_core = previous
+        .and_then(|p| p.issuer.as_ref())
+        .is_some_and(|old| Arc::ptr_eq(&old.core, &builtin.core));
+    if same_core
+        && let Some(old) = previous.and_then(|p| {
+            p.verifier
+                .issuers()
+                .iter()
+                .find(|t| matches!(t.source, KeySource::Local(_)) && t.config == trust)
+        })
+    {
+        return Ok(old.clone());
+    }
+    let trusted = TrustedIssuer::new(
+        trust,
+        KeySource::Local(builtin.local_jwks()),
+        shared.fetcher.clone(),
+        shared.metrics.clone(),
+    )?;
+    trusted.spawn_refresher();
+    Ok(trusted)
 }
 
 /// The running gateway: current state plus what outlives reloads.
@@ -183,14 +249,49 @@ impl std::fmt::Debug for Gateway {
 
 impl Gateway {
     /// Builds the first state. Must run inside a Tokio runtime (key refreshers start).
+    /// An enabled built-in issuer is built blocking ([`Issuer::new_blocking`]);
+    /// [`Gateway::start`] does the same without blocking.
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Gateway>, String> {
+        Gateway::assemble(config, config_path, Metrics::new(), None)
+    }
+
+    /// Builds the first state, the built-in issuer included (its store is opened and
+    /// migrated, its keys loaded or generated).
+    pub async fn start(
+        config: Config,
+        config_path: Option<PathBuf>,
+    ) -> Result<Arc<Gateway>, String> {
         let metrics = Metrics::new();
+        let issuer = match config.issuer.as_ref().filter(|i| i.enabled) {
+            Some(issuer_config) => Some(Issuer::new(issuer_config, metrics.clone()).await?),
+            None => None,
+        };
+        Gateway::assemble(config, config_path, metrics, issuer)
+    }
+
+    /// [`Gateway::start`] with an issuer built by the caller (tests choose its key
+    /// encryption; benches share one).
+    pub fn with_issuer(
+        config: Config,
+        config_path: Option<PathBuf>,
+        metrics: Metrics,
+        issuer: Option<Arc<Issuer>>,
+    ) -> Result<Arc<Gateway>, String> {
+        Gateway::assemble(config, config_path, metrics, issuer)
+    }
+
+    fn assemble(
+        config: Config,
+        config_path: Option<PathBuf>,
+        metrics: Metrics,
+        issuer: Option<Arc<Issuer>>,
+    ) -> Result<Arc<Gateway>, String> {
         let fetcher = Fetcher::new(crate::upstream::tls_client_config(None)?);
         let shared = Shared {
             metrics: metrics.clone(),
             fetcher: fetcher.clone(),
         };
-        let state = State::build(config, &shared, None)?;
+        let state = State::build(config, &shared, None, issuer)?;
         Ok(Arc::new(Gateway {
             state: ArcSwap::from_pointee(state),
             metrics,
@@ -209,14 +310,46 @@ impl Gateway {
     }
 
     /// Builds a new state from `config` and swaps it in. In-flight requests finish on the
-    /// state they started with. On error nothing changes.
+    /// state they started with. On error nothing changes. The built-in issuer is reused
+    /// (or reconfigured around the same store and keys); when it must be built anew this
+    /// blocks meanwhile ([`Gateway::apply_async`] does not).
     pub fn apply(&self, config: Config) -> Result<(), String> {
+        self.apply_with(config, None)
+    }
+
+    /// [`Gateway::apply`] for any config: builds the built-in issuer anew when it is
+    /// new or its `store`/`keys` settings changed.
+    pub async fn apply_async(&self, config: Config) -> Result<(), String> {
+        let previous = self.state.load_full();
+        let needs_build = match config.issuer.as_ref().filter(|i| i.enabled) {
+            None => false,
+            Some(issuer_config) => previous.issuer.as_ref().is_none_or(|old| {
+                old.config() != issuer_config && old.reconfigure(issuer_config).is_none()
+            }),
+        };
+        let prebuilt = match config.issuer.as_ref().filter(|_| needs_build) {
+            Some(issuer_config) => match Issuer::new(issuer_config, self.metrics.clone()).await {
+                Ok(issuer) => Some(issuer),
+                Err(err) => {
+                    self.metrics
+                        .config_reloads_total
+                        .with_label_values(&["error"])
+                        .inc();
+                    return Err(err);
+                }
+            },
+            None => None,
+        };
+        self.apply_with(config, prebuilt)
+    }
+
+    fn apply_with(&self, config: Config, prebuilt: Option<Arc<Issuer>>) -> Result<(), String> {
         let shared = Shared {
             metrics: self.metrics.clone(),
             fetcher: self.fetcher.clone(),
         };
         let previous = self.state.load_full();
-        let result = State::build(config, &shared, Some(&previous));
+        let result = State::build(config, &shared, Some(&previous), prebuilt);
         let label = if result.is_ok() { "success" } else { "error" };
         self.metrics
             .config_reloads_total
@@ -230,6 +363,23 @@ impl Gateway {
         }
         self.state.store(Arc::new(state));
         Ok(())
+    }
+
+    /// [`Gateway::reload`] that may rebuild the built-in issuer ([`Gateway::apply_async`]).
+    pub async fn reload_async(&self) -> Result<(), String> {
+        let Some(path) = &self.config_path else {
+            return Err("the configuration did not come from a file".into());
+        };
+        match Config::load(path) {
+            Ok(config) => self.apply_async(config).await,
+            Err(err) => {
+                self.metrics
+                    .config_reloads_total
+                    .with_label_values(&["error"])
+                    .inc();
+                Err(err.to_string())
+            }
+        }
     }
 
     /// Re-reads the config file and applies it; a bad file leaves the old state serving.

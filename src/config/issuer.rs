@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{Config, ConfigError, Dur, check_url};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
     #[serde(default = "yes")]
@@ -49,7 +49,7 @@ fn default_store() -> String {
     "sqlite://scopegate.db".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoginConfig {
     pub title: String,
@@ -63,7 +63,7 @@ impl Default for LoginConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeviceConfig {
     pub interval: Dur,
@@ -79,7 +79,7 @@ impl Default for DeviceConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ThrottleConfig {
     pub max_failures: u32,
@@ -102,7 +102,7 @@ pub enum SigningAlg {
     EdDSA,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeysConfig {
     pub algorithm: SigningAlg,
@@ -118,7 +118,7 @@ impl Default for KeysConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokensConfig {
     pub access_ttl: Dur,
@@ -138,7 +138,7 @@ impl Default for TokensConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     pub identifier: String,
@@ -152,7 +152,7 @@ pub struct ApiConfig {
     pub access_ttl: Option<Dur>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScopeConfig {
     pub value: String,
@@ -160,7 +160,7 @@ pub struct ScopeConfig {
     pub description: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     pub client_id: String,
@@ -178,7 +178,7 @@ pub struct ClientConfig {
     pub grants: BTreeMap<String, Vec<String>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     #[serde(default)]
@@ -197,7 +197,7 @@ pub struct UserConfig {
     pub user_metadata: serde_json::Map<String, serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimsConfig {
     pub namespace: String,
@@ -240,6 +240,22 @@ pub fn canonical_grant_type(name: &str) -> Option<&'static str> {
         .map(|(_, rfc)| *rfc)
 }
 
+/// The issuer's endpoints, relative to the path of `issuer.url` (Auth0's paths). They are
+/// matched before routes; `scopegate check` names routes whose paths they take.
+pub const ENDPOINTS: [&str; 11] = [
+    "/authorize",
+    "/oauth/token",
+    "/userinfo",
+    "/oauth/revoke",
+    "/oauth/introspect",
+    "/oauth/device/code",
+    "/activate",
+    "/logout",
+    "/.well-known/jwks.json",
+    "/.well-known/openid-configuration",
+    "/.well-known/oauth-authorization-server",
+];
+
 /// Claims an operator may never overwrite through `claims:`.
 const STANDARD_CLAIMS: [&str; 22] = [
     "iss",
@@ -274,6 +290,22 @@ impl IssuerConfig {
             .unwrap_or_else(|| format!("user|{}", user.username))
     }
 
+    /// The path of `issuer.url` without its trailing slash (`""` for a root issuer).
+    pub fn base_path(&self) -> String {
+        let path = self
+            .url
+            .parse::<http::Uri>()
+            .map(|uri| uri.path().to_string())
+            .unwrap_or_default();
+        path.trim_end_matches('/').to_string()
+    }
+
+    /// Every endpoint path the issuer serves on the proxy listener.
+    pub fn endpoint_paths(&self) -> Vec<String> {
+        let base = self.base_path();
+        ENDPOINTS.iter().map(|e| format!("{base}{e}")).collect()
+    }
+
     pub(super) fn validate(&self, config: &Config) -> Result<(), ConfigError> {
         let url = check_url(&self.url, "issuer.url")?;
         if url.query().is_some() {
@@ -281,6 +313,14 @@ impl IssuerConfig {
                 "issuer.url",
                 "the issuer URL must not have a query or fragment",
             ));
+        }
+        for (index, trusted) in config.trust.issuers.iter().enumerate() {
+            if self.enabled && issuer_base(&trusted.issuer) == issuer_base(&self.url) {
+                return Err(ConfigError::at(
+                    format!("trust.issuers[{index}].issuer"),
+                    "this is the built-in issuer, which is trusted automatically; remove this entry",
+                ));
+            }
         }
         if !(self.store.starts_with("sqlite:")
             || self.store.starts_with("postgres://")
@@ -691,6 +731,21 @@ mod tests {
             "postgres://app:***@db:5432/x"
         );
         assert_eq!(redact_url("sqlite://scopegate.db"), "sqlite://scopegate.db");
+    }
+
+    #[test]
+    fn endpoints_live_under_the_issuer_path() {
+        let config = crate::config::Config::from_yaml_with_env(
+            "issuer:\n  url: https://id.example.com/auth/\n",
+            |_| None,
+        )
+        .unwrap();
+        let issuer = config.issuer.unwrap();
+        assert_eq!(issuer.base_path(), "/auth");
+        let paths = issuer.endpoint_paths();
+        assert!(paths.contains(&"/auth/oauth/token".to_string()));
+        assert!(paths.contains(&"/auth/.well-known/openid-configuration".to_string()));
+        assert_eq!(paths.len(), ENDPOINTS.len());
     }
 
     #[test]

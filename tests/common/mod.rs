@@ -13,6 +13,9 @@
 //! This file is compiled into every test binary; not every binary uses every helper.
 #![allow(dead_code)]
 
+/// Throwaway stores (SQLite, PostgreSQL) and a gateway running the built-in issuer.
+pub mod issuer;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,0 +1,438 @@
+//! The built-in OAuth 2.0 / OpenID Connect issuer, in the Auth0 model.
+//!
+//! An [`Issuer`] is built once from `issuer:` ([`Issuer::new`]): it opens the
+//! [`store`] (SQLite or PostgreSQL, migrated at start), loads or generates the signing
+//! [`keys`], and compiles the configuration into a [`model::Model`]. The proxy serves its
+//! endpoints ([`Issuer::owns`], [`Issuer::handle`]) before routes, and trusts its tokens
+//! with the in-process keys ([`Issuer::trust_config`], [`Issuer::local_jwks`]).
+//!
+//! On a reload whose `store` and `keys` settings are unchanged, [`Issuer::reconfigure`]
+//! builds the new issuer around the same store and key ring, without I/O.
+//!
+//! Endpoints (under the path of `issuer.url`): `/oauth/token` ([`token`]), `/userinfo`
+//! ([`userinfo`]), `/oauth/revoke` ([`revocation`]), `/oauth/introspect`
+//! ([`introspection`]), `/.well-known/jwks.json`, `/.well-known/openid-configuration`
+//! and `/.well-known/oauth-authorization-server` ([`discovery`]). `/authorize`,
+//! `/oauth/device/code`, `/activate` and `/logout` are reserved for the browser flows and
+//! answer 501 until they land.
+
+pub mod client_auth;
+pub mod discovery;
+pub mod form;
+pub mod introspection;
+pub mod keys;
+pub mod mint;
+pub mod model;
+pub mod revocation;
+pub mod store;
+pub mod throttle;
+pub mod token;
+pub mod userinfo;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use serde_json::{Map, Value};
+
+use crate::config::{Dur, IssuerConfig, TrustedIssuerConfig};
+use crate::error::{OAuthError, json_response};
+use crate::jose::Alg;
+use crate::jwks::LocalJwks;
+use crate::metrics::Metrics;
+use crate::pipeline::Body;
+use keys::{KeyEncryption, KeyPolicy, KeyRing, alg_of};
+use model::Model;
+use store::Store;
+
+/// What outlives reconfiguration: the store, the keys, the metrics.
+pub struct Core {
+    pub store: Store,
+    pub keys: KeyRing,
+    pub metrics: Metrics,
+    /// An argon2id hash of a random password, verified for unknown users so that a
+    /// login's timing does not say whether the user exists.
+    dummy_hash: String,
+    /// Bounds concurrent argon2 verifications (each takes ~19 MiB and a core for tens of
+    /// milliseconds), so a login flood queues instead of exhausting memory.
+    hashing: tokio::sync::Semaphore,
+    store_url: String,
+    keys_config: crate::config::issuer::KeysConfig,
+}
+
+/// The built-in issuer for one configuration generation.
+pub struct Issuer {
+    config: IssuerConfig,
+    pub model: Model,
+    pub core: Arc<Core>,
+    documents: discovery::Documents,
+    endpoints: Vec<String>,
+}
+
+impl std::fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issuer")
+            .field("issuer", &self.model.issuer)
+            .field("store", &self.core.store)
+            .field("keys", &self.core.keys)
+            .finish()
+    }
+}
+
+fn policy_for(config: &IssuerConfig, model: &Model) -> KeyPolicy {
+    KeyPolicy {
+        alg: alg_of(config.keys.algorithm),
+        rotate_after: config.keys.rotate_after.get(),
+        // Tokens a retired key signed stay verifiable until they expire, plus a margin
+        // for clock skew.
+        retire_after: model.longest_token_ttl() + Duration::from_secs(300),
+    }
+}
+
+/// How often the key ring re-reads the store (keys made by other replicas, rotation)
+/// and expired rows are purged.
+const HOUSEKEEPING: Duration = Duration::from_secs(60);
+
+impl Issuer {
+    /// Opens the store (migrating it), loads or generates the keys, and starts the
+    /// housekeeping task. Private keys are encrypted at rest when
+    /// `SCOPEGATE_KEY_ENCRYPTION_KEY` is set. Must run inside a Tokio runtime.
+    pub async fn new(config: &IssuerConfig, metrics: Metrics) -> Result<Arc<Issuer>, String> {
+        Issuer::with_encryption(config, metrics, KeyEncryption::from_env()?).await
+    }
+
+    /// [`Issuer::new`] with an explicit key-encryption key (tests; no environment).
+    pub async fn with_encryption(
+        config: &IssuerConfig,
+        metrics: Metrics,
+        encryption: Option<KeyEncryption>,
+    ) -> Result<Arc<Issuer>, String> {
+        let model = Model::new(config);
+        let store = Store::open(&config.store)
+            .await
+            .map_err(|e| e.to_string())?;
+        let keys = KeyRing::load(store.clone(), encryption, policy_for(config, &model)).await?;
+        let dummy_hash = tokio::task::spawn_blocking(dummy_hash)
+            .await
+            .map_err(|_| "hashing was interrupted".to_string())??;
+        Ok(Issuer::finish(
+            config, model, store, keys, metrics, dummy_hash,
+        ))
+    }
+
+    /// [`Issuer::new`] for synchronous callers inside a Tokio runtime (`Gateway::new`,
+    /// `Gateway::apply`): the store is opened and migrated and the keys are loaded on a
+    /// helper thread with a runtime of its own, then the issuer gets a pool that
+    /// connects lazily on the caller's runtime. Blocks the calling thread meanwhile.
+    pub fn new_blocking(config: &IssuerConfig, metrics: Metrics) -> Result<Arc<Issuer>, String> {
+        if config.store.contains(":memory:") || config.store.contains("mode=memory") {
+            return Err("an in-memory store needs the async start (Gateway::start)".into());
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err("the built-in issuer must be built inside a Tokio runtime".into());
+        }
+        let encryption = KeyEncryption::from_env()?;
+        let model = Model::new(config);
+        let policy = policy_for(config, &model);
+        let url = config.store.clone();
+        let (keys, dummy) = std::thread::scope(|scope| {
+            scope
+                .spawn(move || -> Result<(KeyRing, String), String> {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+                    runtime.block_on(async move {
+                        let store = Store::open(&url).await.map_err(|e| e.to_string())?;
+                        let keys = KeyRing::load(store.clone(), encryption, policy).await?;
+                        store.close().await;
+                        Ok((keys, dummy_hash()?))
+                    })
+                })
+                .join()
+                .map_err(|_| "building the issuer failed".to_string())?
+        })?;
+        let store = Store::connect_lazy(&config.store).map_err(|e| e.to_string())?;
+        let keys = keys.rebind(store.clone());
+        Ok(Issuer::finish(config, model, store, keys, metrics, dummy))
+    }
+
+    fn finish(
+        config: &IssuerConfig,
+        model: Model,
+        store: Store,
+        keys: KeyRing,
+        metrics: Metrics,
+        dummy_hash: String,
+    ) -> Arc<Issuer> {
+        let core = Arc::new(Core {
+            store,
+            keys,
+            metrics,
+            dummy_hash,
+            hashing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+            ),
+            store_url: config.store.clone(),
+            keys_config: config.keys,
+        });
+        spawn_housekeeping(Arc::downgrade(&core), config.throttle.window);
+        tracing::info!(
+            issuer = %config.url,
+            store = %crate::config::issuer::redact_url(&config.store),
+            kid = %core.keys.active().kid,
+            "built-in issuer ready"
+        );
+        Arc::new(Issuer::assemble(config, model, core))
+    }
+
+    fn assemble(config: &IssuerConfig, model: Model, core: Arc<Core>) -> Issuer {
+        let documents = discovery::documents(&model, alg_of(config.keys.algorithm));
+        Issuer {
+            endpoints: config.endpoint_paths(),
+            config: config.clone(),
+            model,
+            core,
+            documents,
+        }
+    }
+
+    /// The issuer for a new configuration around this one's store and keys, without
+    /// I/O; `None` when `store` or `keys` changed (build anew with [`Issuer::new`]).
+    pub fn reconfigure(&self, config: &IssuerConfig) -> Option<Arc<Issuer>> {
+        if config.store != self.core.store_url || config.keys != self.core.keys_config {
+            return None;
+        }
+        let model = Model::new(config);
+        self.core.keys.set_policy(policy_for(config, &model));
+        Some(Arc::new(Issuer::assemble(config, model, self.core.clone())))
+    }
+
+    /// The configuration this issuer was built from.
+    pub fn config(&self) -> &IssuerConfig {
+        &self.config
+    }
+
+    /// True if `path` (normalized, no query) is one of the issuer's endpoints.
+    pub fn owns(&self, path: &str) -> bool {
+        self.endpoints.iter().any(|e| e == path)
+    }
+
+    /// How the proxy trusts this issuer: `iss` exactly, audiences = every API plus the
+    /// userinfo URL, algorithms = those of the published keys.
+    pub fn trust_config(&self) -> TrustedIssuerConfig {
+        let mut audiences = self.model.api_order.clone();
+        audiences.push(self.model.userinfo_url.clone());
+        let mut algorithms = self.core.keys.published().algs.clone();
+        let configured = alg_of(self.config.keys.algorithm);
+        if !algorithms.contains(&configured) {
+            algorithms.push(configured);
+        }
+        TrustedIssuerConfig {
+            issuer: self.model.issuer.clone(),
+            jwks_uri: None,
+            audiences,
+            algorithms,
+            jwks_ttl: Dur::secs(60),
+            jwks_min_refresh: Dur::secs(1),
+            clients: None,
+        }
+    }
+
+    /// The JWKS, read in process (after re-reading the store, so keys that another
+    /// replica just made are found).
+    pub fn local_jwks(&self) -> LocalJwks {
+        let core = Arc::downgrade(&self.core);
+        Arc::new(move || {
+            let core = core.clone();
+            Box::pin(async move {
+                let core = core.upgrade().ok_or("the issuer has been replaced")?;
+                if let Err(err) = core.keys.refresh().await {
+                    tracing::warn!(error = %err, "issuer keys: refresh from the store failed; serving the last keys");
+                }
+                Ok(core.keys.published().jwks.to_vec())
+            })
+        })
+    }
+
+    /// Answers a request for one of the issuer's endpoints; `path` is the request's
+    /// normalized path, which [`Issuer::owns`].
+    pub async fn handle<B>(
+        &self,
+        request: Request<B>,
+        path: &str,
+        remote: SocketAddr,
+    ) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let (parts, body) = request.into_parts();
+        let endpoint = path
+            .strip_prefix(self.model.base_path.as_str())
+            .unwrap_or(path);
+        let method = &parts.method;
+        let get = method == Method::GET || method == Method::HEAD;
+        let post = method == Method::POST;
+        match endpoint {
+            "/oauth/token" if post => match form::read(&parts.headers, body).await {
+                Ok(form) => self.token(&parts.headers, &form, remote.ip()).await,
+                Err(err) => {
+                    self.core
+                        .metrics
+                        .token_errors_total
+                        .with_label_values(&["unknown", err.code.as_str()])
+                        .inc();
+                    err.into_response()
+                }
+            },
+            "/oauth/revoke" if post => match form::read(&parts.headers, body).await {
+                Ok(form) => revocation::handle(self, &parts.headers, &form).await,
+                Err(err) => err.into_response(),
+            },
+            "/oauth/introspect" if post => match form::read(&parts.headers, body).await {
+                Ok(form) => introspection::handle(self, &parts.headers, &form).await,
+                Err(err) => err.into_response(),
+            },
+            "/userinfo" if get || post => userinfo::handle(self, &parts.headers).await,
+            "/.well-known/jwks.json" if get => discovery::json_document(
+                self.core.keys.published().jwks.clone(),
+                discovery::JWKS_CACHE_CONTROL,
+            ),
+            "/.well-known/openid-configuration" if get => {
+                discovery::json_document(self.documents.openid.clone(), discovery::CACHE_CONTROL)
+            }
+            "/.well-known/oauth-authorization-server" if get => {
+                discovery::json_document(self.documents.oauth.clone(), discovery::CACHE_CONTROL)
+            }
+            "/authorize" | "/oauth/device/code" | "/activate" | "/logout" => json_response(
+                StatusCode::NOT_IMPLEMENTED,
+                "not_implemented",
+                "this endpoint arrives with the browser flows",
+            ),
+            "/oauth/token" | "/oauth/revoke" | "/oauth/introspect" => method_not_allowed("POST"),
+            "/userinfo" => method_not_allowed("GET, HEAD, POST"),
+            _ => method_not_allowed("GET, HEAD"),
+        }
+    }
+
+    /// The token endpoint, after the form has been read: HTTP-free, for benches.
+    pub async fn token(
+        &self,
+        headers: &HeaderMap,
+        form: &form::Form,
+        remote: IpAddr,
+    ) -> Response<Body> {
+        token::endpoint(self, headers, form, remote).await
+    }
+
+    /// Checks a password against a user's argon2id hash, or against the dummy hash when
+    /// there is no such user (same work either way). Runs off the async workers.
+    pub async fn verify_password(&self, hash: Option<String>, password: &str) -> bool {
+        use argon2::PasswordVerifier;
+        let known = hash.is_some();
+        let hash = hash.unwrap_or_else(|| self.core.dummy_hash.clone());
+        let password = password.to_string();
+        let Ok(_permit) = self.core.hashing.acquire().await else {
+            return false;
+        };
+        let ok = tokio::task::spawn_blocking(move || {
+            argon2::Argon2::default()
+                .verify_password(password.as_bytes(), hash.as_str())
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        ok && known
+    }
+
+    /// Verifies an access token issued here: signature by a published key, `typ` at+jwt,
+    /// `iss`, unexpired, `jti` not revoked. `Ok(None)` for anything else; `Err` only when
+    /// the store fails.
+    pub async fn verify_access_token(
+        &self,
+        token: &str,
+    ) -> Result<Option<Map<String, Value>>, OAuthError> {
+        let mut own = self.core.keys.published().verify(token);
+        if own.is_none() && self.core.keys.kid_unknown(token) {
+            // Maybe another replica's new key: re-read the store, at most every few seconds.
+            if let Err(err) = self
+                .core
+                .keys
+                .refresh_if_older(Duration::from_secs(5))
+                .await
+            {
+                tracing::warn!(error = %err, "issuer keys: refresh failed");
+            }
+            own = self.core.keys.published().verify(token);
+        }
+        let Some(own) = own else { return Ok(None) };
+        if !own.at_jwt {
+            return Ok(None);
+        }
+        let claims = own.claims;
+        if claims.get("iss").and_then(Value::as_str) != Some(self.model.issuer.as_str()) {
+            return Ok(None);
+        }
+        let now = store::now();
+        if claims
+            .get("exp")
+            .and_then(Value::as_i64)
+            .is_none_or(|exp| exp <= now)
+        {
+            return Ok(None);
+        }
+        let Some(jti) = claims.get("jti").and_then(Value::as_str) else {
+            return Ok(None);
+        };
+        let revoked = self.core.store.is_revoked(jti).await.map_err(|err| {
+            tracing::error!(error = %err, "issuer store failed");
+            OAuthError::server_error()
+        })?;
+        Ok((!revoked).then_some(claims))
+    }
+
+    /// The algorithm new tokens are signed with.
+    pub fn signing_alg(&self) -> Alg {
+        self.core.keys.active().alg
+    }
+}
+
+/// An argon2id hash of a random password (production parameters).
+fn dummy_hash() -> Result<String, String> {
+    let mut secret = [0u8; 24];
+    aws_lc_rs::rand::fill(&mut secret).map_err(|_| "no randomness".to_string())?;
+    crate::config::hash_password(&crate::jose::b64url(&secret))
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take this method",
+    );
+    response
+        .headers_mut()
+        .insert(http::header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+/// Re-reads keys (rotation, other replicas' keys) and purges expired rows every minute,
+/// until the issuer core is dropped.
+fn spawn_housekeeping(core: Weak<Core>, throttle_window: Dur) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(HOUSEKEEPING).await;
+            let Some(core) = core.upgrade() else { break };
+            if let Err(err) = core.keys.refresh().await {
+                tracing::warn!(error = %err, "issuer keys: refresh failed");
+            }
+            let window = throttle_window.get().as_secs() as i64;
+            if let Err(err) = core.store.purge_expired(store::now(), window).await {
+                tracing::warn!(error = %err, "issuer store: purging expired rows failed");
+            }
+        }
+    });
+}

@@ -1,0 +1,106 @@
+//! `/.well-known/openid-configuration` (OpenID Connect Discovery) and
+//! `/.well-known/oauth-authorization-server` (RFC 8414): every endpoint, grant, response
+//! type, client authentication method and signing algorithm. Built once per
+//! configuration; served with a short public cache lifetime, as is the JWKS.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::model::Model;
+use crate::jose::Alg;
+use crate::pipeline::{Body, full};
+
+/// How long clients may cache discovery documents and the JWKS. Short, so a rotated key
+/// is picked up quickly (verifiers refetch on an unknown `kid` anyway).
+pub const CACHE_CONTROL: &str = "public, max-age=300";
+pub const JWKS_CACHE_CONTROL: &str = "public, max-age=60";
+
+/// The two metadata documents, serialized.
+#[derive(Debug, Clone)]
+pub struct Documents {
+    pub openid: Bytes,
+    pub oauth: Bytes,
+}
+
+pub fn documents(model: &Model, alg: Alg) -> Documents {
+    let url = |path: &str| format!("{}{}", model.base_url, path.trim_start_matches('/'));
+    let mut scopes: Vec<Value> = ["openid", "profile", "email", "offline_access"]
+        .into_iter()
+        .map(Value::from)
+        .collect();
+    for id in &model.api_order {
+        if let Some(api) = model.apis.get(id) {
+            for scope in &api.scopes {
+                if !scopes.iter().any(|s| s == scope) {
+                    scopes.push(Value::from(scope.clone()));
+                }
+            }
+        }
+    }
+    let auth_methods = json!(["client_secret_basic", "client_secret_post", "none"]);
+    let mut doc = json!({
+        "issuer": model.issuer,
+        "authorization_endpoint": url("/authorize"),
+        "token_endpoint": url("/oauth/token"),
+        "userinfo_endpoint": url("/userinfo"),
+        "jwks_uri": url("/.well-known/jwks.json"),
+        "revocation_endpoint": url("/oauth/revoke"),
+        "introspection_endpoint": url("/oauth/introspect"),
+        "device_authorization_endpoint": url("/oauth/device/code"),
+        "end_session_endpoint": url("/logout"),
+        "scopes_supported": scopes,
+        "response_types_supported": ["code", "token", "id_token", "id_token token"],
+        "response_modes_supported": ["query", "fragment"],
+        "grant_types_supported": [
+            "authorization_code",
+            "implicit",
+            "password",
+            "client_credentials",
+            "refresh_token",
+            "urn:ietf:params:oauth:grant-type:device_code",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": [alg.name()],
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "code_challenge_methods_supported": ["S256"],
+        "claims_supported": [
+            "iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "azp",
+            "name", "nickname", "preferred_username", "email", "email_verified",
+        ],
+        "request_parameter_supported": false,
+        "request_uri_parameter_supported": false,
+    });
+    let openid = Bytes::from(doc.to_string());
+    // RFC 8414 lists the same; the OIDC-only members are harmless there.
+    if let Some(object) = doc.as_object_mut() {
+        object.remove("subject_types_supported");
+    }
+    Documents {
+        openid,
+        oauth: Bytes::from(doc.to_string()),
+    }
+}
+
+/// A JSON document answer with a cache lifetime.
+pub fn json_document(body: Bytes, cache_control: &'static str) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control),
+    );
+    headers.insert(
+        http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    response
+}

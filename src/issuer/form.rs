@@ -1,0 +1,178 @@
+//! `application/x-www-form-urlencoded` request bodies, strictly: the media type is
+//! checked, the size is capped, every name and value must decode to UTF-8, and a
+//! parameter sent twice is refused (RFC 6749 §3.1). Empty values count as absent.
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::{BodyExt, Limited};
+
+use crate::error::OAuthError;
+
+/// The largest form body the issuer reads.
+pub const MAX_FORM_BYTES: usize = 16 * 1024;
+
+/// A parsed form: names with their one value each.
+#[derive(Debug, Default, Clone)]
+pub struct Form {
+    pairs: Vec<(String, String)>,
+}
+
+impl Form {
+    /// Parses a form body. Duplicate names, bad percent-encoding or non-UTF-8 text are
+    /// `invalid_request`.
+    ///
+    /// ```
+    /// use scopegate::issuer::form::Form;
+    /// let form = Form::parse(b"grant_type=password&username=a%40b.c&scope=").unwrap();
+    /// assert_eq!(form.get("username"), Some("a@b.c"));
+    /// assert_eq!(form.get("scope"), None); // empty counts as absent
+    /// assert!(Form::parse(b"scope=a&scope=b").is_err()); // sent twice
+    /// ```
+    pub fn parse(body: &[u8]) -> Result<Form, OAuthError> {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for part in body.split(|&b| b == b'&') {
+            if part.is_empty() {
+                continue;
+            }
+            let (name, value) = match part.iter().position(|&b| b == b'=') {
+                Some(eq) => (&part[..eq], &part[eq + 1..]),
+                None => (part, &[][..]),
+            };
+            let name = decode(name)?;
+            let value = decode(value)?;
+            if pairs.iter().any(|(n, _)| *n == name) {
+                return Err(OAuthError::invalid_request(format!(
+                    "parameter {:?} is sent more than once",
+                    shorten(&name)
+                )));
+            }
+            pairs.push((name, value));
+        }
+        Ok(Form { pairs })
+    }
+
+    /// A parameter's value; empty values count as absent.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(n, v)| n == name && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A parameter that must be present.
+    pub fn require(&self, name: &'static str) -> Result<&str, OAuthError> {
+        self.get(name)
+            .ok_or_else(|| OAuthError::invalid_request(format!("the {name} parameter is required")))
+    }
+}
+
+fn shorten(text: &str) -> String {
+    text.chars().take(40).collect()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Percent-decodes form text (`+` is a space).
+pub fn decode(raw: &[u8]) -> Result<String, OAuthError> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let (Some(&h), Some(&l)) = (raw.get(i + 1), raw.get(i + 2)) else {
+                    return Err(OAuthError::invalid_request(
+                        "the form has a bad percent-encoding",
+                    ));
+                };
+                let (Some(h), Some(l)) = (hex(h), hex(l)) else {
+                    return Err(OAuthError::invalid_request(
+                        "the form has a bad percent-encoding",
+                    ));
+                };
+                out.push(h << 4 | l);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| OAuthError::invalid_request("the form is not UTF-8"))
+}
+
+/// True if the request says its body is a form.
+pub fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| {
+            media
+                .trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+/// Reads a form body: the media type must be a form, the size at most
+/// [`MAX_FORM_BYTES`].
+pub async fn read<B>(headers: &HeaderMap, body: B) -> Result<Form, OAuthError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    if !is_form(headers) {
+        return Err(OAuthError::invalid_request(
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    }
+    let too_large = || {
+        OAuthError::invalid_request(format!(
+            "the request body is larger than {MAX_FORM_BYTES} bytes"
+        ))
+    };
+    if let Some(length) = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && length > MAX_FORM_BYTES as u64
+    {
+        return Err(too_large());
+    }
+    let bytes = Limited::new(body, MAX_FORM_BYTES)
+        .collect()
+        .await
+        .map_err(|err| {
+            if err.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                OAuthError::invalid_request("the request body could not be read")
+            }
+        })?
+        .to_bytes();
+    Form::parse(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_strictly() {
+        let form =
+            Form::parse(b"grant_type=password&username=a%40b.c&password=p+q%26&scope=").unwrap();
+        assert_eq!(form.get("username"), Some("a@b.c"));
+        assert_eq!(form.get("password"), Some("p q&"));
+        assert_eq!(form.get("scope"), None);
+        assert!(Form::parse(b"a=1&a=2").is_err());
+        assert!(Form::parse(b"a=%zz").is_err());
+        assert!(Form::parse(b"a=%ff").is_err());
+        assert!(Form::parse(b"a=%4").is_err());
+    }
+}

@@ -1,0 +1,75 @@
+//! Login throttling for the password grant: failures are counted per username (as typed,
+//! lower-cased, whether or not such a user exists) and per client IP, in the store so
+//! replicas share them. `issuer.throttle.max_failures` failures inside
+//! `issuer.throttle.window` lock that key until the window closes: answered
+//! `invalid_grant` with status 429 and `Retry-After`, password right or wrong.
+//!
+//! Keys are counted the same for unknown users as for real ones, and an unknown user's
+//! password is checked against a dummy hash, so neither the answer nor its timing says
+//! whether a user exists.
+
+use std::net::IpAddr;
+
+use super::store::{Store, now};
+use crate::config::issuer::ThrottleConfig;
+use crate::error::OAuthError;
+
+/// The throttle keys of one login attempt.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    pub user: String,
+    pub ip: String,
+}
+
+impl Keys {
+    pub fn new(login: &str, ip: IpAddr) -> Keys {
+        // An IPv4 peer on a dual-stack socket appears as ::ffff:a.b.c.d: count it as IPv4.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        Keys {
+            user: format!("user:{}", login.to_lowercase()),
+            ip: format!("ip:{ip}"),
+        }
+    }
+}
+
+fn store_failed(err: impl std::fmt::Display) -> OAuthError {
+    tracing::error!(error = %err, "login throttle: store failed");
+    OAuthError::server_error()
+}
+
+/// Refuses the attempt if either key is locked.
+pub async fn check(store: &Store, keys: &Keys, config: &ThrottleConfig) -> Result<(), OAuthError> {
+    let now = now();
+    let window = config.window.get().as_secs() as i64;
+    for key in [&keys.user, &keys.ip] {
+        let (failures, closes) = store
+            .failures(key, now, window)
+            .await
+            .map_err(store_failed)?;
+        if failures >= i64::from(config.max_failures) {
+            return Err(OAuthError::locked_out((closes - now).max(1) as u64));
+        }
+    }
+    Ok(())
+}
+
+/// Counts a failed attempt against both keys.
+pub async fn failed(store: &Store, keys: &Keys, config: &ThrottleConfig) -> Result<(), OAuthError> {
+    let now = now();
+    let window = config.window.get().as_secs() as i64;
+    for key in [&keys.user, &keys.ip] {
+        store
+            .record_failure(key, now, window)
+            .await
+            .map_err(store_failed)?;
+    }
+    Ok(())
+}
+
+/// A successful login clears the user's count (not the IP's).
+pub async fn succeeded(store: &Store, keys: &Keys) -> Result<(), OAuthError> {
+    store.clear_failures(&keys.user).await.map_err(store_failed)
+}

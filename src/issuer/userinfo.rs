@@ -1,0 +1,97 @@
+//! `/userinfo` (GET or POST, `Authorization: Bearer`): the user's claims by the token's
+//! scopes (`sub` always; `profile` and `email` claims; the namespaced ID-token claims).
+//! The token must be an access token issued here, unexpired, unrevoked, with the
+//! userinfo URL in `aud` and `openid` in `scope`. Errors are RFC 6750 challenges: 401
+//! for a missing or bad token (a machine token's `aud` lacks the userinfo URL), 403
+//! `insufficient_scope` without `openid`.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use serde_json::{Map, Value};
+
+use super::Issuer;
+use super::mint::{custom_claims, profile_claims};
+use crate::claims::{AuthFailure, Reason, has_word};
+use crate::error::ProxyError;
+use crate::pipeline::authn::bearer_token;
+use crate::pipeline::{Body, full};
+
+pub async fn handle(issuer: &Issuer, headers: &HeaderMap) -> Response<Body> {
+    match userinfo(issuer, headers).await {
+        Ok(claims) => {
+            let mut response = Response::new(full(Bytes::from(Value::Object(claims).to_string())));
+            *response.status_mut() = StatusCode::OK;
+            let h = response.headers_mut();
+            h.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store"),
+            );
+            response
+        }
+        Err(Ok(err)) => err.into_response(),
+        Err(Err(oauth)) => oauth.into_response(),
+    }
+}
+
+fn invalid(
+    reason: Reason,
+    description: &'static str,
+) -> Result<ProxyError, crate::error::OAuthError> {
+    Ok(ProxyError::InvalidToken(AuthFailure::new(
+        reason,
+        description,
+    )))
+}
+
+type Failure = Result<ProxyError, crate::error::OAuthError>;
+
+async fn userinfo(issuer: &Issuer, headers: &HeaderMap) -> Result<Map<String, Value>, Failure> {
+    let token = bearer_token(headers)
+        .map_err(Ok)?
+        .ok_or(Ok(ProxyError::MissingToken))?;
+    let Some(claims) = issuer.verify_access_token(token).await.map_err(Err)? else {
+        return Err(invalid(
+            Reason::BadSignature,
+            "the access token is not valid, expired or revoked",
+        ));
+    };
+    let model = &issuer.model;
+    let aud_ok = match claims.get("aud") {
+        Some(Value::String(aud)) => *aud == model.userinfo_url,
+        Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(&model.userinfo_url)),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err(invalid(
+            Reason::WrongAudience,
+            "this access token is not meant for /userinfo",
+        ));
+    }
+    let scope = claims.get("scope").and_then(Value::as_str).unwrap_or("");
+    if !has_word(scope, "openid") {
+        return Err(Ok(ProxyError::InsufficientScope {
+            required: "openid".into(),
+        }));
+    }
+    let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("");
+    let Some(user) = model.user_by_subject(sub) else {
+        return Err(invalid(
+            Reason::WrongAudience,
+            "this access token does not represent a user",
+        ));
+    };
+    let mut out = Map::new();
+    out.insert("sub".into(), Value::from(user.subject.clone()));
+    profile_claims(
+        user,
+        has_word(scope, "profile"),
+        has_word(scope, "email"),
+        &mut out,
+    );
+    out.extend(custom_claims(model, user, true));
+    Ok(out)
+}

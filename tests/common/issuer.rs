@@ -1,0 +1,698 @@
+//! Issuer test harness: throwaway stores (a SQLite file in a temp dir, or a database of
+//! its own on a PostgreSQL server), the real gateway on 127.0.0.1:0, a small HTTP client,
+//! and an independent JOSE verifier (`jsonwebtoken`) for issued tokens.
+//!
+//! PostgreSQL: `SCOPEGATE_TEST_POSTGRES_URL` if set; otherwise a server of our own is
+//! started once per test binary (initdb + postgres from PATH or
+//! /usr/lib/postgresql/*/bin, as the `postgres` user when running as root, data and
+//! socket in a temp dir, a free port). A shell wrapper holds the server and reads its
+//! stdin, which is a pipe from this process: when the test process ends, however it ends,
+//! the pipe closes and the wrapper stops the server and deletes its directory.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use scopegate::config::Config;
+use scopegate::issuer::Issuer;
+use scopegate::issuer::keys::KeyEncryption;
+use scopegate::metrics::Metrics;
+use scopegate::state::Gateway;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let mut bytes = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut bytes).unwrap();
+        let name = format!(
+            "scopegate-{tag}-{}-{}",
+            std::process::id(),
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        let path = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh, empty store: its URL and what keeps it alive.
+pub struct TestStore {
+    pub url: String,
+    pub backend: Backend,
+    _dir: Option<TempDir>,
+}
+
+impl TestStore {
+    pub async fn new(backend: Backend) -> TestStore {
+        match backend {
+            Backend::Sqlite => {
+                let dir = TempDir::new("sqlite");
+                let url = format!("sqlite://{}", dir.path().join("issuer.db").display());
+                TestStore {
+                    url,
+                    backend,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => TestStore {
+                url: postgres_database().await,
+                backend,
+                _dir: None,
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// PostgreSQL
+
+struct PgServer {
+    url: String,
+    _wrapper: Mutex<Child>,
+}
+
+static PG: OnceLock<Result<PgServer, String>> = OnceLock::new();
+
+fn find_pg_bin() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if dir.join("initdb").is_file() && dir.join("postgres").is_file() {
+                return Some(dir);
+            }
+        }
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("bin"))
+        .filter(|bin| bin.join("initdb").is_file())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn start_postgres() -> Result<PgServer, String> {
+    let bin = find_pg_bin().ok_or(
+        "PostgreSQL is not installed: `apt-get install -y postgresql` (or set SCOPEGATE_TEST_POSTGRES_URL to a server this test may create databases on)",
+    )?;
+    let root = is_root();
+    // Not a TempDir: the wrapper deletes it once the server has stopped.
+    let dir = std::env::temp_dir().join(format!(
+        "scopegate-pg-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    if root {
+        let status = Command::new("chown")
+            .arg("postgres:")
+            .arg(&dir)
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(
+                "cannot chown the PostgreSQL temp dir to the postgres user (does the user exist?)"
+                    .into(),
+            );
+        }
+    }
+    let port = free_port();
+    let script = format!(
+        r#"set -e
+D='{dir}'
+'{bin}/initdb' -D "$D/data" -U postgres --auth=trust -E UTF8 >"$D/initdb.log" 2>&1
+'{bin}/postgres' -D "$D/data" -k "$D" -p {port} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400 >"$D/pg.log" 2>&1 &
+PID=$!
+echo started >"$D/wrapper.state"
+cat >/dev/null || true
+kill -INT $PID 2>/dev/null || true
+wait $PID 2>/dev/null || true
+rm -rf "$D"
+"#,
+        dir = dir.display(),
+        bin = bin.display(),
+    );
+    let mut command = if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", "sh", "-c", &script]);
+        c
+    } else {
+        let mut c = Command::new("sh");
+        c.args(["-c", &script]);
+        c
+    };
+    let child = command
+        .current_dir(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start PostgreSQL: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let log = dir.join("pg.log");
+    loop {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        if text.contains("ready to accept connections") {
+            break;
+        }
+        if Instant::now() > deadline {
+            let initdb = std::fs::read_to_string(dir.join("initdb.log")).unwrap_or_default();
+            return Err(format!(
+                "PostgreSQL did not start in 60s.\ninitdb: {initdb}\nserver: {text}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(PgServer {
+        url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        _wrapper: Mutex::new(child),
+    })
+}
+
+/// The URL of a PostgreSQL server's maintenance database.
+pub fn postgres_base_url() -> String {
+    if let Ok(url) = std::env::var("SCOPEGATE_TEST_POSTGRES_URL")
+        && !url.is_empty()
+    {
+        return url;
+    }
+    match PG.get_or_init(start_postgres) {
+        Ok(server) => server.url.clone(),
+        Err(err) => panic!("{err}"),
+    }
+}
+
+/// A new, empty database of its own on the test server.
+pub async fn postgres_database() -> String {
+    use sqlx::Connection;
+    let base = tokio::task::spawn_blocking(postgres_base_url)
+        .await
+        .unwrap();
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&base)
+        .await
+        .expect("connect to the test PostgreSQL");
+    let mut bytes = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut bytes).unwrap();
+    let name = format!(
+        "sg_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create a test database");
+    let _ = conn.close().await;
+    let (prefix, _) = base.rsplit_once('/').expect("a database URL");
+    format!("{prefix}/{name}")
+}
+
+// ---------------------------------------------------------------------------------------
+// Users and configuration
+
+pub const ALICE_PASSWORD: &str = "alice-test-password";
+pub const BOB_PASSWORD: &str = "bob-test-password";
+pub const M2M_SECRET: &str = "m2m-test-secret";
+pub const WEB_SECRET: &str = "web-test-secret";
+pub const CONTACTS: &str = "https://contacts.example.com";
+pub const CALENDAR: &str = "https://calendar.example.com";
+pub const SHORT: &str = "https://short.example.com";
+
+/// Argon2id hashes of the test passwords, made once per test binary (production
+/// parameters; only the number of hashings is kept small).
+pub fn hashes() -> &'static (String, String) {
+    static HASHES: OnceLock<(String, String)> = OnceLock::new();
+    HASHES.get_or_init(|| {
+        (
+            scopegate::config::hash_password(ALICE_PASSWORD).unwrap(),
+            scopegate::config::hash_password(BOB_PASSWORD).unwrap(),
+        )
+    })
+}
+
+/// Knobs for [`config_yaml`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub algorithm: &'static str,
+    pub rotate_after: &'static str,
+    pub max_failures: u32,
+    pub extra_routes: &'static str,
+    pub access_ttl: &'static str,
+    /// The issuer URL; default `http://127.0.0.1:<port>/`. Replicas share one.
+    pub issuer_url: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            algorithm: "RS256",
+            rotate_after: "30d",
+            max_failures: 3,
+            extra_routes: "",
+            access_ttl: "1h",
+            issuer_url: None,
+        }
+    }
+}
+
+/// A gateway config with the issuer at `http://127.0.0.1:<port>/`.
+pub fn config_yaml(port: u16, store: &str, options: &Options) -> String {
+    let (alice, bob) = hashes();
+    format!(
+        r#"
+server:
+  listen: 127.0.0.1:{port}
+  admin_listen: 127.0.0.1:1
+forward:
+  claims: {{ "https://contacts.example.com/roles": x-auth-roles }}
+routes:
+  - name: read-contacts
+    match: {{ path: /api/contacts/*, methods: [GET] }}
+    upstream: builtin:echo
+    strip_prefix: /api
+    audience: {CONTACTS}
+    scopes: [read:contacts]
+  - name: write-contacts
+    match: {{ path: /api/contacts/*, methods: [POST] }}
+    upstream: builtin:echo
+    strip_prefix: /api
+    audience: {CONTACTS}
+    scopes: [write:contacts]
+  - name: delete-contacts
+    match: {{ path: /api/contacts/*, methods: [DELETE] }}
+    upstream: builtin:echo
+    strip_prefix: /api
+    audience: {CONTACTS}
+    scopes: [delete:contacts]
+  - name: calendar
+    match: {{ path: /api/calendar/* }}
+    upstream: builtin:echo
+    audience: {CALENDAR}
+    scopes: [read:calendar]
+{extra_routes}
+issuer:
+  url: {url}
+  store: "{store}"
+  keys: {{ algorithm: {algorithm}, rotate_after: {rotate_after} }}
+  tokens: {{ access_ttl: {access_ttl} }}
+  throttle: {{ max_failures: {max_failures}, window: 10m }}
+  apis:
+    - identifier: {CONTACTS}
+      scopes:
+        - {{ value: read:contacts }}
+        - {{ value: write:contacts }}
+        - {{ value: delete:contacts }}
+      allow_offline_access: true
+    - identifier: {CALENDAR}
+      scopes:
+        - {{ value: read:calendar }}
+        - {{ value: write:calendar }}
+    - identifier: {SHORT}
+      scopes: [{{ value: read:short }}]
+      access_ttl: 1s
+  roles:
+    reader: {{ "{CONTACTS}": [read:contacts], "{CALENDAR}": [read:calendar], "{SHORT}": [read:short] }}
+    editor: {{ "{CONTACTS}": [read:contacts, write:contacts] }}
+  clients:
+    - client_id: cli
+      grant_types: [password, refresh_token, token_exchange]
+    - client_id: web
+      client_secret: {WEB_SECRET}
+      grant_types: [password, refresh_token, urn:ietf:params:oauth:grant-type:token-exchange]
+    - client_id: m2m
+      client_secret: {M2M_SECRET}
+      grant_types: [client_credentials]
+      grants: {{ "{CONTACTS}": [read:contacts, write:contacts] }}
+    - client_id: other
+      client_secret: other-test-secret
+      grant_types: [client_credentials]
+      grants: {{ "{CALENDAR}": [read:calendar] }}
+  users:
+    - username: alice
+      password_hash: {alice}
+      email: alice@example.com
+      email_verified: true
+      name: Alice Liddell
+      roles: [reader]
+      user_metadata: {{ favorite_color: blue }}
+    - username: bob
+      id: "bob-0001"
+      password_hash: {bob}
+      email: bob@example.com
+      name: Bob Builder
+      roles: [editor]
+  claims:
+    namespace: https://contacts.example.com/
+    id_token: [roles, favorite_color]
+    access_token: [roles]
+"#,
+        algorithm = options.algorithm,
+        rotate_after = options.rotate_after,
+        max_failures = options.max_failures,
+        extra_routes = options.extra_routes,
+        access_ttl = options.access_ttl,
+        url = options
+            .issuer_url
+            .clone()
+            .unwrap_or_else(|| format!("http://127.0.0.1:{port}/")),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// The gateway
+
+/// A running gateway and issuer.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub gateway: Arc<Gateway>,
+    pub issuer: Arc<Issuer>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Starts the real gateway (config → issuer → Gateway → serve) on 127.0.0.1:0.
+    pub async fn start(store: &str, options: &Options) -> Running {
+        Running::start_with(store, options, None)
+            .await
+            .expect("gateway starts")
+    }
+
+    pub async fn start_with(
+        store: &str,
+        options: &Options,
+        encryption: Option<KeyEncryption>,
+    ) -> Result<Running, String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let yaml = config_yaml(addr.port(), store, options);
+        let config = Config::from_yaml_with_env(&yaml, |_| None).map_err(|e| e.to_string())?;
+        let metrics = Metrics::new();
+        let issuer =
+            Issuer::with_encryption(config.issuer.as_ref().unwrap(), metrics.clone(), encryption)
+                .await?;
+        let gateway = Gateway::with_issuer(config, None, metrics, Some(issuer.clone()))?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn({
+            let gateway = gateway.clone();
+            async move {
+                let _ = scopegate::serve(listener, gateway, async {
+                    let _ = rx.await;
+                })
+                .await;
+            }
+        });
+        Ok(Running {
+            addr,
+            base: format!("http://{addr}"),
+            gateway,
+            issuer,
+            stop: Some(tx),
+            server: Some(server),
+        })
+    }
+
+    /// Stops serving and closes the store (so another gateway can open the same file).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        }
+        self.issuer.core.store.close().await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn token(&self, params: &[(&str, &str)], basic: Option<(&str, &str)>) -> Answer {
+        post_form(&self.url("/oauth/token"), params, basic).await
+    }
+
+    /// A password-grant token for a user through the public `cli` client.
+    pub async fn login(&self, user: &str, password: &str, scope: &str) -> Value {
+        let answer = self
+            .token(
+                &[
+                    ("grant_type", "password"),
+                    ("client_id", "cli"),
+                    ("username", user),
+                    ("password", password),
+                    ("audience", CONTACTS),
+                    ("scope", scope),
+                ],
+                None,
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{:?}", answer.json);
+        answer.json
+    }
+
+    pub async fn machine_token(&self) -> Value {
+        let answer = self
+            .token(
+                &[("grant_type", "client_credentials"), ("audience", CONTACTS)],
+                Some(("m2m", M2M_SECRET)),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{:?}", answer.json);
+        answer.json
+    }
+
+    pub async fn jwks(&self) -> Value {
+        get(&self.url("/.well-known/jwks.json"), None).await.json
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP
+
+/// A response, its body parsed as JSON when it is JSON.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub json: Value,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn error(&self) -> &str {
+        self.json["error"].as_str().unwrap_or("")
+    }
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn form_encode(params: &[(&str, &str)]) -> String {
+    fn enc(s: &str) -> String {
+        let mut out = String::new();
+        for b in s.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    out.push(b as char)
+                }
+                b' ' => out.push('+'),
+                _ => out.push_str(&format!("%{b:02X}")),
+            }
+        }
+        out
+    }
+    params
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+pub fn basic(id: &str, secret: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+    )
+}
+
+pub async fn send(request: http::Request<Full<Bytes>>) -> Answer {
+    let response = client().request(request).await.expect("request sent");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        body,
+        json,
+    }
+}
+
+pub async fn post_raw(
+    url: &str,
+    content_type: &str,
+    body: String,
+    authorization: Option<String>,
+) -> Answer {
+    let mut builder = http::Request::post(url).header("content-type", content_type);
+    if let Some(auth) = authorization {
+        builder = builder.header("authorization", auth);
+    }
+    send(builder.body(Full::new(Bytes::from(body))).unwrap()).await
+}
+
+pub async fn post_form(
+    url: &str,
+    params: &[(&str, &str)],
+    basic_auth: Option<(&str, &str)>,
+) -> Answer {
+    post_raw(
+        url,
+        "application/x-www-form-urlencoded",
+        form_encode(params),
+        basic_auth.map(|(id, secret)| basic(id, secret)),
+    )
+    .await
+}
+
+pub async fn get(url: &str, bearer: Option<&str>) -> Answer {
+    request("GET", url, bearer).await
+}
+
+pub async fn request(method: &str, url: &str, bearer: Option<&str>) -> Answer {
+    let mut builder = http::Request::builder().method(method).uri(url);
+    if let Some(token) = bearer {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    send(builder.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+// ---------------------------------------------------------------------------------------
+// Independent verification
+
+/// Verifies `token` with `jsonwebtoken` against the served JWKS: signature, `iss`, `aud`
+/// (one of `audiences`), `exp`. Returns the header and the claims.
+pub fn verify_independently(
+    jwks: &Value,
+    token: &str,
+    issuer: &str,
+    audiences: &[&str],
+) -> (jsonwebtoken::Header, Value) {
+    let header = jsonwebtoken::decode_header(token).expect("a JWS header");
+    let kid = header.kid.clone().expect("every token has a kid");
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks.clone()).expect("a JWK set");
+    let jwk = set.find(&kid).expect("the kid is in the served JWKS");
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).expect("a usable JWK");
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(audiences);
+    validation.leeway = 0;
+    let data = jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .expect("the token verifies independently");
+    (header, data.claims)
+}
+
+/// The unverified claims of a JWT.
+pub fn claims_of(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Generates one test per backend for each async fn taking a [`Backend`].
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::issuer::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::issuer::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
