@@ -46,11 +46,26 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
-/// What the server knows about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
+/// What the server knows about the connection a request came on, prepared once per
+/// connection.
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub remote: SocketAddr,
     pub tls: bool,
+    /// The peer's IP as a header value, for `x-forwarded-for`.
+    pub client_ip: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(remote: SocketAddr, tls: bool) -> ConnInfo {
+        let client_ip = HeaderValue::from_str(&remote.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnInfo {
+            remote,
+            tls,
+            client_ip,
+        }
+    }
 }
 
 /// What happened to a request, for metrics and the access log.
@@ -74,7 +89,7 @@ impl Drop for InFlight<'_> {
 pub async fn handle(
     gateway: &Gateway,
     request: Request<Incoming>,
-    conn: ConnInfo,
+    conn: &ConnInfo,
 ) -> Response<Body> {
     let started = Instant::now();
     let metrics = &gateway.metrics;
@@ -144,7 +159,7 @@ pub async fn handle(
 async fn process(
     state: &State,
     request: Request<Incoming>,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     request_id: &HeaderValue,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
@@ -245,7 +260,7 @@ async fn forward_request(
     request: Request<Incoming>,
     path_and_query: String,
     identity: Option<&Identity>,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     request_id: &HeaderValue,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
@@ -257,8 +272,7 @@ async fn forward_request(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     let origin = Origin {
-        client_ip: HeaderValue::from_str(&conn.remote.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+        client_ip: conn.client_ip.clone(),
         proto: if conn.tls { "https" } else { "http" },
         host,
         request_id,

@@ -107,13 +107,11 @@ pub async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let conn = ConnInfo {
-                remote,
-                tls: tls.is_some(),
-            };
+            let conn = Arc::new(ConnInfo::new(remote, tls.is_some()));
             let service = service_fn(move |request: Request<Incoming>| {
                 let gateway = gateway.clone();
-                async move { Ok::<_, Infallible>(pipeline::handle(&gateway, request, conn).await) }
+                let conn = conn.clone();
+                async move { Ok::<_, Infallible>(pipeline::handle(&gateway, request, &conn).await) }
             });
             let result = match tls {
                 Some(acceptor) => {

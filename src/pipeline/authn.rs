@@ -6,10 +6,11 @@
 //! fits `alg` → signature → `exp`/`nbf`/`iat` → ID-token look → `aud` → client allowlist
 //! → `sub` and scopes. Algorithms come from configuration; the token only picks among them.
 //!
-//! Verified tokens are cached by SHA-256 of the token, bounded, never past `exp`. A cache
-//! hit is re-checked for expiry and for its key still being in the issuer's JWKS, so the
-//! cache never accepts what the uncached path would refuse. Route checks (audience,
-//! scopes) run on every request, cached or not.
+//! Verified tokens are cached, keyed by the token itself (a hit compares the whole token,
+//! so no hash collision can ever map one token onto another's identity), bounded, never
+//! past `exp`. A cache hit is re-checked for expiry and for its key still being in the
+//! issuer's JWKS, so the cache never accepts what the uncached path would refuse. Route
+//! checks (audience, scopes) run on every request, cached or not.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,8 +24,6 @@ use crate::error::ProxyError;
 use crate::jose::{Alg, Jws};
 use crate::jwks::{KeyMatch, TrustedIssuer};
 
-type TokenHash = [u8; 32];
-
 /// Everything needed to verify tokens, built once per config.
 pub struct Verifier {
     issuers: Vec<Arc<TrustedIssuer>>,
@@ -33,7 +32,7 @@ pub struct Verifier {
     max_token_bytes: usize,
     /// `forward.claims` names, in the order of `Identity::mapped`.
     claim_names: Vec<Box<str>>,
-    cache: Option<moka::sync::Cache<TokenHash, Arc<Identity>>>,
+    cache: Option<moka::sync::Cache<Box<str>, Arc<Identity>>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -50,10 +49,10 @@ struct UntilExpiry {
     leeway: f64,
 }
 
-impl moka::Expiry<TokenHash, Arc<Identity>> for UntilExpiry {
+impl moka::Expiry<Box<str>, Arc<Identity>> for UntilExpiry {
     fn expire_after_create(
         &self,
-        _key: &TokenHash,
+        _key: &Box<str>,
         value: &Arc<Identity>,
         _created_at: Instant,
     ) -> Option<Duration> {
@@ -86,22 +85,17 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ProxyError> {
     if !bytes[..scheme_end].eq_ignore_ascii_case(b"bearer") {
         return Ok(None);
     }
-    let token = value
-        .to_str()
+    // Only the shape is checked here; the JWS parser refuses anything that is not
+    // base64url, so a per-byte check would only repeat its work on the hot path.
+    let token = std::str::from_utf8(&bytes[scheme_end..])
         .map_err(|_| malformed("the bearer token has characters a token cannot have"))?
-        [scheme_end..]
         .trim_matches(' ');
     if token.is_empty() {
         return Err(malformed(
             "the Authorization header has an empty bearer token",
         ));
     }
-    // RFC 6750 b64token: ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/", then "="*.
-    let body = token.trim_end_matches('=');
-    if !body
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
-    {
+    if token.contains(' ') {
         return Err(malformed(
             "the bearer token has characters a token cannot have",
         ));
@@ -162,15 +156,14 @@ impl Verifier {
         let Some(cache) = &self.cache else {
             return self.verify_uncached(token).await.map(Arc::new);
         };
-        let hash = token_hash(token);
-        if let Some(identity) = cache.get(&hash) {
+        if let Some(identity) = cache.get(token) {
             if self.still_valid(&identity) {
                 return Ok(identity);
             }
-            cache.invalidate(&hash);
+            cache.invalidate(token);
         }
         let identity = Arc::new(self.verify_uncached(token).await?);
-        cache.insert(hash, identity.clone());
+        cache.insert(token.into(), identity.clone());
         Ok(identity)
     }
 
@@ -359,13 +352,6 @@ impl Verifier {
     }
 }
 
-fn token_hash(token: &str) -> TokenHash {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
-}
-
 /// A token-supplied string, shortened for an error description.
 fn truncate(text: &str) -> String {
     text.chars().take(32).collect()
@@ -479,7 +465,7 @@ mod tests {
     fn odd_bearer_values_are_refused() {
         assert!(bearer_token(&headers(&["Bearer "])).is_err());
         assert!(bearer_token(&headers(&["Bearer a b"])).is_err());
-        assert!(bearer_token(&headers(&["Bearer a\"b"])).is_err());
+        // Other odd characters reach the JWS parser, which refuses them (see tests/proxy_auth.rs).
         assert!(matches!(
             bearer_token(&headers(&["Bearer a", "Bearer b"])),
             Err(ProxyError::BadRequest(_))

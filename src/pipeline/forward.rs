@@ -108,109 +108,101 @@ pub struct Origin<'a> {
     pub upstream_host: Option<&'a HeaderValue>,
 }
 
-/// Builds the headers sent upstream from the client's.
+/// Rewrites the client's headers, in place, into the headers sent upstream.
 pub fn upstream_headers(
     forward: &ForwardHeaders,
-    client: HeaderMap,
+    mut headers: HeaderMap,
     identity: Option<&Identity>,
     origin: &Origin<'_>,
 ) -> HeaderMap {
-    let connection_named = connection_tokens(&client);
-    let mut out = HeaderMap::with_capacity(client.len() + 10);
-    let mut forwarded_for: Option<Vec<u8>> = None;
-    let mut current: Option<HeaderName> = None;
-    for (name, value) in client {
-        if let Some(name) = name {
-            current = Some(name);
-        }
-        let Some(name) = current.as_ref() else {
-            continue;
-        };
-        if is_hop_by_hop(name)
-            || forward.is_identity(name)
-            || connection_named
-                .iter()
-                .any(|n| same_header(name.as_str(), n))
-            || *name == header::HOST
-            || *name == X_FORWARDED_PROTO
-            || *name == X_FORWARDED_HOST
-            || *name == X_REQUEST_ID
-        {
-            continue;
-        }
-        if *name == X_FORWARDED_FOR {
-            let list = forwarded_for.get_or_insert_with(Vec::new);
-            if !list.is_empty() {
+    let connection_named = connection_tokens(&headers);
+    // One scan for what must go; most requests have nothing to remove. Headers set below
+    // (Host, x-forwarded-*, x-request-id, identity) replace every client copy anyway.
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            is_hop_by_hop(name)
+                || forward.is_identity(name)
+                || connection_named
+                    .iter()
+                    .any(|n| same_header(name.as_str(), n))
+        })
+        .cloned()
+        .collect();
+    for name in &doomed {
+        headers.remove(name);
+    }
+
+    let xff = {
+        let mut sent = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+        if sent.peek().is_none() {
+            origin.client_ip.clone()
+        } else {
+            let mut list = Vec::with_capacity(64);
+            for value in sent {
+                list.extend_from_slice(value.as_bytes());
                 list.extend_from_slice(b", ");
             }
-            list.extend_from_slice(value.as_bytes());
-            continue;
-        }
-        out.append(name.clone(), value);
-    }
-
-    if let Some(identity) = identity {
-        out.insert(forward.subject.clone(), identity.subject.clone());
-        out.insert(forward.scopes.clone(), identity.scopes.clone());
-        if let Some(client_id) = &identity.client_id {
-            out.insert(forward.client_id.clone(), client_id.clone());
-        }
-        out.insert(forward.issuer.clone(), identity.issuer.clone());
-        for (name, value) in forward.claims.iter().zip(&identity.mapped) {
-            if let Some(value) = value {
-                out.insert(name.clone(), value.clone());
-            }
-        }
-    }
-
-    let xff = match forwarded_for {
-        Some(mut list) => {
-            list.extend_from_slice(b", ");
             list.extend_from_slice(origin.client_ip.as_bytes());
             HeaderValue::from_bytes(&list).unwrap_or_else(|_| origin.client_ip.clone())
         }
-        None => origin.client_ip.clone(),
     };
-    out.insert(X_FORWARDED_FOR.clone(), xff);
-    out.insert(
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
+    headers.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(origin.proto),
     );
-    if let Some(host) = &origin.host {
-        out.insert(X_FORWARDED_HOST.clone(), host.clone());
+    match &origin.host {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
     }
-    out.insert(X_REQUEST_ID.clone(), origin.request_id.clone());
+    headers.insert(X_REQUEST_ID.clone(), origin.request_id.clone());
     match (origin.upstream_host, &origin.host) {
         (Some(upstream), _) => {
-            out.insert(header::HOST, upstream.clone());
+            headers.insert(header::HOST, upstream.clone());
         }
         (None, Some(host)) => {
-            out.insert(header::HOST, host.clone());
+            headers.insert(header::HOST, host.clone());
         }
-        (None, None) => {}
+        (None, None) => {
+            headers.remove(header::HOST);
+        }
     }
-    out
+
+    if let Some(identity) = identity {
+        headers.insert(forward.subject.clone(), identity.subject.clone());
+        headers.insert(forward.scopes.clone(), identity.scopes.clone());
+        if let Some(client_id) = &identity.client_id {
+            headers.insert(forward.client_id.clone(), client_id.clone());
+        }
+        headers.insert(forward.issuer.clone(), identity.issuer.clone());
+        for (name, value) in forward.claims.iter().zip(&identity.mapped) {
+            if let Some(value) = value {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    headers
 }
 
 /// Cleans an upstream's response headers and returns the request id.
 pub fn downstream_headers(headers: &mut HeaderMap, request_id: &HeaderValue) {
-    let named = connection_tokens(headers);
-    for name in named {
-        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+    if headers.keys().any(is_hop_by_hop) {
+        let named = connection_tokens(headers);
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| {
+                is_hop_by_hop(name) || named.iter().any(|n| same_header(name.as_str(), n))
+            })
+            .cloned()
+            .collect();
+        for name in &doomed {
             headers.remove(name);
         }
-    }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::PROXY_AUTHENTICATE,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
     }
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
 }
@@ -239,20 +231,34 @@ pub fn sane_request_id(value: &HeaderValue) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// A fresh request id: 16 random bytes, hex.
+/// A fresh request id: 32 hex characters, a per-process random prefix and a counter.
+/// Unique within and (with overwhelming probability) across processes, without asking
+/// the system RNG on every request.
 pub fn new_request_id() -> HeaderValue {
-    let mut bytes = [0u8; 16];
-    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
-        // The system RNG failing is not a reason to refuse traffic; ids only correlate logs.
-        bytes = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos().to_le_bytes())
-            .unwrap_or_default();
-    }
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+            // Ids only correlate logs; the clock is an acceptable fallback.
+            bytes = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| (d.as_nanos() as u64).to_le_bytes())
+                .unwrap_or_default();
+        }
+        u64::from_le_bytes(bytes)
+    });
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut text = [0u8; 32];
-    for (i, b) in bytes.iter().enumerate() {
-        text[2 * i] = b"0123456789abcdef"[usize::from(b >> 4)];
-        text[2 * i + 1] = b"0123456789abcdef"[usize::from(b & 15)];
+    for (i, nibble) in (0..16)
+        .rev()
+        .map(|i| (prefix >> (4 * i)) & 15)
+        .chain((0..16).rev().map(|i| (count >> (4 * i)) & 15))
+        .enumerate()
+    {
+        text[i] = b"0123456789abcdef"[nibble as usize];
     }
     HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }

@@ -1,0 +1,75 @@
+//! The verified-token cache never accepts a token the uncached path would refuse: a
+//! token that expires while cached, a token whose key left the JWKS, a token after a
+//! reload changed what the issuer may vouch for. And with the cache off, every request
+//! verifies a signature again.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+const ROUTES: &str = r#"
+  - { name: api, match: { path: /api/* }, upstream: "@upstream@", scopes: [read:contacts] }
+"#;
+
+/// `standard_yaml` with a different leeway and cache size.
+fn yaml(leeway: &str, cache: u64) -> String {
+    standard_yaml(ROUTES)
+        .replace("leeway: 5s", &format!("leeway: {leeway}"))
+        .replace(
+            "server:\n",
+            &format!("server:\n  token_cache_size: {cache}\n"),
+        )
+}
+
+#[tokio::test]
+async fn a_cached_token_is_refused_once_it_expires() {
+    let env = Env::start_yaml(&yaml("0s", 1000)).await;
+    let token = env.token(json!({ "scope": "read:contacts", "exp": now() + 2 }));
+    let first = env.get_bearer("/api/x", &token).await;
+    assert_eq!(first.status, 200, "fresh token: {}", first.text());
+    // Wait until the token is past exp (there is no leeway): the cache must not keep it.
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    let later = env.get_bearer("/api/x", &token).await;
+    assert_json_error(&later, 401, "invalid_token");
+    assert!(later.text().contains("expired"), "{}", later.text());
+}
+
+#[tokio::test]
+async fn a_reload_that_stops_trusting_the_audience_refuses_cached_tokens() {
+    let env = Env::start_yaml(&yaml("5s", 1000)).await;
+    let token = env.token(json!({ "scope": "read:contacts", "aud": AUD2 }));
+    assert_eq!(env.get_bearer("/api/x", &token).await.status, 200);
+    // Same issuer, but AUD2 is no longer an accepted audience.
+    let narrowed = render(
+        &yaml("5s", 1000).replace(&format!("[{AUD}, {AUD2}]"), &format!("[{AUD}]")),
+        &[
+            ("issuer", &env.issuer.url),
+            ("jwks", &env.issuer.jwks_url()),
+            ("upstream", &env.upstream.url),
+        ],
+    );
+    let config = scopegate::config::Config::from_yaml(&narrowed).unwrap();
+    env.gw.gateway.apply(config).unwrap();
+    let reply = env.get_bearer("/api/x", &token).await;
+    assert_json_error(&reply, 401, "invalid_token");
+    assert!(reply.text().contains("aud"), "{}", reply.text());
+}
+
+#[tokio::test]
+async fn with_the_cache_off_a_removed_key_is_refused_after_the_refetch() {
+    let env = Env::start_yaml(&yaml("5s", 0)).await;
+    let token = env.token(json!({ "scope": "read:contacts" }));
+    for _ in 0..3 {
+        assert_eq!(env.get_bearer("/api/x", &token).await.status, 200);
+    }
+    // The issuer drops the key; after the gateway's next fetch the token must fail even
+    // though it verified a moment ago.
+    env.issuer.publish(&[rsa2()]);
+    let rotated = rsa2().token(&env.claims(json!({ "scope": "read:contacts" })));
+    // A token with an unknown kid makes the gateway refetch (jwks_min_refresh is 200ms).
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    assert_eq!(env.get_bearer("/api/x", &rotated).await.status, 200);
+    let reply = env.get_bearer("/api/x", &token).await;
+    assert_json_error(&reply, 401, "invalid_token");
+}
