@@ -32,7 +32,7 @@ pub struct Verifier {
     max_token_bytes: usize,
     /// `forward.claims` names, in the order of `Identity::mapped`.
     claim_names: Vec<Box<str>>,
-    cache: Option<moka::sync::Cache<Box<str>, Arc<Identity>>>,
+    cache: Option<moka::sync::Cache<Box<str>, Arc<Identity>, foldhash::fast::RandomState>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -129,7 +129,7 @@ impl Verifier {
             moka::sync::Cache::builder()
                 .max_capacity(cache_size)
                 .expire_after(UntilExpiry { leeway })
-                .build()
+                .build_with_hasher(foldhash::fast::RandomState::default())
         });
         Verifier {
             issuers,

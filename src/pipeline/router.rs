@@ -202,7 +202,7 @@ impl MethodSet {
 
 #[derive(Debug, Default)]
 struct Node {
-    lits: HashMap<Box<str>, Node>,
+    lits: HashMap<Box<str>, Node, foldhash::fast::RandomState>,
     param: Option<Box<Node>>,
     /// Routes whose pattern ends exactly here.
     ends: Vec<u32>,
