@@ -373,8 +373,9 @@ async fn authorize_errors_are_pages_or_redirects() {
     assert!(twice.headers.get("location").is_none());
 
     // After that: 303 to the client with error, error_description, state, iss.
-    let cases: Vec<(Vec<(&str, &str)>, &str, bool)> = vec![
-        // (request, error, in the fragment)
+    type Params<'a> = Vec<(&'a str, &'a str)>;
+    // (request, error, in the fragment)
+    let cases: Vec<(Params, &str, bool)> = vec![
         (
             code_request("spa", SPA_CALLBACK, "", &[]),
             "invalid_request", // a public client without PKCE
