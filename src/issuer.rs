@@ -278,6 +278,7 @@ impl Issuer {
         let method = &parts.method;
         let get = method == Method::GET || method == Method::HEAD;
         let post = method == Method::POST;
+        let page = method == Method::GET || post;
         match endpoint {
             "/oauth/token" if post => match form::read(&parts.headers, body).await {
                 Ok(form) => self.token(&parts.headers, &form, conn.remote.ip()).await,
@@ -309,9 +310,10 @@ impl Issuer {
             "/.well-known/oauth-authorization-server" if get => {
                 discovery::json_document(self.documents.oauth.clone(), discovery::CACHE_CONTROL)
             }
-            "/authorize" if get || post => authorize::endpoint(self, &parts, body, conn).await,
-            "/activate" if get || post => device::activate(self, &parts, body, conn).await,
-            "/logout" if get || post => logout::endpoint(self, &parts, body, conn).await,
+            // Pages with effects (a code, a sign-out) take GET and POST, never HEAD.
+            "/authorize" if page => authorize::endpoint(self, &parts, body, conn).await,
+            "/activate" if page => device::activate(self, &parts, body, conn).await,
+            "/logout" if page => logout::endpoint(self, &parts, body, conn).await,
             "/oauth/device/code" if post => match form::read(&parts.headers, body).await {
                 Ok(form) => device::authorization(self, &parts.headers, &form).await,
                 Err(err) => err.into_response(),
@@ -319,9 +321,8 @@ impl Issuer {
             "/oauth/token" | "/oauth/revoke" | "/oauth/introspect" | "/oauth/device/code" => {
                 method_not_allowed("POST")
             }
-            "/userinfo" | "/authorize" | "/activate" | "/logout" => {
-                method_not_allowed("GET, HEAD, POST")
-            }
+            "/userinfo" => method_not_allowed("GET, HEAD, POST"),
+            "/authorize" | "/activate" | "/logout" => method_not_allowed("GET, POST"),
             _ => method_not_allowed("GET, HEAD"),
         }
     }

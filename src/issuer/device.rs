@@ -192,10 +192,7 @@ where
     if parts.method != Method::POST {
         let query = Form::parse(parts.uri.query().unwrap_or("").as_bytes()).unwrap_or_default();
         let typed = query.get("user_code").unwrap_or("");
-        let prefill = normalize_user_code(typed)
-            .map(|c| display_user_code(&c))
-            .unwrap_or_else(|| typed.chars().take(16).collect());
-        return entry(issuer, &parts.headers, conn, &prefill, None);
+        return entry(issuer, &parts.headers, conn, typed, None);
     }
     let posted = match form::read(&parts.headers, body).await {
         Ok(form) => form,
@@ -370,7 +367,9 @@ fn entry(
         Err(err) => return err.into_page(&model.login_title),
     };
     let action = format!("{}/activate", model.base_path);
-    let typed: String = typed.chars().take(16).collect();
+    let typed = normalize_user_code(typed)
+        .map(|code| display_user_code(&code))
+        .unwrap_or_else(|| typed.chars().take(16).collect());
     let mut response = pages::device_entry(
         &model.login_title,
         &action,

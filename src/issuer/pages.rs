@@ -287,6 +287,10 @@ pub fn error(
         escape(heading),
         escape(message)
     );
+    c.push_str(
+        "<p>Go back to the application and try again. If this keeps happening, contact the \
+         application's support and quote the error below.</p>\n",
+    );
     if let Some(detail) = detail {
         let _ = writeln!(c, "<p class=\"detail\">{}</p>", escape(detail));
     }
@@ -464,31 +468,56 @@ pub fn form_post(brand: &str, redirect_uri: &str, params: &[(&str, &str)]) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
 
-    #[test]
-    fn every_value_is_escaped_and_headers_are_strict() {
+    async fn text(response: Response<Body>) -> String {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_value_is_escaped_and_headers_are_strict() {
         let response = login(Login {
             brand: "<Acme & Co>",
             action: "/authorize",
             client_name: "\"><script>alert(1)</script>",
-            hidden: vec![("request", "a=1&b=\"2\"")],
+            hidden: vec![("pending_request", "a=1&b=\"2\"")],
             username: Some("x' onfocus='y"),
             message: Some("<b>"),
-            status: StatusCode::UNAUTHORIZED,
+            status: StatusCode::OK,
             redirects_to_client: true,
         });
         let h = response.headers();
         assert_eq!(h["x-frame-options"], "DENY");
         assert_eq!(h["cache-control"], "no-store");
-        let csp = h["content-security-policy"].to_str().unwrap();
+        let csp = h["content-security-policy"].to_str().unwrap().to_string();
         assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
         assert!(!csp.contains("unsafe-inline") && !csp.contains("script-src"));
-        let body = format!("{:?}", response.into_body());
-        let _ = body;
+        let html = text(response).await;
+        assert!(!html.contains("<script>") && !html.contains("<b>") && !html.contains("<Acme"));
+        assert!(html.contains("&lt;Acme &amp; Co&gt;"));
+        assert!(html.contains("value=\"a=1&amp;b=&quot;2&quot;\""));
+        assert!(html.contains("value=\"x&#39; onfocus=&#39;y\""));
+    }
+
+    #[tokio::test]
+    async fn only_the_form_post_page_has_a_script() {
+        let response = form_post("Acme", "https://app.example.com/cb", &[("code", "<c>")]);
+        let csp = response.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(csp.contains(&format!("script-src {}", *SCRIPT_HASH)));
+        assert!(!csp.contains("form-action"), "it posts to the client");
+        let html = text(response).await;
+        assert!(html.contains(&format!("<script>{SUBMIT_SCRIPT}</script>")));
+        assert!(html.contains("<noscript>"));
+        assert!(html.contains("value=\"&lt;c&gt;\""));
     }
 
     #[test]
-    fn the_style_hash_is_a_sha256_source() {
+    fn hashes_are_sha256_sources() {
         assert!(STYLE_HASH.starts_with("'sha256-") && STYLE_HASH.ends_with("='"));
+        assert_ne!(*STYLE_HASH, *SCRIPT_HASH);
     }
 }

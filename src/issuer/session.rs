@@ -301,8 +301,9 @@ impl Issuer {
         let verified = self.verify_password(hash, password).await;
         let Some(user) = user.filter(|_| verified) else {
             throttle::failed(store, &keys, &model.throttle).await?;
+            // 200, not 401: this is a page, not an HTTP authentication challenge.
             return Ok(Err(Refused {
-                status: StatusCode::UNAUTHORIZED,
+                status: StatusCode::OK,
                 message: WRONG_LOGIN,
                 retry_after: None,
             }));
@@ -330,5 +331,62 @@ impl Issuer {
                 .map_err(store_failed)?;
         }
         Ok(set_cookie(&self.model, tls, SESSION_COOKIE, "", Some(0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn model(url: &str) -> Model {
+        let yaml = format!("issuer:\n  url: {url}\n");
+        let config = Config::from_yaml_with_env(&yaml, |_| None).unwrap();
+        Model::new(config.issuer.as_ref().unwrap())
+    }
+
+    #[test]
+    fn cookies_are_secure_over_tls_or_for_an_https_issuer() {
+        let plain = model("http://127.0.0.1:8080/auth/");
+        let cookie = set_cookie(&plain, false, SESSION_COOKIE, "v", Some(60)).unwrap();
+        assert_eq!(
+            cookie,
+            "scopegate_session=v; Path=/auth; HttpOnly; SameSite=Lax; Max-Age=60"
+        );
+        let over_tls = set_cookie(&plain, true, CSRF_COOKIE, "v", None).unwrap();
+        assert!(over_tls.to_str().unwrap().ends_with("; Secure"));
+        let https = model("https://id.example.com/");
+        let cookie = set_cookie(&https, false, SESSION_COOKIE, "", Some(0)).unwrap();
+        assert_eq!(
+            cookie,
+            "scopegate_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0; Secure"
+        );
+    }
+
+    #[test]
+    fn csrf_needs_the_cookie_the_field_and_a_same_origin() {
+        let model = model("https://id.example.com/");
+        let token = "t".repeat(43);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::COOKIE,
+            format!("{CSRF_COOKIE}={token}").parse().unwrap(),
+        );
+        let form = Form::parse(format!("{CSRF_FIELD}={token}").as_bytes()).unwrap();
+        assert!(check_csrf(&model, &headers, &form).is_ok());
+        assert!(check_csrf(&model, &headers, &Form::default()).is_err());
+        let other = Form::parse(format!("{CSRF_FIELD}={}", "u".repeat(43)).as_bytes()).unwrap();
+        assert!(check_csrf(&model, &headers, &other).is_err());
+        assert!(check_csrf(&model, &HeaderMap::new(), &form).is_err());
+        headers.insert(
+            http::header::ORIGIN,
+            "https://id.example.com".parse().unwrap(),
+        );
+        assert!(check_csrf(&model, &headers, &form).is_ok());
+        headers.insert(
+            http::header::ORIGIN,
+            "https://evil.example.com".parse().unwrap(),
+        );
+        assert!(check_csrf(&model, &headers, &form).is_err());
     }
 }
