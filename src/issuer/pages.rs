@@ -73,7 +73,9 @@ input:focus-visible{outline-offset:0}
 .scopes{margin:0 0 24px;padding:0;list-style:none;border-top:1px solid var(--border)}
 .scopes li{padding:8px 2px;border-bottom:1px solid var(--border);font-size:.9375rem}
 .scopes code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.875rem}
-.detail{color:var(--muted);font-size:.875rem;margin:16px 0 0;overflow-wrap:anywhere}
+.message{margin:12px 0 16px}
+.hint{color:var(--muted);font-size:.9375rem;margin:0}
+.detail{color:var(--muted);font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.8125rem;margin:20px 0 0;padding-top:16px;border-top:1px solid var(--border);overflow-wrap:anywhere}
 footer{color:var(--muted);font-size:.8125rem;text-align:center;margin-top:20px}
 a{color:var(--accent)}
 @media (max-width:480px){body{padding:0;align-items:stretch}main{max-width:none}.card{min-height:100vh;border:0;border-radius:0;box-shadow:none;padding:32px 20px}}
@@ -283,12 +285,12 @@ pub fn error(
     let mut c = String::new();
     let _ = writeln!(
         c,
-        "<div class=\"ok bad\" aria-hidden=\"true\">!</div>\n<h1>{}</h1>\n<p class=\"lead\">{}</p>",
+        "<div class=\"ok bad\" aria-hidden=\"true\">!</div>\n<h1>{}</h1>\n<p class=\"message\">{}</p>",
         escape(heading),
         escape(message)
     );
     c.push_str(
-        "<p>Go back to the application and try again. If this keeps happening, contact the \
+        "<p class=\"hint\">Go back to the application and try again. If this keeps happening, contact the \
          application's support and quote the error below.</p>\n",
     );
     if let Some(detail) = detail {
