@@ -307,26 +307,38 @@ async fn code_replay_revokes_what_it_gave(backend: Backend) {
     let rt = first.json["refresh_token"].as_str().unwrap();
     assert_eq!(introspect(&gw, at).await["active"], true);
     assert_eq!(introspect(&gw, rt).await["active"], true);
-
-    let again = redeem(&gw, &code, WEBAPP_CALLBACK, Some(&verifier), client).await;
-    assert_eq!((again.status, again.error()), (400, "invalid_grant"));
-    assert_eq!(
-        introspect(&gw, at).await,
-        serde_json::json!({ "active": false })
-    );
-    assert_eq!(
-        introspect(&gw, rt).await,
-        serde_json::json!({ "active": false })
-    );
+    // A refresh: what it gives came from the code too.
     let refreshed = gw
         .token(
             &[("grant_type", "refresh_token"), ("refresh_token", rt)],
             Some(("webapp", WEBAPP_SECRET)),
         )
         .await;
+    assert_eq!(refreshed.status, 200, "{:?}", refreshed.json);
+    let at2 = refreshed.json["access_token"].as_str().unwrap();
+    let rt2 = refreshed.json["refresh_token"].as_str().unwrap();
+    assert_eq!(introspect(&gw, at2).await["active"], true);
+    assert_eq!(introspect(&gw, rt2).await["active"], true);
+
+    // The replay: refused, and every token from the code is dead.
+    let again = redeem(&gw, &code, WEBAPP_CALLBACK, Some(&verifier), client).await;
+    assert_eq!((again.status, again.error()), (400, "invalid_grant"));
+    for token in [at, rt, at2, rt2] {
+        assert_eq!(
+            introspect(&gw, token).await,
+            serde_json::json!({ "active": false })
+        );
+    }
+    let refreshed = gw
+        .token(
+            &[("grant_type", "refresh_token"), ("refresh_token", rt2)],
+            Some(("webapp", WEBAPP_SECRET)),
+        )
+        .await;
     assert_eq!(refreshed.error(), "invalid_grant");
-    let userinfo = get(&gw.url("/userinfo"), Some(at)).await;
-    assert_eq!(userinfo.status, 401);
+    for token in [at, at2] {
+        assert_eq!(get(&gw.url("/userinfo"), Some(token)).await.status, 401);
+    }
     gw.stop().await;
 }
 

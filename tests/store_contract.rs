@@ -395,6 +395,10 @@ async fn code_redemption_and_replay(backend: Backend) {
         .create_family(&family("fam-r1"), &secret_hash("rt-r1"), t + 600)
         .await
         .unwrap();
+    store
+        .record_family_access("fam-r1", "jti-refreshed", t + 3600)
+        .await
+        .unwrap();
     let issue = CodeIssue {
         jti: "jti-r1".into(),
         until: t + 3600,
@@ -419,6 +423,7 @@ async fn code_redemption_and_replay(backend: Backend) {
     assert!(store.replay_code("r1", t).await.unwrap());
     assert!(store.code_replayed("r1").await.unwrap());
     assert!(store.is_revoked("jti-r1").await.unwrap());
+    assert!(store.is_revoked("jti-refreshed").await.unwrap());
     let refresh = store
         .find_refresh(&secret_hash("rt-r1"))
         .await

@@ -26,6 +26,7 @@
 //! | `revoked_tokens` | `jti` PK, `expires_at` |
 //! | `login_throttle` | `throttle_key` PK (`user:<name>` \| `ip:<addr>` \| `user_code:<addr>`), `failures`, `window_start` |
 //! | `sessions` (v2) | `session_hash` PK (SHA-256 of the cookie value), `subject`, `auth_time`, `created_at`, `expires_at` |
+//! | `family_access_tokens` (v2) | `jti` PK, `family_id`, `expires_at`: access tokens minted by a refresh |
 
 use std::time::Duration;
 
@@ -255,6 +256,13 @@ const MIGRATIONS: &[&[&str]] = &[
         "ALTER TABLE authorization_codes ADD COLUMN issued_until BIGINT",
         "ALTER TABLE authorization_codes ADD COLUMN issued_family TEXT",
         "ALTER TABLE authorization_codes ADD COLUMN replayed_at BIGINT",
+        // Access tokens minted by refreshing a family, so that a replayed code (which
+        // revokes its family) revokes them too.
+        "CREATE TABLE IF NOT EXISTS family_access_tokens (
+            jti TEXT PRIMARY KEY,
+            family_id TEXT NOT NULL,
+            expires_at BIGINT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS family_access_tokens_family ON family_access_tokens (family_id)",
     ],
 ];
 
@@ -635,6 +643,26 @@ impl Store {
         Ok(Rotation::Invalid)
     }
 
+    /// Records an access token minted by refreshing `family_id` (see
+    /// [`Store::replay_code`]).
+    pub async fn record_family_access(
+        &self,
+        family_id: &str,
+        jti: &str,
+        expires_at: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO family_access_tokens (jti, family_id, expires_at) VALUES ($1, $2, $3)
+             ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(jti)
+        .bind(family_id)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Revokes a whole family. True if it was active.
     pub async fn revoke_family(&self, family_id: &str, now: i64) -> Result<bool> {
         Ok(sqlx::query(
@@ -729,7 +757,8 @@ impl Store {
     }
 
     /// A redeemed code was presented again: marks it replayed and, in one transaction,
-    /// revokes what it was redeemed for (the access token by `jti`, the refresh family).
+    /// revokes what it was redeemed for: the access token (by `jti`), the refresh family,
+    /// and the access tokens minted by refreshing that family.
     /// False if the code is unknown or was never redeemed.
     pub async fn replay_code(&self, code_hash: &str, now: i64) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
@@ -763,7 +792,15 @@ impl Store {
                 "UPDATE refresh_families SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
             )
             .bind(now)
-            .bind(family)
+            .bind(&family)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO revoked_tokens (jti, expires_at)
+                 SELECT jti, expires_at FROM family_access_tokens WHERE family_id = $1
+                 ON CONFLICT (jti) DO NOTHING",
+            )
+            .bind(&family)
             .execute(&mut *tx)
             .await?;
         }
@@ -1042,6 +1079,7 @@ impl Store {
                 now,
             ),
             ("DELETE FROM sessions WHERE expires_at < $1", now),
+            ("DELETE FROM family_access_tokens WHERE expires_at < $1", now),
             ("DELETE FROM device_codes WHERE expires_at < $1", now),
             ("DELETE FROM revoked_tokens WHERE expires_at < $1", now),
             ("DELETE FROM refresh_tokens WHERE expires_at < $1", now),

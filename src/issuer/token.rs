@@ -394,6 +394,17 @@ async fn refresh_token(
         granted.offline_access = false;
     }
     let auth_time = record.family.auth_time;
+    let jti = mint::random_token(16)?;
+    // Recorded with the family before the token exists: a replayed authorization code
+    // revokes the family and every access token its refreshes gave.
+    store
+        .record_family_access(
+            &record.family.id,
+            &jti,
+            now + issuer.access_ttl(api) as i64 + 60,
+        )
+        .await
+        .map_err(store_failed)?;
     issue_user_tokens(
         issuer,
         client,
@@ -403,6 +414,7 @@ async fn refresh_token(
         auth_time,
         Extras {
             rotated: Some(new_token),
+            jti: Some(jti),
             ..Extras::default()
         },
     )
