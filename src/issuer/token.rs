@@ -376,6 +376,18 @@ async fn refresh_token(
 
     let new_token = mint::random_token(32)?;
     let expires_at = now + model.refresh_ttl.as_secs() as i64;
+    let jti = mint::random_token(16)?;
+    // Recorded with the family before rotating (and so before the token exists): a
+    // replayed authorization code revokes the family and every access token its
+    // refreshes gave, and a family revoked first makes the rotation fail.
+    store
+        .record_family_access(
+            &record.family.id,
+            &jti,
+            now + issuer.access_ttl(api) as i64 + 60,
+        )
+        .await
+        .map_err(store_failed)?;
     match store
         .rotate_refresh(&hash, &secret_hash(&new_token), expires_at, now)
         .await
@@ -394,17 +406,6 @@ async fn refresh_token(
         granted.offline_access = false;
     }
     let auth_time = record.family.auth_time;
-    let jti = mint::random_token(16)?;
-    // Recorded with the family before the token exists: a replayed authorization code
-    // revokes the family and every access token its refreshes gave.
-    store
-        .record_family_access(
-            &record.family.id,
-            &jti,
-            now + issuer.access_ttl(api) as i64 + 60,
-        )
-        .await
-        .map_err(store_failed)?;
     issue_user_tokens(
         issuer,
         client,
