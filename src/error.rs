@@ -1,6 +1,8 @@
 //! The one place where errors become HTTP answers: [`ProxyError`] for the proxy and
 //! bearer-token endpoints (RFC 6750), [`OAuthError`] for the issuer's token, revocation
-//! and introspection endpoints (RFC 6749 §5.2).
+//! and introspection endpoints (RFC 6749 §5.2) and, as HTML pages
+//! ([`OAuthError::into_page`]), for the pages a person sees. (Errors that `/authorize`
+//! sends back to the client as a redirect are made there: they need the redirect URI.)
 //!
 //! Handlers return a typed error; `into_response` picks the status, the
 //! `WWW-Authenticate` challenge and the JSON body `{error, error_description}`.
@@ -120,8 +122,8 @@ impl ProxyError {
     }
 }
 
-/// The error codes of the issuer's endpoints (RFC 6749 §5.2, RFC 7009, RFC 8693,
-/// RFC 8707), plus `access_denied` as Auth0 answers it.
+/// The error codes of the issuer's endpoints (RFC 6749 §4.1.2.1 and §5.2, RFC 7009,
+/// RFC 8628, RFC 8693, RFC 8707, OpenID Connect), plus `access_denied` as Auth0 answers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OAuthCode {
     InvalidRequest,
@@ -135,6 +137,14 @@ pub enum OAuthCode {
     UnsupportedTokenType,
     ServerError,
     TemporarilyUnavailable,
+    /// `/authorize` (RFC 6749 §4.1.2.1).
+    UnsupportedResponseType,
+    /// `/authorize` with `prompt=none` and no session (OpenID Connect Core §3.1.2.6).
+    LoginRequired,
+    /// Device flow polling (RFC 8628 §3.5).
+    AuthorizationPending,
+    SlowDown,
+    ExpiredToken,
 }
 
 impl OAuthCode {
@@ -151,6 +161,11 @@ impl OAuthCode {
             OAuthCode::UnsupportedTokenType => "unsupported_token_type",
             OAuthCode::ServerError => "server_error",
             OAuthCode::TemporarilyUnavailable => "temporarily_unavailable",
+            OAuthCode::UnsupportedResponseType => "unsupported_response_type",
+            OAuthCode::LoginRequired => "login_required",
+            OAuthCode::AuthorizationPending => "authorization_pending",
+            OAuthCode::SlowDown => "slow_down",
+            OAuthCode::ExpiredToken => "expired_token",
         }
     }
 }
@@ -235,6 +250,46 @@ impl OAuthError {
         }
         response
     }
+}
+
+impl OAuthError {
+    /// The same error for a person, not a program: an HTML page (see
+    /// `issuer::pages`) with the status of [`OAuthError::status`] and `Retry-After` for
+    /// a lockout. Used where the issuer cannot or must not redirect to the client (an
+    /// unknown client or redirect URI, a refused form).
+    pub fn into_page(self, brand: &str) -> Response<Body> {
+        let heading = match self.code {
+            OAuthCode::AccessDenied => "Request refused",
+            OAuthCode::ServerError | OAuthCode::TemporarilyUnavailable => "Something went wrong",
+            _ if self.retry_after.is_some() => "Too many attempts",
+            _ => "This request cannot be completed",
+        };
+        let message = sentence(&self.description);
+        let detail = format!("Error: {}", self.code.as_str());
+        let mut response =
+            crate::issuer::pages::error(brand, self.status(), heading, &message, Some(&detail));
+        if let Some(seconds) = self.retry_after
+            && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+        {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, value);
+        }
+        response
+    }
+}
+
+/// A description as a sentence: capital first letter, final period.
+fn sentence(text: &str) -> String {
+    let mut chars = text.chars();
+    let mut out: String = match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    };
+    if !out.ends_with(['.', '!', '?']) {
+        out.push('.');
+    }
+    out
 }
 
 /// A JSON `{error, error_description}` answer.

@@ -12,24 +12,30 @@
 //! Endpoints (under the path of `issuer.url`): `/oauth/token` ([`token`]), `/userinfo`
 //! ([`userinfo`]), `/oauth/revoke` ([`revocation`]), `/oauth/introspect`
 //! ([`introspection`]), `/.well-known/jwks.json`, `/.well-known/openid-configuration`
-//! and `/.well-known/oauth-authorization-server` ([`discovery`]). `/authorize`,
-//! `/oauth/device/code`, `/activate` and `/logout` are reserved for the browser flows and
-//! answer 501 until they land.
+//! and `/.well-known/oauth-authorization-server` ([`discovery`]); and those a person
+//! takes part in: `/authorize` and its sign-in page ([`authorize`]), `/oauth/device/code`
+//! and `/activate` ([`device`]), `/logout` ([`logout`]), with browser sessions and CSRF
+//! in [`session`] and the HTML in [`pages`].
 
+pub mod authorize;
 pub mod client_auth;
+pub mod device;
 pub mod discovery;
 pub mod form;
 pub mod introspection;
 pub mod keys;
+pub mod logout;
 pub mod mint;
 pub mod model;
+pub mod pages;
 pub mod revocation;
+pub mod session;
 pub mod store;
 pub mod throttle;
 pub mod token;
 pub mod userinfo;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -42,7 +48,7 @@ use crate::error::{OAuthError, json_response};
 use crate::jose::Alg;
 use crate::jwks::LocalJwks;
 use crate::metrics::Metrics;
-use crate::pipeline::Body;
+use crate::pipeline::{Body, ConnInfo};
 use keys::{KeyEncryption, KeyPolicy, KeyRing, alg_of};
 use model::Model;
 use store::Store;
@@ -258,13 +264,9 @@ impl Issuer {
     }
 
     /// Answers a request for one of the issuer's endpoints; `path` is the request's
-    /// normalized path, which [`Issuer::owns`].
-    pub async fn handle<B>(
-        &self,
-        request: Request<B>,
-        path: &str,
-        remote: SocketAddr,
-    ) -> Response<Body>
+    /// normalized path, which [`Issuer::owns`]; `conn` says who asks (throttling) and
+    /// whether over TLS (`Secure` cookies).
+    pub async fn handle<B>(&self, request: Request<B>, path: &str, conn: ConnInfo) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -276,9 +278,10 @@ impl Issuer {
         let method = &parts.method;
         let get = method == Method::GET || method == Method::HEAD;
         let post = method == Method::POST;
+        let page = method == Method::GET || post;
         match endpoint {
             "/oauth/token" if post => match form::read(&parts.headers, body).await {
-                Ok(form) => self.token(&parts.headers, &form, remote.ip()).await,
+                Ok(form) => self.token(&parts.headers, &form, conn.remote.ip()).await,
                 Err(err) => {
                     self.core
                         .metrics
@@ -307,13 +310,19 @@ impl Issuer {
             "/.well-known/oauth-authorization-server" if get => {
                 discovery::json_document(self.documents.oauth.clone(), discovery::CACHE_CONTROL)
             }
-            "/authorize" | "/oauth/device/code" | "/activate" | "/logout" => json_response(
-                StatusCode::NOT_IMPLEMENTED,
-                "not_implemented",
-                "this endpoint arrives with the browser flows",
-            ),
-            "/oauth/token" | "/oauth/revoke" | "/oauth/introspect" => method_not_allowed("POST"),
+            // Pages with effects (a code, a sign-out) take GET and POST, never HEAD.
+            "/authorize" if page => authorize::endpoint(self, &parts, body, conn).await,
+            "/activate" if page => device::activate(self, &parts, body, conn).await,
+            "/logout" if page => logout::endpoint(self, &parts, body, conn).await,
+            "/oauth/device/code" if post => match form::read(&parts.headers, body).await {
+                Ok(form) => device::authorization(self, &parts.headers, &form).await,
+                Err(err) => err.into_response(),
+            },
+            "/oauth/token" | "/oauth/revoke" | "/oauth/introspect" | "/oauth/device/code" => {
+                method_not_allowed("POST")
+            }
             "/userinfo" => method_not_allowed("GET, HEAD, POST"),
+            "/authorize" | "/activate" | "/logout" => method_not_allowed("GET, POST"),
             _ => method_not_allowed("GET, HEAD"),
         }
     }

@@ -1,13 +1,14 @@
 //! The issuer store's contract, run against SQLite (a temp file) and PostgreSQL (a
 //! database of its own): migrations, keys, refresh families with atomic rotation,
-//! authorization codes and device codes with atomic redemption, revocations, throttling,
-//! purging. Parallel redemptions yield exactly one winner.
+//! authorization codes (redemption recorded, replay revoking it) and device codes with
+//! atomic redemption, browser sessions, revocations, throttling, purging. Parallel redemptions yield exactly one winner.
 
 mod common;
 
 use common::issuer::{Backend, TestStore};
 use scopegate::issuer::store::{
-    CodeRecord, DeviceRecord, Family, Rotation, Store, StoredKey, now, secret_hash,
+    CodeIssue, CodeRecord, DeviceRecord, Family, Rotation, SessionRecord, Store, StoredKey, now,
+    secret_hash,
 };
 
 async fn open(backend: Backend) -> (Store, TestStore) {
@@ -47,11 +48,11 @@ fn code(hash: &str, expires_at: i64) -> CodeRecord {
 
 async fn migrations_are_idempotent(backend: Backend) {
     let (store, test) = open(backend).await;
-    assert_eq!(store.schema_version().await.unwrap(), 1);
+    assert_eq!(store.schema_version().await.unwrap(), 2);
     store.close().await;
     // Opening again (a restart, a second replica) applies nothing and keeps data.
     let again = Store::open(&test.url).await.unwrap();
-    assert_eq!(again.schema_version().await.unwrap(), 1);
+    assert_eq!(again.schema_version().await.unwrap(), 2);
     // Two replicas opening at once both succeed.
     let (a, b) = tokio::join!(Store::open(&test.url), Store::open(&test.url));
     a.unwrap();
@@ -383,7 +384,109 @@ async fn revocations_and_throttle(backend: Backend) {
     );
 }
 
+async fn code_redemption_and_replay(backend: Backend) {
+    let (store, _test) = open(backend).await;
+    let t = now();
+    store.insert_code(&code("r1", t + 60)).await.unwrap();
+    let found = store.find_code("r1").await.unwrap().unwrap();
+    assert!(!found.used);
+    assert_eq!(found.record.nonce.as_deref(), Some("n-1"));
+    store
+        .create_family(&family("fam-r1"), &secret_hash("rt-r1"), t + 600)
+        .await
+        .unwrap();
+    store
+        .record_family_access("fam-r1", "jti-refreshed", t + 3600)
+        .await
+        .unwrap();
+    let issue = CodeIssue {
+        jti: "jti-r1".into(),
+        until: t + 3600,
+        family_id: Some("fam-r1".into()),
+    };
+    // Parallel redemptions: one winner.
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let (store, issue) = (store.clone(), issue.clone());
+        tasks.push(tokio::spawn(async move {
+            store.redeem_code("r1", t, &issue).await.unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for task in tasks {
+        winners += usize::from(task.await.unwrap());
+    }
+    assert_eq!(winners, 1);
+    assert!(store.find_code("r1").await.unwrap().unwrap().used);
+    assert!(!store.code_replayed("r1").await.unwrap());
+    // A replay revokes what it was redeemed for.
+    assert!(store.replay_code("r1", t).await.unwrap());
+    assert!(store.code_replayed("r1").await.unwrap());
+    assert!(store.is_revoked("jti-r1").await.unwrap());
+    assert!(store.is_revoked("jti-refreshed").await.unwrap());
+    let refresh = store
+        .find_refresh(&secret_hash("rt-r1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(refresh.family_revoked);
+    // Unknown or unredeemed codes are not replays.
+    assert!(!store.replay_code("nope", t).await.unwrap());
+    store.insert_code(&code("r2", t + 60)).await.unwrap();
+    assert!(!store.replay_code("r2", t).await.unwrap());
+    // Expired codes cannot be redeemed; a redeemed code outlives its expiry while the
+    // access token it gave may be in use.
+    store.insert_code(&code("r3", t - 1)).await.unwrap();
+    assert!(!store.redeem_code("r3", t, &issue).await.unwrap());
+    store.purge_expired(t + 120, 600).await.unwrap();
+    assert!(store.find_code("r1").await.unwrap().is_some());
+    assert!(store.find_code("r2").await.unwrap().is_none());
+    store.purge_expired(t + 3601, 600).await.unwrap();
+    assert!(store.find_code("r1").await.unwrap().is_none());
+}
+
+async fn sessions_expire_and_end(backend: Backend) {
+    let (store, _test) = open(backend).await;
+    let t = now();
+    let session = SessionRecord {
+        session_hash: secret_hash("session-id"),
+        subject: "user|alice".into(),
+        auth_time: t,
+        created_at: t,
+        expires_at: t + 100,
+    };
+    store.insert_session(&session).await.unwrap();
+    assert_eq!(
+        store.find_session(&session.session_hash, t).await.unwrap(),
+        Some(session.clone())
+    );
+    assert!(
+        store
+            .find_session(&session.session_hash, t + 100)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.delete_session(&session.session_hash).await.unwrap());
+    assert!(!store.delete_session(&session.session_hash).await.unwrap());
+    assert!(
+        store
+            .find_session(&session.session_hash, t)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store.insert_session(&session).await.unwrap();
+    store.purge_expired(t + 101, 600).await.unwrap();
+    assert!(
+        !store.delete_session(&session.session_hash).await.unwrap(),
+        "purged"
+    );
+}
+
 both_backends!(
+    code_redemption_and_replay,
+    sessions_expire_and_end,
     migrations_are_idempotent,
     keys_rotate_once,
     refresh_rotation_and_reuse,

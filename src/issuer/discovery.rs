@@ -50,8 +50,10 @@ pub fn documents(model: &Model, alg: Alg) -> Documents {
         "device_authorization_endpoint": url("/oauth/device/code"),
         "end_session_endpoint": url("/logout"),
         "scopes_supported": scopes,
-        "response_types_supported": ["code", "token", "id_token", "id_token token"],
-        "response_modes_supported": ["query", "fragment"],
+        "response_types_supported": ["code", "token", "id_token", "id_token token", "code id_token"],
+        "response_modes_supported": ["query", "fragment", "form_post"],
+        "authorization_response_iss_parameter_supported": true,
+        "prompt_values_supported": ["none", "login", "consent", "select_account"],
         "grant_types_supported": [
             "authorization_code",
             "implicit",
@@ -68,11 +70,12 @@ pub fn documents(model: &Model, alg: Alg) -> Documents {
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "code_challenge_methods_supported": ["S256"],
         "claims_supported": [
-            "iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "azp",
+            "iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "c_hash", "azp",
             "name", "nickname", "preferred_username", "email", "email_verified",
         ],
         "request_parameter_supported": false,
         "request_uri_parameter_supported": false,
+        "claims_parameter_supported": false,
     });
     let openid = Bytes::from(doc.to_string());
     // RFC 8414 lists the same; the OIDC-only members are harmless there.

@@ -59,11 +59,52 @@ impl Form {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every parameter, in the order sent (empty values included).
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
     /// A parameter that must be present.
     pub fn require(&self, name: &'static str) -> Result<&str, OAuthError> {
         self.get(name)
             .ok_or_else(|| OAuthError::invalid_request(format!("the {name} parameter is required")))
     }
+}
+
+/// Form-encodes parameters (unreserved characters kept, space as `%20`, so the result
+/// is good in a query string and in a fragment alike).
+///
+/// ```
+/// use scopegate::issuer::form::{Form, encode};
+/// let text = encode([("state", "a b&c"), ("x", "é")]);
+/// assert_eq!(text, "state=a%20b%26c&x=%C3%A9");
+/// assert_eq!(Form::parse(text.as_bytes()).unwrap().get("state"), Some("a b&c"));
+/// ```
+pub fn encode<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    fn push(out: &mut String, text: &str) {
+        for b in text.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    out.push(b as char)
+                }
+                _ => {
+                    out.push('%');
+                    out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
+                    out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 15)]));
+                }
+            }
+        }
+    }
+    let mut out = String::new();
+    for (name, value) in pairs {
+        if !out.is_empty() {
+            out.push('&');
+        }
+        push(&mut out, name);
+        out.push('=');
+        push(&mut out, value);
+    }
+    out
 }
 
 fn shorten(text: &str) -> String {

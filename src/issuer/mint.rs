@@ -1,6 +1,6 @@
 //! Making tokens: scope decisions (Auth0 RBAC), access tokens (`typ: at+jwt`), ID tokens,
 //! refresh tokens. Claims are serialized straight from borrowed structs; the signing key
-//! is the parsed one in memory. Shared by every grant (and the browser flows to come).
+//! is the parsed one in memory. Shared by every grant and by `/authorize` (implicit).
 
 use std::collections::HashSet;
 
@@ -219,6 +219,8 @@ struct IdClaims<'a> {
     nonce: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     at_hash: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    c_hash: Option<&'a str>,
 }
 
 /// An issued access token.
@@ -226,6 +228,8 @@ struct IdClaims<'a> {
 pub struct AccessToken {
     pub token: String,
     pub expires_in: u64,
+    pub jti: String,
+    pub expires_at: i64,
 }
 
 /// Appends `extra` members to a serialized JSON object.
@@ -297,8 +301,8 @@ pub fn profile_claims(user: &User, profile: bool, email: bool, out: &mut Map<Str
     }
 }
 
-/// `at_hash`: the left half of the hash of the access token, with the hash of the ID
-/// token's algorithm (SHA-512 for Ed25519).
+/// `at_hash` (and `c_hash`, the same over the code): the left half of the hash of the
+/// access token, with the hash of the ID token's algorithm (SHA-512 for Ed25519).
 pub fn at_hash(alg: Alg, access_token: &str) -> String {
     let algorithm = match alg {
         Alg::EdDSA | Alg::RS512 | Alg::PS512 => &aws_lc_rs::digest::SHA512,
@@ -321,9 +325,30 @@ impl Issuer {
         scope: &str,
         openid: bool,
     ) -> Result<AccessToken, OAuthError> {
+        let jti = random_token(16)?;
+        self.mint_access_as(client, subject, api, scope, openid, jti)
+    }
+
+    /// The lifetime of access tokens for `api` (or for `/userinfo` only).
+    pub fn access_ttl(&self, api: Option<&Api>) -> u64 {
+        api.map_or(self.model.access_ttl, |a| a.access_ttl)
+            .as_secs()
+    }
+
+    /// [`Issuer::mint_access`] with a `jti` chosen beforehand (the code grant records it
+    /// before the token exists, so a replay can revoke it).
+    pub fn mint_access_as(
+        &self,
+        client: &Client,
+        subject: Subject<'_>,
+        api: Option<&Api>,
+        scope: &str,
+        openid: bool,
+        jti: String,
+    ) -> Result<AccessToken, OAuthError> {
         let model = &self.model;
         let now = now();
-        let ttl = api.map_or(model.access_ttl, |a| a.access_ttl).as_secs();
+        let ttl = self.access_ttl(api);
         let machine_sub;
         let sub = match subject {
             Subject::Machine => {
@@ -337,7 +362,6 @@ impl Issuer {
             Some(api) => Aud::One(&api.identifier),
             None => Aud::One(&model.userinfo_url),
         };
-        let jti = random_token(16)?;
         let claims = AccessClaims {
             iss: &model.issuer,
             sub,
@@ -360,6 +384,8 @@ impl Issuer {
         Ok(AccessToken {
             token,
             expires_in: ttl,
+            jti,
+            expires_at: now + ttl as i64,
         })
     }
 
@@ -373,10 +399,27 @@ impl Issuer {
         nonce: Option<&str>,
         access_token: Option<&str>,
     ) -> Result<String, OAuthError> {
+        self.mint_id_with(client, user, granted, auth_time, nonce, access_token, None)
+    }
+
+    /// [`Issuer::mint_id`], with `c_hash` for the authorization code when the ID token
+    /// travels with one (`response_type=code id_token`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mint_id_with(
+        &self,
+        client: &Client,
+        user: &User,
+        granted: &Granted<'_>,
+        auth_time: i64,
+        nonce: Option<&str>,
+        access_token: Option<&str>,
+        code: Option<&str>,
+    ) -> Result<String, OAuthError> {
         let model = &self.model;
         let now = now();
         let key = self.core.keys.active();
         let hash = access_token.map(|t| at_hash(key.alg, t));
+        let c_hash = code.map(|c| at_hash(key.alg, c));
         let claims = IdClaims {
             iss: &model.issuer,
             sub: &user.subject,
@@ -386,6 +429,7 @@ impl Issuer {
             auth_time,
             nonce,
             at_hash: hash.as_deref(),
+            c_hash: c_hash.as_deref(),
         };
         let mut extra = Map::new();
         profile_claims(user, granted.profile, granted.email, &mut extra);
@@ -395,7 +439,8 @@ impl Issuer {
         key.sign(&key.id_header, &json).map_err(signing_failed)
     }
 
-    /// Starts a refresh-token family and returns its first token.
+    /// Starts a refresh-token family (with the id `family_id`, from
+    /// [`random_token`]`(16)`) and returns its first token.
     pub async fn mint_refresh(
         &self,
         client: &Client,
@@ -403,11 +448,12 @@ impl Issuer {
         api: Option<&Api>,
         scope: &str,
         auth_time: i64,
+        family_id: String,
     ) -> Result<String, OAuthError> {
         let now = now();
         let token = random_token(32)?;
         let family = Family {
-            id: random_token(16)?,
+            id: family_id,
             client_id: client.client_id.clone(),
             subject: user.subject.clone(),
             audience: api.map(|a| a.identifier.clone()),

@@ -18,6 +18,8 @@ pub struct Api {
     pub scopes: Vec<String>,
     pub allow_offline_access: bool,
     pub access_ttl: Duration,
+    /// Scope → its description, where the configuration gives one (device page).
+    pub descriptions: HashMap<String, String>,
 }
 
 impl Api {
@@ -36,6 +38,11 @@ pub struct Client {
     pub grant_types: HashSet<&'static str>,
     /// client_credentials grants: API identifier → scopes.
     pub grants: HashMap<String, Vec<String>>,
+    /// What the login and device pages call it: `name`, else the client_id.
+    pub display_name: String,
+    /// Registered redirect URIs, exact strings (loopback ones match any port).
+    pub redirect_uris: Vec<String>,
+    pub post_logout_redirect_uris: Vec<String>,
 }
 
 impl Client {
@@ -45,6 +52,76 @@ impl Client {
 
     pub fn may_use(&self, grant_type: &str) -> bool {
         self.grant_types.contains(grant_type)
+    }
+
+    /// True if `uri` is one of the registered redirect URIs: an exact match, or for an
+    /// `http` loopback one (RFC 8252 §7.3) the same URI on any port.
+    pub fn redirect_uri_allowed(&self, uri: &str) -> bool {
+        self.redirect_uris.iter().any(|r| redirect_matches(r, uri))
+    }
+}
+
+/// True if `presented` is the `registered` redirect URI: the same string, or both are
+/// `http://` URIs on the same loopback IP literal (or `localhost`) with the same path and
+/// query, whatever the ports.
+///
+/// ```
+/// use scopegate::issuer::model::redirect_matches;
+/// assert!(redirect_matches("http://127.0.0.1:3000/cb", "http://127.0.0.1:51234/cb"));
+/// assert!(redirect_matches("http://[::1]/cb", "http://[::1]:8080/cb"));
+/// assert!(redirect_matches("https://app.example.com/cb", "https://app.example.com/cb"));
+/// assert!(!redirect_matches("https://app.example.com/cb", "https://app.example.com/cb/"));
+/// assert!(!redirect_matches("https://app.example.com/cb", "https://app.example.com:8443/cb"));
+/// assert!(!redirect_matches("http://127.0.0.1:3000/cb", "http://127.0.0.1:3000/cb?x=1"));
+/// assert!(!redirect_matches("http://127.0.0.1:3000/cb", "http://127.0.0.2:3000/cb"));
+/// ```
+pub fn redirect_matches(registered: &str, presented: &str) -> bool {
+    if registered == presented {
+        return true;
+    }
+    let loopback = |uri: &str| -> Option<(String, String)> {
+        let rest = uri.strip_prefix("http://")?;
+        if rest.contains('#') || rest.contains('@') {
+            return None;
+        }
+        let split = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(split);
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => {
+                let (host, after) = v6.split_once(']')?;
+                check_port(after)?;
+                format!("[{host}]")
+            }
+            None => {
+                let (host, port) = match authority.split_once(':') {
+                    Some((host, port)) => (host, Some(port)),
+                    None => (authority, None),
+                };
+                if let Some(port) = port {
+                    check_port(&format!(":{port}"))?;
+                }
+                host.to_string()
+            }
+        };
+        crate::config::is_loopback_host(&host)
+            .then(|| (host.to_ascii_lowercase(), path.to_string()))
+    };
+    fn check_port(after: &str) -> Option<()> {
+        match after.strip_prefix(':') {
+            None if after.is_empty() => Some(()),
+            Some(port)
+                if !port.is_empty()
+                    && port.len() <= 5
+                    && port.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                Some(())
+            }
+            _ => None,
+        }
+    }
+    match (loopback(registered), loopback(presented)) {
+        (Some(r), Some(p)) => r == p,
+        _ => false,
     }
 }
 
@@ -81,6 +158,16 @@ pub struct Model {
     pub refresh_ttl: Duration,
     pub throttle: ThrottleConfig,
     pub claims: Option<ClaimsConfig>,
+    /// `issuer.login.title`: the brand on the pages a person sees.
+    pub login_title: String,
+    pub code_ttl: Duration,
+    pub device_interval: Duration,
+    pub device_ttl: Duration,
+    /// Session cookies carry `Secure` on every connection when the issuer URL is
+    /// https (whatever terminates TLS), else only on TLS connections.
+    pub https: bool,
+    /// The `Path` of the issuer's cookies: the path of `issuer.url` (`/` at the root).
+    pub cookie_path: String,
 }
 
 impl Model {
@@ -97,6 +184,11 @@ impl Model {
                         scopes: api.scopes.iter().map(|s| s.value.clone()).collect(),
                         allow_offline_access: api.allow_offline_access,
                         access_ttl: api.access_ttl.unwrap_or(config.tokens.access_ttl).get(),
+                        descriptions: api
+                            .scopes
+                            .iter()
+                            .filter_map(|s| s.description.clone().map(|d| (s.value.clone(), d)))
+                            .collect(),
                     },
                 )
             })
@@ -116,6 +208,12 @@ impl Model {
                             .filter_map(|g| canonical_grant_type(g))
                             .collect(),
                         grants: client.grants.clone().into_iter().collect(),
+                        display_name: client
+                            .name
+                            .clone()
+                            .unwrap_or_else(|| client.client_id.clone()),
+                        redirect_uris: client.redirect_uris.clone(),
+                        post_logout_redirect_uris: client.post_logout_redirect_uris.clone(),
                     },
                 )
             })
@@ -169,6 +267,15 @@ impl Model {
             refresh_ttl: config.tokens.refresh_ttl.get(),
             throttle: config.throttle,
             claims: config.claims.clone(),
+            login_title: config.login.title.clone(),
+            code_ttl: config.tokens.code_ttl.get(),
+            device_interval: config.device.interval.get(),
+            device_ttl: config.device.ttl.get(),
+            https: config.url.starts_with("https://"),
+            cookie_path: match config.base_path() {
+                path if path.is_empty() => "/".to_string(),
+                path => path,
+            },
         }
     }
 

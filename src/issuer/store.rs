@@ -6,25 +6,27 @@
 //! Migrations run at [`Store::open`], versioned in `scopegate_migrations` (on PostgreSQL
 //! under an advisory lock, so replicas starting together do not race).
 //!
-//! Secrets are never stored in the clear: refresh tokens, authorization codes and device
-//! codes are kept as SHA-256 hashes ([`secret_hash`]); private keys as PKCS#8, encrypted
+//! Secrets are never stored in the clear: refresh tokens, authorization codes, device
+//! codes and session ids are kept as SHA-256 hashes ([`secret_hash`]); private keys as PKCS#8, encrypted
 //! when a key-encryption key is configured (see `keys.rs`).
 //!
 //! Writes that must be atomic under concurrency are single conditional statements (or a
 //! transaction that starts with one): refresh rotation, code redemption and device-code
 //! consumption each let exactly one of several parallel callers win.
 //!
-//! Schema (version 1; times are Unix seconds, `BIGINT`):
+//! Schema (version 2; times are Unix seconds, `BIGINT`):
 //!
 //! | table | columns |
 //! |---|---|
 //! | `signing_keys` | `kid` PK, `alg`, `private_key` (base64url PKCS#8 or `v1.` + AES-256-GCM), `encryption` (`none` \| `aes-256-gcm`), `public_jwk`, `created_at`, `rotated_at` |
 //! | `refresh_families` | `id` PK, `client_id`, `subject`, `audience`, `scope`, `auth_time`, `created_at`, `revoked_at` |
 //! | `refresh_tokens` | `token_hash` PK, `family_id`, `created_at`, `expires_at`, `used_at` |
-//! | `authorization_codes` | `code_hash` PK, `client_id`, `redirect_uri`, `subject`, `audience`, `scope`, `nonce`, `code_challenge`, `code_challenge_method`, `auth_time`, `created_at`, `expires_at`, `used_at` |
+//! | `authorization_codes` | `code_hash` PK, `client_id`, `redirect_uri`, `subject`, `audience`, `scope`, `nonce`, `code_challenge`, `code_challenge_method`, `auth_time`, `created_at`, `expires_at`, `used_at`; since v2 what it was redeemed for: `issued_jti`, `issued_until`, `issued_family`, and `replayed_at` |
 //! | `device_codes` | `device_code_hash` PK, `user_code` UNIQUE, `client_id`, `audience`, `scope`, `status` (`pending` \| `approved` \| `denied` \| `consumed`), `subject`, `auth_time`, `created_at`, `expires_at`, `interval_secs`, `last_polled_at` |
 //! | `revoked_tokens` | `jti` PK, `expires_at` |
-//! | `login_throttle` | `throttle_key` PK (`user:<name>` \| `ip:<addr>`), `failures`, `window_start` |
+//! | `login_throttle` | `throttle_key` PK (`user:<name>` \| `ip:<addr>` \| `user_code:<addr>`), `failures`, `window_start` |
+//! | `sessions` (v2) | `session_hash` PK (SHA-256 of the cookie value), `subject`, `auth_time`, `created_at`, `expires_at` |
+//! | `family_access_tokens` (v2) | `jti` PK, `family_id`, `expires_at`: access tokens minted by a refresh |
 
 use std::time::Duration;
 
@@ -124,6 +126,32 @@ pub struct CodeRecord {
     pub expires_at: i64,
 }
 
+/// A code as found by its hash, redeemed or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundCode {
+    pub record: CodeRecord,
+    pub used: bool,
+}
+
+/// What a code is redeemed for: the access token's `jti` and expiry, and the refresh
+/// family (if a refresh token is issued).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeIssue {
+    pub jti: String,
+    pub until: i64,
+    pub family_id: Option<String>,
+}
+
+/// A browser session at the issuer (the cookie holds the id; the store its hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub session_hash: String,
+    pub subject: String,
+    pub auth_time: i64,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
 /// A device authorization (RFC 8628).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRecord {
@@ -154,8 +182,9 @@ pub enum Rotation {
 }
 
 /// The migrations, in order. Each entry is one version: statements run one by one.
-const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE IF NOT EXISTS signing_keys (
+const MIGRATIONS: &[&[&str]] = &[
+    &[
+        "CREATE TABLE IF NOT EXISTS signing_keys (
         kid TEXT PRIMARY KEY,
         alg TEXT NOT NULL,
         private_key TEXT NOT NULL,
@@ -163,7 +192,7 @@ const MIGRATIONS: &[&[&str]] = &[&[
         public_jwk TEXT NOT NULL,
         created_at BIGINT NOT NULL,
         rotated_at BIGINT)",
-    "CREATE TABLE IF NOT EXISTS refresh_families (
+        "CREATE TABLE IF NOT EXISTS refresh_families (
         id TEXT PRIMARY KEY,
         client_id TEXT NOT NULL,
         subject TEXT NOT NULL,
@@ -172,14 +201,14 @@ const MIGRATIONS: &[&[&str]] = &[&[
         auth_time BIGINT NOT NULL,
         created_at BIGINT NOT NULL,
         revoked_at BIGINT)",
-    "CREATE TABLE IF NOT EXISTS refresh_tokens (
+        "CREATE TABLE IF NOT EXISTS refresh_tokens (
         token_hash TEXT PRIMARY KEY,
         family_id TEXT NOT NULL,
         created_at BIGINT NOT NULL,
         expires_at BIGINT NOT NULL,
         used_at BIGINT)",
-    "CREATE INDEX IF NOT EXISTS refresh_tokens_family ON refresh_tokens (family_id)",
-    "CREATE TABLE IF NOT EXISTS authorization_codes (
+        "CREATE INDEX IF NOT EXISTS refresh_tokens_family ON refresh_tokens (family_id)",
+        "CREATE TABLE IF NOT EXISTS authorization_codes (
         code_hash TEXT PRIMARY KEY,
         client_id TEXT NOT NULL,
         redirect_uri TEXT NOT NULL,
@@ -193,7 +222,7 @@ const MIGRATIONS: &[&[&str]] = &[&[
         created_at BIGINT NOT NULL,
         expires_at BIGINT NOT NULL,
         used_at BIGINT)",
-    "CREATE TABLE IF NOT EXISTS device_codes (
+        "CREATE TABLE IF NOT EXISTS device_codes (
         device_code_hash TEXT PRIMARY KEY,
         user_code TEXT NOT NULL UNIQUE,
         client_id TEXT NOT NULL,
@@ -206,14 +235,36 @@ const MIGRATIONS: &[&[&str]] = &[&[
         expires_at BIGINT NOT NULL,
         interval_secs BIGINT NOT NULL,
         last_polled_at BIGINT)",
-    "CREATE TABLE IF NOT EXISTS revoked_tokens (
+        "CREATE TABLE IF NOT EXISTS revoked_tokens (
         jti TEXT PRIMARY KEY,
         expires_at BIGINT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS login_throttle (
+        "CREATE TABLE IF NOT EXISTS login_throttle (
         throttle_key TEXT PRIMARY KEY,
         failures BIGINT NOT NULL,
         window_start BIGINT NOT NULL)",
-]];
+    ],
+    &[
+        // Version 2: browser sessions, and what each authorization code was redeemed for
+        // (so that a replayed code revokes those tokens).
+        "CREATE TABLE IF NOT EXISTS sessions (
+        session_hash TEXT PRIMARY KEY,
+        subject TEXT NOT NULL,
+        auth_time BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL)",
+        "ALTER TABLE authorization_codes ADD COLUMN issued_jti TEXT",
+        "ALTER TABLE authorization_codes ADD COLUMN issued_until BIGINT",
+        "ALTER TABLE authorization_codes ADD COLUMN issued_family TEXT",
+        "ALTER TABLE authorization_codes ADD COLUMN replayed_at BIGINT",
+        // Access tokens minted by refreshing a family, so that a replayed code (which
+        // revokes its family) revokes them too.
+        "CREATE TABLE IF NOT EXISTS family_access_tokens (
+            jti TEXT PRIMARY KEY,
+            family_id TEXT NOT NULL,
+            expires_at BIGINT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS family_access_tokens_family ON family_access_tokens (family_id)",
+    ],
+];
 
 /// An arbitrary constant naming Scopegate's migration lock on PostgreSQL.
 const PG_MIGRATION_LOCK: i64 = 0x5c09e6a7e;
@@ -592,6 +643,26 @@ impl Store {
         Ok(Rotation::Invalid)
     }
 
+    /// Records an access token minted by refreshing `family_id` (see
+    /// [`Store::replay_code`]).
+    pub async fn record_family_access(
+        &self,
+        family_id: &str,
+        jti: &str,
+        expires_at: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO family_access_tokens (jti, family_id, expires_at) VALUES ($1, $2, $3)
+             ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(jti)
+        .bind(family_id)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Revokes a whole family. True if it was active.
     pub async fn revoke_family(&self, family_id: &str, now: i64) -> Result<bool> {
         Ok(sqlx::query(
@@ -644,6 +715,160 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.map(|row| code_from_row(&row)).transpose()
+    }
+
+    /// Finds a code by its hash (read only), whether or not it was redeemed.
+    pub async fn find_code(&self, code_hash: &str) -> Result<Option<FoundCode>> {
+        let row = sqlx::query(
+            "SELECT code_hash, client_id, redirect_uri, subject, audience, scope, nonce,
+                    code_challenge, code_challenge_method, auth_time, created_at, expires_at, used_at
+             FROM authorization_codes WHERE code_hash = $1",
+        )
+        .bind(code_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let used: Option<i64> = row.try_get(12)?;
+        Ok(Some(FoundCode {
+            record: code_from_row(&row)?,
+            used: used.is_some(),
+        }))
+    }
+
+    /// Redeems a code for the tokens about to be issued (the access token's `jti` and
+    /// expiry, the refresh family if any), atomically: true for exactly one of several
+    /// parallel callers, and only while the code is unused and unexpired. What it was
+    /// redeemed for is kept with it, so that [`Store::replay_code`] can revoke it.
+    pub async fn redeem_code(&self, code_hash: &str, now: i64, issued: &CodeIssue) -> Result<bool> {
+        Ok(sqlx::query(
+            "UPDATE authorization_codes
+             SET used_at = $1, issued_jti = $2, issued_until = $3, issued_family = $4
+             WHERE code_hash = $5 AND used_at IS NULL AND expires_at > $1",
+        )
+        .bind(now)
+        .bind(&issued.jti)
+        .bind(issued.until)
+        .bind(&issued.family_id)
+        .bind(code_hash)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    /// A redeemed code was presented again: marks it replayed and, in one transaction,
+    /// revokes what it was redeemed for: the access token (by `jti`), the refresh family,
+    /// and the access tokens minted by refreshing that family.
+    /// False if the code is unknown or was never redeemed.
+    pub async fn replay_code(&self, code_hash: &str, now: i64) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE authorization_codes SET replayed_at = COALESCE(replayed_at, $1)
+             WHERE code_hash = $2 AND used_at IS NOT NULL
+             RETURNING issued_jti, issued_until, issued_family",
+        )
+        .bind(now)
+        .bind(code_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let jti: Option<String> = row.try_get(0)?;
+        let until: Option<i64> = row.try_get(1)?;
+        let family: Option<String> = row.try_get(2)?;
+        if let (Some(jti), Some(until)) = (jti, until) {
+            sqlx::query(
+                "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
+            )
+            .bind(jti)
+            .bind(until)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(family) = family {
+            sqlx::query(
+                "UPDATE refresh_families SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(&family)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO revoked_tokens (jti, expires_at)
+                 SELECT jti, expires_at FROM family_access_tokens WHERE family_id = $1
+                 ON CONFLICT (jti) DO NOTHING",
+            )
+            .bind(&family)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// True if a code has been presented again since it was redeemed.
+    pub async fn code_replayed(&self, code_hash: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT replayed_at FROM authorization_codes WHERE code_hash = $1")
+            .bind(code_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => row.try_get::<Option<i64>, _>(0)?.is_some(),
+            None => false,
+        })
+    }
+
+    // ---- sessions ----
+
+    pub async fn insert_session(&self, session: &SessionRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sessions (session_hash, subject, auth_time, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&session.session_hash)
+        .bind(&session.subject)
+        .bind(session.auth_time)
+        .bind(session.created_at)
+        .bind(session.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A session by the hash of its id, if it has not expired.
+    pub async fn find_session(
+        &self,
+        session_hash: &str,
+        now: i64,
+    ) -> Result<Option<SessionRecord>> {
+        let row = sqlx::query(
+            "SELECT session_hash, subject, auth_time, created_at, expires_at FROM sessions
+             WHERE session_hash = $1 AND expires_at > $2",
+        )
+        .bind(session_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(SessionRecord {
+            session_hash: row.try_get(0)?,
+            subject: row.try_get(1)?,
+            auth_time: row.try_get(2)?,
+            created_at: row.try_get(3)?,
+            expires_at: row.try_get(4)?,
+        }))
+    }
+
+    /// Ends a session. True if it existed.
+    pub async fn delete_session(&self, session_hash: &str) -> Result<bool> {
+        Ok(sqlx::query("DELETE FROM sessions WHERE session_hash = $1")
+            .bind(session_hash)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            == 1)
     }
 
     // ---- device codes ----
@@ -739,6 +964,21 @@ impl Store {
         Ok(previous)
     }
 
+    /// `slow_down`: lengthens a device code's polling interval by `by` seconds (RFC 8628
+    /// §3.5) and returns the new interval.
+    pub async fn slow_down_device(&self, device_code_hash: &str, by: i64) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "UPDATE device_codes SET interval_secs = interval_secs + $1
+             WHERE device_code_hash = $2 RETURNING interval_secs",
+        )
+        .bind(by)
+        .bind(device_code_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| row.try_get(0).map_err(StoreError::from))
+            .transpose()
+    }
+
     /// Spends an approved device code atomically; exactly one of parallel callers gets it.
     pub async fn consume_device(
         &self,
@@ -827,11 +1067,19 @@ impl Store {
 
     // ---- housekeeping ----
 
-    /// Deletes what can no longer matter: expired codes, device codes, revocations,
-    /// throttle windows, and refresh tokens (with their families once empty).
+    /// Deletes what can no longer matter: expired codes, device codes, sessions,
+    /// revocations, throttle windows, and refresh tokens (with their families once empty).
     pub async fn purge_expired(&self, now: i64, throttle_window: i64) -> Result<()> {
         for (sql, bind) in [
-            ("DELETE FROM authorization_codes WHERE expires_at < $1", now),
+            // A redeemed code is kept while the access token it gave may be in use, so
+            // a replay can still revoke it.
+            (
+                "DELETE FROM authorization_codes WHERE expires_at < $1
+                 AND (issued_until IS NULL OR issued_until < $1)",
+                now,
+            ),
+            ("DELETE FROM sessions WHERE expires_at < $1", now),
+            ("DELETE FROM family_access_tokens WHERE expires_at < $1", now),
             ("DELETE FROM device_codes WHERE expires_at < $1", now),
             ("DELETE FROM revoked_tokens WHERE expires_at < $1", now),
             ("DELETE FROM refresh_tokens WHERE expires_at < $1", now),

@@ -1,4 +1,5 @@
-//! Login throttling for the password grant: failures are counted per username (as typed,
+//! Login throttling for the password grant and the sign-in page (and, with a key of its
+//! own, for device user codes typed at `/activate`): failures are counted per username (as typed,
 //! lower-cased, whether or not such a user exists) and per client IP, in the store so
 //! replicas share them. `issuer.throttle.max_failures` failures inside
 //! `issuer.throttle.window` lock that key until the window closes: answered
@@ -21,18 +22,26 @@ pub struct Keys {
     pub ip: String,
 }
 
+/// An IPv4 peer on a dual-stack socket appears as ::ffff:a.b.c.d: count it as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 impl Keys {
     pub fn new(login: &str, ip: IpAddr) -> Keys {
-        // An IPv4 peer on a dual-stack socket appears as ::ffff:a.b.c.d: count it as IPv4.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            v4 => v4,
-        };
         Keys {
             user: format!("user:{}", login.to_lowercase()),
-            ip: format!("ip:{ip}"),
+            ip: format!("ip:{}", canonical(ip)),
         }
     }
+}
+
+/// The key that counts unknown device user codes typed from one address (guessing).
+pub fn user_code_key(ip: IpAddr) -> String {
+    format!("user_code:{}", canonical(ip))
 }
 
 fn store_failed(err: impl std::fmt::Display) -> OAuthError {
@@ -42,31 +51,49 @@ fn store_failed(err: impl std::fmt::Display) -> OAuthError {
 
 /// Refuses the attempt if either key is locked.
 pub async fn check(store: &Store, keys: &Keys, config: &ThrottleConfig) -> Result<(), OAuthError> {
+    for key in [&keys.user, &keys.ip] {
+        check_key(store, key, config).await?;
+    }
+    Ok(())
+}
+
+/// Refuses the attempt if `key` is locked.
+pub async fn check_key(
+    store: &Store,
+    key: &str,
+    config: &ThrottleConfig,
+) -> Result<(), OAuthError> {
     let now = now();
     let window = config.window.get().as_secs() as i64;
-    for key in [&keys.user, &keys.ip] {
-        let (failures, closes) = store
-            .failures(key, now, window)
-            .await
-            .map_err(store_failed)?;
-        if failures >= i64::from(config.max_failures) {
-            return Err(OAuthError::locked_out((closes - now).max(1) as u64));
-        }
+    let (failures, closes) = store
+        .failures(key, now, window)
+        .await
+        .map_err(store_failed)?;
+    if failures >= i64::from(config.max_failures) {
+        return Err(OAuthError::locked_out((closes - now).max(1) as u64));
     }
     Ok(())
 }
 
 /// Counts a failed attempt against both keys.
 pub async fn failed(store: &Store, keys: &Keys, config: &ThrottleConfig) -> Result<(), OAuthError> {
-    let now = now();
-    let window = config.window.get().as_secs() as i64;
     for key in [&keys.user, &keys.ip] {
-        store
-            .record_failure(key, now, window)
-            .await
-            .map_err(store_failed)?;
+        failed_key(store, key, config).await?;
     }
     Ok(())
+}
+
+/// Counts a failed attempt against `key`.
+pub async fn failed_key(
+    store: &Store,
+    key: &str,
+    config: &ThrottleConfig,
+) -> Result<(), OAuthError> {
+    let window = config.window.get().as_secs() as i64;
+    store
+        .record_failure(key, now(), window)
+        .await
+        .map_err(store_failed)
 }
 
 /// A successful login clears the user's count (not the IP's).

@@ -1,7 +1,9 @@
 //! The token endpoint (`POST /oauth/token`): one function per grant, chosen by one
 //! `match` in [`grant`]. Each reads as: validate the client → validate the input →
-//! issue. Nothing changes stored state before the input is known to be good (the one
-//! deliberate exception: presenting a spent refresh token revokes its family).
+//! issue. Nothing changes stored state before the input is known to be good (the
+//! deliberate exceptions: presenting a spent refresh token revokes its family, a spent
+//! authorization code what it was redeemed for; polling with a device code records the
+//! poll).
 //!
 //! Every answer carries `Cache-Control: no-store` and `Pragma: no-cache`; errors are
 //! RFC 6749 §5.2 JSON. Metrics: `tokens_issued_total{grant_type}` and
@@ -12,12 +14,13 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde::Serialize;
+use subtle::ConstantTimeEq;
 
 use super::client_auth::{self, Requirement};
 use super::form::Form;
 use super::mint::{self, Granted, Subject};
 use super::model::Client;
-use super::store::{Rotation, now, secret_hash};
+use super::store::{CodeIssue, Rotation, now, secret_hash};
 use super::{Issuer, throttle};
 use crate::error::{OAuthCode, OAuthError};
 use crate::pipeline::{Body, full};
@@ -122,10 +125,11 @@ async fn grant(
         "password" => password(issuer, client, form, remote).await,
         "refresh_token" => refresh_token(issuer, client, form).await,
         TOKEN_EXCHANGE => token_exchange(issuer, client, form).await,
-        // authorization_code and device_code arrive with the browser flows.
+        "authorization_code" => authorization_code(issuer, client, form).await,
+        DEVICE_CODE => device_code(issuer, client, form).await,
         _ => Err(OAuthError::new(
             OAuthCode::UnsupportedGrantType,
-            "this grant type is not available yet",
+            "this grant type is not supported here",
         )),
     }
 }
@@ -209,7 +213,29 @@ async fn password(
     throttle::succeeded(store, &keys).await?;
 
     let granted = mint::user_grant(model, user, client, api, &requested);
-    issue_user_tokens(issuer, client, user, api, &granted, now(), None).await
+    issue_user_tokens(
+        issuer,
+        client,
+        user,
+        api,
+        &granted,
+        now(),
+        Extras::default(),
+    )
+    .await
+}
+
+/// What some grants add to [`issue_user_tokens`].
+#[derive(Debug, Default)]
+struct Extras<'a> {
+    /// The refresh token a rotation made (instead of a new family).
+    rotated: Option<String>,
+    /// The ID token's `nonce` (from the authorization request).
+    nonce: Option<&'a str>,
+    /// The access token's `jti` and the refresh family's id, chosen beforehand (the code
+    /// grant records them with the code, so a replay can revoke them).
+    jti: Option<String>,
+    family_id: Option<String>,
 }
 
 /// Access token, ID token (with `openid`), refresh token (with `offline_access`).
@@ -220,22 +246,39 @@ async fn issue_user_tokens(
     api: Option<&super::model::Api>,
     granted: &Granted<'_>,
     auth_time: i64,
-    refresh_token: Option<String>,
+    extras: Extras<'_>,
 ) -> Result<TokenResponse, OAuthError> {
     let scope = granted.scope_string();
-    let access = issuer.mint_access(client, Subject::User(user), api, &scope, granted.openid)?;
+    let subject = Subject::User(user);
+    let access = match extras.jti {
+        Some(jti) => issuer.mint_access_as(client, subject, api, &scope, granted.openid, jti)?,
+        None => issuer.mint_access(client, subject, api, &scope, granted.openid)?,
+    };
     let id_token = if granted.openid {
-        Some(issuer.mint_id(client, user, granted, auth_time, None, Some(&access.token))?)
+        Some(issuer.mint_id(
+            client,
+            user,
+            granted,
+            auth_time,
+            extras.nonce,
+            Some(&access.token),
+        )?)
     } else {
         None
     };
-    let refresh_token = match refresh_token {
+    let refresh_token = match extras.rotated {
         Some(rotated) => Some(rotated),
-        None if granted.offline_access => Some(
-            issuer
-                .mint_refresh(client, user, api, &scope, auth_time)
-                .await?,
-        ),
+        None if granted.offline_access => {
+            let family_id = match extras.family_id {
+                Some(id) => id,
+                None => mint::random_token(16)?,
+            };
+            Some(
+                issuer
+                    .mint_refresh(client, user, api, &scope, auth_time, family_id)
+                    .await?,
+            )
+        }
         None => None,
     };
     Ok(TokenResponse {
@@ -333,6 +376,18 @@ async fn refresh_token(
 
     let new_token = mint::random_token(32)?;
     let expires_at = now + model.refresh_ttl.as_secs() as i64;
+    let jti = mint::random_token(16)?;
+    // Recorded with the family before rotating (and so before the token exists): a
+    // replayed authorization code revokes the family and every access token its
+    // refreshes gave, and a family revoked first makes the rotation fail.
+    store
+        .record_family_access(
+            &record.family.id,
+            &jti,
+            now + issuer.access_ttl(api) as i64 + 60,
+        )
+        .await
+        .map_err(store_failed)?;
     match store
         .rotate_refresh(&hash, &secret_hash(&new_token), expires_at, now)
         .await
@@ -358,9 +413,259 @@ async fn refresh_token(
         api,
         &granted,
         auth_time,
-        Some(new_token),
+        Extras {
+            rotated: Some(new_token),
+            jti: Some(jti),
+            ..Extras::default()
+        },
     )
     .await
+}
+
+/// `authorization_code`: a code from `/authorize`, by the client it was issued to, with
+/// the same `redirect_uri` and, if a PKCE challenge was sent there, the verifier (and
+/// never a verifier without one: that would be a downgrade). Everything is checked
+/// before the code is spent; spending it is atomic. A code presented again after it was
+/// redeemed revokes what it was redeemed for (the access token by `jti`, the refresh
+/// family), as RFC 6749 §4.1.2 asks.
+async fn authorization_code(
+    issuer: &Issuer,
+    client: &Client,
+    form: &Form,
+) -> Result<TokenResponse, OAuthError> {
+    let model = &issuer.model;
+    let store = &issuer.core.store;
+    let code = form.require("code")?;
+    let redirect_uri = form.require("redirect_uri")?;
+    let verifier = form.get("code_verifier");
+    if let Some(verifier) = verifier
+        && !is_code_verifier(verifier)
+    {
+        return Err(OAuthError::invalid_request(
+            "code_verifier must be 43 to 128 characters of A-Z a-z 0-9 - . _ ~",
+        ));
+    }
+    let invalid = || OAuthError::invalid_grant("the authorization code is invalid or expired");
+    let hash = secret_hash(code);
+    let Some(found) = store.find_code(&hash).await.map_err(store_failed)? else {
+        return Err(invalid());
+    };
+    let now = now();
+    if found.used {
+        code_replayed(issuer, &hash, now).await?;
+        return Err(invalid());
+    }
+    let record = found.record;
+    if record.client_id != client.client_id || record.expires_at <= now {
+        return Err(invalid());
+    }
+    if record.redirect_uri != redirect_uri {
+        return Err(OAuthError::invalid_grant(
+            "redirect_uri differs from the one the code was issued for",
+        ));
+    }
+    match (&record.code_challenge, verifier) {
+        (Some(challenge), Some(verifier)) => {
+            let computed = crate::jose::b64url(
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()).as_ref(),
+            );
+            if !bool::from(computed.as_bytes().ct_eq(challenge.as_bytes())) {
+                return Err(OAuthError::invalid_grant(
+                    "code_verifier does not match the code_challenge",
+                ));
+            }
+        }
+        (Some(_), None) => {
+            return Err(OAuthError::invalid_grant(
+                "this code was issued with a PKCE challenge: send code_verifier",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(OAuthError::invalid_grant(
+                "this code was issued without a PKCE challenge: code_verifier is not expected",
+            ));
+        }
+        (None, None) if client.is_public() => {
+            return Err(OAuthError::invalid_grant("a public client needs PKCE"));
+        }
+        (None, None) => {}
+    }
+    let Some(user) = model.user_by_subject(&record.subject) else {
+        return Err(OAuthError::invalid_grant(
+            "the user of this code no longer exists",
+        ));
+    };
+    let api =
+        match &record.audience {
+            Some(id) => Some(model.apis.get(id).ok_or_else(|| {
+                OAuthError::invalid_grant("the API of this code no longer exists")
+            })?),
+            None => None,
+        };
+    // What /authorize decided, with today's roles (a scope lost since is not issued).
+    let decided: Vec<&str> = record.scope.split_ascii_whitespace().collect();
+    let granted = mint::user_grant(model, user, client, api, &decided);
+
+    let jti = mint::random_token(16)?;
+    let family_id = if granted.offline_access {
+        Some(mint::random_token(16)?)
+    } else {
+        None
+    };
+    let issue = CodeIssue {
+        jti: jti.clone(),
+        // The access token expires by then (plus a margin for its own `now`).
+        until: now + issuer.access_ttl(api) as i64 + 60,
+        family_id: family_id.clone(),
+    };
+    if !store
+        .redeem_code(&hash, now, &issue)
+        .await
+        .map_err(store_failed)?
+    {
+        // A parallel redemption won: this is a replay.
+        code_replayed(issuer, &hash, now).await?;
+        return Err(invalid());
+    }
+    let answer = issue_user_tokens(
+        issuer,
+        client,
+        user,
+        api,
+        &granted,
+        record.auth_time,
+        Extras {
+            nonce: record.nonce.as_deref(),
+            jti: Some(jti),
+            family_id,
+            ..Extras::default()
+        },
+    )
+    .await?;
+    // A replay that came while the tokens were being made found the family not yet
+    // stored; revoke again now that it is, and answer as a replay.
+    if store.code_replayed(&hash).await.map_err(store_failed)? {
+        code_replayed(issuer, &hash, now).await?;
+        return Err(invalid());
+    }
+    Ok(answer)
+}
+
+/// A redeemed code came again: revoke what it was redeemed for.
+async fn code_replayed(issuer: &Issuer, hash: &str, now: i64) -> Result<(), OAuthError> {
+    if issuer
+        .core
+        .store
+        .replay_code(hash, now)
+        .await
+        .map_err(store_failed)?
+    {
+        tracing::warn!(
+            "an authorization code was presented again; the tokens issued for it are revoked"
+        );
+    }
+    Ok(())
+}
+
+/// RFC 7636 §4.1: 43 to 128 characters of `[A-Za-z0-9-._~]`.
+fn is_code_verifier(text: &str) -> bool {
+    (43..=128).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+/// The device_code grant (RFC 8628 §3.4): the device polls with its `device_code`
+/// until the person at `/activate` approves (tokens, once), denies (`access_denied`),
+/// or the code expires (`expired_token`). Polling faster than the interval is
+/// `slow_down`, and the interval grows by 5 seconds (§3.5).
+async fn device_code(
+    issuer: &Issuer,
+    client: &Client,
+    form: &Form,
+) -> Result<TokenResponse, OAuthError> {
+    let model = &issuer.model;
+    let store = &issuer.core.store;
+    let device_code = form.require("device_code")?;
+    let hash = secret_hash(device_code);
+    let invalid = || OAuthError::invalid_grant("the device code is invalid or was used");
+    let Some(record) = store.find_device(&hash).await.map_err(store_failed)? else {
+        return Err(invalid());
+    };
+    if record.client_id != client.client_id {
+        return Err(invalid());
+    }
+    let now = now();
+    if record.expires_at <= now {
+        return Err(OAuthError::new(
+            OAuthCode::ExpiredToken,
+            "the device code has expired; start again",
+        ));
+    }
+    match record.status.as_str() {
+        "pending" => {
+            let previous = store
+                .touch_device_poll(&hash, now)
+                .await
+                .map_err(store_failed)?;
+            if previous.is_some_and(|last| now - last < record.interval_secs) {
+                store
+                    .slow_down_device(&hash, 5)
+                    .await
+                    .map_err(store_failed)?;
+                return Err(OAuthError::new(
+                    OAuthCode::SlowDown,
+                    "polling too fast: wait 5 seconds longer between requests",
+                ));
+            }
+            Err(OAuthError::new(
+                OAuthCode::AuthorizationPending,
+                "the user has not yet approved this device",
+            ))
+        }
+        "denied" => Err(OAuthError::new(
+            OAuthCode::AccessDenied,
+            "the user denied this device",
+        )),
+        "approved" => {
+            let Some(record) = store
+                .consume_device(&hash, now)
+                .await
+                .map_err(store_failed)?
+            else {
+                return Err(invalid());
+            };
+            let Some(user) = record
+                .subject
+                .as_deref()
+                .and_then(|s| model.user_by_subject(s))
+            else {
+                return Err(OAuthError::invalid_grant(
+                    "the user who approved this device no longer exists",
+                ));
+            };
+            let api = match &record.audience {
+                Some(id) => Some(model.apis.get(id).ok_or_else(|| {
+                    OAuthError::invalid_grant("the API of this device code no longer exists")
+                })?),
+                None => None,
+            };
+            let requested: Vec<&str> = record.scope.split_ascii_whitespace().collect();
+            let granted = mint::user_grant(model, user, client, api, &requested);
+            let auth_time = record.auth_time.unwrap_or(now);
+            issue_user_tokens(
+                issuer,
+                client,
+                user,
+                api,
+                &granted,
+                auth_time,
+                Extras::default(),
+            )
+            .await
+        }
+        _ => Err(invalid()),
+    }
 }
 
 /// RFC 8693 token exchange: an access token issued here, for a user, traded for one to
@@ -440,7 +745,7 @@ async fn token_exchange(
     })
 }
 
-fn store_failed(err: impl std::fmt::Display) -> OAuthError {
+pub(crate) fn store_failed(err: impl std::fmt::Display) -> OAuthError {
     tracing::error!(error = %err, "issuer store failed");
     OAuthError::server_error()
 }

@@ -260,6 +260,15 @@ pub const ALICE_PASSWORD: &str = "alice-test-password";
 pub const BOB_PASSWORD: &str = "bob-test-password";
 pub const M2M_SECRET: &str = "m2m-test-secret";
 pub const WEB_SECRET: &str = "web-test-secret";
+pub const WEBAPP_SECRET: &str = "webapp-test-secret";
+/// The brand of the sign-in and device pages in the test configuration.
+pub const BRAND: &str = "Acme Contacts";
+/// A redirect URI of the public browser client `spa` (loopback: any port matches).
+pub const SPA_CALLBACK: &str = "http://127.0.0.1:3000/callback";
+pub const SPA_HTTPS_CALLBACK: &str = "https://spa.example.com/cb";
+pub const SPA_LOGOUT: &str = "https://spa.example.com/bye";
+pub const WEBAPP_CALLBACK: &str = "https://app.example.com/callback";
+pub const WEBAPP_LOGOUT: &str = "https://app.example.com/signed-out";
 pub const CONTACTS: &str = "https://contacts.example.com";
 pub const CALENDAR: &str = "https://calendar.example.com";
 pub const SHORT: &str = "https://short.example.com";
@@ -286,6 +295,9 @@ pub struct Options {
     pub access_ttl: &'static str,
     /// The issuer URL; default `http://127.0.0.1:<port>/`. Replicas share one.
     pub issuer_url: Option<String>,
+    /// `issuer.device.ttl` and `issuer.device.interval`.
+    pub device_ttl: &'static str,
+    pub device_interval: &'static str,
 }
 
 impl Default for Options {
@@ -297,6 +309,8 @@ impl Default for Options {
             extra_routes: "",
             access_ttl: "1h",
             issuer_url: None,
+            device_ttl: "10m",
+            device_interval: "5s",
         }
     }
 }
@@ -342,10 +356,12 @@ issuer:
   keys: {{ algorithm: {algorithm}, rotate_after: {rotate_after} }}
   tokens: {{ access_ttl: {access_ttl} }}
   throttle: {{ max_failures: {max_failures}, window: 10m }}
+  login: {{ title: {BRAND} }}
+  device: {{ interval: {device_interval}, ttl: {device_ttl} }}
   apis:
     - identifier: {CONTACTS}
       scopes:
-        - {{ value: read:contacts }}
+        - {{ value: read:contacts, description: Read your contacts }}
         - {{ value: write:contacts }}
         - {{ value: delete:contacts }}
       allow_offline_access: true
@@ -373,6 +389,19 @@ issuer:
       client_secret: other-test-secret
       grant_types: [client_credentials]
       grants: {{ "{CALENDAR}": [read:calendar] }}
+    - client_id: spa
+      name: Contacts Web
+      grant_types: [authorization_code, refresh_token, implicit]
+      redirect_uris: [{SPA_CALLBACK}, {SPA_HTTPS_CALLBACK}]
+      post_logout_redirect_uris: [{SPA_LOGOUT}]
+    - client_id: webapp
+      client_secret: {WEBAPP_SECRET}
+      grant_types: [authorization_code, refresh_token]
+      redirect_uris: [{WEBAPP_CALLBACK}]
+      post_logout_redirect_uris: [{WEBAPP_LOGOUT}]
+    - client_id: tv
+      name: Living-room TV
+      grant_types: [device_code, refresh_token]
   users:
     - username: alice
       password_hash: {alice}
@@ -397,6 +426,8 @@ issuer:
         max_failures = options.max_failures,
         extra_routes = options.extra_routes,
         access_ttl = options.access_ttl,
+        device_ttl = options.device_ttl,
+        device_interval = options.device_interval,
         url = options
             .issuer_url
             .clone()
@@ -544,6 +575,20 @@ impl Answer {
     pub fn error(&self) -> &str {
         self.json["error"].as_str().unwrap_or("")
     }
+
+    /// The body as text (HTML pages).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Every value of a header.
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect()
+    }
 }
 
 fn client() -> Client<HttpConnector, Full<Bytes>> {
@@ -672,6 +717,233 @@ pub fn claims_of(token: &str) -> Value {
             .unwrap(),
     )
     .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// A browser: cookies, forms, redirects followed by hand
+
+/// What a browser keeps between requests: cookies (one host, so names are enough), and
+/// the origin it sends with form posts, as browsers do.
+#[derive(Debug, Default, Clone)]
+pub struct Browser {
+    pub cookies: std::collections::BTreeMap<String, String>,
+    /// The `Origin` header for POSTs; `None` sends none.
+    pub origin: Option<String>,
+}
+
+impl Browser {
+    /// A browser on the gateway's own origin.
+    pub fn new(running: &Running) -> Browser {
+        Browser {
+            cookies: Default::default(),
+            origin: Some(running.base.clone()),
+        }
+    }
+
+    fn cookie_header(&self) -> Option<String> {
+        (!self.cookies.is_empty()).then(|| {
+            self.cookies
+                .iter()
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+
+    /// Takes the `Set-Cookie`s of an answer (`Max-Age=0` deletes).
+    pub fn keep_cookies(&mut self, answer: &Answer) {
+        for set in answer.all("set-cookie") {
+            let mut parts = set.split(';');
+            let Some((name, value)) = parts.next().and_then(|p| p.trim().split_once('=')) else {
+                continue;
+            };
+            let expired = parts.any(|a| a.trim().eq_ignore_ascii_case("max-age=0"));
+            if expired || value.is_empty() {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_string(), value.to_string());
+            }
+        }
+    }
+
+    pub async fn get(&mut self, url: &str) -> Answer {
+        let mut builder = http::Request::get(url);
+        if let Some(cookies) = self.cookie_header() {
+            builder = builder.header("cookie", cookies);
+        }
+        let answer = send(builder.body(Full::new(Bytes::new())).unwrap()).await;
+        self.keep_cookies(&answer);
+        answer
+    }
+
+    pub async fn post(&mut self, url: &str, params: &[(&str, &str)]) -> Answer {
+        let mut builder =
+            http::Request::post(url).header("content-type", "application/x-www-form-urlencoded");
+        if let Some(cookies) = self.cookie_header() {
+            builder = builder.header("cookie", cookies);
+        }
+        if let Some(origin) = &self.origin {
+            builder = builder.header("origin", origin);
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(form_encode(params))))
+            .unwrap();
+        let answer = send(request).await;
+        self.keep_cookies(&answer);
+        answer
+    }
+
+    /// Submits the (first) form of an HTML page: its action, its hidden fields, plus
+    /// `fields` (which win over hidden ones of the same name).
+    pub async fn submit(&mut self, base: &str, page: &Answer, fields: &[(&str, &str)]) -> Answer {
+        let html = page.text();
+        let action = form_action(&html).expect("the page has a form");
+        let mut params: Vec<(String, String)> = hidden_fields(&html)
+            .into_iter()
+            .filter(|(n, _)| !fields.iter().any(|(f, _)| f == n))
+            .collect();
+        params.extend(fields.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+        let borrowed: Vec<(&str, &str)> = params
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let url = if action.starts_with("http") {
+            action
+        } else {
+            format!("{base}{action}")
+        };
+        self.post(&url, &borrowed).await
+    }
+
+    /// The sign-in: submit the page's form with a username and password.
+    pub async fn sign_in(
+        &mut self,
+        base: &str,
+        page: &Answer,
+        username: &str,
+        password: &str,
+    ) -> Answer {
+        self.submit(
+            base,
+            page,
+            &[("username", username), ("password", password)],
+        )
+        .await
+    }
+}
+
+/// Undoes the page template's escaping.
+pub fn unescape(text: &str) -> String {
+    text.replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// The value of attribute `name` in one HTML tag.
+pub fn attribute(tag: &str, name: &str) -> Option<String> {
+    let needle = format!(" {name}=\"");
+    let start = tag.find(&needle)? + needle.len();
+    let end = tag[start..].find('"')? + start;
+    Some(unescape(&tag[start..end]))
+}
+
+/// Every `<tag ...>` of a kind in a page.
+pub fn tags<'h>(html: &'h str, kind: &str) -> Vec<&'h str> {
+    let open = format!("<{kind} ");
+    let mut out = Vec::new();
+    let mut rest = html;
+    while let Some(at) = rest.find(&open) {
+        let tail = &rest[at..];
+        let end = tail.find('>').map_or(tail.len(), |e| e + 1);
+        out.push(&tail[..end]);
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// The hidden fields of a page's forms, in order.
+pub fn hidden_fields(html: &str) -> Vec<(String, String)> {
+    tags(html, "input")
+        .into_iter()
+        .filter(|t| attribute(t, "type").as_deref() == Some("hidden"))
+        .filter_map(|t| {
+            Some((
+                attribute(t, "name")?,
+                attribute(t, "value").unwrap_or_default(),
+            ))
+        })
+        .collect()
+}
+
+/// The `action` of a page's first form.
+pub fn form_action(html: &str) -> Option<String> {
+    tags(html, "form")
+        .first()
+        .and_then(|t| attribute(t, "action"))
+}
+
+/// A PKCE pair: a random verifier and its S256 challenge.
+pub fn pkce() -> (String, String) {
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes).unwrap();
+    let verifier = scopegate::jose::b64url(&bytes);
+    (verifier.clone(), s256(&verifier))
+}
+
+/// base64url(SHA-256(text)), no padding.
+pub fn s256(text: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+    scopegate::jose::b64url(digest.as_ref())
+}
+
+/// `at_hash` / `c_hash` for RS256, computed here: the left half of SHA-256, base64url.
+pub fn left_half_hash(text: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+    scopegate::jose::b64url(&digest.as_ref()[..16])
+}
+
+/// A redirect's target split up: everything before `?`/`#`, the query and the fragment
+/// parameters (decoded).
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    pub base: String,
+    pub query: std::collections::BTreeMap<String, String>,
+    pub fragment: std::collections::BTreeMap<String, String>,
+}
+
+fn decode_params(text: &str) -> std::collections::BTreeMap<String, String> {
+    scopegate::issuer::form::Form::parse(text.as_bytes())
+        .expect("well-formed parameters")
+        .pairs()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
+impl Redirect {
+    pub fn parse(location: &str) -> Redirect {
+        let (before_fragment, fragment) = location.split_once('#').unwrap_or((location, ""));
+        let (base, query) = before_fragment
+            .split_once('?')
+            .unwrap_or((before_fragment, ""));
+        Redirect {
+            base: base.to_string(),
+            query: decode_params(query),
+            fragment: decode_params(fragment),
+        }
+    }
+
+    /// A `303` answer's `Location`, parsed.
+    pub fn of(answer: &Answer) -> Redirect {
+        assert_eq!(answer.status, 303, "expected a 303: {}", answer.text());
+        Redirect::parse(answer.header("location"))
+    }
+}
+
+/// An `/authorize` URL with these parameters.
+pub fn authorize_url(running: &Running, params: &[(&str, &str)]) -> String {
+    format!("{}?{}", running.url("/authorize"), form_encode(params))
 }
 
 /// Generates one test per backend for each async fn taking a [`Backend`].
