@@ -173,7 +173,7 @@ async fn process(
     {
         outcome.route = Some(Arc::from(ISSUER_ROUTE));
         let path = path.into_owned();
-        return Ok(issuer.handle(request, &path, conn).await);
+        return Ok(issuer.handle(request, &path, conn.clone()).await);
     }
 
     let route = match state.router.lookup(&path, request.method()) {
