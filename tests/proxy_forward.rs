@@ -624,3 +624,63 @@ async fn a_slow_upstream_is_504() {
     let reply = env.get("/open/fast", &[]).await;
     assert_eq!(reply.status, 200);
 }
+
+/// An upstream that answers one request per connection, then closes the socket after a
+/// moment without saying `Connection: close`: every pooled connection goes stale.
+async fn closing_upstream() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(AtomicU64::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                drop(stream);
+            });
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test]
+async fn upstream_closing_idle_connections_never_fails_a_request() {
+    let (url, accepted) = closing_upstream().await;
+    let env = Env::start(&format!(
+        "  - {{ name: flaky, match: {{ path: /flaky/* }}, upstream: \"{url}\", auth: none }}\n"
+    ))
+    .await;
+    for round in 0..30 {
+        let reply = env.get("/flaky/x", &[]).await;
+        assert_eq!(
+            reply.status,
+            200,
+            "request {round} failed: {}",
+            reply.text()
+        );
+        assert_eq!(reply.text(), "ok");
+        // Give the upstream time to close the connection the pool just took back.
+        tokio::time::sleep(std::time::Duration::from_millis(round % 3 * 4)).await;
+    }
+    assert!(
+        accepted.load(std::sync::atomic::Ordering::Relaxed) >= 30,
+        "every request needed a fresh connection"
+    );
+}
