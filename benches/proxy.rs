@@ -220,7 +220,9 @@ fn bench_pipeline(c: &mut Criterion) {
         "pretty-info" => {
             tracing::subscriber::set_global_default(subscriber(LogFormat::Pretty, "info"))
         }
-        other => panic!("SCOPEGATE_BENCH_LOG={other:?}: none | json-warn | json-info | pretty-info"),
+        other => {
+            panic!("SCOPEGATE_BENCH_LOG={other:?}: none | json-warn | json-info | pretty-info")
+        }
     };
     installed.expect("the only subscriber in this process");
 
@@ -228,7 +230,8 @@ fn bench_pipeline(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let yaml = "routes:\n  - { name: echo, match: { path: /echo }, upstream: builtin:echo, auth: none }\n";
+    let yaml =
+        "routes:\n  - { name: echo, match: { path: /echo }, upstream: builtin:echo, auth: none }\n";
     let gateway = runtime.block_on(async {
         scopegate::Gateway::new(scopegate::config::Config::from_yaml(yaml).unwrap(), None).unwrap()
     });
