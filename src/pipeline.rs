@@ -78,7 +78,9 @@ struct Outcome {
 
 impl Outcome {
     fn set_route(&mut self, route: Arc<str>) {
-        self.span.record("route", &*route);
+        if !self.span.is_disabled() {
+            self.span.record("route", &*route);
+        }
         self.route = Some(route);
     }
 
@@ -93,7 +95,38 @@ impl Outcome {
 
     /// Records the end of the request on its span, in one call (each record is work
     /// for the subscriber), then closes it with the access event.
-    fn close(&self, status: StatusCode, elapsed: f64) {
+    fn close(
+        &self,
+        request_id: &HeaderValue,
+        method: &'static str,
+        status: StatusCode,
+        elapsed: f64,
+    ) {
+        let status = status.as_u16();
+        let latency_ms = elapsed * 1000.0;
+        let upstream_ms = self.upstream_seconds.map(|s| s * 1000.0);
+        let auth = self.auth();
+        let reason = self.reason.map(Reason::label);
+        if self.span.is_disabled() {
+            // The span is filtered out (and so, at the usual filters, is this line):
+            // should a filter still want the access line, it carries the fields itself.
+            tracing::info!(
+                target: "scopegate::access",
+                request_id = request_id.to_str().unwrap_or(""),
+                method,
+                route = self.route.as_deref().unwrap_or("unmatched"),
+                status,
+                latency_ms,
+                upstream_ms,
+                auth,
+                reason,
+                "request"
+            );
+            return;
+        }
+        if self.route.is_none() {
+            self.span.record("route", "unmatched");
+        }
         if let Some(fields) = self.span.metadata().map(|m| m.fields())
             && let (Some(status_f), Some(latency_f), Some(upstream_f), Some(auth_f), Some(reason_f)) = (
                 fields.field("status"),
@@ -103,11 +136,6 @@ impl Outcome {
                 fields.field("reason"),
             )
         {
-            let status = status.as_u16();
-            let latency_ms = elapsed * 1000.0;
-            let upstream_ms = self.upstream_seconds.map(|s| s * 1000.0);
-            let auth = self.auth();
-            let reason = self.reason.map(Reason::label);
             self.span.record_all(&fields.value_set(&[
                 (&status_f, Some(&status as &dyn Value)),
                 (&latency_f, Some(&latency_ms as &dyn Value)),
@@ -163,21 +191,23 @@ pub async fn handle(
         reason: None,
         authenticated: false,
         upstream_seconds: None,
-        span: span.clone(),
+        span,
     };
-    let mut response = match process(&state, request, conn, &request_id, &mut outcome)
-        .instrument(span)
-        .await
-    {
+    let result = if outcome.span.is_disabled() {
+        process(&state, request, conn, &request_id, &mut outcome).await
+    } else {
+        let span = outcome.span.clone();
+        process(&state, request, conn, &request_id, &mut outcome)
+            .instrument(span)
+            .await
+    };
+    let mut response = match result {
         Ok(response) => response,
         Err(err) => {
             outcome.reason = err.reason();
             err.into_response()
         }
     };
-    response
-        .headers_mut()
-        .insert(X_REQUEST_ID.clone(), request_id);
 
     let status = response.status();
     let route = outcome.route.as_deref().unwrap_or("unmatched");
@@ -202,10 +232,10 @@ pub async fn handle(
             .with_label_values(&[route, reason.label()])
             .inc();
     }
-    if outcome.route.is_none() {
-        outcome.span.record("route", "unmatched");
-    }
-    outcome.close(status, elapsed);
+    outcome.close(&request_id, method_label(&method), status, elapsed);
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id);
     response
 }
 
