@@ -22,9 +22,11 @@
 //! unknown `kid` triggers) carry its request id.
 //!
 //! Browser grants (authorization code, implicit, device) add their calls through
-//! [`Run`]: form parameters, `Authorization` values, token responses and redirect
-//! `Location`s are collected as secrets by name ([`SECRET_PARAMS`], [`SECRET_MEMBERS`]),
-//! cookies by [`Secrets::set_cookies`].
+//! [`Run::request`]: form parameters, `Authorization` and `Cookie` values, token
+//! responses, `Set-Cookie` and redirect `Location`s are collected as secrets by name
+//! ([`SECRET_PARAMS`], [`SECRET_MEMBERS`]); anything else secret goes in with
+//! [`Secrets::add`] or [`Secrets::token`]. Their steps go where the comment
+//! `--- browser grants` says.
 
 mod common;
 
@@ -166,6 +168,16 @@ impl Secrets {
         }
     }
 
+    /// A request's `Cookie` value: the whole, and each cookie's value.
+    fn cookies(&mut self, header: &str) {
+        self.add("Cookie header", header);
+        for pair in header.split(';') {
+            if let Some((name, value)) = pair.trim().split_once('=') {
+                self.add(&format!("cookie {name}"), value);
+            }
+        }
+    }
+
     /// Panics with every secret found in `log`, naming it and the line.
     fn assert_absent(&self, log: &str) {
         let mut leaks = Vec::new();
@@ -214,6 +226,23 @@ impl Run {
         authorization: Option<&str>,
         form: Option<&[(&str, &str)]>,
     ) -> Answer {
+        let headers: Vec<(&str, &str)> = authorization
+            .map(|value| ("authorization", value))
+            .into_iter()
+            .collect();
+        self.request(id, method, path, &headers, form).await
+    }
+
+    /// The general form (the browser flows send cookies): `authorization` and `cookie`
+    /// values are collected as secrets, and so is what [`Run::call`] collects.
+    async fn request(
+        &self,
+        id: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        form: Option<&[(&str, &str)]>,
+    ) -> Answer {
         let mut builder = http::Request::builder()
             .method(method)
             .uri(self.process.url(path))
@@ -221,9 +250,13 @@ impl Run {
         let mut body = Bytes::new();
         {
             let mut secrets = self.secrets.lock().unwrap();
-            if let Some(value) = authorization {
-                secrets.authorization(value);
-                builder = builder.header("authorization", value);
+            for (name, value) in headers {
+                if name.eq_ignore_ascii_case("authorization") {
+                    secrets.authorization(value);
+                } else if name.eq_ignore_ascii_case("cookie") {
+                    secrets.cookies(value);
+                }
+                builder = builder.header(*name, *value);
             }
             if let Some(params) = form {
                 secrets.form(params);
@@ -647,6 +680,10 @@ async fn no_secret_in_any_log_line_through_every_grant_and_auth_failure() {
         .await;
     assert_eq!(revoked.status, 401);
     run.expect("userinfo-revoked", "issuer", 401, "none");
+
+    // --- browser grants (authorization_code, implicit, device_code) go here, through
+    // `run.request` (cookies) and `run.token`: before the password failures below, which
+    // lock out this IP.
 
     // --- the issuer's failures. Password failures come last: they lock out this IP.
     let wrong_secret = format!("wrong-secret-{}", random_hex(8));
