@@ -194,11 +194,20 @@ async fn metrics_parse_as_prometheus_text_with_every_family_of_the_contract() {
         "  - { name: extra, match: { path: /extra }, upstream: builtin:echo, auth: none }\n",
     ));
     process.signal("HUP");
-    let extra = process.url("/extra");
-    eventually("the new route serves", async || {
-        common::issuer::get(&extra, None).await.status == 200
+    // Watched on the admin port, so the wait adds no proxy request to the counts.
+    eventually("the good reload is counted", async || {
+        let text = scrape(&process).await;
+        let parsed = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        value(
+            &parsed,
+            "scopegate_config_reloads_total",
+            &[("result", "success")],
+        )
+        .is_some_and(|v| v >= 1.0)
     })
     .await;
+    let answer = common::issuer::get(&process.url("/extra"), None).await;
+    assert_eq!(answer.status, 200, "the reloaded config serves");
     process.rewrite("routes: [ {\n");
     process.signal("HUP");
     eventually("the refused reload is counted", async || {
