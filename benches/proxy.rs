@@ -1,8 +1,12 @@
 //! Hot-path micro-benchmarks: route lookup over 1,000 routes, token verification
-//! (verified-token cache hit, and the uncached path that checks a signature), and the
-//! upstream header rewrite.
+//! (verified-token cache hit, and the uncached path that checks a signature), the
+//! upstream header rewrite, and one whole request through [`pipeline::handle`] (HTTP/1.1
+//! over an in-memory pipe, route `builtin:echo`) with logging as chosen by
+//! `SCOPEGATE_BENCH_LOG`: `none` (no subscriber), `json-warn` (the JSON subscriber with
+//! the request span and access line filtered out), `json-info` or `pretty-info` (both
+//! written, to a sink). One setting per process: a subscriber is global.
 //!
-//! `cargo bench --bench proxy`
+//! `cargo bench --bench proxy`, `SCOPEGATE_BENCH_LOG=json-info cargo bench --bench proxy -- pipeline`
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +20,7 @@ use scopegate::metrics::Metrics;
 use scopegate::pipeline::authn::{Verifier, now_secs};
 use scopegate::pipeline::forward::{ForwardHeaders, Origin, upstream_headers};
 use scopegate::pipeline::router::{MethodSet, Pattern, Router};
+use scopegate::pipeline::{self, ConnInfo};
 use scopegate::upstream::{Fetcher, tls_client_config};
 
 fn thousand_routes() -> Router {
@@ -198,5 +203,82 @@ fn bench_headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_router, bench_verify, bench_headers);
+fn bench_pipeline(c: &mut Criterion) {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+    use scopegate::config::LogFormat;
+    use tracing_subscriber::EnvFilter;
+
+    let log = std::env::var("SCOPEGATE_BENCH_LOG").unwrap_or_else(|_| "none".into());
+    let subscriber = |format, level| {
+        scopegate::telemetry::subscriber(format, EnvFilter::new(level), false, std::io::sink)
+    };
+    let installed = match log.as_str() {
+        "none" => Ok(()),
+        "json-warn" => tracing::subscriber::set_global_default(subscriber(LogFormat::Json, "warn")),
+        "json-info" => tracing::subscriber::set_global_default(subscriber(LogFormat::Json, "info")),
+        "pretty-info" => {
+            tracing::subscriber::set_global_default(subscriber(LogFormat::Pretty, "info"))
+        }
+        other => {
+            panic!("SCOPEGATE_BENCH_LOG={other:?}: none | json-warn | json-info | pretty-info")
+        }
+    };
+    installed.expect("the only subscriber in this process");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let yaml =
+        "routes:\n  - { name: echo, match: { path: /echo }, upstream: builtin:echo, auth: none }\n";
+    let gateway = runtime.block_on(async {
+        scopegate::Gateway::new(scopegate::config::Config::from_yaml(yaml).unwrap(), None).unwrap()
+    });
+    let conn = ConnInfo {
+        remote: "127.0.0.1:50000".parse().unwrap(),
+        tls: false,
+    };
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    runtime.spawn(async move {
+        let service = hyper::service::service_fn(move |request| {
+            let gateway = gateway.clone();
+            async move {
+                Ok::<_, std::convert::Infallible>(pipeline::handle(&gateway, request, conn).await)
+            }
+        });
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(server_io), service)
+            .await
+    });
+    let mut sender = runtime.block_on(async {
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        sender
+    });
+    c.bench_function(&format!("pipeline_echo/{log}"), |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                sender.ready().await.unwrap();
+                let request = http::Request::get("/echo")
+                    .header(http::header::HOST, "bench.example")
+                    .body(Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                let response = sender.send_request(request).await.unwrap();
+                assert_eq!(response.status(), http::StatusCode::OK);
+                response.into_body().collect().await.unwrap()
+            })
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    bench_router,
+    bench_verify,
+    bench_headers,
+    bench_pipeline
+);
 criterion_main!(benches);

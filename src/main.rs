@@ -97,6 +97,9 @@ fn run(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // What the running config came from: the file watcher applies any later change,
+    // even one made while the gateway starts.
+    let loaded = std::fs::read(path).ok();
     scopegate::telemetry::init(&config.log);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
@@ -110,7 +113,7 @@ fn run(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, path)) {
+    match runtime.block_on(serve(config, path, loaded)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err}");
@@ -120,7 +123,7 @@ fn run(path: &Path) -> ExitCode {
     }
 }
 
-async fn serve(config: Config, path: &Path) -> Result<(), String> {
+async fn serve(config: Config, path: &Path, loaded: Option<Vec<u8>>) -> Result<(), String> {
     let listen = config.server.listen;
     let admin_listen = config.server.admin_listen;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -132,7 +135,7 @@ async fn serve(config: Config, path: &Path) -> Result<(), String> {
     let gateway = Gateway::start(config, Some(path.to_path_buf())).await?;
 
     // Reload on file change too; without a watcher, SIGHUP still works.
-    let _watcher = scopegate::reload::watch(gateway.clone(), path)
+    let _watcher = scopegate::reload::watch(gateway.clone(), path, loaded)
         .inspect_err(|err| tracing::warn!(error = %err, "config file changes will not be noticed; use SIGHUP"))
         .ok();
 

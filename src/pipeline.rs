@@ -3,6 +3,15 @@
 //! [`handle`] takes one snapshot of the state, runs [`process`] (a short sequence of
 //! calls, each in its own module), turns any [`ProxyError`] into its answer in one place,
 //! and records metrics and the access log line.
+//!
+//! Each request runs inside one `tracing` span, `request` (target `scopegate::access`,
+//! level INFO): `request_id` and `method` from the start, `route` once matched, and at
+//! the end `status`, `latency_ms`, `upstream_ms` (when an upstream was called), `auth`
+//! (`ok`: a token was verified; `none`: no token was checked; `refused`) and `reason`
+//! (the `auth_failures_total` reason, when refused). Events logged while the request is
+//! processed (an upstream failure, a JWKS refetch its token triggered) carry the span's
+//! fields; the span is closed by the access event (`scopegate::access`, message
+//! `request`). When the level filter disables the span, it costs a few branches.
 
 pub mod authn;
 pub mod authz;
@@ -20,6 +29,8 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use tracing::Instrument;
+use tracing::field::{Empty, Value};
 
 use crate::claims::{Identity, Reason};
 use crate::config::AuthMode;
@@ -73,7 +84,83 @@ impl ConnInfo {
 struct Outcome {
     route: Option<Arc<str>>,
     reason: Option<Reason>,
+    /// A token was verified.
+    authenticated: bool,
     upstream_seconds: Option<f64>,
+    /// The request's span (disabled when the level filter says so).
+    span: tracing::Span,
+}
+
+impl Outcome {
+    fn set_route(&mut self, route: Arc<str>) {
+        if !self.span.is_disabled() {
+            self.span.record("route", &*route);
+        }
+        self.route = Some(route);
+    }
+
+    /// `auth` as logged: `ok`, `none` or `refused`.
+    fn auth(&self) -> &'static str {
+        match (self.reason, self.authenticated) {
+            (Some(_), _) => "refused",
+            (None, true) => "ok",
+            (None, false) => "none",
+        }
+    }
+
+    /// Records the end of the request on its span, in one call (each record is work
+    /// for the subscriber), then closes it with the access event.
+    fn close(
+        &self,
+        request_id: &HeaderValue,
+        method: &'static str,
+        status: StatusCode,
+        elapsed: f64,
+    ) {
+        let status = status.as_u16();
+        let latency_ms = elapsed * 1000.0;
+        let upstream_ms = self.upstream_seconds.map(|s| s * 1000.0);
+        let auth = self.auth();
+        let reason = self.reason.map(Reason::label);
+        if self.span.is_disabled() {
+            // The span is filtered out (and so, at the usual filters, is this line):
+            // should a filter still want the access line, it carries the fields itself.
+            tracing::info!(
+                target: "scopegate::access",
+                request_id = request_id.to_str().unwrap_or(""),
+                method,
+                route = self.route.as_deref().unwrap_or("unmatched"),
+                status,
+                latency_ms,
+                upstream_ms,
+                auth,
+                reason,
+                "request"
+            );
+            return;
+        }
+        if self.route.is_none() {
+            self.span.record("route", "unmatched");
+        }
+        if let Some(fields) = self.span.metadata().map(|m| m.fields())
+            && let (Some(status_f), Some(latency_f), Some(upstream_f), Some(auth_f), Some(reason_f)) = (
+                fields.field("status"),
+                fields.field("latency_ms"),
+                fields.field("upstream_ms"),
+                fields.field("auth"),
+                fields.field("reason"),
+            )
+        {
+            self.span.record_all(&fields.value_set(&[
+                (&status_f, Some(&status as &dyn Value)),
+                (&latency_f, Some(&latency_ms as &dyn Value)),
+                (&upstream_f, upstream_ms.as_ref().map(|v| v as &dyn Value)),
+                (&auth_f, Some(&auth as &dyn Value)),
+                (&reason_f, reason.as_ref().map(|v| v as &dyn Value)),
+            ]));
+        }
+        tracing::info!(target: "scopegate::access", parent: &self.span, "request");
+    }
 }
 
 /// Keeps `in_flight_requests` honest even when a request future is dropped.
@@ -102,21 +189,40 @@ pub async fn handle(
         _ => forward::new_request_id(),
     };
     let method = request.method().clone();
+    let span = tracing::info_span!(
+        target: "scopegate::access",
+        "request",
+        request_id = request_id.to_str().unwrap_or(""),
+        method = method_label(&method),
+        route = Empty,
+        status = Empty,
+        latency_ms = Empty,
+        upstream_ms = Empty,
+        auth = Empty,
+        reason = Empty,
+    );
     let mut outcome = Outcome {
         route: None,
         reason: None,
+        authenticated: false,
         upstream_seconds: None,
+        span,
     };
-    let mut response = match process(&state, request, conn, &request_id, &mut outcome).await {
+    let result = if outcome.span.is_disabled() {
+        process(&state, request, conn, &request_id, &mut outcome).await
+    } else {
+        let span = outcome.span.clone();
+        process(&state, request, conn, &request_id, &mut outcome)
+            .instrument(span)
+            .await
+    };
+    let mut response = match result {
         Ok(response) => response,
         Err(err) => {
             outcome.reason = err.reason();
             err.into_response()
         }
     };
-    response
-        .headers_mut()
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
 
     let status = response.status();
     let route = outcome.route.as_deref().unwrap_or("unmatched");
@@ -141,17 +247,10 @@ pub async fn handle(
             .with_label_values(&[route, reason.label()])
             .inc();
     }
-    tracing::info!(
-        target: "scopegate::access",
-        request_id = request_id.to_str().unwrap_or(""),
-        route,
-        method = method_label(&method),
-        status = status.as_u16(),
-        latency_ms = elapsed * 1000.0,
-        upstream_ms = outcome.upstream_seconds.map(|s| s * 1000.0),
-        auth = outcome.reason.map_or("ok", Reason::label),
-        "request"
-    );
+    outcome.close(&request_id, method_label(&method), status, elapsed);
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id);
     response
 }
 
@@ -171,7 +270,7 @@ async fn process(
     if let Some(issuer) = &state.issuer
         && issuer.owns(&path)
     {
-        outcome.route = Some(Arc::from(ISSUER_ROUTE));
+        outcome.set_route(Arc::from(ISSUER_ROUTE));
         let path = path.into_owned();
         return Ok(issuer.handle(request, &path, conn.clone()).await);
     }
@@ -181,10 +280,11 @@ async fn process(
         Lookup::MethodNotAllowed(methods) => return Err(ProxyError::MethodNotAllowed(methods)),
         Lookup::NotFound => return Err(ProxyError::NotFound),
     };
-    outcome.route = Some(route.name.clone());
+    outcome.set_route(route.name.clone());
 
     let identity = authenticate(state, route, &request).await?;
     if let Some(identity) = &identity {
+        outcome.authenticated = true;
         route.policy.authorize(identity)?;
     }
 
@@ -318,6 +418,7 @@ async fn forward_request(
             ))
         }
         Err(err) => {
+            // `route` again: at `log.level: warn` the request span is off.
             tracing::warn!(route = &*route.name, error = %err, "upstream failed");
             Err(match err {
                 UpstreamError::Timeout => ProxyError::GatewayTimeout,

@@ -3,7 +3,9 @@
 //! The watcher looks at the file's directory, not the file: editors replace files by
 //! rename, and Kubernetes swaps ConfigMap mounts through a `..data` symlink. Events are
 //! debounced; a reload happens only when the file's bytes changed since the last one
-//! applied or refused, so a save that changes nothing does nothing.
+//! applied or refused, so a save that changes nothing does nothing. The first
+//! comparison is with the bytes the running config was loaded from, so a change made
+//! while the gateway was starting (before the watcher existed) is applied too.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,15 +18,22 @@ use crate::state::Gateway;
 /// Quiet time after the last event before the file is read.
 const DEBOUNCE: Duration = Duration::from_millis(250);
 
-/// Starts watching `path`; reloads `gateway` when its content changes. Keep the returned
-/// watcher alive for as long as reloads should happen.
-pub fn watch(gateway: Arc<Gateway>, path: &Path) -> Result<notify::RecommendedWatcher, String> {
+/// Starts watching `path`; reloads `gateway` when its content differs from the last
+/// content applied or refused, starting with `loaded` (the bytes the running config came
+/// from; `None`: the file as it is now). Keep the returned watcher alive for as long as
+/// reloads should happen.
+pub fn watch(
+    gateway: Arc<Gateway>,
+    path: &Path,
+    loaded: Option<Vec<u8>>,
+) -> Result<notify::RecommendedWatcher, String> {
     let path = std::path::absolute(path).map_err(|err| format!("{}: {err}", path.display()))?;
     let directory = path
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let check = tx.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
             && !matches!(event.kind, notify::EventKind::Access(_))
@@ -36,9 +45,14 @@ pub fn watch(gateway: Arc<Gateway>, path: &Path) -> Result<notify::RecommendedWa
     watcher
         .watch(&directory, RecursiveMode::NonRecursive)
         .map_err(|err| format!("cannot watch {}: {err}", directory.display()))?;
+    // Read here, not in the task: a change made before the task first runs must still
+    // differ from `last`.
+    let mut last = loaded.or_else(|| std::fs::read(&path).ok());
+    if std::fs::read(&path).ok() != last {
+        let _ = check.send(());
+    }
 
     tokio::spawn(async move {
-        let mut last = std::fs::read(&path).ok();
         while rx.recv().await.is_some() {
             // Debounce: wait until events stop for DEBOUNCE.
             while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
@@ -58,4 +72,39 @@ pub fn watch(gateway: Arc<Gateway>, path: &Path) -> Result<notify::RecommendedWa
         }
     });
     Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml(route: &str) -> String {
+        format!(
+            "routes:\n  - {{ name: {route}, match: {{ path: /{route} }}, upstream: builtin:echo, auth: none }}\n"
+        )
+    }
+
+    /// The file changed between the gateway's load and the watcher's start (no event
+    /// will ever say so): the watcher applies it all the same.
+    #[tokio::test]
+    async fn a_change_made_before_the_watcher_started_is_applied() {
+        let dir = std::env::temp_dir().join(format!("scopegate-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.yaml");
+        let first = yaml("first");
+        std::fs::write(&path, yaml("second")).unwrap();
+        let config = crate::config::Config::from_yaml(&first).unwrap();
+        let gateway = Gateway::new(config, Some(path.clone())).unwrap();
+        let _watcher = watch(gateway.clone(), &path, Some(first.into_bytes())).unwrap();
+        let mut applied = false;
+        for _ in 0..200 {
+            if gateway.state().routes.iter().any(|r| &*r.name == "second") {
+                applied = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(applied, "the change was never applied");
+    }
 }

@@ -15,6 +15,8 @@
 
 /// Throwaway stores (SQLite, PostgreSQL) and a gateway running the built-in issuer.
 pub mod issuer;
+/// The real `scopegate` binary as a child process, its stderr captured.
+pub mod process;
 
 use std::convert::Infallible;
 use std::future::Future;

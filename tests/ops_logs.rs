@@ -1,0 +1,1045 @@
+//! No secret reaches the log, proven on the real binary.
+//!
+//! One `scopegate run` with `RUST_LOG=info,scopegate=trace` (Scopegate's own targets at
+//! `trace`, everything else at the default level), JSON logs, the built-in issuer on a
+//! throwaway SQLite store (keys encrypted at rest, a client secret from the environment)
+//! and an external issuer trusted with a client allowlist. The run goes through every
+//! grant the issuer implements today (client_credentials by Basic and by form,
+//! password by a confidential and a public client, refresh_token rotation and reuse
+//! detection, token exchange), introspection, revocation and `/userinfo`, the issuer's
+//! failures (wrong client secret, malformed Basic credentials, wrong password, lockout,
+//! unknown grant, unknown refresh token, a code grant with a made-up code), every proxy
+//! auth failure reason, an upstream failure and a refused config reload whose broken
+//! file holds a secret. Then it stops the process and scans its whole stderr for every
+//! secret the run handled: each token issued or sent (and each `.`-separated part of it
+//! longer than 16 characters), password, client secret, `Authorization` value (Basic
+//! credentials encoded and decoded), the key-encryption key and the password hashes.
+//!
+//! The same log proves the request span: every request has one access line (target
+//! `scopegate::access`) whose span holds its request id, method, route, status,
+//! latency, auth outcome and reason (and upstream time when an upstream was called),
+//! and events logged while a request runs (an upstream failure, the JWKS refetch an
+//! unknown `kid` triggers) carry its request id.
+//!
+//! Browser grants (authorization code, implicit, device) add their calls through
+//! [`Run::request`]: form parameters, `Authorization` and `Cookie` values, token
+//! responses, `Set-Cookie` and redirect `Location`s are collected as secrets by name
+//! ([`SECRET_PARAMS`], [`SECRET_MEMBERS`]); anything else secret goes in with
+//! [`Secrets::add`] or [`Secrets::token`]. Their steps go where the comment
+//! `--- browser grants` says.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::Full;
+use serde_json::{Value, json};
+
+use common::issuer::{ALICE_PASSWORD, Answer, BOB_PASSWORD, CALENDAR, CONTACTS, TempDir};
+use common::process::Process;
+use common::{AUD, ps, rogue_rsa, rsa};
+
+/// Form parameters whose values are secrets, on any endpoint.
+const SECRET_PARAMS: &[&str] = &[
+    "password",
+    "client_secret",
+    "refresh_token",
+    "subject_token",
+    "actor_token",
+    "token",
+    "code",
+    "code_verifier",
+    "device_code",
+    "user_code",
+    "client_assertion",
+];
+
+/// Members of a token response, or parameters of a redirect's query or fragment, whose
+/// values are secrets.
+const SECRET_MEMBERS: &[&str] = &[
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "code",
+    "device_code",
+    "user_code",
+];
+
+/// Shorter strings are not scanned for: they would match by chance. Every secret this
+/// run chooses is longer; tokens and codes the issuer makes are far longer.
+const MIN_SECRET_LEN: usize = 8;
+
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// Every secret string the run handled, with what it was (for the failure message).
+#[derive(Default)]
+struct Secrets(BTreeMap<String, String>);
+
+impl Secrets {
+    fn add(&mut self, what: &str, secret: &str) {
+        if secret.len() >= MIN_SECRET_LEN {
+            self.0
+                .entry(secret.to_string())
+                .or_insert_with(|| what.to_string());
+        }
+    }
+
+    /// A token, and each `.`-separated part of it longer than 16 characters.
+    fn token(&mut self, what: &str, token: &str) {
+        self.add(what, token);
+        if token.contains('.') {
+            for (index, part) in token.split('.').enumerate() {
+                if part.len() > 16 {
+                    self.add(&format!("{what} (part {index})"), part);
+                }
+            }
+        }
+    }
+
+    /// An `Authorization` value: whole, its credentials, and for Basic the decoded
+    /// `id:secret` and the secret.
+    fn authorization(&mut self, value: &str) {
+        self.add("Authorization header", value);
+        let Some((scheme, credentials)) = value.split_once(' ') else {
+            return;
+        };
+        let credentials = credentials.trim();
+        if scheme.eq_ignore_ascii_case("bearer") {
+            self.token("bearer token", credentials);
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            self.add("Basic credentials", credentials);
+            if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(credentials) {
+                let decoded = String::from_utf8_lossy(&decoded).into_owned();
+                self.add("Basic id:secret", &decoded);
+                if let Some((_, secret)) = decoded.split_once(':') {
+                    self.add("Basic secret", secret);
+                }
+            }
+        } else {
+            self.add("Authorization credentials", credentials);
+        }
+    }
+
+    fn form(&mut self, params: &[(&str, &str)]) {
+        for (name, value) in params {
+            if SECRET_PARAMS.contains(name) {
+                self.token(&format!("form {name}"), value);
+            }
+        }
+    }
+
+    /// Token responses (and anything else JSON that names a secret member).
+    fn response(&mut self, json: &Value) {
+        for member in SECRET_MEMBERS {
+            if let Some(value) = json.get(member).and_then(Value::as_str) {
+                self.token(&format!("response {member}"), value);
+            }
+        }
+    }
+
+    /// A redirect `Location`: secret members of its query and fragment.
+    fn location(&mut self, location: &str) {
+        let after = |sep: char| location.split_once(sep).map_or("", |(_, rest)| rest);
+        let query = after('?').split('#').next().unwrap_or("");
+        for part in [query, after('#')] {
+            for pair in part.split('&') {
+                if let Some((name, value)) = pair.split_once('=')
+                    && SECRET_MEMBERS.contains(&name)
+                {
+                    self.token(&format!("redirect {name}"), value);
+                }
+            }
+        }
+    }
+
+    /// `Set-Cookie` values (session and CSRF cookies of the browser flows).
+    fn set_cookies(&mut self, headers: &http::HeaderMap) {
+        for value in headers.get_all(http::header::SET_COOKIE) {
+            let text = String::from_utf8_lossy(value.as_bytes());
+            let pair = text.split(';').next().unwrap_or("");
+            if let Some((name, value)) = pair.split_once('=') {
+                self.add(&format!("cookie {name}"), value);
+            }
+        }
+    }
+
+    /// A request's `Cookie` value: the whole, and each cookie's value.
+    fn cookies(&mut self, header: &str) {
+        self.add("Cookie header", header);
+        for pair in header.split(';') {
+            if let Some((name, value)) = pair.trim().split_once('=') {
+                self.add(&format!("cookie {name}"), value);
+            }
+        }
+    }
+
+    /// Panics with every secret found in `log`, naming it and the line.
+    fn assert_absent(&self, log: &str) {
+        let mut leaks = Vec::new();
+        for (secret, what) in &self.0 {
+            if let Some(line) = log.lines().find(|line| line.contains(secret.as_str())) {
+                leaks.push(format!("{what} ({secret:?}) in: {line}"));
+            }
+        }
+        assert!(
+            leaks.is_empty(),
+            "{} secret(s) in the log:\n{}",
+            leaks.len(),
+            leaks.join("\n")
+        );
+    }
+}
+
+/// What the access line of a request must say.
+#[derive(Debug)]
+struct Expected {
+    request_id: String,
+    route: &'static str,
+    status: u16,
+    /// `ok`, `none` or `refused`.
+    auth: &'static str,
+    reason: Option<&'static str>,
+    upstream: bool,
+}
+
+/// The process, a client that collects secrets from everything it sends and receives,
+/// and what each request's access line must say.
+struct Run {
+    process: Process,
+    secrets: Mutex<Secrets>,
+    expected: Mutex<Vec<Expected>>,
+}
+
+impl Run {
+    /// Sends a request with `x-request-id: id`; collects the secrets in its
+    /// `Authorization`, form and answer.
+    async fn call(
+        &self,
+        id: &str,
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+        form: Option<&[(&str, &str)]>,
+    ) -> Answer {
+        let headers: Vec<(&str, &str)> = authorization
+            .map(|value| ("authorization", value))
+            .into_iter()
+            .collect();
+        self.request(id, method, path, &headers, form).await
+    }
+
+    /// The general form (the browser flows send cookies): `authorization` and `cookie`
+    /// values are collected as secrets, and so is what [`Run::call`] collects.
+    async fn request(
+        &self,
+        id: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        form: Option<&[(&str, &str)]>,
+    ) -> Answer {
+        let mut builder = http::Request::builder()
+            .method(method)
+            .uri(self.process.url(path))
+            .header("x-request-id", id);
+        let mut body = Bytes::new();
+        {
+            let mut secrets = self.secrets.lock().unwrap();
+            for (name, value) in headers {
+                if name.eq_ignore_ascii_case("authorization") {
+                    secrets.authorization(value);
+                } else if name.eq_ignore_ascii_case("cookie") {
+                    secrets.cookies(value);
+                }
+                builder = builder.header(*name, *value);
+            }
+            if let Some(params) = form {
+                secrets.form(params);
+                builder = builder.header("content-type", "application/x-www-form-urlencoded");
+                body = Bytes::from(common::issuer::form_encode(params));
+            }
+        }
+        let answer = common::issuer::send(builder.body(Full::new(body)).unwrap()).await;
+        let mut secrets = self.secrets.lock().unwrap();
+        secrets.response(&answer.json);
+        secrets.set_cookies(&answer.headers);
+        if let Some(location) = answer.headers.get(http::header::LOCATION) {
+            secrets.location(&String::from_utf8_lossy(location.as_bytes()));
+        }
+        answer
+    }
+
+    fn expect(&self, id: &str, route: &'static str, status: u16, auth: &'static str) {
+        self.expected.lock().unwrap().push(Expected {
+            request_id: id.into(),
+            route,
+            status,
+            auth,
+            reason: None,
+            upstream: false,
+        });
+    }
+
+    /// An issuer endpoint (`route="issuer"`; its own client authentication is not the
+    /// proxy's, so `auth="none"`).
+    async fn issuer(
+        &self,
+        id: &str,
+        path: &str,
+        params: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+        status: u16,
+    ) -> Answer {
+        let authorization = basic.map(|(id, secret)| common::issuer::basic(id, secret));
+        let answer = self
+            .call(id, "POST", path, authorization.as_deref(), Some(params))
+            .await;
+        assert_eq!(answer.status, status, "{id}: {:?}", answer.json);
+        self.expect(id, "issuer", status, "none");
+        answer
+    }
+
+    async fn token(
+        &self,
+        id: &str,
+        params: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+        status: u16,
+    ) -> Answer {
+        self.issuer(id, "/oauth/token", params, basic, status).await
+    }
+
+    /// A proxied GET with `Authorization: <authorization>` that must pass.
+    async fn proxy_ok(&self, id: &str, path: &str, route: &'static str, token: &str) {
+        let auth = format!("Bearer {token}");
+        let answer = self.call(id, "GET", path, Some(&auth), None).await;
+        assert_eq!(answer.status, 200, "{id}: {:?}", answer.body);
+        self.expect(id, route, 200, "ok");
+    }
+
+    /// A proxied GET that must be refused for `reason`.
+    async fn proxy_refused(
+        &self,
+        id: &str,
+        path: &str,
+        route: &'static str,
+        authorization: Option<&str>,
+        reason: &'static str,
+    ) {
+        let answer = self.call(id, "GET", path, authorization, None).await;
+        let status = if reason == "insufficient_scope" {
+            403
+        } else {
+            401
+        };
+        assert_eq!(answer.status, status, "{id}: {:?}", answer.json);
+        self.expected.lock().unwrap().push(Expected {
+            request_id: id.into(),
+            route,
+            status,
+            auth: "refused",
+            reason: Some(reason),
+            upstream: false,
+        });
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    aws_lc_rs::rand::fill(&mut buf).unwrap();
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn str_of<'a>(json: &'a Value, member: &str) -> &'a str {
+    json[member]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {member} in {json}"))
+}
+
+struct Setup {
+    web_secret: String,
+    m2m_secret: String,
+    store_dir: String,
+    external_issuer: String,
+    dead_upstream: String,
+}
+
+fn config(setup: &Setup) -> String {
+    let (alice_hash, bob_hash) = common::issuer::hashes();
+    format!(
+        r#"server:
+  listen: 127.0.0.1:0
+  admin_listen: 127.0.0.1:0
+  shutdown_grace: 5s
+log: {{ format: json, level: info }}
+trust:
+  leeway: 5s
+  issuers:
+    - issuer: "{ext}"
+      audiences: [{AUD}]
+      algorithms: [RS256, ES256]
+      jwks_min_refresh: 100ms
+      clients: [client-a]
+forward:
+  claims: {{ "https://contacts.example.com/roles": x-auth-roles }}
+routes:
+  - name: contacts
+    match: {{ path: /api/contacts/*, methods: [GET] }}
+    upstream: builtin:echo
+    audience: {CONTACTS}
+    scopes: [read:contacts]
+  - name: partner
+    match: {{ path: /partner/* }}
+    upstream: builtin:echo
+    audience: {AUD}
+    scopes: [read:contacts]
+  - name: down
+    match: {{ path: /down/* }}
+    upstream: "http://{dead}"
+    audience: {CONTACTS}
+issuer:
+  url: https://issuer.scopegate.test/
+  store: "sqlite://{store}/issuer.db"
+  throttle: {{ max_failures: 3, window: 10m }}
+  apis:
+    - identifier: {CONTACTS}
+      scopes: [{{ value: read:contacts }}, {{ value: write:contacts }}]
+      allow_offline_access: true
+    - identifier: {CALENDAR}
+      scopes: [{{ value: read:calendar }}]
+  roles:
+    reader: {{ "{CONTACTS}": [read:contacts], "{CALENDAR}": [read:calendar] }}
+  clients:
+    - client_id: cli
+      grant_types: [password, refresh_token, token_exchange]
+    - client_id: web
+      client_secret: ${{WEB_SECRET}}
+      grant_types: [password, refresh_token, {TOKEN_EXCHANGE}]
+    - client_id: m2m
+      client_secret: "{m2m}"
+      grant_types: [client_credentials]
+      grants: {{ "{CONTACTS}": [read:contacts, write:contacts] }}
+  users:
+    - username: alice
+      password_hash: {alice_hash}
+      email: alice@example.com
+      name: Alice Liddell
+      roles: [reader]
+    - username: bob
+      password_hash: {bob_hash}
+      roles: [reader]
+  claims:
+    namespace: https://contacts.example.com/
+    access_token: [roles]
+"#,
+        ext = setup.external_issuer,
+        dead = setup.dead_upstream,
+        store = setup.store_dir,
+        m2m = setup.m2m_secret,
+    )
+}
+
+/// `grant_type=password` form parameters (the user's scope: ID, access and refresh
+/// tokens).
+fn password<'a>(
+    user: &'a str,
+    password: &'a str,
+    client: Option<&'a str>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut params = vec![
+        ("grant_type", "password"),
+        ("username", user),
+        ("password", password),
+        ("audience", CONTACTS),
+        ("scope", "openid profile email read:contacts offline_access"),
+    ];
+    if let Some(client) = client {
+        params.push(("client_id", client));
+    }
+    params
+}
+
+fn refresh(token: &str) -> [(&str, &str); 2] {
+    [("grant_type", "refresh_token"), ("refresh_token", token)]
+}
+
+/// Polls `check` until it holds (a hang guard, never a timing assertion).
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_any_log_line_through_every_grant_and_auth_failure() {
+    let external = common::Issuer::start(&common::default_keys()).await;
+    let dir = TempDir::new("ops-logs");
+    let setup = Setup {
+        web_secret: format!("web-secret-{}", random_hex(12)),
+        m2m_secret: format!("m2m-secret-{}", random_hex(12)),
+        store_dir: dir.path().display().to_string(),
+        external_issuer: external.url.clone(),
+        dead_upstream: common::dead_addr().await.to_string(),
+    };
+    let key_encryption_key = random_hex(32);
+    let config_text = config(&setup);
+    let process = Process::start(
+        dir.path(),
+        &config_text,
+        &[
+            ("RUST_LOG", "info,scopegate=trace"),
+            ("WEB_SECRET", &setup.web_secret),
+            ("SCOPEGATE_KEY_ENCRYPTION_KEY", &key_encryption_key),
+        ],
+    );
+    let run = Run {
+        process,
+        secrets: Mutex::new(Secrets::default()),
+        expected: Mutex::new(Vec::new()),
+    };
+    {
+        let (alice_hash, bob_hash) = common::issuer::hashes();
+        let mut secrets = run.secrets.lock().unwrap();
+        secrets.add("alice's password", ALICE_PASSWORD);
+        secrets.add("bob's password", BOB_PASSWORD);
+        secrets.add("web client secret", &setup.web_secret);
+        secrets.add("m2m client secret", &setup.m2m_secret);
+        secrets.add("key-encryption key", &key_encryption_key);
+        secrets.add("alice's password hash", alice_hash);
+        secrets.add("bob's password hash", bob_hash);
+    }
+    let ready = run.process.admin_url("/readyz");
+    eventually("the gateway is ready", async || {
+        common::issuer::get(&ready, None).await.status == 200
+    })
+    .await;
+    let m2m = ("m2m", setup.m2m_secret.as_str());
+    let web = ("web", setup.web_secret.as_str());
+
+    // --- client_credentials: client_secret_basic, then client_secret_post with a scope.
+    let machine = run
+        .token(
+            "cc-basic",
+            &[("grant_type", "client_credentials"), ("audience", CONTACTS)],
+            Some(m2m),
+            200,
+        )
+        .await
+        .json;
+    let machine_write = run
+        .token(
+            "cc-post",
+            &[
+                ("grant_type", "client_credentials"),
+                ("audience", CONTACTS),
+                ("scope", "write:contacts"),
+                ("client_id", "m2m"),
+                ("client_secret", &setup.m2m_secret),
+            ],
+            None,
+            200,
+        )
+        .await
+        .json;
+
+    // --- password: a confidential client (Basic) and a public one.
+    let alice = run
+        .token(
+            "password-web",
+            &password("alice", ALICE_PASSWORD, None),
+            Some(web),
+            200,
+        )
+        .await
+        .json;
+    let bob = run
+        .token(
+            "password-cli",
+            &password("bob", BOB_PASSWORD, Some("cli")),
+            None,
+            200,
+        )
+        .await
+        .json;
+    let alice_again = run
+        .token(
+            "password-web-2",
+            &password("alice", ALICE_PASSWORD, None),
+            Some(web),
+            200,
+        )
+        .await
+        .json;
+    for tokens in [&alice, &bob, &alice_again] {
+        for member in ["access_token", "id_token", "refresh_token"] {
+            str_of(tokens, member);
+        }
+    }
+
+    // --- refresh_token: rotation, then reuse of the spent one revokes the family.
+    let first = refresh(str_of(&alice, "refresh_token"));
+    let rotated = run.token("refresh", &first, Some(web), 200).await.json;
+    let reuse = run.token("refresh-reuse", &first, Some(web), 400).await;
+    assert_eq!(reuse.error(), "invalid_grant");
+    let second = refresh(str_of(&rotated, "refresh_token"));
+    let revoked_family = run
+        .token("refresh-after-reuse", &second, Some(web), 400)
+        .await;
+    assert_eq!(revoked_family.error(), "invalid_grant");
+
+    // --- token exchange: bob's access token for one to the calendar API.
+    let exchanged = run
+        .token(
+            "exchange",
+            &[
+                ("grant_type", TOKEN_EXCHANGE),
+                ("client_id", "cli"),
+                ("subject_token", str_of(&bob, "access_token")),
+                ("subject_token_type", ACCESS_TOKEN_TYPE),
+                ("audience", CALENDAR),
+            ],
+            None,
+            200,
+        )
+        .await
+        .json;
+    str_of(&exchanged, "access_token");
+
+    // --- introspection, /userinfo, revocation.
+    let active = run
+        .issuer(
+            "introspect-access",
+            "/oauth/introspect",
+            &[("token", str_of(&alice_again, "access_token"))],
+            Some(m2m),
+            200,
+        )
+        .await;
+    assert_eq!(active.json["active"], true);
+    let active = run
+        .issuer(
+            "introspect-refresh",
+            "/oauth/introspect",
+            &[
+                ("token", str_of(&alice_again, "refresh_token")),
+                ("token_type_hint", "refresh_token"),
+            ],
+            Some(web),
+            200,
+        )
+        .await;
+    assert_eq!(active.json["active"], true);
+    let bearer = |token: &str| format!("Bearer {token}");
+    let userinfo = run
+        .call(
+            "userinfo",
+            "GET",
+            "/userinfo",
+            Some(&bearer(str_of(&alice_again, "access_token"))),
+            None,
+        )
+        .await;
+    assert_eq!(userinfo.status, 200, "{:?}", userinfo.json);
+    run.expect("userinfo", "issuer", 200, "none");
+    run.issuer(
+        "revoke-refresh",
+        "/oauth/revoke",
+        &[("token", str_of(&alice_again, "refresh_token"))],
+        Some(web),
+        200,
+    )
+    .await;
+    run.issuer(
+        "revoke-access",
+        "/oauth/revoke",
+        &[
+            ("token", str_of(&bob, "access_token")),
+            ("client_id", "cli"),
+        ],
+        None,
+        200,
+    )
+    .await;
+    let revoked = run
+        .call(
+            "userinfo-revoked",
+            "GET",
+            "/userinfo",
+            Some(&bearer(str_of(&bob, "access_token"))),
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, 401);
+    run.expect("userinfo-revoked", "issuer", 401, "none");
+
+    // --- browser grants (authorization_code, implicit, device_code) go here, through
+    // `run.request` (cookies) and `run.token`: before the password failures below, which
+    // lock out this IP.
+
+    // --- the issuer's failures. Password failures come last: they lock out this IP.
+    let wrong_secret = format!("wrong-secret-{}", random_hex(8));
+    let cc = [("grant_type", "client_credentials"), ("audience", CONTACTS)];
+    let refused = run
+        .token("wrong-secret-basic", &cc, Some(("m2m", &wrong_secret)), 401)
+        .await;
+    assert_eq!(refused.error(), "invalid_client");
+    let wrong_post_secret = format!("wrong-post-secret-{}", random_hex(8));
+    run.token(
+        "wrong-secret-post",
+        &[
+            ("grant_type", "client_credentials"),
+            ("audience", CONTACTS),
+            ("client_id", "m2m"),
+            ("client_secret", &wrong_post_secret),
+        ],
+        None,
+        401,
+    )
+    .await;
+    let garbled = format!("Basic {}!!", random_hex(12));
+    let answer = run
+        .call(
+            "garbled-basic",
+            "POST",
+            "/oauth/token",
+            Some(&garbled),
+            Some(&cc[..]),
+        )
+        .await;
+    assert_eq!(answer.status, 401, "{:?}", answer.json);
+    run.expect("garbled-basic", "issuer", 401, "none");
+    let unsupported = run
+        .token(
+            "unknown-grant",
+            &[("grant_type", "urn:example:made-up"), ("client_id", "cli")],
+            None,
+            400,
+        )
+        .await;
+    assert_eq!(unsupported.error(), "unsupported_grant_type");
+    let made_up_refresh = format!("rt-never-issued-{}", random_hex(16));
+    run.token(
+        "unknown-refresh",
+        &refresh(&made_up_refresh),
+        Some(web),
+        400,
+    )
+    .await;
+    let made_up_code = format!("code-never-issued-{}", random_hex(16));
+    let verifier = format!("verifier-{}", random_hex(24));
+    run.token(
+        "made-up-code",
+        &[
+            ("grant_type", "authorization_code"),
+            ("client_id", "cli"),
+            ("code", &made_up_code),
+            ("code_verifier", &verifier),
+            ("redirect_uri", "http://127.0.0.1:3000/callback"),
+        ],
+        None,
+        400,
+    )
+    .await;
+    let wrong_password = format!("wrong-password-{}", random_hex(8));
+    let wrong = run
+        .token(
+            "wrong-password",
+            &password("alice", &wrong_password, Some("cli")),
+            None,
+            400,
+        )
+        .await;
+    assert_eq!(wrong.error(), "invalid_grant");
+    for attempt in 1..=2 {
+        let guess = format!("guess-{attempt}-{}", random_hex(8));
+        run.token(
+            &format!("wrong-password-bob-{attempt}"),
+            &password("bob", &guess, Some("cli")),
+            None,
+            400,
+        )
+        .await;
+    }
+    // Three failures from this IP: locked out, the right password included.
+    let locked = run
+        .token(
+            "locked-out",
+            &password("bob", BOB_PASSWORD, Some("cli")),
+            None,
+            429,
+        )
+        .await;
+    assert_eq!(locked.error(), "invalid_grant");
+
+    // --- the proxy with the built-in issuer's tokens.
+    run.proxy_ok(
+        "proxy-machine",
+        "/api/contacts/1",
+        "contacts",
+        str_of(&machine, "access_token"),
+    )
+    .await;
+    run.proxy_ok(
+        "proxy-user",
+        "/api/contacts/1",
+        "contacts",
+        str_of(&rotated, "access_token"),
+    )
+    .await;
+    run.proxy_refused(
+        "reason-wrong-type-id-token",
+        "/api/contacts/1",
+        "contacts",
+        Some(&bearer(str_of(&alice, "id_token"))),
+        "wrong_type",
+    )
+    .await;
+    run.proxy_refused(
+        "reason-insufficient-scope-issued",
+        "/api/contacts/1",
+        "contacts",
+        Some(&bearer(str_of(&machine_write, "access_token"))),
+        "insufficient_scope",
+    )
+    .await;
+    // An upstream that is down: the warning logged meanwhile carries the request id.
+    let down = run
+        .call(
+            "upstream-down",
+            "GET",
+            "/down/x",
+            Some(&bearer(str_of(&machine, "access_token"))),
+            None,
+        )
+        .await;
+    assert_eq!(down.status, 502);
+    run.expected.lock().unwrap().push(Expected {
+        request_id: "upstream-down".into(),
+        route: "down",
+        status: 502,
+        auth: "ok",
+        reason: None,
+        upstream: true,
+    });
+
+    // --- every proxy auth failure reason, with the external issuer's tokens.
+    let now = common::now();
+    let claims = |extra: Value| external.claims(extra);
+    let signed = |extra: Value| rsa().token(&claims(extra));
+    run.proxy_ok("partner-ok", "/partner/x", "partner", &signed(json!({})))
+        .await;
+    let basic_on_proxy = common::issuer::basic("someone", &format!("proxy-pw-{}", random_hex(8)));
+    let rejected: Vec<(&str, Option<String>, &str)> = vec![
+        ("missing", None, "missing_token"),
+        ("basic-is-no-token", Some(basic_on_proxy), "missing_token"),
+        (
+            "malformed",
+            Some(format!("Bearer garbage-{}", random_hex(16))),
+            "malformed",
+        ),
+        (
+            "bad-signature",
+            Some(bearer(&rogue_rsa().token_with(
+                json!({ "alg": "RS256", "kid": "rsa-1", "typ": "at+jwt" }),
+                &claims(json!({})),
+            ))),
+            "bad_signature",
+        ),
+        (
+            "disallowed-alg",
+            Some(bearer(&ps().token(&claims(json!({}))))),
+            "disallowed_alg",
+        ),
+        (
+            "expired",
+            Some(bearer(&signed(
+                json!({ "exp": now - 600, "iat": now - 900 }),
+            ))),
+            "expired",
+        ),
+        (
+            "not-yet-valid",
+            Some(bearer(&signed(json!({ "nbf": now + 600 })))),
+            "not_yet_valid",
+        ),
+        (
+            "wrong-issuer",
+            Some(bearer(&signed(
+                json!({ "iss": "https://elsewhere.example.com/" }),
+            ))),
+            "wrong_issuer",
+        ),
+        (
+            "wrong-audience",
+            Some(bearer(&signed(
+                json!({ "aud": "https://nope.example.com" }),
+            ))),
+            "wrong_audience",
+        ),
+        (
+            "wrong-type",
+            Some(bearer(&rsa().token_with(
+                json!({ "alg": "RS256", "kid": "rsa-1", "typ": "JWT" }),
+                &claims(json!({ "nonce": "n-0123456789" })),
+            ))),
+            "wrong_type",
+        ),
+        (
+            "insufficient-scope",
+            Some(bearer(&signed(json!({ "scope": "profile" })))),
+            "insufficient_scope",
+        ),
+        (
+            "unknown-client",
+            Some(bearer(&signed(json!({ "azp": "client-z" })))),
+            "unknown_client",
+        ),
+    ];
+    for (name, authorization, reason) in &rejected {
+        run.proxy_refused(
+            &format!("reason-{name}"),
+            "/partner/x",
+            "partner",
+            authorization.as_deref(),
+            reason,
+        )
+        .await;
+    }
+    // An unknown kid: refused, and the JWKS refetch it triggers is logged in its span
+    // (refetches are rate-limited, so try until one happens inside such a request).
+    let mut attempt = 0;
+    eventually(
+        "a JWKS refetch logged inside an unknown-kid request",
+        async || {
+            attempt += 1;
+            let id = format!("reason-unknown-key-{attempt}");
+            let token = rogue_rsa().token_with(
+                json!({ "alg": "RS256", "kid": format!("gone-{attempt}"), "typ": "at+jwt" }),
+                &claims(json!({})),
+            );
+            run.proxy_refused(
+                &id,
+                "/partner/x",
+                "partner",
+                Some(&bearer(&token)),
+                "unknown_key",
+            )
+            .await;
+            run.process.json_lines().iter().any(|line| {
+                line["message"] == "JWKS loaded" && line["span"]["request_id"] == id.as_str()
+            })
+        },
+    )
+    .await;
+
+    // --- a reload refused: the broken file holds a secret on the broken line.
+    let broken = config_text.replace(
+        &format!("client_secret: \"{}\"", setup.m2m_secret),
+        &format!("client_secret: \"{}\n", setup.m2m_secret),
+    );
+    assert_ne!(broken, config_text);
+    run.process.rewrite(&broken);
+    run.process.signal("HUP");
+    eventually("the broken config is refused", async || {
+        run.process.json_lines().iter().any(|l| {
+            l["level"] == "ERROR"
+                && l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("configuration") && m.contains("refused"))
+        })
+    })
+    .await;
+    run.proxy_ok(
+        "after-refused-reload",
+        "/partner/x",
+        "partner",
+        &signed(json!({})),
+    )
+    .await;
+
+    // --- stop, then read everything the process wrote.
+    let Run {
+        process,
+        secrets,
+        expected,
+    } = run;
+    let (status, log) = process.stop().await;
+    assert_eq!(status.code(), Some(0), "exit status; log:\n{log}");
+    let secrets = secrets.into_inner().unwrap();
+    assert!(
+        secrets.0.len() > 50,
+        "the run handled {} secrets; expected many more",
+        secrets.0.len()
+    );
+    secrets.assert_absent(&log);
+
+    // --- the access lines.
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let access: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "scopegate::access")
+        .collect();
+    let expected = expected.into_inner().unwrap();
+    let mut reasons_seen = std::collections::BTreeSet::new();
+    for want in &expected {
+        let found: Vec<&&Value> = access
+            .iter()
+            .filter(|l| l["span"]["request_id"] == want.request_id.as_str())
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "one access line for {}: {found:?}",
+            want.request_id
+        );
+        let span = &found[0]["span"];
+        assert_eq!(found[0]["message"], "request");
+        assert_eq!(span["name"], "request");
+        assert_eq!(span["route"], want.route, "{span}");
+        assert_eq!(span["status"], want.status, "{span}");
+        assert_eq!(span["auth"], want.auth, "{span}");
+        assert!(span["method"].is_string(), "{span}");
+        assert!(
+            span["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+            "{span}"
+        );
+        match want.reason {
+            Some(reason) => {
+                assert_eq!(span["reason"], reason, "{span}");
+                reasons_seen.insert(reason);
+            }
+            None => assert!(span.get("reason").is_none(), "{span}"),
+        }
+        assert_eq!(
+            span.get("upstream_ms").is_some_and(Value::is_f64),
+            want.upstream,
+            "{span}"
+        );
+    }
+    for reason in scopegate::claims::Reason::ALL {
+        assert!(
+            reasons_seen.contains(reason.label()),
+            "no request was refused for {reason}"
+        );
+    }
+    // Events logged during a request carry its span.
+    let upstream_failed = lines
+        .iter()
+        .find(|l| l["message"] == "upstream failed")
+        .expect("the upstream failure is logged");
+    assert_eq!(upstream_failed["span"]["request_id"], "upstream-down");
+    assert_eq!(upstream_failed["level"], "WARN");
+    drop(dir);
+}

@@ -1,0 +1,413 @@
+//! `/metrics` read as Prometheus reads it: the real binary, proxy and issuer traffic and
+//! two reloads (one good, one refused), then the exposition is parsed with
+//! `prometheus-parse`. Every family DESIGN.md names must be there with its type and its
+//! label names; histograms must have sub-millisecond buckets (and reach seconds);
+//! `build_info{version}` is 1; `in_flight_requests` is a gauge; the counters count what
+//! the test did. `prometheus-parse` skips lines it cannot read, so the test also checks
+//! that every line of the exposition is a `# HELP`, a `# TYPE` or a sample it reads,
+//! with a number for a value, of a family with a `# TYPE`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use prometheus_parse::{LineInfo, SampleType, Scrape, Value as Sample};
+use serde_json::json;
+
+use common::issuer::{CONTACTS, TempDir};
+use common::process::Process;
+use common::{AUD, rsa};
+
+/// Every metric family of the contract (DESIGN.md): name, type, label names.
+const FAMILIES: &[(&str, SampleType, &[&str])] = &[
+    (
+        "scopegate_requests_total",
+        SampleType::Counter,
+        &["route", "method", "status"],
+    ),
+    (
+        "scopegate_request_duration_seconds",
+        SampleType::Histogram,
+        &["route"],
+    ),
+    (
+        "scopegate_upstream_duration_seconds",
+        SampleType::Histogram,
+        &["route"],
+    ),
+    (
+        "scopegate_auth_failures_total",
+        SampleType::Counter,
+        &["route", "reason"],
+    ),
+    (
+        "scopegate_jwks_fetches_total",
+        SampleType::Counter,
+        &["issuer", "result"],
+    ),
+    (
+        "scopegate_tokens_issued_total",
+        SampleType::Counter,
+        &["grant_type"],
+    ),
+    (
+        "scopegate_token_errors_total",
+        SampleType::Counter,
+        &["grant_type", "error"],
+    ),
+    (
+        "scopegate_config_reloads_total",
+        SampleType::Counter,
+        &["result"],
+    ),
+    ("scopegate_build_info", SampleType::Gauge, &["version"]),
+    ("scopegate_in_flight_requests", SampleType::Gauge, &[]),
+];
+
+fn config(external: &str, upstream: &str, store: &str, extra_route: &str) -> String {
+    format!(
+        r#"server:
+  listen: 127.0.0.1:0
+  admin_listen: 127.0.0.1:0
+log: {{ format: json, level: info }}
+trust:
+  leeway: 5s
+  issuers:
+    - issuer: "{external}"
+      audiences: [{AUD}]
+      algorithms: [RS256]
+routes:
+  - name: partner
+    match: {{ path: /partner/* }}
+    upstream: "{upstream}"
+    audience: {AUD}
+    scopes: [read:contacts]
+  - name: contacts
+    match: {{ path: /api/contacts/* }}
+    upstream: builtin:echo
+    audience: {CONTACTS}
+    scopes: [read:contacts]
+{extra_route}issuer:
+  url: https://issuer.scopegate.test/
+  store: "sqlite://{store}/issuer.db"
+  apis:
+    - identifier: {CONTACTS}
+      scopes: [{{ value: read:contacts }}]
+  clients:
+    - client_id: m2m
+      client_secret: m2m-metrics-secret
+      grant_types: [client_credentials]
+      grants: {{ "{CONTACTS}": [read:contacts] }}
+"#
+    )
+}
+
+async fn scrape(process: &Process) -> String {
+    let answer = common::issuer::get(&process.admin_url("/metrics"), None).await;
+    assert_eq!(answer.status, 200);
+    assert!(
+        answer
+            .header("content-type")
+            .starts_with("text/plain; version=0.0.4"),
+        "{}",
+        answer.header("content-type")
+    );
+    String::from_utf8(answer.body.to_vec()).expect("UTF-8 exposition")
+}
+
+/// The value of a counter or gauge sample with exactly these labels.
+fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && s.labels.len() == labels.len())
+        .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            Sample::Counter(v) | Sample::Gauge(v) | Sample::Untyped(v) => v,
+            ref other => panic!("{name} is not a single value: {other:?}"),
+        })
+}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_with_every_family_of_the_contract() {
+    let external = common::Issuer::start(&[rsa()]).await;
+    let upstream = common::Upstream::start().await;
+    let dir = TempDir::new("ops-metrics");
+    let store = dir.path().display().to_string();
+    let text = config(&external.url, &upstream.url, &store, "");
+    let process = Process::start(dir.path(), &text, &[]);
+    let ready = process.admin_url("/readyz");
+    eventually("ready", async || {
+        common::issuer::get(&ready, None).await.status == 200
+    })
+    .await;
+
+    // Issuer traffic: one token issued, one refused.
+    let issued = common::issuer::post_form(
+        &process.url("/oauth/token"),
+        &[("grant_type", "client_credentials"), ("audience", CONTACTS)],
+        Some(("m2m", "m2m-metrics-secret")),
+    )
+    .await;
+    assert_eq!(issued.status, 200, "{:?}", issued.json);
+    let machine_token = issued.json["access_token"].as_str().unwrap().to_string();
+    let refused = common::issuer::post_form(
+        &process.url("/oauth/token"),
+        &[("grant_type", "client_credentials"), ("audience", CONTACTS)],
+        Some(("m2m", "not-the-secret")),
+    )
+    .await;
+    assert_eq!(refused.status, 401);
+
+    // Proxy traffic: through a real upstream, refused, unmatched, and the issuer's token.
+    let token = rsa().token(&external.claims(json!({ "sub": "subject-never-a-label" })));
+    for _ in 0..3 {
+        let ok = common::issuer::get(&process.url("/partner/secret-path"), Some(&token)).await;
+        assert_eq!(ok.status, 200);
+    }
+    let expired = rsa().token(&external.claims(json!({ "exp": common::now() - 600 })));
+    let answer = common::issuer::get(&process.url("/partner/x"), Some(&expired)).await;
+    assert_eq!(answer.status, 401);
+    let answer = common::issuer::get(&process.url("/partner/x"), None).await;
+    assert_eq!(answer.status, 401);
+    let answer = common::issuer::get(&process.url("/nowhere"), None).await;
+    assert_eq!(answer.status, 404);
+    let answer = common::issuer::get(&process.url("/api/contacts/1"), Some(&machine_token)).await;
+    assert_eq!(answer.status, 200);
+
+    // A good reload, then a refused one.
+    process.rewrite(&config(
+        &external.url,
+        &upstream.url,
+        &store,
+        "  - { name: extra, match: { path: /extra }, upstream: builtin:echo, auth: none }\n",
+    ));
+    process.signal("HUP");
+    // Watched on the admin port, so the wait adds no proxy request to the counts.
+    eventually("the good reload is counted", async || {
+        let text = scrape(&process).await;
+        let parsed = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        value(
+            &parsed,
+            "scopegate_config_reloads_total",
+            &[("result", "success")],
+        )
+        .is_some_and(|v| v >= 1.0)
+    })
+    .await;
+    let answer = common::issuer::get(&process.url("/extra"), None).await;
+    assert_eq!(answer.status, 200, "the reloaded config serves");
+    process.rewrite("routes: [ {\n");
+    process.signal("HUP");
+    eventually("the refused reload is counted", async || {
+        let text = scrape(&process).await;
+        let parsed = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        value(
+            &parsed,
+            "scopegate_config_reloads_total",
+            &[("result", "error")],
+        )
+        .is_some_and(|v| v >= 1.0)
+    })
+    .await;
+
+    let text = scrape(&process).await;
+
+    // Every line is one the parser reads: nothing is silently skipped.
+    let mut typed: BTreeMap<String, SampleType> = BTreeMap::new();
+    for line in text.lines() {
+        match LineInfo::parse(line) {
+            LineInfo::Doc { .. } | LineInfo::Empty => {}
+            LineInfo::Type {
+                metric_name,
+                metric_alias,
+                sample_type,
+            } => {
+                typed.insert(metric_alias.unwrap_or(metric_name), sample_type);
+            }
+            LineInfo::Sample {
+                metric_name, value, ..
+            } => {
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| {
+                        metric_name
+                            .strip_suffix(suffix)
+                            .filter(|f| typed.get(*f) == Some(&SampleType::Histogram))
+                    })
+                    .unwrap_or(metric_name);
+                assert!(
+                    typed.contains_key(family),
+                    "sample before (or without) its # TYPE: {line}"
+                );
+                let number = match value {
+                    "+Inf" => f64::INFINITY,
+                    "-Inf" => f64::NEG_INFINITY,
+                    other => other
+                        .parse::<f64>()
+                        .unwrap_or_else(|_| panic!("not a number in {line}")),
+                };
+                assert!(!number.is_nan(), "NaN in {line}");
+            }
+            LineInfo::Ignored => panic!("a line no Prometheus parser would read: {line:?}"),
+        }
+    }
+
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses");
+    for (name, kind, labels) in FAMILIES {
+        assert_eq!(typed.get(*name), Some(kind), "# TYPE of {name}");
+        let samples: Vec<_> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == *name)
+            .collect();
+        assert!(!samples.is_empty(), "no samples of {name}:\n{text}");
+        let want: BTreeSet<&str> = labels.iter().copied().collect();
+        for sample in &samples {
+            let got: BTreeSet<&str> = sample.labels.keys().map(String::as_str).collect();
+            assert_eq!(got, want, "label names of {name}: {sample:?}");
+            let type_ok = matches!(
+                (kind, &sample.value),
+                (SampleType::Counter, Sample::Counter(_))
+                    | (SampleType::Gauge, Sample::Gauge(_))
+                    | (SampleType::Histogram, Sample::Histogram(_))
+            );
+            assert!(type_ok, "{name} parsed as {:?}", sample.value);
+            if let Sample::Histogram(buckets) = &sample.value {
+                let bounds: Vec<f64> = buckets.iter().map(|b| b.less_than).collect();
+                assert!(
+                    bounds.iter().any(|&le| le < 0.001),
+                    "{name}: no sub-millisecond bucket in {bounds:?}"
+                );
+                assert!(
+                    bounds.iter().any(|&le| (1.0..f64::INFINITY).contains(&le)),
+                    "{name}: no bucket of seconds in {bounds:?}"
+                );
+                assert!(bounds.contains(&f64::INFINITY), "{name}: no +Inf bucket");
+                let counts: Vec<f64> = buckets.iter().map(|b| b.count).collect();
+                assert!(
+                    counts.windows(2).all(|w| w[0] <= w[1]),
+                    "{name}: buckets are not cumulative: {counts:?}"
+                );
+            }
+        }
+    }
+
+    // What the traffic must show.
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        value(&scrape, "scopegate_build_info", &[("version", version)]),
+        Some(1.0)
+    );
+    assert!(value(&scrape, "scopegate_in_flight_requests", &[]).is_some_and(|v| v >= 0.0));
+    assert_eq!(
+        value(
+            &scrape,
+            "scopegate_tokens_issued_total",
+            &[("grant_type", "client_credentials")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "scopegate_token_errors_total",
+            &[
+                ("grant_type", "client_credentials"),
+                ("error", "invalid_client")
+            ]
+        ),
+        Some(1.0)
+    );
+    for result in ["success", "error"] {
+        assert!(
+            value(
+                &scrape,
+                "scopegate_config_reloads_total",
+                &[("result", result)]
+            )
+            .is_some_and(|v| v >= 1.0),
+            "config_reloads_total{{result={result:?}}}"
+        );
+    }
+    assert_eq!(
+        value(
+            &scrape,
+            "scopegate_requests_total",
+            &[("route", "partner"), ("method", "GET"), ("status", "200")]
+        ),
+        Some(3.0)
+    );
+    for (route, reason) in [("partner", "expired"), ("partner", "missing_token")] {
+        assert_eq!(
+            value(
+                &scrape,
+                "scopegate_auth_failures_total",
+                &[("route", route), ("reason", reason)]
+            ),
+            Some(1.0),
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        value(
+            &scrape,
+            "scopegate_requests_total",
+            &[("route", "unmatched"), ("method", "GET"), ("status", "404")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        value(
+            &scrape,
+            "scopegate_requests_total",
+            &[("route", "issuer"), ("method", "POST"), ("status", "200")]
+        )
+        .is_some_and(|v| v >= 1.0)
+    );
+    assert!(
+        value(
+            &scrape,
+            "scopegate_jwks_fetches_total",
+            &[("issuer", external.url.as_str()), ("result", "success")]
+        )
+        .is_some_and(|v| v >= 1.0)
+    );
+    let upstream_count = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "scopegate_upstream_duration_seconds_count"
+                && s.labels.get("route") == Some("partner")
+        })
+        .map(|s| s.value.clone());
+    assert_eq!(upstream_count, Some(Sample::Untyped(3.0)));
+    // Labels never carry a path, a subject or a token.
+    for sample in &scrape.samples {
+        for value in sample.labels.values() {
+            for never in [
+                "/partner/secret-path",
+                "subject-never-a-label",
+                token.as_str(),
+                machine_token.as_str(),
+            ] {
+                assert!(!value.contains(never), "{never:?} in a label: {sample:?}");
+            }
+        }
+    }
+
+    let (status, _) = process.stop().await;
+    assert_eq!(status.code(), Some(0));
+    drop(dir);
+}
