@@ -235,16 +235,14 @@ fn bench_pipeline(c: &mut Criterion) {
     let gateway = runtime.block_on(async {
         scopegate::Gateway::new(scopegate::config::Config::from_yaml(yaml).unwrap(), None).unwrap()
     });
-    let conn = ConnInfo {
-        remote: "127.0.0.1:50000".parse().unwrap(),
-        tls: false,
-    };
+    let conn = std::sync::Arc::new(ConnInfo::new("127.0.0.1:50000".parse().unwrap(), false));
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
     runtime.spawn(async move {
         let service = hyper::service::service_fn(move |request| {
             let gateway = gateway.clone();
+            let conn = conn.clone();
             async move {
-                Ok::<_, std::convert::Infallible>(pipeline::handle(&gateway, request, conn).await)
+                Ok::<_, std::convert::Infallible>(pipeline::handle(&gateway, request, &conn).await)
             }
         });
         hyper::server::conn::http1::Builder::new()
