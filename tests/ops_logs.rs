@@ -4,16 +4,21 @@
 //! `trace`, everything else at the default level), JSON logs, the built-in issuer on a
 //! throwaway SQLite store (keys encrypted at rest, a client secret from the environment)
 //! and an external issuer trusted with a client allowlist. The run goes through every
-//! grant the issuer implements today (client_credentials by Basic and by form,
-//! password by a confidential and a public client, refresh_token rotation and reuse
-//! detection, token exchange), introspection, revocation and `/userinfo`, the issuer's
-//! failures (wrong client secret, malformed Basic credentials, wrong password, lockout,
-//! unknown grant, unknown refresh token, a code grant with a made-up code), every proxy
+//! grant the issuer implements (client_credentials by Basic and by form, password by a
+//! confidential and a public client, refresh_token rotation and reuse detection, token
+//! exchange, and the browser grants: authorization code + PKCE for a public and a
+//! confidential client with the sign-in page, a post without its CSRF token, a wrong
+//! password and a replayed code; session reuse; implicit and `form_post`; `prompt=none`
+//! without a session; logout; the device flow polled, approved and denied),
+//! introspection, revocation and `/userinfo`, the issuer's failures (wrong client
+//! secret, malformed Basic credentials, wrong password, lockout, unknown grant, unknown
+//! refresh token, a code grant with a made-up code), every proxy
 //! auth failure reason, an upstream failure and a refused config reload whose broken
 //! file holds a secret. Then it stops the process and scans its whole stderr for every
 //! secret the run handled: each token issued or sent (and each `.`-separated part of it
 //! longer than 16 characters), password, client secret, `Authorization` value (Basic
-//! credentials encoded and decoded), the key-encryption key and the password hashes.
+//! credentials encoded and decoded), authorization code, PKCE verifier, device and user
+//! code, session and CSRF cookie, the key-encryption key and the password hashes.
 //!
 //! The same log proves the request span: every request has one access line (target
 //! `scopegate::access`) whose span holds its request id, method, route, status,
@@ -21,12 +26,12 @@
 //! and events logged while a request runs (an upstream failure, the JWKS refetch an
 //! unknown `kid` triggers) carry its request id.
 //!
-//! Browser grants (authorization code, implicit, device) add their calls through
-//! [`Run::request`]: form parameters, `Authorization` and `Cookie` values, token
-//! responses, `Set-Cookie` and redirect `Location`s are collected as secrets by name
-//! ([`SECRET_PARAMS`], [`SECRET_MEMBERS`]); anything else secret goes in with
-//! [`Secrets::add`] or [`Secrets::token`]. Their steps go where the comment
-//! `--- browser grants` says.
+//! Every call goes through [`Run::request`]: form parameters and the path's query,
+//! `Authorization` and `Cookie` values, token responses, `Set-Cookie`s, redirect
+//! `Location`s and the hidden fields of HTML pages (CSRF tokens, user codes, what a
+//! `form_post` page carries) are collected as secrets by name ([`SECRET_PARAMS`],
+//! [`SECRET_MEMBERS`]); anything else secret goes in with [`Secrets::add`] or
+//! [`Secrets::token`]. Nonces and `state` are not secrets.
 
 mod common;
 
@@ -39,7 +44,11 @@ use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::{Value, json};
 
-use common::issuer::{ALICE_PASSWORD, Answer, BOB_PASSWORD, CALENDAR, CONTACTS, TempDir};
+use common::issuer::{
+    ALICE_PASSWORD, Answer, BOB_PASSWORD, Browser, CALENDAR, CONTACTS, Redirect, SPA_CALLBACK,
+    SPA_HTTPS_CALLBACK, SPA_LOGOUT, TempDir, WEBAPP_CALLBACK, WEBAPP_LOGOUT, claims_of,
+    form_action, hidden_fields, pkce,
+};
 use common::process::Process;
 use common::{AUD, ps, rogue_rsa, rsa};
 
@@ -56,6 +65,8 @@ const SECRET_PARAMS: &[&str] = &[
     "device_code",
     "user_code",
     "client_assertion",
+    "csrf_token",
+    "id_token_hint",
 ];
 
 /// Members of a token response, or parameters of a redirect's query or fragment, whose
@@ -75,6 +86,7 @@ const MIN_SECRET_LEN: usize = 8;
 
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+const DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 /// Every secret string the run handled, with what it was (for the failure message).
 #[derive(Default)]
@@ -129,6 +141,29 @@ impl Secrets {
         for (name, value) in params {
             if SECRET_PARAMS.contains(name) {
                 self.token(&format!("form {name}"), value);
+            }
+        }
+    }
+
+    /// The query of a request's path (`/activate?user_code=`, `/logout?id_token_hint=`).
+    fn query(&mut self, path: &str) {
+        let Some((_, query)) = path.split_once('?') else {
+            return;
+        };
+        let params = Redirect::parse(&format!("/?{query}")).query;
+        for (name, value) in &params {
+            if SECRET_PARAMS.contains(&name.as_str()) {
+                self.token(&format!("query {name}"), value);
+            }
+        }
+    }
+
+    /// An HTML page's hidden fields: CSRF tokens, user codes, and what a `form_post`
+    /// page carries to the client (codes, tokens).
+    fn page(&mut self, html: &str) {
+        for (name, value) in hidden_fields(html) {
+            if SECRET_PARAMS.contains(&name.as_str()) || SECRET_MEMBERS.contains(&name.as_str()) {
+                self.token(&format!("page field {name}"), &value);
             }
         }
     }
@@ -250,6 +285,7 @@ impl Run {
         let mut body = Bytes::new();
         {
             let mut secrets = self.secrets.lock().unwrap();
+            secrets.query(path);
             for (name, value) in headers {
                 if name.eq_ignore_ascii_case("authorization") {
                     secrets.authorization(value);
@@ -270,6 +306,9 @@ impl Run {
         secrets.set_cookies(&answer.headers);
         if let Some(location) = answer.headers.get(http::header::LOCATION) {
             secrets.location(&String::from_utf8_lossy(location.as_bytes()));
+        }
+        if answer.header("content-type").starts_with("text/html") {
+            secrets.page(&answer.text());
         }
         answer
     }
@@ -349,6 +388,569 @@ impl Run {
     }
 }
 
+/// The browser grants: a browser is a cookie jar ([`Browser`] keeps `Set-Cookie`s) whose
+/// requests go through [`Run::request`]; every one is an issuer request with an access
+/// line.
+impl Run {
+    /// A browser request: the jar's cookies sent, its `Set-Cookie`s kept, the status
+    /// asserted.
+    async fn browse(
+        &self,
+        id: &str,
+        browser: &mut Browser,
+        method: &str,
+        path: &str,
+        form: Option<&[(&str, &str)]>,
+        status: u16,
+    ) -> Answer {
+        let cookies = (!browser.cookies.is_empty()).then(|| {
+            browser
+                .cookies
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        let headers: Vec<(&str, &str)> = cookies
+            .as_deref()
+            .map(|value| ("cookie", value))
+            .into_iter()
+            .collect();
+        let answer = self.request(id, method, path, &headers, form).await;
+        assert_eq!(answer.status, status, "{id}: {}", answer.text());
+        browser.keep_cookies(&answer);
+        self.expect(id, "issuer", status, "none");
+        answer
+    }
+
+    /// Submits a page's (first) form: its hidden fields, plus `fields` (which win).
+    async fn submit(
+        &self,
+        id: &str,
+        browser: &mut Browser,
+        page: &Answer,
+        fields: &[(&str, &str)],
+        status: u16,
+    ) -> Answer {
+        let html = page.text();
+        let action = form_action(&html).unwrap_or_else(|| panic!("{id}: no form in {html}"));
+        let mut params: Vec<(String, String)> = hidden_fields(&html)
+            .into_iter()
+            .filter(|(name, _)| !fields.iter().any(|(field, _)| field == name))
+            .collect();
+        params.extend(fields.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+        let params: Vec<(&str, &str)> = params
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        self.browse(id, browser, "POST", &action, Some(&params), status)
+            .await
+    }
+
+    /// Redeems a code with its PKCE verifier: a public client by `client_id`, a
+    /// confidential one by Basic.
+    async fn redeem(
+        &self,
+        id: &str,
+        code: &str,
+        redirect_uri: &str,
+        verifier: &str,
+        client: (&str, Option<&str>),
+        status: u16,
+    ) -> Answer {
+        let mut params = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", verifier),
+        ];
+        let basic = match client {
+            (client_id, None) => {
+                params.push(("client_id", client_id));
+                None
+            }
+            (client_id, Some(secret)) => Some((client_id, secret)),
+        };
+        self.token(id, &params, basic, status).await
+    }
+
+    /// A device poll of the `tv` client.
+    async fn poll(&self, id: &str, device_code: &str, status: u16) -> Answer {
+        self.token(
+            id,
+            &[
+                ("grant_type", DEVICE_CODE),
+                ("client_id", "tv"),
+                ("device_code", device_code),
+            ],
+            None,
+            status,
+        )
+        .await
+    }
+}
+
+/// `/authorize?<params>`.
+fn authorize(params: &[(&str, &str)]) -> String {
+    format!("/authorize?{}", common::issuer::form_encode(params))
+}
+
+/// A code request with PKCE (S256) and a nonce.
+fn code_request<'a>(
+    client_id: &'a str,
+    redirect_uri: &'a str,
+    challenge: &'a str,
+    nonce: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("response_type", "code"),
+        ("client_id", client_id),
+        ("redirect_uri", redirect_uri),
+        ("scope", "openid profile email read:contacts offline_access"),
+        ("audience", CONTACTS),
+        ("state", "st-logs"),
+        ("nonce", nonce),
+        ("code_challenge", challenge),
+        ("code_challenge_method", "S256"),
+    ]
+}
+
+/// The `nonce` of an ID token (not verified: the browser tests do that).
+fn nonce_of(tokens: &Value) -> String {
+    claims_of(str_of(tokens, "id_token"))["nonce"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The hidden fields of a page, by name.
+fn fields_of(page: &Answer) -> BTreeMap<String, String> {
+    hidden_fields(&page.text()).into_iter().collect()
+}
+
+/// Every browser grant: authorization code + PKCE (public and confidential client,
+/// with a post without its CSRF token, a wrong password and a replayed code), session
+/// reuse, implicit, `form_post`, `prompt=none` without a session, logout, and the device
+/// flow approved and denied. Nonces are not secrets; everything else these produce is
+/// collected by [`Run::request`], and the stored form of the user codes here.
+async fn browser_grants(run: &Run, webapp_secret: &str) {
+    let spa = ("spa", None);
+    let webapp = ("webapp", Some(webapp_secret));
+    let silent_refusal = |answer: &Answer| {
+        let redirect = Redirect::of(answer);
+        assert_eq!(redirect.base, SPA_CALLBACK);
+        assert_eq!(redirect.query["error"], "login_required");
+        assert!(!redirect.query.contains_key("code"));
+    };
+
+    // --- authorization code + PKCE, the public client: the sign-in page, a post
+    // without its CSRF token, a wrong password, then alice.
+    let mut browser = Browser::default();
+    let (verifier, challenge) = pkce();
+    let nonce = format!("nonce-spa-{}", random_hex(4));
+    let params = code_request("spa", SPA_CALLBACK, &challenge, &nonce);
+    let page = run
+        .browse(
+            "code-spa-page",
+            &mut browser,
+            "GET",
+            &authorize(&params),
+            None,
+            200,
+        )
+        .await;
+    assert!(browser.cookies.contains_key("scopegate_csrf"));
+    let hidden = fields_of(&page);
+    assert!(hidden.contains_key("csrf_token"), "{hidden:?}");
+    let forged = [
+        ("pending_request", hidden["pending_request"].as_str()),
+        ("username", "alice"),
+        ("password", ALICE_PASSWORD),
+    ];
+    run.browse(
+        "code-spa-no-csrf",
+        &mut browser,
+        "POST",
+        "/authorize",
+        Some(&forged),
+        403,
+    )
+    .await;
+    assert!(!browser.cookies.contains_key("scopegate_session"));
+    let typo = format!("typed-wrong-{}", random_hex(8));
+    let again = run
+        .submit(
+            "code-spa-wrong-password",
+            &mut browser,
+            &page,
+            &[("username", "alice"), ("password", &typo)],
+            200,
+        )
+        .await;
+    assert!(again.text().contains("Wrong username or password."));
+    assert!(!browser.cookies.contains_key("scopegate_session"));
+    let done = run
+        .submit(
+            "code-spa-sign-in",
+            &mut browser,
+            &again,
+            &[("username", "alice"), ("password", ALICE_PASSWORD)],
+            303,
+        )
+        .await;
+    assert!(browser.cookies.contains_key("scopegate_session"));
+    let redirect = Redirect::of(&done);
+    assert_eq!(redirect.base, SPA_CALLBACK);
+    let code = redirect.query["code"].clone();
+    let spa_tokens = run
+        .redeem("code-spa-redeem", &code, SPA_CALLBACK, &verifier, spa, 200)
+        .await
+        .json;
+    assert_eq!(nonce_of(&spa_tokens), nonce);
+    str_of(&spa_tokens, "refresh_token");
+    let replay = run
+        .redeem("code-spa-replay", &code, SPA_CALLBACK, &verifier, spa, 400)
+        .await;
+    assert_eq!(replay.error(), "invalid_grant");
+    // The replay revoked what the code gave.
+    let revoked = run
+        .call(
+            "code-spa-revoked-userinfo",
+            "GET",
+            "/userinfo",
+            Some(&format!("Bearer {}", str_of(&spa_tokens, "access_token"))),
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, 401);
+    run.expect("code-spa-revoked-userinfo", "issuer", 401, "none");
+
+    // --- the confidential client, another browser, bob.
+    let mut bobs = Browser::default();
+    let (verifier, challenge) = pkce();
+    let nonce = format!("nonce-webapp-{}", random_hex(4));
+    let params = code_request("webapp", WEBAPP_CALLBACK, &challenge, &nonce);
+    let page = run
+        .browse(
+            "code-webapp-page",
+            &mut bobs,
+            "GET",
+            &authorize(&params),
+            None,
+            200,
+        )
+        .await;
+    let done = run
+        .submit(
+            "code-webapp-sign-in",
+            &mut bobs,
+            &page,
+            &[("username", "bob"), ("password", BOB_PASSWORD)],
+            303,
+        )
+        .await;
+    let redirect = Redirect::of(&done);
+    assert_eq!(redirect.base, WEBAPP_CALLBACK);
+    let code = redirect.query["code"].clone();
+    let webapp_tokens = run
+        .redeem(
+            "code-webapp-redeem",
+            &code,
+            WEBAPP_CALLBACK,
+            &verifier,
+            webapp,
+            200,
+        )
+        .await
+        .json;
+    assert_eq!(nonce_of(&webapp_tokens), nonce);
+    let replay = run
+        .redeem(
+            "code-webapp-replay",
+            &code,
+            WEBAPP_CALLBACK,
+            &verifier,
+            webapp,
+            400,
+        )
+        .await;
+    assert_eq!(replay.error(), "invalid_grant");
+    let inactive = run
+        .issuer(
+            "code-webapp-revoked-introspect",
+            "/oauth/introspect",
+            &[("token", str_of(&webapp_tokens, "refresh_token"))],
+            Some(("webapp", webapp_secret)),
+            200,
+        )
+        .await;
+    assert_eq!(inactive.json, json!({ "active": false }));
+
+    // --- session reuse: alice's browser gets a code without the form.
+    let (verifier, challenge) = pkce();
+    let nonce = format!("nonce-again-{}", random_hex(4));
+    let params = code_request("spa", SPA_CALLBACK, &challenge, &nonce);
+    let straight = run
+        .browse(
+            "session-reuse",
+            &mut browser,
+            "GET",
+            &authorize(&params),
+            None,
+            303,
+        )
+        .await;
+    let code = Redirect::of(&straight).query["code"].clone();
+    let session_tokens = run
+        .redeem(
+            "session-reuse-redeem",
+            &code,
+            SPA_CALLBACK,
+            &verifier,
+            spa,
+            200,
+        )
+        .await
+        .json;
+    assert_eq!(nonce_of(&session_tokens), nonce);
+
+    // --- implicit `id_token token`: the tokens in the Location's fragment.
+    let implicit_nonce = format!("nonce-implicit-{}", random_hex(4));
+    let implicit = [
+        ("response_type", "id_token token"),
+        ("client_id", "spa"),
+        ("redirect_uri", SPA_HTTPS_CALLBACK),
+        ("scope", "openid profile read:contacts"),
+        ("audience", CONTACTS),
+        ("state", "st-implicit"),
+        ("nonce", implicit_nonce.as_str()),
+    ];
+    let done = run
+        .browse(
+            "implicit",
+            &mut browser,
+            "GET",
+            &authorize(&implicit),
+            None,
+            303,
+        )
+        .await;
+    let redirect = Redirect::of(&done);
+    assert_eq!(redirect.base, SPA_HTTPS_CALLBACK);
+    assert!(redirect.query.is_empty(), "{redirect:?}");
+    let fragment = json!(redirect.fragment);
+    str_of(&fragment, "access_token");
+    assert_eq!(nonce_of(&fragment), implicit_nonce);
+
+    // --- form_post: a code, then implicit tokens, in the page's form.
+    let (verifier, challenge) = pkce();
+    let nonce = format!("nonce-form-post-{}", random_hex(4));
+    let mut params = code_request("spa", SPA_HTTPS_CALLBACK, &challenge, &nonce);
+    params.push(("response_mode", "form_post"));
+    let page = run
+        .browse(
+            "form-post-code",
+            &mut browser,
+            "GET",
+            &authorize(&params),
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(
+        form_action(&page.text()).as_deref(),
+        Some(SPA_HTTPS_CALLBACK)
+    );
+    let code = fields_of(&page)["code"].clone();
+    let form_post_tokens = run
+        .redeem(
+            "form-post-redeem",
+            &code,
+            SPA_HTTPS_CALLBACK,
+            &verifier,
+            spa,
+            200,
+        )
+        .await
+        .json;
+    assert_eq!(nonce_of(&form_post_tokens), nonce);
+    let mut params = implicit.to_vec();
+    params.push(("response_mode", "form_post"));
+    let page = run
+        .browse(
+            "form-post-implicit",
+            &mut browser,
+            "GET",
+            &authorize(&params),
+            None,
+            200,
+        )
+        .await;
+    let fields = json!(fields_of(&page));
+    str_of(&fields, "access_token");
+    assert_eq!(nonce_of(&fields), implicit_nonce);
+
+    // --- prompt=none without a session: login_required.
+    let mut params = code_request("spa", SPA_CALLBACK, &challenge, &nonce);
+    params.push(("prompt", "none"));
+    let silent = run
+        .browse(
+            "prompt-none-no-session",
+            &mut Browser::default(),
+            "GET",
+            &authorize(&params),
+            None,
+            303,
+        )
+        .await;
+    silent_refusal(&silent);
+
+    // --- logout to a registered URI (the client named by an ID token hint): the
+    // session ends here and in the store.
+    let session = browser.cookies["scopegate_session"].clone();
+    let logout = format!(
+        "/logout?{}",
+        common::issuer::form_encode(&[
+            ("id_token_hint", str_of(&session_tokens, "id_token")),
+            ("post_logout_redirect_uri", SPA_LOGOUT),
+            ("state", "st-bye"),
+        ])
+    );
+    let out = run
+        .browse("logout", &mut browser, "GET", &logout, None, 303)
+        .await;
+    let redirect = Redirect::of(&out);
+    assert_eq!(redirect.base, SPA_LOGOUT);
+    assert_eq!(redirect.query["state"], "st-bye");
+    assert!(!browser.cookies.contains_key("scopegate_session"));
+    let mut stale = Browser::default();
+    stale.cookies.insert("scopegate_session".into(), session);
+    let silent = run
+        .browse(
+            "prompt-none-after-logout",
+            &mut stale,
+            "GET",
+            &authorize(&params),
+            None,
+            303,
+        )
+        .await;
+    silent_refusal(&silent);
+
+    // --- device flow: polled (pending, then too fast), approved at /activate after a
+    // sign-in; tokens.
+    let device_request = [
+        ("client_id", "tv"),
+        ("scope", "openid profile read:contacts offline_access"),
+        ("audience", CONTACTS),
+    ];
+    let start = run
+        .issuer(
+            "device-code",
+            "/oauth/device/code",
+            &device_request,
+            None,
+            200,
+        )
+        .await
+        .json;
+    let device_code = str_of(&start, "device_code").to_string();
+    let user_code = str_of(&start, "user_code").to_string();
+    run.secrets
+        .lock()
+        .unwrap()
+        .add("user code as stored", &user_code.replace('-', ""));
+    let pending = run.poll("device-poll-pending", &device_code, 400).await;
+    assert_eq!(pending.error(), "authorization_pending");
+    let fast = run.poll("device-poll-too-fast", &device_code, 400).await;
+    assert_eq!(fast.error(), "slow_down");
+    let mut tv = Browser::default();
+    let link = format!(
+        "/activate?{}",
+        common::issuer::form_encode(&[("user_code", &user_code)])
+    );
+    let entry = run
+        .browse("activate-entry", &mut tv, "GET", &link, None, 200)
+        .await;
+    let login = run
+        .submit(
+            "activate-code",
+            &mut tv,
+            &entry,
+            &[("user_code", &user_code)],
+            200,
+        )
+        .await;
+    assert!(login.text().contains("name=\"password\""));
+    let confirm = run
+        .submit(
+            "activate-sign-in",
+            &mut tv,
+            &login,
+            &[("username", "bob"), ("password", BOB_PASSWORD)],
+            200,
+        )
+        .await;
+    assert!(confirm.text().contains("value=\"approve\""));
+    let approved = run
+        .submit(
+            "activate-approve",
+            &mut tv,
+            &confirm,
+            &[("decision", "approve")],
+            200,
+        )
+        .await;
+    assert!(approved.text().contains("Device connected"));
+    let device_tokens = run.poll("device-poll-tokens", &device_code, 200).await.json;
+    for member in ["access_token", "id_token", "refresh_token"] {
+        str_of(&device_tokens, member);
+    }
+
+    // --- and one denied, in the same (signed-in) browser.
+    let start = run
+        .issuer(
+            "device-code-2",
+            "/oauth/device/code",
+            &device_request,
+            None,
+            200,
+        )
+        .await
+        .json;
+    let device_code = str_of(&start, "device_code").to_string();
+    let user_code = str_of(&start, "user_code").to_string();
+    run.secrets
+        .lock()
+        .unwrap()
+        .add("user code as stored", &user_code.replace('-', ""));
+    let entry = run
+        .browse("activate-entry-2", &mut tv, "GET", "/activate", None, 200)
+        .await;
+    let confirm = run
+        .submit(
+            "activate-code-2",
+            &mut tv,
+            &entry,
+            &[("user_code", &user_code)],
+            200,
+        )
+        .await;
+    assert!(confirm.text().contains("value=\"deny\""));
+    let denied = run
+        .submit(
+            "activate-deny",
+            &mut tv,
+            &confirm,
+            &[("decision", "deny")],
+            200,
+        )
+        .await;
+    assert!(denied.text().contains("Request denied"));
+    let refused = run.poll("device-poll-denied", &device_code, 403).await;
+    assert_eq!(refused.error(), "access_denied");
+}
+
 fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     aws_lc_rs::rand::fill(&mut buf).unwrap();
@@ -364,6 +966,7 @@ fn str_of<'a>(json: &'a Value, member: &str) -> &'a str {
 struct Setup {
     web_secret: String,
     m2m_secret: String,
+    webapp_secret: String,
     store_dir: String,
     external_issuer: String,
     dead_upstream: String,
@@ -405,7 +1008,10 @@ routes:
 issuer:
   url: https://issuer.scopegate.test/
   store: "sqlite://{store}/issuer.db"
-  throttle: {{ max_failures: 3, window: 10m }}
+  throttle: {{ max_failures: 4, window: 10m }}
+  # No poll waits for the interval (an approved or denied code answers at once); a
+  # second poll right after the first is slow_down.
+  device: {{ interval: 5s, ttl: 1m }}
   apis:
     - identifier: {CONTACTS}
       scopes: [{{ value: read:contacts }}, {{ value: write:contacts }}]
@@ -424,6 +1030,19 @@ issuer:
       client_secret: "{m2m}"
       grant_types: [client_credentials]
       grants: {{ "{CONTACTS}": [read:contacts, write:contacts] }}
+    - client_id: spa
+      name: Contacts Web
+      grant_types: [authorization_code, refresh_token, implicit]
+      redirect_uris: [{SPA_CALLBACK}, {SPA_HTTPS_CALLBACK}]
+      post_logout_redirect_uris: [{SPA_LOGOUT}]
+    - client_id: webapp
+      client_secret: "{webapp}"
+      grant_types: [authorization_code, refresh_token]
+      redirect_uris: [{WEBAPP_CALLBACK}]
+      post_logout_redirect_uris: [{WEBAPP_LOGOUT}]
+    - client_id: tv
+      name: Living-room TV
+      grant_types: [device_code, refresh_token]
   users:
     - username: alice
       password_hash: {alice_hash}
@@ -441,6 +1060,7 @@ issuer:
         dead = setup.dead_upstream,
         store = setup.store_dir,
         m2m = setup.m2m_secret,
+        webapp = setup.webapp_secret,
     )
 }
 
@@ -486,6 +1106,7 @@ async fn no_secret_in_any_log_line_through_every_grant_and_auth_failure() {
     let setup = Setup {
         web_secret: format!("web-secret-{}", random_hex(12)),
         m2m_secret: format!("m2m-secret-{}", random_hex(12)),
+        webapp_secret: format!("webapp-secret-{}", random_hex(12)),
         store_dir: dir.path().display().to_string(),
         external_issuer: external.url.clone(),
         dead_upstream: common::dead_addr().await.to_string(),
@@ -513,6 +1134,7 @@ async fn no_secret_in_any_log_line_through_every_grant_and_auth_failure() {
         secrets.add("bob's password", BOB_PASSWORD);
         secrets.add("web client secret", &setup.web_secret);
         secrets.add("m2m client secret", &setup.m2m_secret);
+        secrets.add("webapp client secret", &setup.webapp_secret);
         secrets.add("key-encryption key", &key_encryption_key);
         secrets.add("alice's password hash", alice_hash);
         secrets.add("bob's password hash", bob_hash);
@@ -681,9 +1303,9 @@ async fn no_secret_in_any_log_line_through_every_grant_and_auth_failure() {
     assert_eq!(revoked.status, 401);
     run.expect("userinfo-revoked", "issuer", 401, "none");
 
-    // --- browser grants (authorization_code, implicit, device_code) go here, through
-    // `run.request` (cookies) and `run.token`: before the password failures below, which
-    // lock out this IP.
+    // --- browser grants (authorization_code, implicit, device_code): before the
+    // password failures below, which lock out this IP.
+    browser_grants(&run, &setup.webapp_secret).await;
 
     // --- the issuer's failures. Password failures come last: they lock out this IP.
     let wrong_secret = format!("wrong-secret-{}", random_hex(8));
@@ -736,19 +1358,21 @@ async fn no_secret_in_any_log_line_through_every_grant_and_auth_failure() {
     .await;
     let made_up_code = format!("code-never-issued-{}", random_hex(16));
     let verifier = format!("verifier-{}", random_hex(24));
-    run.token(
-        "made-up-code",
-        &[
-            ("grant_type", "authorization_code"),
-            ("client_id", "cli"),
-            ("code", &made_up_code),
-            ("code_verifier", &verifier),
-            ("redirect_uri", "http://127.0.0.1:3000/callback"),
-        ],
-        None,
-        400,
-    )
-    .await;
+    let made_up = run
+        .token(
+            "made-up-code",
+            &[
+                ("grant_type", "authorization_code"),
+                ("client_id", "spa"),
+                ("code", &made_up_code),
+                ("code_verifier", &verifier),
+                ("redirect_uri", SPA_CALLBACK),
+            ],
+            None,
+            400,
+        )
+        .await;
+    assert_eq!(made_up.error(), "invalid_grant");
     let wrong_password = format!("wrong-password-{}", random_hex(8));
     let wrong = run
         .token(
@@ -769,7 +1393,8 @@ async fn no_secret_in_any_log_line_through_every_grant_and_auth_failure() {
         )
         .await;
     }
-    // Three failures from this IP: locked out, the right password included.
+    // Four failures from this IP (the sign-in page's wrong password and these three):
+    // locked out, the right password included.
     let locked = run
         .token(
             "locked-out",
@@ -980,6 +1605,24 @@ async fn no_secret_in_any_log_line_through_every_grant_and_auth_failure() {
         "the run handled {} secrets; expected many more",
         secrets.0.len()
     );
+    // The browser grants' secrets were collected, not only handled.
+    for what in [
+        "cookie scopegate_session",
+        "cookie scopegate_csrf",
+        "redirect code",
+        "redirect access_token",
+        "page field code",
+        "page field access_token",
+        "form code_verifier",
+        "response device_code",
+        "response user_code",
+        "user code as stored",
+    ] {
+        assert!(
+            secrets.0.values().any(|w| w.starts_with(what)),
+            "no {what} among the secrets"
+        );
+    }
     secrets.assert_absent(&log);
 
     // --- the access lines.
