@@ -361,6 +361,9 @@ impl Gateway {
         {
             tracing::warn!("listen addresses changed; they take effect only after a restart");
         }
+        if state.config.server.workers != previous.config.server.workers {
+            tracing::warn!("server.workers changed; it takes effect only after a restart");
+        }
         self.state.store(Arc::new(state));
         Ok(())
     }

@@ -1,7 +1,9 @@
 //! Operations, on the real binary: SIGTERM drains in-flight requests and exits 0;
 //! SIGHUP and file changes reload, a broken file is refused while the old config keeps
 //! serving; requests in flight across a reload all succeed; TLS termination with ALPN
-//! h2/http1.1; https upstreams verified against `upstream_ca_file`.
+//! h2/http1.1; https upstreams verified against `upstream_ca_file`. The drain and
+//! in-flight-reload tests run on `workers: 1` (the current-thread scheduler), the rest on
+//! the default multi-thread one.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -205,10 +207,14 @@ fn route(name: &str, path: &str, upstream: &str) -> String {
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let (upstream, mut arrivals) = slow_upstream().await;
-    let mut gateway = Gateway::start(&format!(
-        "routes:\n{}",
-        route("slow", "/slow", &format!("http://{upstream}"))
-    ));
+    // `workers: 1` runs the current-thread scheduler: it drains too.
+    let mut gateway = Gateway::start_with(
+        "  workers: 1\n",
+        &format!(
+            "routes:\n{}",
+            route("slow", "/slow", &format!("http://{upstream}"))
+        ),
+    );
     let url = gateway.url("/slow?ms=1500");
     let in_flight = tokio::spawn(async move { get(&url).await });
     arrivals
@@ -293,7 +299,12 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_old_config() {
 async fn requests_in_flight_across_a_reload_all_succeed() {
     let (upstream, _arrivals) = slow_upstream().await;
     let up = format!("http://{upstream}");
-    let gateway = Gateway::start(&format!("routes:\n{}", route("slow", "/slow", &up)));
+    // On one worker (the current-thread scheduler): 200 requests in flight and a
+    // reload share one thread.
+    let gateway = Gateway::start_with(
+        "  workers: 1\n",
+        &format!("routes:\n{}", route("slow", "/slow", &up)),
+    );
     let client = client();
     let mut tasks = Vec::new();
     for _ in 0..200 {
