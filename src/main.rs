@@ -11,11 +11,6 @@ use clap::{Parser, Subcommand};
 use scopegate::config::Config;
 use scopegate::state::Gateway;
 
-// mimalloc: fewer instructions per allocation than glibc's malloc on the request path
-// (measured ~9% more requests/s, benches/RESULTS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "scopegate",
@@ -107,7 +102,7 @@ fn run(path: &Path) -> ExitCode {
     let loaded = std::fs::read(path).ok();
     scopegate::telemetry::init(&config.log);
     // One worker: a current-thread scheduler (no work-stealing machinery, no second
-    // thread for the accept loop); measured ~10% more requests/s than a one-worker
+    // thread for the accept loop); measured 12-18% more requests/s than a one-worker
     // multi-thread runtime (benches/RESULTS.md).
     let mut runtime = if config.server.workers == 1 {
         tokio::runtime::Builder::new_current_thread()
