@@ -378,11 +378,10 @@ impl Upstreams {
             .parse()
             .map_err(|_| UpstreamError::Connect("invalid upstream address".into()))?;
         let io = self.connector.clone().call(uri).await.map_err(|err| {
-            let detail = error_chain(err.as_ref());
-            if detail.contains("timed out") || detail.contains("timeout") {
+            if is_timeout(err.as_ref()) {
                 UpstreamError::Timeout
             } else {
-                UpstreamError::Connect(detail)
+                UpstreamError::Connect(error_chain(err.as_ref()))
             }
         })?;
         let (sender, connection) = self
@@ -400,6 +399,24 @@ impl Upstreams {
 }
 
 /// An error with its causes, `a: b: c`.
+/// `upstream_connect` ran out (hyper-util wraps tokio's `Elapsed` in an `io::Error` of
+/// kind `TimedOut`), or the kernel gave up on the connect (`ETIMEDOUT`): somewhere in the
+/// error's chain.
+fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(cause) = current {
+        if cause.is::<tokio::time::error::Elapsed>()
+            || cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        current = cause.source();
+    }
+    false
+}
+
 pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();

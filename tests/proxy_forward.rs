@@ -684,3 +684,62 @@ async fn upstream_closing_idle_connections_never_fails_a_request() {
         "every request needed a fresh connection"
     );
 }
+
+/// An address whose accept queue is full: the kernel drops further SYNs, so a connect
+/// to it neither succeeds nor fails — it hangs, as to a black-holed host. The returned
+/// listener and connections keep the queue full.
+async fn black_hole() -> (
+    std::net::SocketAddr,
+    tokio::net::TcpListener,
+    Vec<tokio::net::TcpStream>,
+) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = socket.listen(1).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        match tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => held.push(stream),
+            Ok(Err(err)) => panic!("connecting to the filling listener failed: {err}"),
+            Err(_) => return (addr, listener, held), // the queue is full: connects hang now
+        }
+    }
+    panic!("the accept queue never filled up");
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_accepts_is_504_after_upstream_connect() {
+    let (addr, _listener, _held) = black_hole().await;
+    let routes = format!(
+        "  - {{ name: hole, match: {{ path: /hole/* }}, upstream: \"http://{addr}\", auth: none }}\n"
+    );
+    // The connect timeout is short, the response timeout long: only upstream_connect can
+    // end this request before the guard below.
+    let template = standard_yaml(&routes).replace(
+        "upstream_connect: 1s, upstream_response: 2s",
+        "upstream_connect: 300ms, upstream_response: 60s",
+    );
+    assert!(template.contains("300ms"), "template edit failed");
+    let env = Env::start_yaml(&template).await;
+    let reply = tokio::time::timeout(Duration::from_secs(20), env.get("/hole/x", &[]))
+        .await
+        .expect("the request hung: upstream_connect was not applied");
+    assert_json_error(&reply, 504, "gateway_timeout");
+    let metrics = env.gw.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "scopegate_requests_total",
+            &[("route", "hole"), ("method", "GET"), ("status", "504")]
+        ),
+        1.0
+    );
+}
