@@ -416,6 +416,24 @@ fn dummy_hash() -> Result<String, String> {
     crate::config::hash_password(&crate::jose::b64url(&secret))
 }
 
+/// A 200 JSON answer that carries credentials or token state: `Cache-Control: no-store`,
+/// `Pragma: no-cache` (RFC 6749 §5.1), as the token, device and introspection endpoints
+/// answer.
+pub(crate) fn no_store_json(body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(crate::pipeline::full(body));
+    let h = response.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    h.insert(http::header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
 fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut response = json_response(
         StatusCode::METHOD_NOT_ALLOWED,

@@ -4,8 +4,7 @@
 //! valid are `active: true` with their claims; anything expired, revoked, spent, issued
 //! elsewhere or unknown is `{"active": false}`.
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, Response};
 use serde_json::{Map, Value, json};
 
 use super::Issuer;
@@ -13,25 +12,11 @@ use super::client_auth::{self, Requirement};
 use super::form::Form;
 use super::store::{now, secret_hash};
 use crate::error::OAuthError;
-use crate::pipeline::{Body, full};
+use crate::pipeline::Body;
 
 pub async fn handle(issuer: &Issuer, headers: &HeaderMap, form: &Form) -> Response<Body> {
     match introspect(issuer, headers, form).await {
-        Ok(answer) => {
-            let mut response = Response::new(full(Bytes::from(answer.to_string())));
-            *response.status_mut() = StatusCode::OK;
-            let h = response.headers_mut();
-            h.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            h.insert(
-                http::header::CACHE_CONTROL,
-                HeaderValue::from_static("no-store"),
-            );
-            h.insert(http::header::PRAGMA, HeaderValue::from_static("no-cache"));
-            response
-        }
+        Ok(answer) => super::no_store_json(answer.to_string()),
         Err(err) => err.into_response(),
     }
 }

@@ -11,8 +11,7 @@
 
 use std::net::IpAddr;
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, Response};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
@@ -23,7 +22,7 @@ use super::model::Client;
 use super::store::{CodeIssue, Rotation, now, secret_hash};
 use super::{Issuer, throttle};
 use crate::error::{OAuthCode, OAuthError};
-use crate::pipeline::{Body, full};
+use crate::pipeline::Body;
 
 pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
@@ -72,20 +71,7 @@ pub async fn endpoint(
                 .tokens_issued_total
                 .with_label_values(&[label])
                 .inc();
-            let body = serde_json::to_vec(&answer).unwrap_or_default();
-            let mut response = Response::new(full(Bytes::from(body)));
-            *response.status_mut() = StatusCode::OK;
-            let h = response.headers_mut();
-            h.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            h.insert(
-                http::header::CACHE_CONTROL,
-                HeaderValue::from_static("no-store"),
-            );
-            h.insert(http::header::PRAGMA, HeaderValue::from_static("no-cache"));
-            response
+            super::no_store_json(serde_json::to_vec(&answer).unwrap_or_default())
         }
         Err(err) => {
             metrics
