@@ -291,8 +291,17 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_old_config() {
         get(&gateway.admin_url("/readyz")).await.unwrap().0,
         StatusCode::OK
     );
-    let logs = gateway.logs.lock().unwrap().join("\n");
-    assert!(logs.contains("refused"), "the refusal is logged: {logs}");
+    // The counter moves before the error line is written, and stderr is read by another
+    // thread: wait for the line rather than race it.
+    let logged = async || {
+        gateway
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains("refused"))
+    };
+    eventually("the refusal is logged", logged).await;
 }
 
 #[tokio::test]
