@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod claims;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod issuer;
