@@ -27,4 +27,4 @@ pub mod telemetry;
 pub mod upstream;
 
 pub use server::{serve, serve_admin};
-pub use state::Gateway;
+pub use state::{Gateway, Runtime};

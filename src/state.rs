@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::issuer::Issuer;
 use crate::jwks::{KeySource, TrustedIssuer};
@@ -73,6 +74,23 @@ impl std::fmt::Debug for State {
 pub struct Shared {
     pub metrics: Metrics,
     pub fetcher: Fetcher,
+    pub clock: Clock,
+}
+
+/// What a gateway is started with besides its config. `Runtime::default()` is what
+/// `scopegate run` uses: the system clock, fresh metrics, the built-in issuer (when
+/// enabled) built from the config.
+#[derive(Default)]
+pub struct Runtime {
+    /// The file reloads read, if the config came from one.
+    pub config_path: Option<PathBuf>,
+    /// The clock for token checks, JWKS timing, the store and key rotation; tests pass
+    /// [`Clock::manual`] and advance it.
+    pub clock: Clock,
+    /// Metrics registry; `None` for a fresh one.
+    pub metrics: Option<Metrics>,
+    /// A built-in issuer made by the caller (benches share one); `None` builds it.
+    pub issuer: Option<Arc<Issuer>>,
 }
 
 impl State {
@@ -235,6 +253,7 @@ pub struct Gateway {
     state: ArcSwap<State>,
     pub metrics: Metrics,
     fetcher: Fetcher,
+    pub clock: Clock,
     /// The file reloads read, if the config came from one.
     pub config_path: Option<PathBuf>,
 }
@@ -261,12 +280,27 @@ impl Gateway {
         config: Config,
         config_path: Option<PathBuf>,
     ) -> Result<Arc<Gateway>, String> {
-        let metrics = Metrics::new();
-        let issuer = match config.issuer.as_ref().filter(|i| i.enabled) {
-            Some(issuer_config) => Some(Issuer::new(issuer_config, metrics.clone()).await?),
-            None => None,
+        Gateway::start_with(
+            config,
+            Runtime {
+                config_path,
+                ..Runtime::default()
+            },
+        )
+        .await
+    }
+
+    /// [`Gateway::start`] with a chosen clock, metrics registry or prebuilt issuer.
+    pub async fn start_with(config: Config, runtime: Runtime) -> Result<Arc<Gateway>, String> {
+        let metrics = runtime.metrics.unwrap_or_default();
+        let issuer = match (runtime.issuer, config.issuer.as_ref().filter(|i| i.enabled)) {
+            (Some(issuer), _) => Some(issuer),
+            (None, Some(issuer_config)) => {
+                Some(Issuer::new(issuer_config, metrics.clone()).await?)
+            }
+            (None, None) => None,
         };
-        Gateway::assemble(config, config_path, metrics, issuer)
+        Gateway::assemble_with(config, runtime.config_path, metrics, issuer, runtime.clock)
     }
 
     /// [`Gateway::start`] with an issuer built by the caller (tests choose its key
@@ -286,16 +320,28 @@ impl Gateway {
         metrics: Metrics,
         issuer: Option<Arc<Issuer>>,
     ) -> Result<Arc<Gateway>, String> {
+        Gateway::assemble_with(config, config_path, metrics, issuer, Clock::system())
+    }
+
+    fn assemble_with(
+        config: Config,
+        config_path: Option<PathBuf>,
+        metrics: Metrics,
+        issuer: Option<Arc<Issuer>>,
+        clock: Clock,
+    ) -> Result<Arc<Gateway>, String> {
         let fetcher = Fetcher::new(crate::upstream::tls_client_config(None)?);
         let shared = Shared {
             metrics: metrics.clone(),
             fetcher: fetcher.clone(),
+            clock: clock.clone(),
         };
         let state = State::build(config, &shared, None, issuer)?;
         Ok(Arc::new(Gateway {
             state: ArcSwap::from_pointee(state),
             metrics,
             fetcher,
+            clock,
             config_path,
         }))
     }
@@ -347,6 +393,7 @@ impl Gateway {
         let shared = Shared {
             metrics: self.metrics.clone(),
             fetcher: self.fetcher.clone(),
+            clock: self.clock.clone(),
         };
         let previous = self.state.load_full();
         let result = State::build(config, &shared, Some(&previous), prebuilt);
