@@ -1,6 +1,6 @@
 //! Hot-path micro-benchmarks: route lookup over 1,000 routes, token verification
 //! (verified-token cache hit, and the uncached path that checks a signature), the
-//! upstream header rewrite, and one whole request through [`pipeline::handle`] (HTTP/1.1
+//! upstream header rewrite, and one whole request through `Gateway::handle` (HTTP/1.1
 //! over an in-memory pipe, route `builtin:echo`) with logging as chosen by
 //! `SCOPEGATE_BENCH_LOG`: `none` (no subscriber), `json-warn` (the JSON subscriber with
 //! the request span and access line filtered out), `json-info` or `pretty-info` (both
@@ -14,14 +14,15 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
 use scopegate::config::{Dur, ForwardConfig, TrustedIssuerConfig};
+use scopegate::http::ConnInfo;
 use scopegate::jose::{Alg, SigningKey, sign_compact};
 use scopegate::jwks::{KeySource, LocalJwks, TrustedIssuer};
 use scopegate::metrics::Metrics;
 use scopegate::pipeline::authn::{Verifier, now_secs};
 use scopegate::pipeline::forward::{ForwardHeaders, Origin, upstream_headers};
 use scopegate::pipeline::router::{MethodSet, Pattern, Router};
-use scopegate::pipeline::{self, ConnInfo};
-use scopegate::upstream::{Fetcher, tls_client_config};
+use scopegate::tls::tls_client_config;
+use scopegate::upstream::Fetcher;
 
 fn thousand_routes() -> Router {
     let mut routes = Vec::new();
@@ -141,10 +142,10 @@ fn bench_verify(c: &mut Criterion) {
         let route = scopegate::config::RouteConfig {
             name: "r".into(),
             matcher: scopegate::config::MatchConfig {
-                path: "/x".into(),
+                path: Pattern::parse("/x").unwrap(),
                 methods: None,
             },
-            upstream: "builtin:echo".into(),
+            upstream: scopegate::config::UpstreamTarget::Echo,
             strip_prefix: None,
             auth: Default::default(),
             audience: Some("https://api.example.com".into()),
@@ -233,7 +234,9 @@ fn bench_pipeline(c: &mut Criterion) {
     let yaml =
         "routes:\n  - { name: echo, match: { path: /echo }, upstream: builtin:echo, auth: none }\n";
     let gateway = runtime.block_on(async {
-        scopegate::Gateway::new(scopegate::config::Config::from_yaml(yaml).unwrap(), None).unwrap()
+        scopegate::Gateway::start(scopegate::config::Config::from_yaml(yaml).unwrap(), None)
+            .await
+            .unwrap()
     });
     let conn = std::sync::Arc::new(ConnInfo::new("127.0.0.1:50000".parse().unwrap(), false));
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
@@ -241,9 +244,7 @@ fn bench_pipeline(c: &mut Criterion) {
         let service = hyper::service::service_fn(move |request| {
             let gateway = gateway.clone();
             let conn = conn.clone();
-            async move {
-                Ok::<_, std::convert::Infallible>(pipeline::handle(&gateway, request, &conn).await)
-            }
+            async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, &conn).await) }
         });
         hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(server_io), service)

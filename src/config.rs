@@ -8,6 +8,7 @@
 mod duration;
 mod env;
 pub mod issuer;
+pub mod route;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -18,6 +19,7 @@ use serde::Deserialize;
 
 pub use duration::Dur;
 pub use issuer::{IssuerConfig, hash_password};
+pub use route::{Pattern, UpstreamTarget};
 
 use crate::jose::Alg;
 
@@ -234,7 +236,7 @@ pub struct RouteConfig {
     pub name: String,
     #[serde(rename = "match")]
     pub matcher: MatchConfig,
-    pub upstream: String,
+    pub upstream: UpstreamTarget,
     #[serde(default)]
     pub strip_prefix: Option<String>,
     #[serde(default)]
@@ -250,7 +252,7 @@ pub struct RouteConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
-    pub path: String,
+    pub path: Pattern,
     #[serde(default)]
     pub methods: Option<Vec<String>>,
 }
@@ -574,7 +576,7 @@ impl ForwardConfig {
             let name = http::HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
                 ConfigError::at(&at, format!("{header:?} is not a valid header name"))
             })?;
-            if crate::pipeline::forward::is_hop_by_hop(&name)
+            if crate::http::is_hop_by_hop(&name)
                 || matches!(
                     name.as_str(),
                     "host" | "authorization" | "content-length" | "cookie" | "x-request-id"
@@ -585,7 +587,7 @@ impl ForwardConfig {
                     format!("{header:?} cannot carry identity"),
                 ));
             }
-            if !seen.insert(crate::pipeline::forward::normalize_name(name.as_str())) {
+            if !seen.insert(crate::http::normalize_header_name(name.as_str())) {
                 return Err(ConfigError::at(
                     &at,
                     format!("header {header:?} is used twice in forward"),
@@ -641,8 +643,6 @@ impl RouteConfig {
                 format!("{:?} is reserved for the metrics route label", self.name),
             ));
         }
-        crate::pipeline::router::Pattern::parse(&self.matcher.path)
-            .map_err(|msg| ConfigError::at(format!("{at}.match.path"), msg))?;
         if let Some(methods) = &self.matcher.methods {
             if methods.is_empty() {
                 return Err(ConfigError::at(
@@ -661,8 +661,6 @@ impl RouteConfig {
                 }
             }
         }
-        crate::upstream::UpstreamTarget::parse(&self.upstream)
-            .map_err(|msg| ConfigError::at(format!("{at}.upstream"), msg))?;
         if let Some(prefix) = &self.strip_prefix {
             let ok = prefix.starts_with('/')
                 && !prefix.ends_with('/')
@@ -707,108 +705,6 @@ impl RouteConfig {
         }
         Ok(())
     }
-}
-
-/// The route table `scopegate check` prints: one line per route, in file order.
-pub fn route_table(config: &Config) -> String {
-    let mut rows = vec![[
-        "NAME".to_string(),
-        "METHODS".into(),
-        "PATH".into(),
-        "AUTH".into(),
-        "SCOPES".into(),
-        "UPSTREAM".into(),
-    ]];
-    for route in &config.routes {
-        let mut scopes = route.scopes.join(" ");
-        if !route.any_scopes.is_empty() {
-            if !scopes.is_empty() {
-                scopes.push_str(" + ");
-            }
-            scopes.push_str(&format!("one of ({})", route.any_scopes.join(" ")));
-        }
-        if let Some(audience) = &route.audience {
-            scopes = format!("{scopes} [aud {audience}]").trim().to_string();
-        }
-        rows.push([
-            route.name.clone(),
-            route
-                .matcher
-                .methods
-                .as_ref()
-                .map_or_else(|| "*".to_string(), |m| m.join(",")),
-            match &route.strip_prefix {
-                Some(prefix) => format!("{} (strip {prefix})", route.matcher.path),
-                None => route.matcher.path.clone(),
-            },
-            route.auth.to_string(),
-            if scopes.is_empty() {
-                "-".into()
-            } else {
-                scopes
-            },
-            route.upstream.clone(),
-        ]);
-    }
-    let widths: Vec<usize> = (0..6)
-        .map(|column| rows.iter().map(|row| row[column].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in &rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    let builtin = config.issuer.as_ref().filter(|i| i.enabled);
-    if let Some(issuer) = builtin {
-        let endpoints = issuer.endpoint_paths();
-        out.push_str(&format!(
-            "built-in issuer {}: {} (matched before routes)\n",
-            issuer.url,
-            endpoints.join(" ")
-        ));
-        for (route, taken) in routes_shadowed_by_issuer(config, &endpoints) {
-            out.push_str(&format!(
-                "note: route {route:?} does not get {}: the issuer serves it\n",
-                taken.join(" ")
-            ));
-        }
-    }
-    out.push_str(&format!(
-        "{} route(s); {} trusted issuer(s)\n",
-        config.routes.len(),
-        config.trust.issuers.len() + usize::from(builtin.is_some())
-    ));
-    out
-}
-
-/// Routes whose paths include issuer endpoints (which are matched first), with those
-/// endpoints.
-pub fn routes_shadowed_by_issuer(
-    config: &Config,
-    endpoints: &[String],
-) -> Vec<(String, Vec<String>)> {
-    use crate::pipeline::router::{Lookup, MethodSet, Pattern, Router};
-    let mut out = Vec::new();
-    for route in &config.routes {
-        let Ok(pattern) = Pattern::parse(&route.matcher.path) else {
-            continue;
-        };
-        let router = Router::new(&[(pattern, MethodSet::any())]);
-        let taken: Vec<String> = endpoints
-            .iter()
-            .filter(|path| !matches!(router.lookup(path, &http::Method::GET), Lookup::NotFound))
-            .cloned()
-            .collect();
-        if !taken.is_empty() {
-            out.push((route.name.clone(), taken));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The one place where errors become HTTP answers: [`ProxyError`] for the proxy and
 //! bearer-token endpoints (RFC 6750), [`OAuthError`] for the issuer's token, revocation
-//! and introspection endpoints (RFC 6749 §5.2) and, as HTML pages
-//! ([`OAuthError::into_page`]), for the pages a person sees. (Errors that `/authorize`
+//! and introspection endpoints (RFC 6749 §5.2) and, as HTML pages (`into_page`, made
+//! by the issuer's pages), for the pages a person sees. (Errors that `/authorize`
 //! sends back to the client as a redirect are made there: they need the redirect URI.)
 //!
 //! Handlers return a typed error; `into_response` picks the status, the
@@ -9,13 +9,11 @@
 //! Internal detail (why an upstream or the store failed) goes to the log, never to the
 //! client.
 
-use bytes::Bytes;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{ALLOW, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::claims::{AuthFailure, Reason};
-use crate::pipeline::router::MethodSet;
-use crate::pipeline::{Body, full};
+use crate::http::{Body, json_error, set_retry_after};
 
 pub const REALM: &str = "scopegate";
 
@@ -30,7 +28,8 @@ pub enum ProxyError {
         required: String,
     },
     NotFound,
-    MethodNotAllowed(MethodSet),
+    /// A route for the path, not for the method: the `Allow` header value.
+    MethodNotAllowed(String),
     /// A request Scopegate refuses to interpret (odd path, duplicate Authorization...).
     BadRequest(String),
     HeadersTooLarge,
@@ -95,28 +94,101 @@ impl ProxyError {
         let status = self.status();
         let (code, description) = self.code_and_description();
         let challenge = match &self {
-            ProxyError::MissingToken => Some(format!("Bearer realm=\"{REALM}\"")),
-            ProxyError::InvalidToken(_) => Some(format!(
-                "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
-                quoted(&description)
-            )),
-            ProxyError::InsufficientScope { required } => Some(format!(
-                "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"{}\"",
-                quoted(required)
-            )),
+            ProxyError::MissingToken => Some(Challenge::Missing),
+            ProxyError::InvalidToken(_) => Some(Challenge::InvalidToken(&description)),
+            ProxyError::InsufficientScope { required } => {
+                Some(Challenge::InsufficientScope(required))
+            }
             _ => None,
         };
-        let mut response = json_response(status, code, &description);
+        let mut response = json_error(status, code, &description);
         let headers = response.headers_mut();
-        if let Some(challenge) = challenge
-            && let Ok(value) = HeaderValue::from_str(&challenge)
-        {
-            headers.insert(WWW_AUTHENTICATE, value);
+        if let Some(challenge) = challenge {
+            challenge.set(headers);
         }
-        if let ProxyError::MethodNotAllowed(methods) = &self
-            && let Ok(value) = HeaderValue::from_str(&methods.allow_header())
+        if let ProxyError::MethodNotAllowed(allow) = &self
+            && let Ok(value) = HeaderValue::from_str(allow)
         {
             headers.insert(ALLOW, value);
+        }
+        response
+    }
+}
+
+/// An RFC 6750 §3 `WWW-Authenticate: Bearer` challenge.
+#[derive(Debug, Clone, Copy)]
+pub enum Challenge<'a> {
+    /// No token: the realm only.
+    Missing,
+    /// `error="invalid_token"` with a description.
+    InvalidToken(&'a str),
+    /// `error="insufficient_scope"` with the scope needed.
+    InsufficientScope(&'a str),
+}
+
+impl Challenge<'_> {
+    pub fn set(self, headers: &mut http::HeaderMap) {
+        let text = match self {
+            Challenge::Missing => format!("Bearer realm=\"{REALM}\""),
+            Challenge::InvalidToken(description) => format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
+                quoted(description)
+            ),
+            Challenge::InsufficientScope(scope) => format!(
+                "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"{}\"",
+                quoted(scope)
+            ),
+        };
+        if let Ok(value) = HeaderValue::from_str(&text) {
+            headers.insert(WWW_AUTHENTICATE, value);
+        }
+    }
+}
+
+/// The answers of a bearer-protected resource the issuer serves (`/userinfo`), RFC 6750.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BearerError {
+    /// No bearer token: 401 with the realm only.
+    MissingToken,
+    /// The `Authorization` header cannot be read: 400 `invalid_request`.
+    BadRequest(&'static str),
+    /// 401 `invalid_token`.
+    InvalidToken(&'static str),
+    /// 403 `insufficient_scope`, with the scope needed.
+    InsufficientScope(&'static str),
+    /// The issuer could not decide (its store failed).
+    Unavailable(OAuthError),
+}
+
+impl BearerError {
+    pub fn into_response(self) -> Response<Body> {
+        let (status, code, description, challenge) = match &self {
+            BearerError::Unavailable(err) => return err.clone().into_response(),
+            BearerError::MissingToken => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a bearer access token is needed",
+                Some(Challenge::Missing),
+            ),
+            BearerError::BadRequest(why) => {
+                (StatusCode::BAD_REQUEST, "invalid_request", *why, None)
+            }
+            BearerError::InvalidToken(why) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                *why,
+                Some(Challenge::InvalidToken(why)),
+            ),
+            BearerError::InsufficientScope(scope) => (
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                "the access token lacks the scope needed",
+                Some(Challenge::InsufficientScope(scope)),
+            ),
+        };
+        let mut response = json_error(status, code, description);
+        if let Some(challenge) = challenge {
+            challenge.set(response.headers_mut());
         }
         response
     }
@@ -234,7 +306,7 @@ impl OAuthError {
     /// RFC 6749 §5.2 JSON with `Cache-Control: no-store` and `Pragma: no-cache`;
     /// `invalid_client` is 401 with a `WWW-Authenticate: Basic` challenge.
     pub fn into_response(self) -> Response<Body> {
-        let mut response = json_response(self.status(), self.code.as_str(), &self.description);
+        let mut response = json_error(self.status(), self.code.as_str(), &self.description);
         let headers = response.headers_mut();
         headers.insert(http::header::PRAGMA, HeaderValue::from_static("no-cache"));
         if self.code == OAuthCode::InvalidClient {
@@ -243,64 +315,11 @@ impl OAuthError {
                 HeaderValue::from_static("Basic realm=\"scopegate\", charset=\"UTF-8\""),
             );
         }
-        if let Some(seconds) = self.retry_after
-            && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
-        {
-            headers.insert(http::header::RETRY_AFTER, value);
+        if let Some(seconds) = self.retry_after {
+            set_retry_after(headers, seconds);
         }
         response
     }
-}
-
-impl OAuthError {
-    /// The same error for a person, not a program: an HTML page (see
-    /// `issuer::pages`) with the status of [`OAuthError::status`] and `Retry-After` for
-    /// a lockout. Used where the issuer cannot or must not redirect to the client (an
-    /// unknown client or redirect URI, a refused form).
-    pub fn into_page(self, brand: &str) -> Response<Body> {
-        let heading = match self.code {
-            OAuthCode::AccessDenied => "Request refused",
-            OAuthCode::ServerError | OAuthCode::TemporarilyUnavailable => "Something went wrong",
-            _ if self.retry_after.is_some() => "Too many attempts",
-            _ => "This request cannot be completed",
-        };
-        let message = sentence(&self.description);
-        let detail = format!("Error: {}", self.code.as_str());
-        let mut response =
-            crate::issuer::pages::error(brand, self.status(), heading, &message, Some(&detail));
-        if let Some(seconds) = self.retry_after
-            && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
-        {
-            response
-                .headers_mut()
-                .insert(http::header::RETRY_AFTER, value);
-        }
-        response
-    }
-}
-
-/// A description as a sentence: capital first letter, final period.
-fn sentence(text: &str) -> String {
-    let mut chars = text.chars();
-    let mut out: String = match chars.next() {
-        Some(first) => first.to_uppercase().chain(chars).collect(),
-        None => String::new(),
-    };
-    if !out.ends_with(['.', '!', '?']) {
-        out.push('.');
-    }
-    out
-}
-
-/// A JSON `{error, error_description}` answer.
-pub fn json_response(status: StatusCode, error: &str, description: &str) -> Response<Body> {
-    let body = serde_json::json!({ "error": error, "error_description": description });
-    let mut response = Response::new(full(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 /// Makes text safe inside an HTTP quoted-string: no quotes, backslashes or controls.

@@ -2,9 +2,10 @@
 //!
 //! An [`Issuer`] is built once from `issuer:` ([`Issuer::new`]): it opens the
 //! [`store`] (SQLite or PostgreSQL, migrated at start), loads or generates the signing
-//! [`keys`], and compiles the configuration into a [`model::Model`]. The proxy serves its
-//! endpoints ([`Issuer::owns`], [`Issuer::handle`]) before routes, and trusts its tokens
-//! with the in-process keys ([`Issuer::trust_config`], [`Issuer::local_jwks`]).
+//! [`keys`], and compiles the configuration into a [`model::Model`]. Its endpoints
+//! ([`Endpoint`]) are route targets in the gateway's router, matched before the config's
+//! routes and answered by [`Issuer::serve`]; the proxy trusts its tokens with the
+//! in-process keys ([`Issuer::trust_config`], [`Issuer::local_jwks`]).
 //!
 //! On a reload whose `store` and `keys` settings are unchanged, [`Issuer::reconfigure`]
 //! builds the new issuer around the same store and key ring, without I/O.
@@ -21,6 +22,7 @@ pub mod authorize;
 pub mod client_auth;
 pub mod device;
 pub mod discovery;
+mod endpoint;
 pub mod form;
 pub mod introspection;
 pub mod keys;
@@ -40,15 +42,16 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response};
 use serde_json::{Map, Value};
 
 use crate::config::{Dur, IssuerConfig, TrustedIssuerConfig};
-use crate::error::{OAuthError, json_response};
+use crate::error::OAuthError;
+use crate::http::{Body, ConnInfo};
 use crate::jose::Alg;
 use crate::jwks::LocalJwks;
 use crate::metrics::Metrics;
-use crate::pipeline::{Body, ConnInfo};
+pub use endpoint::Endpoint;
 use keys::{KeyEncryption, KeyPolicy, KeyRing, alg_of};
 use model::Model;
 use store::Store;
@@ -74,7 +77,6 @@ pub struct Issuer {
     pub model: Model,
     pub core: Arc<Core>,
     documents: discovery::Documents,
-    endpoints: Vec<String>,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -197,7 +199,6 @@ impl Issuer {
     fn assemble(config: &IssuerConfig, model: Model, core: Arc<Core>) -> Issuer {
         let documents = discovery::documents(&model, alg_of(config.keys.algorithm));
         Issuer {
-            endpoints: config.endpoint_paths(),
             config: config.clone(),
             model,
             core,
@@ -219,11 +220,6 @@ impl Issuer {
     /// The configuration this issuer was built from.
     pub fn config(&self) -> &IssuerConfig {
         &self.config
-    }
-
-    /// True if `path` (normalized, no query) is one of the issuer's endpoints.
-    pub fn owns(&self, path: &str) -> bool {
-        self.endpoints.iter().any(|e| e == path)
     }
 
     /// How the proxy trusts this issuer: `iss` exactly, audiences = every API plus the
@@ -263,24 +259,22 @@ impl Issuer {
         })
     }
 
-    /// Answers a request for one of the issuer's endpoints; `path` is the request's
-    /// normalized path, which [`Issuer::owns`]; `conn` says who asks (throttling) and
-    /// whether over TLS (`Secure` cookies).
-    pub async fn handle<B>(&self, request: Request<B>, path: &str, conn: ConnInfo) -> Response<Body>
+    /// Answers a request for one of the issuer's endpoints (the router has checked its
+    /// method); `conn` says who asks (throttling) and whether over TLS (`Secure` cookies).
+    pub async fn serve<B>(
+        &self,
+        endpoint: Endpoint,
+        request: Request<B>,
+        conn: &ConnInfo,
+    ) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let (parts, body) = request.into_parts();
-        let endpoint = path
-            .strip_prefix(self.model.base_path.as_str())
-            .unwrap_or(path);
-        let method = &parts.method;
-        let get = method == Method::GET || method == Method::HEAD;
-        let post = method == Method::POST;
-        let page = method == Method::GET || post;
+        let conn = conn.clone();
         match endpoint {
-            "/oauth/token" if post => match form::read(&parts.headers, body).await {
+            Endpoint::Token => match form::read(&parts.headers, body).await {
                 Ok(form) => self.token(&parts.headers, &form, conn.remote.ip()).await,
                 Err(err) => {
                     self.core
@@ -291,39 +285,32 @@ impl Issuer {
                     err.into_response()
                 }
             },
-            "/oauth/revoke" if post => match form::read(&parts.headers, body).await {
+            Endpoint::Revoke => match form::read(&parts.headers, body).await {
                 Ok(form) => revocation::handle(self, &parts.headers, &form).await,
                 Err(err) => err.into_response(),
             },
-            "/oauth/introspect" if post => match form::read(&parts.headers, body).await {
+            Endpoint::Introspect => match form::read(&parts.headers, body).await {
                 Ok(form) => introspection::handle(self, &parts.headers, &form).await,
                 Err(err) => err.into_response(),
             },
-            "/userinfo" if get || post => userinfo::handle(self, &parts.headers).await,
-            "/.well-known/jwks.json" if get => discovery::json_document(
+            Endpoint::Userinfo => userinfo::handle(self, &parts.headers).await,
+            Endpoint::Jwks => discovery::json_document(
                 self.core.keys.published().jwks.clone(),
                 discovery::JWKS_CACHE_CONTROL,
             ),
-            "/.well-known/openid-configuration" if get => {
+            Endpoint::OpenidConfiguration => {
                 discovery::json_document(self.documents.openid.clone(), discovery::CACHE_CONTROL)
             }
-            "/.well-known/oauth-authorization-server" if get => {
+            Endpoint::OAuthMetadata => {
                 discovery::json_document(self.documents.oauth.clone(), discovery::CACHE_CONTROL)
             }
-            // Pages with effects (a code, a sign-out) take GET and POST, never HEAD.
-            "/authorize" if page => authorize::endpoint(self, &parts, body, conn).await,
-            "/activate" if page => device::activate(self, &parts, body, conn).await,
-            "/logout" if page => logout::endpoint(self, &parts, body, conn).await,
-            "/oauth/device/code" if post => match form::read(&parts.headers, body).await {
+            Endpoint::Authorize => authorize::endpoint(self, &parts, body, conn).await,
+            Endpoint::Activate => device::activate(self, &parts, body, conn).await,
+            Endpoint::Logout => logout::endpoint(self, &parts, body, conn).await,
+            Endpoint::DeviceCode => match form::read(&parts.headers, body).await {
                 Ok(form) => device::authorization(self, &parts.headers, &form).await,
                 Err(err) => err.into_response(),
             },
-            "/oauth/token" | "/oauth/revoke" | "/oauth/introspect" | "/oauth/device/code" => {
-                method_not_allowed("POST")
-            }
-            "/userinfo" => method_not_allowed("GET, HEAD, POST"),
-            "/authorize" | "/activate" | "/logout" => method_not_allowed("GET, POST"),
-            _ => method_not_allowed("GET, HEAD"),
         }
     }
 
@@ -414,36 +401,6 @@ fn dummy_hash() -> Result<String, String> {
     let mut secret = [0u8; 24];
     aws_lc_rs::rand::fill(&mut secret).map_err(|_| "no randomness".to_string())?;
     crate::config::hash_password(&crate::jose::b64url(&secret))
-}
-
-/// A 200 JSON answer that carries credentials or token state: `Cache-Control: no-store`,
-/// `Pragma: no-cache` (RFC 6749 §5.1), as the token, device and introspection endpoints
-/// answer.
-pub(crate) fn no_store_json(body: impl Into<Bytes>) -> Response<Body> {
-    let mut response = Response::new(crate::pipeline::full(body));
-    let h = response.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
-    h.insert(http::header::PRAGMA, HeaderValue::from_static("no-cache"));
-    response
-}
-
-fn method_not_allowed(allow: &'static str) -> Response<Body> {
-    let mut response = json_response(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this endpoint does not take this method",
-    );
-    response
-        .headers_mut()
-        .insert(http::header::ALLOW, HeaderValue::from_static(allow));
-    response
 }
 
 /// Re-reads keys (rotation, other replicas' keys) and purges expired rows every minute,

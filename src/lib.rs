@@ -15,6 +15,7 @@ pub mod claims;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod issuer;
 pub mod jose;
 pub mod jwks;
@@ -24,6 +25,7 @@ pub mod reload;
 pub mod server;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
 pub use server::{serve, serve_admin};

@@ -8,8 +8,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use scopegate::clock::Clock;
 use scopegate::config::Config;
-use scopegate::state::Gateway;
+use scopegate::metrics::Metrics;
+use scopegate::state::{Builtin, Gateway, Shared, State};
 
 #[derive(Parser)]
 #[command(
@@ -50,14 +52,43 @@ fn main() -> ExitCode {
     }
 }
 
+/// Loads and compiles the config as `run` would (`State::compile`), without opening the
+/// issuer's store or binding listeners; prints the route table, or every error.
 fn check(path: &Path) -> ExitCode {
-    match Config::load(path) {
-        Ok(config) => {
-            print!("{}", scopegate::config::route_table(&config));
-            ExitCode::SUCCESS
-        }
+    let config = match Config::load(path) {
+        Ok(config) => config,
         Err(err) => {
             eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let compiled = runtime.block_on(async {
+        let shared = Shared::new(Metrics::new(), Clock::system())?;
+        State::compile(config, &shared, None, Builtin::Absent).map_err(|errors| {
+            errors
+                .iter()
+                .map(|err| format!("error: {}: {err}", path.display()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    });
+    match compiled {
+        Ok(state) => {
+            print!("{}", state.route_table());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
             ExitCode::FAILURE
         }
     }
@@ -193,7 +224,7 @@ async fn signals(
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-            _ = hup.recv() => match gateway.reload_async().await {
+            _ = hup.recv() => match gateway.reload().await {
                 Ok(()) => tracing::info!("configuration reloaded"),
                 Err(err) => tracing::error!(error = %err, "configuration refused; the previous one keeps serving"),
             },

@@ -61,7 +61,7 @@ pub fn watch(
                 continue;
             }
             last = current;
-            match gateway.reload_async().await {
+            match gateway.reload().await {
                 Ok(()) => tracing::info!(file = %path.display(), "configuration changed; reloaded"),
                 Err(err) => tracing::error!(
                     file = %path.display(),
@@ -94,11 +94,17 @@ mod tests {
         let first = yaml("first");
         std::fs::write(&path, yaml("second")).unwrap();
         let config = crate::config::Config::from_yaml(&first).unwrap();
-        let gateway = Gateway::new(config, Some(path.clone())).unwrap();
+        let gateway = Gateway::start(config, Some(path.clone())).await.unwrap();
         let _watcher = watch(gateway.clone(), &path, Some(first.into_bytes())).unwrap();
         let mut applied = false;
         for _ in 0..200 {
-            if gateway.state().routes.iter().any(|r| &*r.name == "second") {
+            if gateway
+                .state()
+                .pipeline
+                .routes
+                .iter()
+                .any(|r| &*r.name == "second")
+            {
                 applied = true;
                 break;
             }

@@ -1,9 +1,9 @@
 //! Listeners: accept → rustls (optional) → hyper-util `auto::Builder` (HTTP/1.1 and
-//! HTTP/2, h2c included) → [`pipeline::handle`]; the admin listener; graceful shutdown.
+//! HTTP/2, h2c included) → [`Gateway::handle`] (the access layer around the pipeline);
+//! the admin listener; graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,40 +16,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::pipeline::{self, Body, ConnInfo, full};
+use crate::http::{Body, ConnInfo, full};
 use crate::state::Gateway;
-
-/// A TLS acceptor from PEM files, offering h2 and http/1.1 by ALPN.
-pub fn tls_acceptor(
-    cert_file: &Path,
-    key_file: &Path,
-) -> Result<tokio_rustls::TlsAcceptor, String> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .map_err(|err| format!("server.tls.cert_file {}: {err}", cert_file.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|err| format!("server.tls.cert_file {}: {err}", cert_file.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "server.tls.cert_file {} holds no certificate",
-            cert_file.display()
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|err| format!("server.tls.key_file {}: {err}", key_file.display()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|err| err.to_string())?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|err| format!("server.tls: the key does not fit the certificate: {err}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}
 
 fn http_builder(gateway: &Gateway) -> auto::Builder<TokioExecutor> {
     let state = gateway.state();
@@ -111,7 +79,7 @@ pub async fn serve(
             let service = service_fn(move |request: Request<Incoming>| {
                 let gateway = gateway.clone();
                 let conn = conn.clone();
-                async move { Ok::<_, Infallible>(pipeline::handle(&gateway, request, &conn).await) }
+                async move { Ok::<_, Infallible>(gateway.handle(request, &conn).await) }
             });
             let result = match tls {
                 Some(acceptor) => {

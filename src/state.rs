@@ -1,71 +1,49 @@
-//! Everything the request path reads, built once from a [`Config`]: compiled routes,
-//! trusted issuers with their keys, header names, the upstream pool, TLS settings.
+//! Everything the request path reads, compiled once from a [`Config`]:
+//! [`State::compile`] is the one path from config to runtime, used by `scopegate run`
+//! (and every reload) and by `scopegate check`, so `check` refuses whatever `run` would.
 //!
-//! [`Gateway`] holds the current [`State`] behind an `ArcSwap`: a reload builds a whole
+//! [`Gateway`] holds the current [`State`] behind an `ArcSwap`: a reload compiles a whole
 //! new state and swaps it in; each request takes one snapshot and finishes on it.
-//! Metrics and the JWKS fetcher outlive reloads; trusted issuers whose configuration did
-//! not change are carried over with their keys.
+//! Metrics, the clock and the JWKS fetcher outlive reloads; trusted issuers whose
+//! configuration did not change are carried over with their keys.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use http::{Request, Response};
+use hyper::body::Incoming;
 
 use crate::clock::Clock;
-use crate::config::Config;
-use crate::issuer::Issuer;
+use crate::config::{Config, ConfigError};
+use crate::http::{Body, ConnInfo};
+use crate::issuer::{Endpoint, Issuer};
 use crate::jwks::{KeySource, TrustedIssuer};
 use crate::metrics::Metrics;
 use crate::pipeline::authn::Verifier;
 use crate::pipeline::authz::Policy;
 use crate::pipeline::forward::ForwardHeaders;
 use crate::pipeline::router::{MethodSet, Pattern, Router};
-use crate::upstream::{Fetcher, UpstreamTarget, Upstreams};
-
-/// A route, ready to serve.
-#[derive(Debug)]
-pub struct Route {
-    /// The route's name, also its metrics label.
-    pub name: Arc<str>,
-    pub path: String,
-    pub methods: MethodSet,
-    pub policy: Policy,
-    pub upstream: UpstreamTarget,
-    pub strip_prefix: Option<Box<str>>,
-}
-
-impl Route {
-    /// The path sent upstream: `strip_prefix` removed at a segment boundary.
-    pub fn forwarded_path<'a>(&self, path: &'a str) -> std::borrow::Cow<'a, str> {
-        let Some(prefix) = self.strip_prefix.as_deref() else {
-            return path.into();
-        };
-        match path.strip_prefix(prefix) {
-            Some("") => "/".into(),
-            Some(rest) if rest.starts_with('/') => rest.into(),
-            _ => path.into(),
-        }
-    }
-}
+use crate::pipeline::{ISSUER_ROUTE, Pipeline, Route, Target};
+use crate::upstream::{Fetcher, Upstreams};
 
 /// One immutable generation of configuration-derived state.
 pub struct State {
     pub config: Arc<Config>,
-    pub routes: Vec<Route>,
-    pub router: Router,
-    pub verifier: Verifier,
-    pub forward: ForwardHeaders,
-    pub upstreams: Upstreams,
+    pub pipeline: Pipeline,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
-    /// The built-in issuer, when `issuer.enabled`; its endpoints are matched before routes.
-    pub issuer: Option<Arc<Issuer>>,
+    /// Trusted issuers made for this state (not carried over): their key refreshers
+    /// start when the state is put to work ([`State::start`]).
+    fresh: Vec<Arc<TrustedIssuer>>,
+    /// Notes for the route table (config routes that issuer endpoints shadow).
+    notes: Vec<String>,
 }
 
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State")
-            .field("routes", &self.routes.len())
-            .field("verifier", &self.verifier)
+            .field("routes", &self.pipeline.routes.len())
+            .field("verifier", &self.pipeline.verifier)
             .finish()
     }
 }
@@ -75,6 +53,16 @@ pub struct Shared {
     pub metrics: Metrics,
     pub fetcher: Fetcher,
     pub clock: Clock,
+}
+
+impl Shared {
+    pub fn new(metrics: Metrics, clock: Clock) -> Result<Shared, String> {
+        Ok(Shared {
+            metrics,
+            fetcher: Fetcher::new(crate::tls::tls_client_config(None).map_err(|e| e.to_string())?),
+            clock,
+        })
+    }
 }
 
 /// What a gateway is started with besides its config. `Runtime::default()` is what
@@ -93,82 +81,70 @@ pub struct Runtime {
     pub issuer: Option<Arc<Issuer>>,
 }
 
+/// The built-in issuer a state is compiled with.
+pub enum Builtin {
+    /// Not enabled, or only checked (`scopegate check`): its endpoints are routed, but
+    /// nothing serves them and its keys are not trusted.
+    Absent,
+    /// Built and ready (its store open, its keys loaded).
+    Ready(Arc<Issuer>),
+}
+
 impl State {
-    /// Builds state from a validated config. `previous` lends trusted issuers whose
-    /// configuration is unchanged, so a reload does not refetch their keys, and the
-    /// built-in issuer when its `store` and `keys` settings are unchanged.
-    /// `prebuilt` is a built-in issuer made for this config ([`Issuer::new`]); without one
-    /// and without a reusable previous issuer, it is built here, blocking
-    /// ([`Issuer::new_blocking`]).
-    pub fn build(
+    /// Compiles a config: every check `run` makes, one error per problem, each with its
+    /// key path. Starts nothing; [`State::start`] does once the state serves.
+    /// `previous` lends trusted issuers whose configuration is unchanged, so a reload
+    /// does not refetch their keys.
+    pub fn compile(
         config: Config,
         shared: &Shared,
         previous: Option<&State>,
-        prebuilt: Option<Arc<Issuer>>,
-    ) -> Result<State, String> {
-        let tls_client =
-            crate::upstream::tls_client_config(config.server.upstream_ca_file.as_deref())?;
-        let builtin = match config.issuer.as_ref().filter(|i| i.enabled) {
-            None => None,
-            Some(issuer_config) => Some(match prebuilt {
-                Some(issuer) => issuer,
-                None => previous
-                    .and_then(|p| p.issuer.as_ref())
-                    .and_then(|old| reuse_issuer(old, issuer_config))
-                    .map_or_else(
-                        || Issuer::new_blocking(issuer_config, shared.metrics.clone()),
-                        Ok,
-                    )?,
-            }),
+        builtin: Builtin,
+    ) -> Result<State, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let tls_client = keep(
+            &mut errors,
+            crate::tls::tls_client_config(config.server.upstream_ca_file.as_deref())
+                .map_err(|err| ConfigError::at("server.upstream_ca_file", err)),
+        );
+        let tls = match &config.server.tls {
+            Some(tls) => keep(
+                &mut errors,
+                crate::tls::tls_acceptor(&tls.cert_file, &tls.key_file)
+                    .map(Some)
+                    .map_err(|err| ConfigError::at(err.key(), err.to_string())),
+            ),
+            None => Some(None),
         };
-        let mut issuers = Vec::new();
-        for issuer_config in &config.trust.issuers {
-            let reused = previous.and_then(|p| {
-                p.verifier
-                    .issuers()
-                    .iter()
-                    .find(|old| {
-                        old.config == *issuer_config
-                            && !matches!(old.source, crate::jwks::KeySource::Local(_))
-                    })
-                    .cloned()
-            });
-            let issuer = match reused {
-                Some(issuer) => issuer,
-                None => {
-                    let source = TrustedIssuer::source_for(issuer_config)?;
-                    let issuer = TrustedIssuer::new(
-                        issuer_config.clone(),
-                        source,
-                        shared.fetcher.clone(),
-                        shared.metrics.clone(),
-                    )?;
-                    issuer.spawn_refresher();
-                    issuer
-                }
-            };
-            issuers.push(issuer);
+        let forward = keep(
+            &mut errors,
+            ForwardHeaders::new(&config.forward).map_err(|err| ConfigError::at("forward", err)),
+        );
+        if config.issuer.as_ref().is_some_and(|i| i.enabled) {
+            keep(
+                &mut errors,
+                crate::issuer::keys::KeyEncryption::from_env()
+                    .map(|_| ())
+                    .map_err(|err| ConfigError::at("issuer.keys", err)),
+            );
         }
-        if let Some(builtin) = &builtin {
-            issuers.push(local_trust(builtin, shared, previous)?);
-        }
+        let builtin = match builtin {
+            Builtin::Ready(issuer) if config.issuer.as_ref().is_some_and(|i| i.enabled) => {
+                Some(issuer)
+            }
+            _ => None,
+        };
+        let issuers = keep(
+            &mut errors,
+            trusted_issuers(&config, shared, previous, builtin.as_ref()),
+        );
+        let (Some(tls_client), Some(tls), Some(forward), Some((issuers, fresh))) =
+            (tls_client, tls, forward, issuers)
+        else {
+            return Err(errors);
+        };
 
-        let mut routes = Vec::with_capacity(config.routes.len());
-        let mut compiled = Vec::with_capacity(config.routes.len());
-        for route in &config.routes {
-            let pattern = Pattern::parse(&route.matcher.path)?;
-            let methods = MethodSet::from_names(route.matcher.methods.as_deref());
-            compiled.push((pattern, methods));
-            routes.push(Route {
-                name: route.name.as_str().into(),
-                path: route.matcher.path.clone(),
-                methods,
-                policy: Policy::from_route(route),
-                upstream: UpstreamTarget::parse(&route.upstream)?,
-                strip_prefix: route.strip_prefix.as_deref().map(Into::into),
-            });
-        }
-
+        let (routes, router, notes) = compile_routes(&config);
         let verifier = Verifier::new(
             issuers,
             config.trust.leeway.get(),
@@ -181,30 +157,185 @@ impl State {
                 .collect(),
             config.server.token_cache_size,
         );
-        let tls = match &config.server.tls {
-            Some(tls) => Some(crate::server::tls_acceptor(&tls.cert_file, &tls.key_file)?),
-            None => None,
-        };
         Ok(State {
-            router: Router::new(&compiled),
-            routes,
-            verifier,
-            forward: ForwardHeaders::new(&config.forward)?,
-            upstreams: Upstreams::new(
-                tls_client,
-                config.server.timeouts.upstream_connect.get(),
-                config.server.timeouts.upstream_response.get(),
-            ),
+            pipeline: Pipeline {
+                routes,
+                router,
+                verifier,
+                forward,
+                upstreams: Upstreams::new(
+                    tls_client,
+                    config.server.timeouts.upstream_connect.get(),
+                    config.server.timeouts.upstream_response.get(),
+                ),
+                max_header_bytes: config.server.limits.max_header_bytes,
+                issuer: builtin,
+            },
             tls,
-            issuer: builtin,
+            fresh,
+            notes,
             config: Arc::new(config),
         })
     }
 
+    /// Puts a compiled state to work: starts the key refreshers of its new trusted
+    /// issuers. Must run inside a Tokio runtime.
+    pub fn start(&self) {
+        for issuer in &self.fresh {
+            issuer.spawn_refresher();
+        }
+    }
+
     /// True once every trusted issuer has keys.
     pub fn ready(&self) -> bool {
-        self.verifier.issuers().iter().all(|i| i.is_loaded())
+        self.pipeline
+            .verifier
+            .issuers()
+            .iter()
+            .all(|i| i.is_loaded())
     }
+
+    /// The route table `scopegate check` prints: one line per route, in file order,
+    /// then the built-in issuer's endpoints and what they shadow.
+    pub fn route_table(&self) -> String {
+        route_table(&self.config, &self.notes)
+    }
+}
+
+/// The value, or `None` with the error kept.
+fn keep<T>(errors: &mut Vec<ConfigError>, result: Result<T, ConfigError>) -> Option<T> {
+    result.map_err(|err| errors.push(err)).ok()
+}
+
+/// The config's routes behind the built-in issuer's endpoints (which reserve their
+/// paths), compiled into one router; notes name the routes that lose paths to them.
+fn compile_routes(config: &Config) -> (Vec<Route>, Router, Vec<String>) {
+    let mut routes = Vec::new();
+    let mut reserved = Vec::new();
+    if let Some(issuer) = config.issuer.as_ref().filter(|i| i.enabled) {
+        let base = issuer.base_path();
+        for endpoint in Endpoint::ALL {
+            let path = format!("{base}{}", endpoint.path());
+            let names: Vec<String> = endpoint.methods().iter().map(|m| m.to_string()).collect();
+            let methods = MethodSet::from_names(Some(&names));
+            match Pattern::parse(&path) {
+                Ok(pattern) => reserved.push((pattern, methods)),
+                // The issuer URL's path was checked at load; a path that still does not
+                // parse is left unrouted (404) rather than served wrongly.
+                Err(err) => {
+                    tracing::error!(path, error = %err, "issuer endpoint not routable");
+                    continue;
+                }
+            }
+            routes.push(Route {
+                name: Arc::from(ISSUER_ROUTE),
+                path,
+                methods,
+                policy: Policy::open(),
+                target: Target::Issuer(endpoint),
+                strip_prefix: None,
+            });
+        }
+    }
+    let mut compiled = Vec::with_capacity(config.routes.len());
+    for route in &config.routes {
+        let methods = MethodSet::from_names(route.matcher.methods.as_deref());
+        compiled.push((route.matcher.path.clone(), methods));
+        routes.push(Route {
+            name: route.name.as_str().into(),
+            path: route.matcher.path.to_string(),
+            methods,
+            policy: Policy::from_route(route),
+            target: Target::Upstream(route.upstream.clone()),
+            strip_prefix: route.strip_prefix.as_deref().map(Into::into),
+        });
+    }
+    let notes = shadow_notes(config, &reserved, &routes[reserved.len()..]);
+    (routes, Router::with_reserved(&reserved, &compiled), notes)
+}
+
+/// Config routes whose paths include issuer endpoints (which are matched first).
+fn shadow_notes(
+    config: &Config,
+    reserved: &[(Pattern, MethodSet)],
+    routes: &[Route],
+) -> Vec<String> {
+    let endpoints: Vec<String> = reserved.iter().map(|(p, _)| p.to_string()).collect();
+    let mut notes = Vec::new();
+    for (route, config_route) in routes.iter().zip(&config.routes) {
+        let router = Router::new(&[(config_route.matcher.path.clone(), MethodSet::any())]);
+        let taken: Vec<&str> = endpoints
+            .iter()
+            .filter(|path| {
+                !matches!(
+                    router.lookup(path, &http::Method::GET),
+                    crate::pipeline::router::Lookup::NotFound
+                )
+            })
+            .map(String::as_str)
+            .collect();
+        if !taken.is_empty() {
+            notes.push(format!(
+                "note: route {:?} does not get {}: the issuer serves it",
+                route.name,
+                taken.join(" ")
+            ));
+        }
+    }
+    notes
+}
+
+/// The trusted issuers, reusing the previous state's where unchanged, with the built-in
+/// issuer last; and those made anew (whose refreshers must start).
+type Issuers = (Vec<Arc<TrustedIssuer>>, Vec<Arc<TrustedIssuer>>);
+
+fn trusted_issuers(
+    config: &Config,
+    shared: &Shared,
+    previous: Option<&State>,
+    builtin: Option<&Arc<Issuer>>,
+) -> Result<Issuers, ConfigError> {
+    let mut issuers = Vec::new();
+    let mut fresh = Vec::new();
+    for (index, issuer_config) in config.trust.issuers.iter().enumerate() {
+        let reused = previous.and_then(|p| {
+            p.pipeline
+                .verifier
+                .issuers()
+                .iter()
+                .find(|old| {
+                    old.config == *issuer_config && !matches!(old.source, KeySource::Local(_))
+                })
+                .cloned()
+        });
+        let issuer = match reused {
+            Some(issuer) => issuer,
+            None => {
+                let at = format!("trust.issuers[{index}]");
+                let source = TrustedIssuer::source_for(issuer_config)
+                    .map_err(|err| ConfigError::at(&at, err))?;
+                let issuer = TrustedIssuer::new(
+                    issuer_config.clone(),
+                    source,
+                    shared.fetcher.clone(),
+                    shared.metrics.clone(),
+                )
+                .map_err(|err| ConfigError::at(&at, err))?;
+                fresh.push(issuer.clone());
+                issuer
+            }
+        };
+        issuers.push(issuer);
+    }
+    if let Some(builtin) = builtin {
+        let (trusted, made) =
+            local_trust(builtin, shared, previous).map_err(|err| ConfigError::at("issuer", err))?;
+        if made {
+            fresh.push(trusted.clone());
+        }
+        issuers.push(trusted);
+    }
+    Ok((issuers, fresh))
 }
 
 /// The previous issuer itself when its configuration is unchanged, else one rebuilt
@@ -219,24 +350,26 @@ fn reuse_issuer(old: &Arc<Issuer>, config: &crate::config::IssuerConfig) -> Opti
 
 /// The built-in issuer as a trusted issuer, with in-process keys. Carried over from the
 /// previous state when it trusts the same issuer core the same way (no key reload gap).
+/// The second value is true when it was made anew.
 fn local_trust(
     builtin: &Arc<Issuer>,
     shared: &Shared,
     previous: Option<&State>,
-) -> Result<Arc<TrustedIssuer>, String> {
+) -> Result<(Arc<TrustedIssuer>, bool), String> {
     let trust = builtin.trust_config();
     let same_core = previous
-        .and_then(|p| p.issuer.as_ref())
+        .and_then(|p| p.pipeline.issuer.as_ref())
         .is_some_and(|old| Arc::ptr_eq(&old.core, &builtin.core));
     if same_core
         && let Some(old) = previous.and_then(|p| {
-            p.verifier
+            p.pipeline
+                .verifier
                 .issuers()
                 .iter()
                 .find(|t| matches!(t.source, KeySource::Local(_)) && t.config == trust)
         })
     {
-        return Ok(old.clone());
+        return Ok((old.clone(), false));
     }
     let trusted = TrustedIssuer::new(
         trust,
@@ -244,15 +377,93 @@ fn local_trust(
         shared.fetcher.clone(),
         shared.metrics.clone(),
     )?;
-    trusted.spawn_refresher();
-    Ok(trusted)
+    Ok((trusted, true))
+}
+
+/// The route table `scopegate check` prints: one line per route, in file order.
+fn route_table(config: &Config, notes: &[String]) -> String {
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "METHODS".into(),
+        "PATH".into(),
+        "AUTH".into(),
+        "SCOPES".into(),
+        "UPSTREAM".into(),
+    ]];
+    for route in &config.routes {
+        let mut scopes = route.scopes.join(" ");
+        if !route.any_scopes.is_empty() {
+            if !scopes.is_empty() {
+                scopes.push_str(" + ");
+            }
+            scopes.push_str(&format!("one of ({})", route.any_scopes.join(" ")));
+        }
+        if let Some(audience) = &route.audience {
+            scopes = format!("{scopes} [aud {audience}]").trim().to_string();
+        }
+        rows.push([
+            route.name.clone(),
+            route
+                .matcher
+                .methods
+                .as_ref()
+                .map_or_else(|| "*".to_string(), |m| m.join(",")),
+            match &route.strip_prefix {
+                Some(prefix) => format!("{} (strip {prefix})", route.matcher.path),
+                None => route.matcher.path.to_string(),
+            },
+            route.auth.to_string(),
+            if scopes.is_empty() {
+                "-".into()
+            } else {
+                scopes
+            },
+            route.upstream.to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|column| rows.iter().map(|row| row[column].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    let builtin = config.issuer.as_ref().filter(|i| i.enabled);
+    if let Some(issuer) = builtin {
+        let base = issuer.base_path();
+        let endpoints: Vec<String> = Endpoint::ALL
+            .iter()
+            .map(|e| format!("{base}{}", e.path()))
+            .collect();
+        out.push_str(&format!(
+            "built-in issuer {}: {} (matched before routes)\n",
+            issuer.url,
+            endpoints.join(" ")
+        ));
+    }
+    for note in notes {
+        out.push_str(note);
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "{} route(s); {} trusted issuer(s)\n",
+        config.routes.len(),
+        config.trust.issuers.len() + usize::from(builtin.is_some())
+    ));
+    out
 }
 
 /// The running gateway: current state plus what outlives reloads.
 pub struct Gateway {
     state: ArcSwap<State>,
+    shared: Shared,
     pub metrics: Metrics,
-    fetcher: Fetcher,
     pub clock: Clock,
     /// The file reloads read, if the config came from one.
     pub config_path: Option<PathBuf>,
@@ -266,16 +477,19 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-impl Gateway {
-    /// Builds the first state. Must run inside a Tokio runtime (key refreshers start).
-    /// An enabled built-in issuer is built blocking ([`Issuer::new_blocking`]);
-    /// [`Gateway::start`] does the same without blocking.
-    pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Gateway>, String> {
-        Gateway::assemble(config, config_path, Metrics::new(), None)
-    }
+/// Compile errors as one message, a line each.
+fn joined(errors: Vec<ConfigError>) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
-    /// Builds the first state, the built-in issuer included (its store is opened and
-    /// migrated, its keys loaded or generated).
+impl Gateway {
+    /// Compiles the first state and starts it, the built-in issuer included (its store
+    /// opened and migrated, its keys loaded or generated). Must run inside a Tokio
+    /// runtime.
     pub async fn start(
         config: Config,
         config_path: Option<PathBuf>,
@@ -293,56 +507,22 @@ impl Gateway {
     /// [`Gateway::start`] with a chosen clock, metrics registry or prebuilt issuer.
     pub async fn start_with(config: Config, runtime: Runtime) -> Result<Arc<Gateway>, String> {
         let metrics = runtime.metrics.unwrap_or_default();
-        let issuer = match (runtime.issuer, config.issuer.as_ref().filter(|i| i.enabled)) {
-            (Some(issuer), _) => Some(issuer),
+        let shared = Shared::new(metrics.clone(), runtime.clock.clone())?;
+        let builtin = match (runtime.issuer, config.issuer.as_ref().filter(|i| i.enabled)) {
+            (Some(issuer), _) => Builtin::Ready(issuer),
             (None, Some(issuer_config)) => {
-                Some(Issuer::new(issuer_config, metrics.clone()).await?)
+                Builtin::Ready(Issuer::new(issuer_config, metrics.clone()).await?)
             }
-            (None, None) => None,
+            (None, None) => Builtin::Absent,
         };
-        Gateway::assemble_with(config, runtime.config_path, metrics, issuer, runtime.clock)
-    }
-
-    /// [`Gateway::start`] with an issuer built by the caller (tests choose its key
-    /// encryption; benches share one).
-    pub fn with_issuer(
-        config: Config,
-        config_path: Option<PathBuf>,
-        metrics: Metrics,
-        issuer: Option<Arc<Issuer>>,
-    ) -> Result<Arc<Gateway>, String> {
-        Gateway::assemble(config, config_path, metrics, issuer)
-    }
-
-    fn assemble(
-        config: Config,
-        config_path: Option<PathBuf>,
-        metrics: Metrics,
-        issuer: Option<Arc<Issuer>>,
-    ) -> Result<Arc<Gateway>, String> {
-        Gateway::assemble_with(config, config_path, metrics, issuer, Clock::system())
-    }
-
-    fn assemble_with(
-        config: Config,
-        config_path: Option<PathBuf>,
-        metrics: Metrics,
-        issuer: Option<Arc<Issuer>>,
-        clock: Clock,
-    ) -> Result<Arc<Gateway>, String> {
-        let fetcher = Fetcher::new(crate::upstream::tls_client_config(None)?);
-        let shared = Shared {
-            metrics: metrics.clone(),
-            fetcher: fetcher.clone(),
-            clock: clock.clone(),
-        };
-        let state = State::build(config, &shared, None, issuer)?;
+        let state = State::compile(config, &shared, None, builtin).map_err(joined)?;
+        state.start();
         Ok(Arc::new(Gateway {
             state: ArcSwap::from_pointee(state),
+            shared,
             metrics,
-            fetcher,
-            clock,
-            config_path,
+            clock: runtime.clock,
+            config_path: runtime.config_path,
         }))
     }
 
@@ -355,54 +535,24 @@ impl Gateway {
         self.state.load().ready()
     }
 
-    /// Builds a new state from `config` and swaps it in. In-flight requests finish on the
-    /// state they started with. On error nothing changes. The built-in issuer is reused
-    /// (or reconfigured around the same store and keys); when it must be built anew this
-    /// blocks meanwhile ([`Gateway::apply_async`] does not).
-    pub fn apply(&self, config: Config) -> Result<(), String> {
-        self.apply_with(config, None)
+    /// Serves one request on the current state (see [`crate::pipeline::access`]).
+    pub async fn handle(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+        let state = self.state();
+        crate::pipeline::access::serve(&self.metrics, &state.pipeline, request, conn).await
     }
 
-    /// [`Gateway::apply`] for any config: builds the built-in issuer anew when it is
-    /// new or its `store`/`keys` settings changed.
-    pub async fn apply_async(&self, config: Config) -> Result<(), String> {
-        let previous = self.state.load_full();
-        let needs_build = match config.issuer.as_ref().filter(|i| i.enabled) {
-            None => false,
-            Some(issuer_config) => previous.issuer.as_ref().is_none_or(|old| {
-                old.config() != issuer_config && old.reconfigure(issuer_config).is_none()
-            }),
-        };
-        let prebuilt = match config.issuer.as_ref().filter(|_| needs_build) {
-            Some(issuer_config) => match Issuer::new(issuer_config, self.metrics.clone()).await {
-                Ok(issuer) => Some(issuer),
-                Err(err) => {
-                    self.metrics
-                        .config_reloads_total
-                        .with_label_values(&["error"])
-                        .inc();
-                    return Err(err);
-                }
-            },
-            None => None,
-        };
-        self.apply_with(config, prebuilt)
-    }
-
-    fn apply_with(&self, config: Config, prebuilt: Option<Arc<Issuer>>) -> Result<(), String> {
-        let shared = Shared {
-            metrics: self.metrics.clone(),
-            fetcher: self.fetcher.clone(),
-            clock: self.clock.clone(),
-        };
-        let previous = self.state.load_full();
-        let result = State::build(config, &shared, Some(&previous), prebuilt);
+    /// Compiles a new state from `config` and swaps it in. In-flight requests finish on
+    /// the state they started with. On error nothing changes. The built-in issuer is
+    /// reused, reconfigured around the same store and keys, or built anew when it is new
+    /// or its `store`/`keys` settings changed.
+    pub async fn apply(&self, config: Config) -> Result<(), String> {
+        let result = self.compile_next(config).await;
         let label = if result.is_ok() { "success" } else { "error" };
         self.metrics
             .config_reloads_total
             .with_label_values(&[label])
             .inc();
-        let state = result?;
+        let (state, previous) = result?;
         if state.config.server.listen != previous.config.server.listen
             || state.config.server.admin_listen != previous.config.server.admin_listen
         {
@@ -411,34 +561,39 @@ impl Gateway {
         if state.config.server.workers != previous.config.server.workers {
             tracing::warn!("server.workers changed; it takes effect only after a restart");
         }
+        state.start();
         self.state.store(Arc::new(state));
         Ok(())
     }
 
-    /// [`Gateway::reload`] that may rebuild the built-in issuer ([`Gateway::apply_async`]).
-    pub async fn reload_async(&self) -> Result<(), String> {
-        let Some(path) = &self.config_path else {
-            return Err("the configuration did not come from a file".into());
-        };
-        match Config::load(path) {
-            Ok(config) => self.apply_async(config).await,
-            Err(err) => {
-                self.metrics
-                    .config_reloads_total
-                    .with_label_values(&["error"])
-                    .inc();
-                Err(err.to_string())
+    async fn compile_next(&self, config: Config) -> Result<(State, Arc<State>), String> {
+        let previous = self.state.load_full();
+        let builtin = match config.issuer.as_ref().filter(|i| i.enabled) {
+            None => Builtin::Absent,
+            Some(issuer_config) => {
+                let reused = previous
+                    .pipeline
+                    .issuer
+                    .as_ref()
+                    .and_then(|old| reuse_issuer(old, issuer_config));
+                match reused {
+                    Some(issuer) => Builtin::Ready(issuer),
+                    None => Builtin::Ready(Issuer::new(issuer_config, self.metrics.clone()).await?),
+                }
             }
-        }
+        };
+        let state =
+            State::compile(config, &self.shared, Some(&previous), builtin).map_err(joined)?;
+        Ok((state, previous))
     }
 
     /// Re-reads the config file and applies it; a bad file leaves the old state serving.
-    pub fn reload(&self) -> Result<(), String> {
+    pub async fn reload(&self) -> Result<(), String> {
         let Some(path) = &self.config_path else {
             return Err("the configuration did not come from a file".into());
         };
         match Config::load(path) {
-            Ok(config) => self.apply(config),
+            Ok(config) => self.apply(config).await,
             Err(err) => {
                 self.metrics
                     .config_reloads_total

@@ -2,13 +2,11 @@
 //! there (HTTP/1.1, keep-alive, rustls for `https://`), and the timeouts that turn a dead
 //! or slow upstream into 502 or 504. Also the small client that fetches JWKS documents.
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, Uri};
+use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -20,71 +18,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 use tower_service::Service;
-
-/// Where a route forwards to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UpstreamTarget {
-    /// `builtin:echo`: answers with the request as it would have been forwarded.
-    Echo,
-    Http(HttpTarget),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpTarget {
-    pub scheme: Scheme,
-    pub authority: Authority,
-    /// Path prefix of the upstream URL without a trailing slash (`""` for none).
-    pub base_path: Box<str>,
-    /// Value for the `Host` header sent upstream.
-    pub host: HeaderValue,
-}
-
-impl UpstreamTarget {
-    /// Parses `builtin:echo` or an `http(s)://host[:port][/base]` URL.
-    pub fn parse(text: &str) -> Result<UpstreamTarget, String> {
-        if text == "builtin:echo" {
-            return Ok(UpstreamTarget::Echo);
-        }
-        let uri: Uri = text.parse().map_err(|_| {
-            format!("{text:?} is not a URL; use http://host:port, https://host or builtin:echo")
-        })?;
-        let scheme = match uri.scheme_str() {
-            Some("http") => Scheme::HTTP,
-            Some("https") => Scheme::HTTPS,
-            _ => {
-                return Err(format!(
-                    "{text:?}: an upstream is an http:// or https:// URL, or builtin:echo"
-                ));
-            }
-        };
-        let authority = uri
-            .authority()
-            .filter(|a| !a.host().is_empty())
-            .cloned()
-            .ok_or_else(|| format!("{text:?} has no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(format!(
-                "{text:?}: credentials in an upstream URL are not supported"
-            ));
-        }
-        if uri.query().is_some() || text.contains('#') {
-            return Err(format!(
-                "{text:?}: an upstream URL has no query or fragment"
-            ));
-        }
-        let base_path = uri.path().trim_end_matches('/');
-        crate::pipeline::router::normalize_path(if base_path.is_empty() { "/" } else { base_path })
-            .map_err(|err| format!("{text:?}: {err}"))?;
-        let host = HeaderValue::from_str(authority.as_str())
-            .map_err(|_| format!("{text:?} has an invalid host"))?;
-        Ok(UpstreamTarget::Http(HttpTarget {
-            scheme,
-            authority,
-            base_path: base_path.into(),
-            host,
-        }))
-    }
-}
 
 type Connector = HttpsConnector<HttpConnector>;
 
@@ -139,40 +72,6 @@ impl std::fmt::Debug for Upstreams {
             .field("response_timeout", &self.response_timeout)
             .finish()
     }
-}
-
-/// rustls client settings: the system's roots plus an optional extra CA file.
-pub fn tls_client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        // A system store may hold certificates rustls cannot use; skip those.
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = extra_ca {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|err| format!("cannot read {}: {err}", path.display()))?
-            .collect::<Result<_, _>>()
-            .map_err(|err| format!("{} is not a PEM certificate file: {err}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!("{} holds no certificate", path.display()));
-        }
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|err| format!("{}: {err}", path.display()))?;
-        }
-    }
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|err| err.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth())
 }
 
 /// The body sent upstream: the client's, streamed, or nothing (a replayed request).
@@ -483,37 +382,5 @@ impl Fetcher {
         tokio::time::timeout(self.timeout, work)
             .await
             .map_err(|_| "timed out".to_string())?
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_upstream_urls() {
-        assert_eq!(
-            UpstreamTarget::parse("builtin:echo").unwrap(),
-            UpstreamTarget::Echo
-        );
-        let UpstreamTarget::Http(t) = UpstreamTarget::parse("http://127.0.0.1:9001/base/").unwrap()
-        else {
-            panic!()
-        };
-        assert_eq!(t.authority.as_str(), "127.0.0.1:9001");
-        assert_eq!(&*t.base_path, "/base");
-        assert_eq!(t.scheme, Scheme::HTTP);
-        for bad in [
-            "builtin:nope",
-            "ftp://x",
-            "127.0.0.1:9001",
-            "http://",
-            "http://u:p@x",
-            "http://x/?q=1",
-            "/just/a/path",
-            "http://x/a/../b",
-        ] {
-            assert!(UpstreamTarget::parse(bad).is_err(), "{bad:?}");
-        }
     }
 }

@@ -1210,9 +1210,8 @@ async fn keys_rotate_and_old_keys_stay_published() {
         },
     );
     let config = scopegate::config::Config::from_yaml_with_env(&yaml, |_| None).unwrap();
-    // A keys change builds a new issuer core on the same store: blocking with apply,
-    // without blocking with apply_async (used for EdDSA further down).
-    gw.gateway.apply(config).unwrap();
+    // A keys change builds a new issuer core on the same store.
+    gw.gateway.apply(config).await.unwrap();
     let after = gw.machine_token().await["access_token"]
         .as_str()
         .unwrap()
@@ -1252,7 +1251,7 @@ async fn keys_rotate_and_old_keys_stay_published() {
         },
     );
     let config = scopegate::config::Config::from_yaml_with_env(&yaml, |_| None).unwrap();
-    gw.gateway.apply_async(config).await.unwrap();
+    gw.gateway.apply(config).await.unwrap();
     let third = gw.machine_token().await["access_token"]
         .as_str()
         .unwrap()
@@ -1271,16 +1270,16 @@ async fn keys_rotate_and_old_keys_stay_published() {
     gw.stop().await;
 }
 
-/// `Gateway::new` (synchronous) builds the issuer too, even on a current-thread runtime.
+/// `Gateway::start` builds the issuer on a current-thread runtime (`workers: 1`).
 #[tokio::test]
-async fn synchronous_gateway_new_builds_the_issuer() {
+async fn gateway_start_builds_the_issuer_on_a_current_thread_runtime() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let store = TestStore::new(backend).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let yaml = config_yaml(addr.port(), &store.url, &Options::default());
         let config = scopegate::config::Config::from_yaml_with_env(&yaml, |_| None).unwrap();
-        let gateway = scopegate::Gateway::new(config, None).unwrap();
+        let gateway = scopegate::Gateway::start(config, None).await.unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(scopegate::serve(listener, gateway.clone(), async {
             let _ = rx.await;
@@ -1333,14 +1332,23 @@ fn the_demo_config_enables_the_issuer() {
 async fn reload_reuses_the_issuer_core() {
     let store = TestStore::new(Backend::Sqlite).await;
     let gw = Running::start(&store.url, &Options::default()).await;
-    let core = gw.gateway.state().issuer.as_ref().unwrap().core.clone();
+    let core = gw
+        .gateway
+        .state()
+        .pipeline
+        .issuer
+        .as_ref()
+        .unwrap()
+        .core
+        .clone();
     // Same config: the same issuer. Users changed: same store and keys, new model.
     let yaml = config_yaml(gw.addr.port(), &store.url, &Options::default());
     gw.gateway
         .apply(scopegate::config::Config::from_yaml_with_env(&yaml, |_| None).unwrap())
+        .await
         .unwrap();
     assert!(std::sync::Arc::ptr_eq(
-        &gw.gateway.state().issuer.as_ref().unwrap().core,
+        &gw.gateway.state().pipeline.issuer.as_ref().unwrap().core,
         &core
     ));
     let fewer = config_yaml(
@@ -1353,9 +1361,10 @@ async fn reload_reuses_the_issuer_core() {
     );
     gw.gateway
         .apply(scopegate::config::Config::from_yaml_with_env(&fewer, |_| None).unwrap())
+        .await
         .unwrap();
     let state = gw.gateway.state();
-    let issuer = state.issuer.as_ref().unwrap();
+    let issuer = state.pipeline.issuer.as_ref().unwrap();
     assert!(std::sync::Arc::ptr_eq(&issuer.core, &core));
     assert_eq!(issuer.model.throttle.max_failures, 7);
     let token = gw.machine_token().await["access_token"]
@@ -1380,7 +1389,14 @@ fn check_names_routes_the_issuer_endpoints_take() {
         },
     );
     let config = scopegate::config::Config::from_yaml_with_env(&yaml, |_| None).unwrap();
-    let table = scopegate::config::route_table(&config);
+    let table = scopegate::state::State::compile(
+        config,
+        &scopegate::state::Shared::new(Default::default(), Default::default()).unwrap(),
+        None,
+        scopegate::state::Builtin::Absent,
+    )
+    .unwrap()
+    .route_table();
     assert!(
         table.contains("note: route \"everything\" does not get /authorize /oauth/token"),
         "{table}"

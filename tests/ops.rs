@@ -420,7 +420,7 @@ async fn tls_termination_offers_h2_and_http11() {
 /// An https upstream with its own certificate.
 async fn tls_upstream(dir: &std::path::Path) -> (SocketAddr, PathBuf) {
     let (cert, key, _) = self_signed(dir);
-    let acceptor = scopegate::server::tls_acceptor(&cert, &key).unwrap();
+    let acceptor = scopegate::tls::tls_acceptor(&cert, &key).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

@@ -50,7 +50,7 @@ async fn a_reload_that_stops_trusting_the_audience_refuses_cached_tokens() {
         ],
     );
     let config = scopegate::config::Config::from_yaml(&narrowed).unwrap();
-    env.gw.gateway.apply(config).unwrap();
+    env.gw.gateway.apply(config).await.unwrap();
     let reply = env.get_bearer("/api/x", &token).await;
     assert_json_error(&reply, 401, "invalid_token");
     assert!(reply.text().contains("aud"), "{}", reply.text());

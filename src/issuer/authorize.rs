@@ -32,7 +32,7 @@ use super::session::{self, CSRF_FIELD, Refused};
 use super::store::{CodeRecord, now, secret_hash};
 use super::{Issuer, token};
 use crate::error::{OAuthCode, OAuthError};
-use crate::pipeline::{Body, ConnInfo};
+use crate::http::{Body, ConnInfo};
 
 /// The hidden field of the sign-in form that carries the pending authorization request.
 pub const PENDING_FIELD: &str = "pending_request";
@@ -638,7 +638,7 @@ pub fn see_other(location: &str) -> Response<Body> {
         tracing::error!("a redirect location is not a valid header value");
         return OAuthError::server_error().into_page("Scopegate");
     };
-    let mut response = Response::new(crate::pipeline::full(""));
+    let mut response = Response::new(crate::http::full(""));
     *response.status_mut() = StatusCode::SEE_OTHER;
     let h = response.headers_mut();
     h.insert(http::header::LOCATION, value);

@@ -32,7 +32,7 @@ use super::store::{DeviceRecord, now, secret_hash};
 use super::token::{DEVICE_CODE, store_failed};
 use super::{Issuer, throttle};
 use crate::error::{OAuthCode, OAuthError};
-use crate::pipeline::{Body, ConnInfo};
+use crate::http::{Body, ConnInfo};
 
 /// The letters of user codes: consonants only, none easily confused.
 pub const USER_CODE_ALPHABET: &[u8; 20] = b"BCDFGHJKLMNPQRSTVWXZ";
@@ -97,7 +97,7 @@ struct DeviceAuthorization {
 /// `POST /oauth/device/code`, after the form has been read.
 pub async fn authorization(issuer: &Issuer, headers: &HeaderMap, form: &Form) -> Response<Body> {
     match start(issuer, headers, form).await {
-        Ok(answer) => super::no_store_json(serde_json::to_vec(&answer).unwrap_or_default()),
+        Ok(answer) => crate::http::no_store_json(serde_json::to_vec(&answer).unwrap_or_default()),
         Err(err) => {
             issuer
                 .core

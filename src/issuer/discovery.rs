@@ -8,8 +8,8 @@ use http::{HeaderValue, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::model::Model;
+use crate::http::{Body, full};
 use crate::jose::Alg;
-use crate::pipeline::{Body, full};
 
 /// How long clients may cache discovery documents and the JWKS. Short, so a rotated key
 /// is picked up quickly (verifiers refetch on an unknown `kid` anyway).

@@ -12,11 +12,11 @@ use super::client_auth::{self, Requirement};
 use super::form::Form;
 use super::store::{now, secret_hash};
 use crate::error::OAuthError;
-use crate::pipeline::Body;
+use crate::http::Body;
 
 pub async fn handle(issuer: &Issuer, headers: &HeaderMap, form: &Form) -> Response<Body> {
     match introspect(issuer, headers, form).await {
-        Ok(answer) => super::no_store_json(answer.to_string()),
+        Ok(answer) => crate::http::no_store_json(answer.to_string()),
         Err(err) => err.into_response(),
     }
 }

@@ -13,7 +13,7 @@ use super::form::{self, Form};
 use super::model::redirect_matches;
 use super::pages;
 use super::session;
-use crate::pipeline::{Body, ConnInfo};
+use crate::http::{Body, ConnInfo};
 
 pub async fn endpoint<B>(issuer: &Issuer, parts: &Parts, body: B, conn: ConnInfo) -> Response<Body>
 where

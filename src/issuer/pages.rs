@@ -17,7 +17,8 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 
-use crate::pipeline::{Body, full};
+use crate::error::{OAuthCode, OAuthError};
+use crate::http::{Body, full};
 
 /// Escapes text for HTML element content and double-quoted attribute values.
 ///
@@ -465,6 +466,41 @@ pub fn form_post(brand: &str, redirect_uri: &str, params: &[(&str, &str)]) -> Re
         script: true,
     }
     .render()
+}
+
+impl OAuthError {
+    /// The same error for a person, not a program: an HTML page (see
+    /// `issuer::pages`) with the status of [`OAuthError::status`] and `Retry-After` for
+    /// a lockout. Used where the issuer cannot or must not redirect to the client (an
+    /// unknown client or redirect URI, a refused form).
+    pub fn into_page(self, brand: &str) -> Response<Body> {
+        let heading = match self.code {
+            OAuthCode::AccessDenied => "Request refused",
+            OAuthCode::ServerError | OAuthCode::TemporarilyUnavailable => "Something went wrong",
+            _ if self.retry_after.is_some() => "Too many attempts",
+            _ => "This request cannot be completed",
+        };
+        let message = sentence(&self.description);
+        let detail = format!("Error: {}", self.code.as_str());
+        let mut response = error(brand, self.status(), heading, &message, Some(&detail));
+        if let Some(seconds) = self.retry_after {
+            crate::http::set_retry_after(response.headers_mut(), seconds);
+        }
+        response
+    }
+}
+
+/// A description as a sentence: capital first letter, final period.
+fn sentence(text: &str) -> String {
+    let mut chars = text.chars();
+    let mut out: String = match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    };
+    if !out.ends_with(['.', '!', '?']) {
+        out.push('.');
+    }
+    out
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use super::client_auth::{self, Requirement};
 use super::form::Form;
 use super::store::{now, secret_hash};
 use crate::error::{OAuthCode, OAuthError};
-use crate::pipeline::{Body, full};
+use crate::http::{Body, full};
 
 pub async fn handle(issuer: &Issuer, headers: &HeaderMap, form: &Form) -> Response<Body> {
     match revoke(issuer, headers, form).await {

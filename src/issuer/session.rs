@@ -87,7 +87,7 @@ pub fn set_cookie(
 
 /// Adds `Set-Cookie` headers to an answer.
 pub fn add_cookies(
-    response: &mut http::Response<crate::pipeline::Body>,
+    response: &mut http::Response<crate::http::Body>,
     cookies: impl IntoIterator<Item = HeaderValue>,
 ) {
     for value in cookies {

@@ -22,7 +22,7 @@ use super::model::Client;
 use super::store::{CodeIssue, Rotation, now, secret_hash};
 use super::{Issuer, throttle};
 use crate::error::{OAuthCode, OAuthError};
-use crate::pipeline::Body;
+use crate::http::Body;
 
 pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
@@ -71,7 +71,7 @@ pub async fn endpoint(
                 .tokens_issued_total
                 .with_label_values(&[label])
                 .inc();
-            super::no_store_json(serde_json::to_vec(&answer).unwrap_or_default())
+            crate::http::no_store_json(serde_json::to_vec(&answer).unwrap_or_default())
         }
         Err(err) => {
             metrics

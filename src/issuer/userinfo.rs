@@ -11,10 +11,9 @@ use serde_json::{Map, Value};
 
 use super::Issuer;
 use super::mint::{custom_claims, profile_claims};
-use crate::claims::{AuthFailure, Reason, has_word};
-use crate::error::ProxyError;
-use crate::pipeline::authn::bearer_token;
-use crate::pipeline::{Body, full};
+use crate::claims::has_word;
+use crate::error::BearerError;
+use crate::http::{AuthorizationError, Body, bearer_token, full};
 
 pub async fn handle(issuer: &Issuer, headers: &HeaderMap) -> Response<Body> {
     match userinfo(issuer, headers).await {
@@ -32,30 +31,25 @@ pub async fn handle(issuer: &Issuer, headers: &HeaderMap) -> Response<Body> {
             );
             response
         }
-        Err(Ok(err)) => err.into_response(),
-        Err(Err(oauth)) => oauth.into_response(),
+        Err(err) => err.into_response(),
     }
 }
 
-fn invalid(
-    reason: Reason,
-    description: &'static str,
-) -> Result<ProxyError, crate::error::OAuthError> {
-    Ok(ProxyError::InvalidToken(AuthFailure::new(
-        reason,
-        description,
-    )))
-}
-
-type Failure = Result<ProxyError, crate::error::OAuthError>;
-
-async fn userinfo(issuer: &Issuer, headers: &HeaderMap) -> Result<Map<String, Value>, Failure> {
+async fn userinfo(issuer: &Issuer, headers: &HeaderMap) -> Result<Map<String, Value>, BearerError> {
     let token = bearer_token(headers)
-        .map_err(Ok)?
-        .ok_or(Ok(ProxyError::MissingToken))?;
-    let Some(claims) = issuer.verify_access_token(token).await.map_err(Err)? else {
-        return Err(invalid(
-            Reason::BadSignature,
+        .map_err(|err| match err {
+            AuthorizationError::Duplicate => {
+                BearerError::BadRequest("more than one Authorization header")
+            }
+            AuthorizationError::Malformed(why) => BearerError::InvalidToken(why),
+        })?
+        .ok_or(BearerError::MissingToken)?;
+    let Some(claims) = issuer
+        .verify_access_token(token)
+        .await
+        .map_err(BearerError::Unavailable)?
+    else {
+        return Err(BearerError::InvalidToken(
             "the access token is not valid, expired or revoked",
         ));
     };
@@ -66,21 +60,17 @@ async fn userinfo(issuer: &Issuer, headers: &HeaderMap) -> Result<Map<String, Va
         _ => false,
     };
     if !aud_ok {
-        return Err(invalid(
-            Reason::WrongAudience,
+        return Err(BearerError::InvalidToken(
             "this access token is not meant for /userinfo",
         ));
     }
     let scope = claims.get("scope").and_then(Value::as_str).unwrap_or("");
     if !has_word(scope, "openid") {
-        return Err(Ok(ProxyError::InsufficientScope {
-            required: "openid".into(),
-        }));
+        return Err(BearerError::InsufficientScope("openid"));
     }
     let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("");
     let Some(user) = model.user_by_subject(sub) else {
-        return Err(invalid(
-            Reason::WrongAudience,
+        return Err(BearerError::InvalidToken(
             "this access token does not represent a user",
         ));
     };

@@ -21,6 +21,7 @@ use serde_json::{Map, Value};
 
 use crate::claims::{AuthFailure, Identity, Reason};
 use crate::error::ProxyError;
+use crate::http::AuthorizationError;
 use crate::jose::{Alg, Jws};
 use crate::jwks::{KeyMatch, TrustedIssuer};
 
@@ -71,32 +72,10 @@ pub fn now_secs() -> f64 {
 /// Finds the bearer token in `Authorization`. `Ok(None)` when there is none or the
 /// scheme is not Bearer (which counts as no token).
 pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ProxyError> {
-    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err(ProxyError::BadRequest(
-            "more than one Authorization header".into(),
-        ));
-    }
-    let bytes = value.as_bytes();
-    let scheme_end = bytes.iter().position(|&b| b == b' ').unwrap_or(bytes.len());
-    if !bytes[..scheme_end].eq_ignore_ascii_case(b"bearer") {
-        return Ok(None);
-    }
-    // Only the shape is checked here; the JWS parser refuses anything that is not
-    // base64url (spaces included), and the verified-token cache only holds tokens that
-    // passed it, so a per-byte check would only repeat that work on the hot path.
-    let token = std::str::from_utf8(&bytes[scheme_end..])
-        .map_err(|_| malformed("the bearer token has characters a token cannot have"))?
-        .trim_matches(' ');
-    if token.is_empty() {
-        return Err(malformed(
-            "the Authorization header has an empty bearer token",
-        ));
-    }
-    Ok(Some(token))
+    crate::http::bearer_token(headers).map_err(|err| match err {
+        AuthorizationError::Duplicate => ProxyError::BadRequest(err.to_string()),
+        AuthorizationError::Malformed(_) => malformed(&err.to_string()),
+    })
 }
 
 fn malformed(description: &str) -> ProxyError {

@@ -18,6 +18,18 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// No token checked (`auth: none`): the issuer's endpoints check their own.
+    pub fn open() -> Policy {
+        Policy {
+            auth: AuthMode::None,
+            audience: None,
+            scopes: Vec::new(),
+            any_scopes: Vec::new(),
+            all_text: String::new(),
+            any_text: String::new(),
+        }
+    }
+
     pub fn from_route(route: &RouteConfig) -> Policy {
         Policy {
             auth: route.auth,

@@ -14,41 +14,12 @@ use http::{HeaderMap, HeaderValue};
 
 use crate::claims::Identity;
 use crate::config::ForwardConfig;
+use crate::http::{is_hop_by_hop, normalize_header_name as normalize_name};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1), plus the non-standard ones proxies meet.
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
-}
-
-/// Lower case with `_` read as `-`: the spelling many servers (CGI, WSGI, nginx with
-/// `underscores_in_headers`) use to find a header.
-pub fn normalize_name(name: &str) -> String {
-    name.bytes()
-        .map(|b| {
-            if b == b'_' {
-                '-'
-            } else {
-                b.to_ascii_lowercase() as char
-            }
-        })
-        .collect()
-}
 
 /// `name` (already lower case, as hyper gives it) equals `normalized` once `_` is `-`.
 fn same_header(name: &str, normalized: &str) -> bool {

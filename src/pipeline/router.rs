@@ -9,126 +9,17 @@
 //! prefix, an "any" route beside a method-limited one) when the more specific one does
 //! not take its method. No regex, no allocation on the hot path.
 //!
-//! Paths are normalised before lookup by [`normalize_path`], which refuses anything an
-//! upstream might read differently from us (dot segments, encoded `/`, `\` and `.`).
+//! Paths are normalised before lookup by [`normalize_path`](crate::http::path::normalize_path),
+//! which refuses anything an upstream might read differently from us (dot segments,
+//! encoded `/`, `\` and `.`).
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 
 use http::Method;
 
-/// One segment of a route pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Seg {
-    Lit(Box<str>),
-    Param,
-}
+pub use crate::http::path::{PathError, normalize_path};
 
-/// A parsed `match.path`: `/x` exact, `/x/*` prefix, `/x/{id}` one-segment param.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pattern {
-    segs: Vec<Seg>,
-    prefix: bool,
-}
-
-impl Pattern {
-    /// Parses a route path pattern, with a message a person can act on.
-    pub fn parse(path: &str) -> Result<Pattern, String> {
-        if !path.starts_with('/') {
-            return Err(format!("path {path:?} must start with '/'"));
-        }
-        let (body, prefix) = match path.strip_suffix("/*") {
-            Some(body) => (body, true),
-            None => (path, false),
-        };
-        let mut segs = Vec::new();
-        if !(prefix && body.is_empty()) {
-            let parts: Vec<&str> = body[1..].split('/').collect();
-            let last = parts.len() - 1;
-            for (index, part) in parts.into_iter().enumerate() {
-                if part.is_empty() && (index != last || prefix) {
-                    return Err(format!(
-                        "path {path:?} has an empty segment ('//'); such requests are refused, so the route could never match"
-                    ));
-                }
-                if part.starts_with('{') || part.ends_with('}') {
-                    let name = part
-                        .strip_prefix('{')
-                        .and_then(|p| p.strip_suffix('}'))
-                        .filter(|n| {
-                            !n.is_empty()
-                                && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                        })
-                        .ok_or_else(|| {
-                            format!(
-                                "segment {part:?} in {path:?}: a parameter is a whole segment like {{id}}"
-                            )
-                        })?;
-                    let _ = name;
-                    segs.push(Seg::Param);
-                    continue;
-                }
-                if part.contains('*') {
-                    return Err(format!(
-                        "path {path:?}: '*' is only allowed as the last segment, as in /x/*"
-                    ));
-                }
-                if part.contains(';') {
-                    return Err(format!(
-                        "path {path:?}: ';' path parameters are ignored when matching, so a pattern cannot contain them"
-                    ));
-                }
-                if part == "." || part == ".." {
-                    return Err(format!("path {path:?} has a dot segment"));
-                }
-                if !part.bytes().all(is_pchar_byte) {
-                    return Err(format!(
-                        "path {path:?} has characters that must be percent-encoded"
-                    ));
-                }
-                let slashed = format!("/{part}");
-                let normalized =
-                    normalize_path(&slashed).map_err(|err| format!("path {path:?}: {err}"))?;
-                segs.push(Seg::Lit(normalized[1..].into()));
-            }
-        }
-        Ok(Pattern { segs, prefix })
-    }
-
-    fn class(&self) -> u8 {
-        if self.prefix {
-            2
-        } else if self.segs.contains(&Seg::Param) {
-            1
-        } else {
-            0
-        }
-    }
-}
-
-fn is_pchar_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'@'
-                | b'%'
-        )
-}
+pub use crate::config::route::{Pattern, Seg};
 
 /// A set of HTTP methods, or "any".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -215,6 +106,19 @@ struct Entry {
     route: usize,
     rank: u32,
     methods: MethodSet,
+    /// Claims its path for itself ([`Router::with_reserved`]).
+    reserved: bool,
+}
+
+/// What a walk of the trie found.
+#[derive(Default)]
+struct Found {
+    /// The best-ranked route that takes the method.
+    best: Option<Entry>,
+    /// Methods of matching routes that do not take it.
+    allowed: Option<MethodSet>,
+    /// The same, for reserved routes only.
+    reserved_allowed: Option<MethodSet>,
 }
 
 /// The answer of a lookup.
@@ -237,18 +141,35 @@ pub struct Router {
 impl Router {
     /// Compiles `(pattern, methods)` pairs, in file order.
     pub fn new(routes: &[(Pattern, MethodSet)]) -> Router {
-        let mut order: Vec<usize> = (0..routes.len()).collect();
+        Router::with_reserved(&[], routes)
+    }
+
+    /// Compiles `reserved` routes (the built-in issuer's endpoints) then `routes`; route
+    /// indexes count the reserved ones first. A path that a reserved route matches is
+    /// reserved whole: the other routes never get it, whatever the method (a method the
+    /// reserved route does not take is a 405).
+    pub fn with_reserved(
+        reserved: &[(Pattern, MethodSet)],
+        routes: &[(Pattern, MethodSet)],
+    ) -> Router {
+        let all: Vec<(&(Pattern, MethodSet), bool)> = reserved
+            .iter()
+            .map(|r| (r, true))
+            .chain(routes.iter().map(|r| (r, false)))
+            .collect();
+        let mut order: Vec<usize> = (0..all.len()).collect();
         order.sort_by_key(|&i| {
-            let (pattern, methods) = &routes[i];
+            let ((pattern, methods), reserved) = all[i];
             let shape: Vec<u8> = pattern
-                .segs
+                .segments()
                 .iter()
                 .map(|s| u8::from(*s == Seg::Param))
                 .collect();
             (
+                !reserved,
                 pattern.class(),
-                std::cmp::Reverse(if pattern.prefix {
-                    pattern.segs.len()
+                std::cmp::Reverse(if pattern.is_prefix() {
+                    pattern.segments().len()
                 } else {
                     0
                 }),
@@ -257,26 +178,27 @@ impl Router {
                 i,
             )
         });
-        let mut rank = vec![0u32; routes.len()];
+        let mut rank = vec![0u32; all.len()];
         for (position, &index) in order.iter().enumerate() {
             rank[index] = position as u32;
         }
         let mut router = Router::default();
-        for (index, (pattern, methods)) in routes.iter().enumerate() {
+        for (index, ((pattern, methods), reserved)) in all.into_iter().enumerate() {
             let entry_id = router.entries.len() as u32;
             router.entries.push(Entry {
                 route: index,
                 rank: rank[index],
                 methods: *methods,
+                reserved,
             });
             let mut node = &mut router.root;
-            for seg in &pattern.segs {
+            for seg in pattern.segments() {
                 node = match seg {
                     Seg::Lit(lit) => node.lits.entry(lit.clone()).or_default(),
                     Seg::Param => node.param.get_or_insert_with(Default::default),
                 };
             }
-            if pattern.prefix {
+            if pattern.is_prefix() {
                 node.prefixes.push(entry_id);
             } else {
                 node.ends.push(entry_id);
@@ -288,47 +210,46 @@ impl Router {
     /// Finds the route for a normalised path (no query) and method.
     pub fn lookup(&self, path: &str, method: &Method) -> Lookup {
         let rest = path.strip_prefix('/').unwrap_or(path);
-        let mut best: Option<Entry> = None;
-        let mut allowed: Option<MethodSet> = None;
-        self.walk(&self.root, Some(rest), method, &mut best, &mut allowed);
-        match (best, allowed) {
+        let mut found = Found::default();
+        self.walk(&self.root, Some(rest), method, &mut found);
+        if let Some(methods) = found.reserved_allowed
+            && !found.best.is_some_and(|b| b.reserved)
+        {
+            return Lookup::MethodNotAllowed(methods);
+        }
+        match (found.best, found.allowed) {
             (Some(entry), _) => Lookup::Found(entry.route),
             (None, Some(methods)) => Lookup::MethodNotAllowed(methods),
             (None, None) => Lookup::NotFound,
         }
     }
 
-    fn consider(
-        &self,
-        ids: &[u32],
-        method: &Method,
-        best: &mut Option<Entry>,
-        allowed: &mut Option<MethodSet>,
-    ) {
+    fn consider(&self, ids: &[u32], method: &Method, found: &mut Found) {
         for &id in ids {
             let entry = self.entries[id as usize];
             if entry.methods.allows(method) {
-                if best.is_none_or(|b| entry.rank < b.rank) {
-                    *best = Some(entry);
+                if found.best.is_none_or(|b| entry.rank < b.rank) {
+                    found.best = Some(entry);
                 }
             } else {
-                *allowed = Some(allowed.unwrap_or_default().union(entry.methods));
+                found.allowed = Some(found.allowed.unwrap_or_default().union(entry.methods));
+                if entry.reserved {
+                    found.reserved_allowed = Some(
+                        found
+                            .reserved_allowed
+                            .unwrap_or_default()
+                            .union(entry.methods),
+                    );
+                }
             }
         }
     }
 
     /// `rest` is the unmatched remainder of the path; `None` once every segment is used.
-    fn walk(
-        &self,
-        node: &Node,
-        rest: Option<&str>,
-        method: &Method,
-        best: &mut Option<Entry>,
-        allowed: &mut Option<MethodSet>,
-    ) {
-        self.consider(&node.prefixes, method, best, allowed);
+    fn walk(&self, node: &Node, rest: Option<&str>, method: &Method, found: &mut Found) {
+        self.consider(&node.prefixes, method, found);
         let Some(rest) = rest else {
-            self.consider(&node.ends, method, best, allowed);
+            self.consider(&node.ends, method, found);
             return;
         };
         let (segment, next) = match rest.split_once('/') {
@@ -339,116 +260,20 @@ impl Router {
         // read the path, so `;` cannot steer a request away from a protected route.
         let segment = segment.split_once(';').map_or(segment, |(bare, _)| bare);
         if let Some(child) = node.lits.get(segment) {
-            self.walk(child, next, method, best, allowed);
+            self.walk(child, next, method, found);
         }
         if !segment.is_empty()
             && let Some(child) = &node.param
         {
-            self.walk(child, next, method, best, allowed);
+            self.walk(child, next, method, found);
         }
     }
-}
-
-/// Why a request path is refused before routing (400 `invalid_request`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PathError {
-    #[error("the path must start with '/'")]
-    NotAbsolute,
-    #[error("the path has an invalid percent-encoding")]
-    BadEncoding,
-    #[error("the path has an encoded '/', '\\' or '.', or an encoded NUL")]
-    EncodedSeparator,
-    #[error("the path has a backslash")]
-    Backslash,
-    #[error("the path has a '.' or '..' segment")]
-    DotSegment,
-    #[error("the path has an empty segment ('//')")]
-    EmptySegment,
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// Normalises a request path for matching and forwarding: percent-encoded unreserved
-/// characters are decoded, other escapes get upper-case hex; dot segments (also
-/// `..;x` as some servers read it), encoded `/`, `\`, `.` or NUL, raw backslashes and
-/// empty segments are refused. Borrowed when nothing changes.
-///
-/// ```
-/// use scopegate::pipeline::router::normalize_path;
-/// assert_eq!(normalize_path("/a/%7Euser").unwrap(), "/a/~user");
-/// assert!(normalize_path("/a/%2e%2e/b").is_err());
-/// assert!(normalize_path("/a/../b").is_err());
-/// ```
-pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
-    if !path.starts_with('/') {
-        return Err(PathError::NotAbsolute);
-    }
-    let bytes = path.as_bytes();
-    let mut out: Option<String> = None;
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        match b {
-            b'%' => {
-                let (Some(hi), Some(lo)) = (
-                    bytes.get(i + 1).copied().and_then(hex),
-                    bytes.get(i + 2).copied().and_then(hex),
-                ) else {
-                    return Err(PathError::BadEncoding);
-                };
-                let decoded = hi * 16 + lo;
-                let buf = out.get_or_insert_with(|| path[..i].to_string());
-                match decoded {
-                    b'/' | b'\\' | b'.' | 0 => return Err(PathError::EncodedSeparator),
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => {
-                        buf.push(decoded as char)
-                    }
-                    _ => {
-                        buf.push('%');
-                        buf.push(char::from(b"0123456789ABCDEF"[usize::from(hi)]));
-                        buf.push(char::from(b"0123456789ABCDEF"[usize::from(lo)]));
-                    }
-                }
-                i += 3;
-                continue;
-            }
-            b'\\' => return Err(PathError::Backslash),
-            _ => {
-                if let Some(buf) = out.as_mut() {
-                    buf.push(b as char);
-                }
-            }
-        }
-        i += 1;
-    }
-    let normalized = match out {
-        Some(text) => Cow::Owned(text),
-        None => Cow::Borrowed(path),
-    };
-    let body = &normalized[1..];
-    let mut segments = body.split('/').peekable();
-    while let Some(segment) = segments.next() {
-        let bare = segment.split(';').next().unwrap_or(segment);
-        if bare == "." || bare == ".." {
-            return Err(PathError::DotSegment);
-        }
-        if segment.is_empty() && segments.peek().is_some() {
-            return Err(PathError::EmptySegment);
-        }
-    }
-    Ok(normalized)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
 
     fn router(routes: &[(&str, Option<&[&str]>)]) -> Router {
         let compiled: Vec<(Pattern, MethodSet)> = routes

@@ -469,7 +469,15 @@ impl Running {
         let issuer =
             Issuer::with_encryption(config.issuer.as_ref().unwrap(), metrics.clone(), encryption)
                 .await?;
-        let gateway = Gateway::with_issuer(config, None, metrics, Some(issuer.clone()))?;
+        let gateway = Gateway::start_with(
+            config,
+            scopegate::Runtime {
+                metrics: Some(metrics),
+                issuer: Some(issuer.clone()),
+                ..Default::default()
+            },
+        )
+        .await?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn({
             let gateway = gateway.clone();

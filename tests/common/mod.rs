@@ -744,7 +744,8 @@ impl Gw {
     pub async fn start(yaml: &str) -> Gw {
         let config = Config::from_yaml(yaml)
             .unwrap_or_else(|err| panic!("the test config was refused: {err}\n---\n{yaml}"));
-        let gateway = Gateway::new(config, None)
+        let gateway = Gateway::start(config, None)
+            .await
             .unwrap_or_else(|err| panic!("the gateway did not build: {err}"));
         let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
@@ -793,7 +794,7 @@ impl Gw {
 
     /// Fetch attempts the gateway made for its first trusted issuer.
     pub fn fetch_count(&self) -> u64 {
-        self.gateway.state().verifier.issuers()[0].fetch_count()
+        self.gateway.state().pipeline.verifier.issuers()[0].fetch_count()
     }
 }
 

@@ -1,0 +1,151 @@
+//! The HTTP leaf: the body type of every answer, the connection facts a request carries,
+//! the small answers Scopegate writes itself (JSON errors, no-store JSON, `Retry-After`),
+//! header-name rules and the request-path normal form ([`path`]). Depends on nothing else
+//! in the crate, so every layer above can use it.
+
+pub mod path;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, PRAGMA, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The response body type of everything Scopegate answers: its own small JSON bodies and
+/// upstream bodies streamed through.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A complete body from bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
+}
+
+/// What the server knows about the connection a request came on, prepared once per
+/// connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub tls: bool,
+    /// The peer's IP as a header value, for `x-forwarded-for`.
+    pub client_ip: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(remote: SocketAddr, tls: bool) -> ConnInfo {
+        let client_ip = HeaderValue::from_str(&remote.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnInfo {
+            remote,
+            tls,
+            client_ip,
+        }
+    }
+}
+
+/// A JSON `{error, error_description}` answer with `Cache-Control: no-store`.
+pub fn json_error(status: StatusCode, error: &str, description: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": error, "error_description": description });
+    let mut response = Response::new(full(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A 200 JSON answer that carries credentials or token state: `Cache-Control: no-store`,
+/// `Pragma: no-cache` (RFC 6749 §5.1).
+pub fn no_store_json(body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// Sets `Retry-After` to whole seconds (at least one).
+pub fn set_retry_after(headers: &mut HeaderMap, seconds: u64) {
+    headers.insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), plus the non-standard ones proxies meet.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Lower case with `_` read as `-`: the spelling many servers (CGI, WSGI, nginx with
+/// `underscores_in_headers`) use to find a header.
+///
+/// ```
+/// assert_eq!(scopegate::http::normalize_header_name("X_Auth-Subject"), "x-auth-subject");
+/// ```
+pub fn normalize_header_name(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b == b'_' {
+                '-'
+            } else {
+                b.to_ascii_lowercase() as char
+            }
+        })
+        .collect()
+}
+
+/// Why an `Authorization` header cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorizationError {
+    #[error("more than one Authorization header")]
+    Duplicate,
+    #[error("{0}")]
+    Malformed(&'static str),
+}
+
+/// Finds the bearer token in `Authorization` (scheme case-insensitive). `Ok(None)` when
+/// there is none or the scheme is not Bearer.
+///
+/// Only the shape is checked here; the JWS parser refuses anything that is not
+/// base64url (spaces included).
+pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthorizationError> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(AuthorizationError::Duplicate);
+    }
+    let bytes = value.as_bytes();
+    let scheme_end = bytes.iter().position(|&b| b == b' ').unwrap_or(bytes.len());
+    if !bytes[..scheme_end].eq_ignore_ascii_case(b"bearer") {
+        return Ok(None);
+    }
+    let token = std::str::from_utf8(&bytes[scheme_end..])
+        .map_err(|_| {
+            AuthorizationError::Malformed("the bearer token has characters a token cannot have")
+        })?
+        .trim_matches(' ');
+    if token.is_empty() {
+        return Err(AuthorizationError::Malformed(
+            "the Authorization header has an empty bearer token",
+        ));
+    }
+    Ok(Some(token))
+}
