@@ -357,9 +357,13 @@ impl Config {
                 let inner = err.into_inner();
                 let line = inner.location().map(|l| l.line());
                 let mut message = inner.to_string();
-                // serde_norway appends " at line L column C"; we report the line ourselves.
+                // serde_norway appends " at line L column C" and may prefix the key path;
+                // we report both ourselves, once.
                 if let Some(pos) = message.find(" at line ") {
                     message.truncate(pos);
+                }
+                if let Some(rest) = message.strip_prefix(&format!("{path}: ")) {
+                    message = rest.to_string();
                 }
                 return Err(ConfigError {
                     file: None,
@@ -736,6 +740,18 @@ mod tests {
         assert_eq!(err.path, "routes[0].match.method");
         assert!(err.message.contains("unknown field `method`"), "{err}");
         assert_eq!(err.line, Some(7));
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key_path_once() {
+        for text in [
+            "trust:\n  leeway: 5\n".to_string(),
+            format!("{BASE}routes:\n  - name: a\n    match: {{ path: a }}\n    upstream: builtin:echo\n"),
+        ] {
+            let err = load(&text).unwrap_err().to_string();
+            let key = if text.contains("leeway") { "trust.leeway" } else { "routes[0].match.path" };
+            assert_eq!(err.matches(key).count(), 1, "{err}");
+        }
     }
 
     #[test]
