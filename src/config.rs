@@ -746,10 +746,16 @@ mod tests {
     fn a_bad_value_names_its_key_path_once() {
         for text in [
             "trust:\n  leeway: 5\n".to_string(),
-            format!("{BASE}routes:\n  - name: a\n    match: {{ path: a }}\n    upstream: builtin:echo\n"),
+            format!(
+                "{BASE}routes:\n  - name: a\n    match: {{ path: a }}\n    upstream: builtin:echo\n"
+            ),
         ] {
             let err = load(&text).unwrap_err().to_string();
-            let key = if text.contains("leeway") { "trust.leeway" } else { "routes[0].match.path" };
+            let key = if text.contains("leeway") {
+                "trust.leeway"
+            } else {
+                "routes[0].match.path"
+            };
             assert_eq!(err.matches(key).count(), 1, "{err}");
         }
     }

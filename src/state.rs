@@ -143,6 +143,9 @@ impl State {
         else {
             return Err(errors);
         };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
 
         let (routes, router, notes) = compile_routes(&config);
         let verifier = Verifier::new(
