@@ -45,121 +45,84 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run) {
+    let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config),
         Command::Check => check(&cli.config),
         Command::HashPassword => hash_password(),
-    }
-}
-
-/// Loads and compiles the config as `run` would (`State::compile`), without opening the
-/// issuer's store or binding listeners; prints the route table, or every error.
-fn check(path: &Path) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::FAILURE;
-        }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let compiled = runtime.block_on(async {
-        let shared = Shared::new(Metrics::new(), Clock::system())?;
-        State::compile(config, &shared, None, Builtin::Absent).map_err(|errors| {
-            errors
-                .iter()
-                .map(|err| format!("error: {}: {err}", path.display()))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-    });
-    match compiled {
-        Ok(state) => {
-            print!("{}", state.route_table());
-            ExitCode::SUCCESS
-        }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(errors) => {
-            eprintln!("{errors}");
+            for line in errors.lines() {
+                eprintln!("error: {line}");
+            }
             ExitCode::FAILURE
         }
     }
 }
 
-fn hash_password() -> ExitCode {
+/// A Tokio runtime for `workers` threads. One worker is a current-thread scheduler (no
+/// work-stealing machinery, no second thread for the accept loop): measured 12-18% more
+/// requests/s than a one-worker multi-thread runtime (benches/RESULTS.md).
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if workers > 0 {
+            builder.worker_threads(workers);
+        }
+        builder
+    };
+    builder
+        .enable_all()
+        .build()
+        .map_err(|err| format!("cannot start the runtime: {err}"))
+}
+
+/// Loads and compiles the config as `run` would (`State::compile`), without opening the
+/// issuer's store or binding listeners; prints the route table, or every error.
+fn check(path: &Path) -> Result<(), String> {
+    let config = Config::load(path).map_err(|err| err.to_string())?;
+    let state = runtime(1)?.block_on(async {
+        let shared = Shared::new(Metrics::new(), Clock::system())?;
+        State::compile(config, &shared, None, Builtin::Absent).map_err(|errors| {
+            errors
+                .iter()
+                .map(|err| format!("{}: {err}", path.display()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    })?;
+    print!("{}", state.route_table());
+    Ok(())
+}
+
+fn hash_password() -> Result<(), String> {
     let mut input = String::new();
-    if let Err(err) = std::io::stdin().read_to_string(&mut input) {
-        eprintln!("error: cannot read the password from stdin: {err}");
-        return ExitCode::FAILURE;
-    }
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .map_err(|err| format!("cannot read the password from stdin: {err}"))?;
     let password = input
         .strip_suffix("\r\n")
         .or_else(|| input.strip_suffix('\n'))
         .unwrap_or(&input);
     if password.is_empty() {
-        eprintln!("error: empty password");
-        return ExitCode::FAILURE;
+        return Err("empty password".into());
     }
-    match scopegate::config::hash_password(password) {
-        Ok(hash) => {
-            println!("{hash}");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    println!("{}", scopegate::config::hash_password(password)?);
+    Ok(())
 }
 
-fn run(path: &Path) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
+fn run(path: &Path) -> Result<(), String> {
+    let config = Config::load(path).map_err(|err| err.to_string())?;
     // What the running config came from: the file watcher applies any later change,
     // even one made while the gateway starts.
     let loaded = std::fs::read(path).ok();
     scopegate::telemetry::init(&config.log);
-    // One worker: a current-thread scheduler (no work-stealing machinery, no second
-    // thread for the accept loop); measured 12-18% more requests/s than a one-worker
-    // multi-thread runtime (benches/RESULTS.md).
-    let mut runtime = if config.server.workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut runtime = tokio::runtime::Builder::new_multi_thread();
-        if config.server.workers > 0 {
-            runtime.worker_threads(config.server.workers);
-        }
-        runtime
-    };
-    runtime.enable_all();
-    let runtime = match runtime.build() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(config, path, loaded)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!("{err}");
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    runtime(config.server.workers)?
+        .block_on(serve(config, path, loaded))
+        .inspect_err(|err| tracing::error!("{err}"))
 }
 
 async fn serve(config: Config, path: &Path, loaded: Option<Vec<u8>>) -> Result<(), String> {
