@@ -60,6 +60,10 @@ pub struct ServerConfig {
     pub workers: usize,
     #[serde(default)]
     pub upstream_ca_file: Option<PathBuf>,
+    /// Client connections served at once; 0 derives it from the descriptor limit,
+    /// keeping headroom for upstream connections and the admin listener.
+    #[serde(default)]
+    pub max_connections: usize,
     /// Verified-token cache entries; 0 switches the cache off (every request verifies
     /// a signature).
     #[serde(default = "default_token_cache")]
@@ -90,6 +94,7 @@ impl Default for ServerConfig {
             shutdown_grace: default_shutdown_grace(),
             workers: 0,
             upstream_ca_file: None,
+            max_connections: 0,
             token_cache_size: default_token_cache(),
         }
     }
@@ -107,7 +112,10 @@ pub struct TlsConfig {
 pub struct Timeouts {
     pub upstream_connect: Dur,
     pub upstream_response: Dur,
+    /// From accept (or the end of the previous answer) to a complete request head.
     pub client_header: Dur,
+    /// A keep-alive connection with no request in flight is closed after this long.
+    pub idle: Dur,
 }
 
 impl Default for Timeouts {
@@ -116,6 +124,7 @@ impl Default for Timeouts {
             upstream_connect: Dur::secs(5),
             upstream_response: Dur::secs(30),
             client_header: Dur::secs(10),
+            idle: Dur::secs(60),
         }
     }
 }
@@ -454,6 +463,7 @@ impl ServerConfig {
             ("upstream_connect", self.timeouts.upstream_connect),
             ("upstream_response", self.timeouts.upstream_response),
             ("client_header", self.timeouts.client_header),
+            ("idle", self.timeouts.idle),
         ] {
             if value.get().is_zero() {
                 return Err(ConfigError::at(

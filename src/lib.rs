@@ -15,6 +15,7 @@ pub mod claims;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod flood;
 pub mod http;
 pub mod issuer;
 pub mod jose;

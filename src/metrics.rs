@@ -27,6 +27,8 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub in_flight_requests: IntGauge,
+    /// Client connections open on the proxy listener.
+    pub open_connections: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -55,6 +57,11 @@ impl Metrics {
                 HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
                 &["route"],
             )?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let metric = IntGauge::new(name, help)?;
             registry.register(Box::new(metric.clone()))?;
             Ok(metric)
         };
@@ -108,11 +115,11 @@ impl Metrics {
                 registry.register(Box::new(metric.clone()))?;
                 metric
             },
-            in_flight_requests: {
-                let metric = IntGauge::new("in_flight_requests", "Requests being handled now.")?;
-                registry.register(Box::new(metric.clone()))?;
-                metric
-            },
+            in_flight_requests: gauge("in_flight_requests", "Requests being handled now.")?,
+            open_connections: gauge(
+                "open_connections",
+                "Client connections open on the proxy listener.",
+            )?,
             registry,
         };
         metrics

@@ -29,6 +29,7 @@ use hyper::body::Incoming;
 use crate::claims::{Identity, Reason};
 use crate::config::{AuthMode, UpstreamTarget};
 use crate::error::ProxyError;
+use crate::flood::Flood;
 use crate::http::{Body, BoxError, ConnInfo, full};
 use crate::issuer::{Endpoint, Issuer};
 use crate::upstream::{UpstreamError, Upstreams};
@@ -36,6 +37,8 @@ use authn::Verifier;
 use authz::Policy;
 use forward::{ForwardHeaders, Origin};
 use router::{Lookup, MethodSet, Router};
+
+static UPSTREAM_FAILED: Flood = Flood::per(std::time::Duration::from_secs(1));
 
 /// The metrics route label of the built-in issuer's endpoints.
 pub const ISSUER_ROUTE: &str = "issuer";
@@ -306,8 +309,11 @@ impl<'a> Exchange<'a> {
                 ))
             }
             Err(err) => {
-                // `route` again: at `log.level: warn` the request span is off.
-                tracing::warn!(route = &*route.name, error = %err, "upstream failed");
+                // `route` again: at `log.level: warn` the request span is off. One line a
+                // second at most: an outage would otherwise log every failed request.
+                if let Some(suppressed) = UPSTREAM_FAILED.pass() {
+                    tracing::warn!(route = &*route.name, error = %err, suppressed, "upstream failed");
+                }
                 Err(match err {
                     UpstreamError::Timeout => ProxyError::GatewayTimeout,
                     UpstreamError::Connect(_) | UpstreamError::Exchange(_) => {
