@@ -6,6 +6,7 @@
 mod common;
 
 use common::issuer::*;
+use scopegate::issuer::store::KeyEncryptionScheme;
 use serde_json::Value;
 
 fn issuer_of(running: &Running) -> String {
@@ -791,7 +792,8 @@ async fn restart_keeps_keys_and_refresh_tokens(backend: Backend) {
     assert!(
         stored
             .iter()
-            .all(|k| k.encryption == "aes-256-gcm" && k.private_key.starts_with("v1."))
+            .all(|k| k.encryption == KeyEncryptionScheme::Aes256Gcm
+                && k.private_key.starts_with("v1."))
     );
     gw.stop().await;
 
