@@ -548,26 +548,7 @@ async fn issue(
     let mut params = Vec::new();
     let mut code = None;
     if request.response.code {
-        let secret = random_token(32)?;
-        let now = issuer.now();
-        issuer
-            .core
-            .store
-            .insert_code(&CodeRecord {
-                code_hash: secret_hash(&secret),
-                client_id: client.client_id.clone(),
-                redirect_uri: request.reply.redirect_uri.clone(),
-                subject: user.subject.clone(),
-                audience: request.api.map(|a| a.identifier.clone()),
-                scope: granted.scope_string(),
-                nonce: request.nonce.clone(),
-                code_challenge: request.code_challenge.clone(),
-                code_challenge_method: request.code_challenge.as_ref().map(|_| "S256".into()),
-                auth_time,
-                created_at: now,
-                expires_at: now + model.code_ttl.as_secs() as i64,
-            })
-            .await?;
+        let secret = store_code(issuer, request, user, &granted, auth_time).await?;
         params.push(("code", secret.clone()));
         code = Some(secret);
     }
@@ -615,6 +596,34 @@ async fn issue(
             .inc();
     }
     Ok(params)
+}
+
+/// A new authorization code for what was granted, stored hashed; returns the code.
+async fn store_code(
+    issuer: &Issuer,
+    request: &AuthRequest<'_>,
+    user: &User,
+    granted: &mint::Granted<'_>,
+    auth_time: i64,
+) -> Result<String, OAuthError> {
+    let secret = random_token(32)?;
+    let now = issuer.now();
+    let record = CodeRecord {
+        code_hash: secret_hash(&secret),
+        client_id: request.client.client_id.clone(),
+        redirect_uri: request.reply.redirect_uri.clone(),
+        subject: user.subject.clone(),
+        audience: request.api.map(|a| a.identifier.clone()),
+        scope: granted.scope_string(),
+        nonce: request.nonce.clone(),
+        code_challenge: request.code_challenge.clone(),
+        code_challenge_method: request.code_challenge.as_ref().map(|_| "S256".into()),
+        auth_time,
+        created_at: now,
+        expires_at: now + issuer.model.code_ttl.as_secs() as i64,
+    };
+    issuer.core.store.insert_code(&record).await?;
+    Ok(secret)
 }
 
 /// Sends the answer (or an error) to the client: `303` to the redirect URI with the
