@@ -15,7 +15,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use scopegate::config::Config;
 use scopegate::issuer::Issuer;
 use scopegate::issuer::form::Form;
-use scopegate::issuer::mint::Subject;
+use scopegate::issuer::mint::{self, Subject};
 use scopegate::jose::{Alg, SigningKey, sign_compact};
 use scopegate::metrics::Metrics;
 
@@ -94,15 +94,15 @@ fn issuance(c: &mut Criterion) {
         let api = issuer.model.apis.get("https://contacts.example.com");
         group.bench_function("mint_access", |b| {
             b.iter(|| {
-                issuer
-                    .mint_access(
-                        client,
-                        Subject::Machine,
-                        api,
-                        black_box("read:contacts write:contacts"),
-                        false,
-                    )
-                    .expect("mint")
+                mint::access_token(
+                    &issuer,
+                    client,
+                    Subject::Machine,
+                    api,
+                    black_box("read:contacts write:contacts"),
+                    false,
+                )
+                .expect("mint")
             })
         });
         group.bench_function("client_credentials_request", |b| {

@@ -371,7 +371,11 @@ impl Config {
                 if let Some(pos) = message.find(" at line ") {
                     message.truncate(pos);
                 }
-                if let Some(rest) = message.strip_prefix(&format!("{path}: ")) {
+                // (For an item of a list its prefix is the list's path, without the index.)
+                if let Some((prefix, rest)) = message.split_once(": ")
+                    && !prefix.is_empty()
+                    && path.starts_with(prefix)
+                {
                     message = rest.to_string();
                 }
                 return Err(ConfigError {

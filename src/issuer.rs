@@ -10,13 +10,20 @@
 //! On a reload whose `store` and `keys` settings are unchanged, [`Issuer::reconfigure`]
 //! builds the new issuer around the same store and key ring, without I/O.
 //!
-//! Endpoints (under the path of `issuer.url`): `/oauth/token` ([`token`]), `/userinfo`
+//! Endpoints (under the path of `issuer.url`): `/oauth/token` ([`grant`]), `/userinfo`
 //! ([`userinfo`]), `/oauth/revoke` ([`revocation`]), `/oauth/introspect`
 //! ([`introspection`]), `/.well-known/jwks.json`, `/.well-known/openid-configuration`
 //! and `/.well-known/oauth-authorization-server` ([`discovery`]); and those a person
 //! takes part in: `/authorize` and its sign-in page ([`authorize`]), `/oauth/device/code`
 //! and `/activate` ([`device`]), `/logout` ([`logout`]), with browser sessions and CSRF
 //! in [`session`] and the HTML in [`pages`].
+//!
+//! Time comes from one [`Clock`], given when the issuer is built ([`Issuer::with_clock`])
+//! and kept in its [`Core`]: token lifetimes, expiries in the store, throttle windows
+//! and key rotation all read it, so tests advance it instead of sleeping.
+//!
+//! This file holds the whole `impl Issuer`; the endpoints are functions in their
+//! modules, taking the issuer.
 
 pub mod authorize;
 pub mod client_auth;
@@ -24,6 +31,7 @@ pub mod device;
 pub mod discovery;
 mod endpoint;
 pub mod form;
+pub mod grant;
 pub mod introspection;
 pub mod keys;
 pub mod logout;
@@ -34,7 +42,6 @@ pub mod revocation;
 pub mod session;
 pub mod store;
 pub mod throttle;
-pub mod token;
 pub mod userinfo;
 
 use std::net::IpAddr;
@@ -45,6 +52,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use serde_json::{Map, Value};
 
+use crate::clock::Clock;
 use crate::config::{Dur, IssuerConfig, TrustedIssuerConfig};
 use crate::error::OAuthError;
 use crate::http::{Body, ConnInfo};
@@ -56,11 +64,13 @@ use keys::{KeyEncryption, KeyPolicy, KeyRing, alg_of};
 use model::Model;
 use store::Store;
 
-/// What outlives reconfiguration: the store, the keys, the metrics.
+/// What outlives reconfiguration: the store, the keys, the metrics, the clock.
 pub struct Core {
     pub store: Store,
     pub keys: KeyRing,
     pub metrics: Metrics,
+    /// The one source of time for the issuer.
+    pub clock: Clock,
     /// An argon2id hash of a random password, verified for unknown users so that a
     /// login's timing does not say whether the user exists.
     dummy_hash: String,
@@ -99,16 +109,36 @@ fn policy_for(config: &IssuerConfig, model: &Model) -> KeyPolicy {
     }
 }
 
+/// What a [`Core`] is built from.
+struct CoreParts {
+    store: Store,
+    keys: KeyRing,
+    metrics: Metrics,
+    clock: Clock,
+    dummy_hash: String,
+}
+
 /// How often the key ring re-reads the store (keys made by other replicas, rotation)
 /// and expired rows are purged.
 const HOUSEKEEPING: Duration = Duration::from_secs(60);
 
 impl Issuer {
     /// Opens the store (migrating it), loads or generates the keys, and starts the
-    /// housekeeping task. Private keys are encrypted at rest when
+    /// housekeeping task, on the system clock. Private keys are encrypted at rest when
     /// `SCOPEGATE_KEY_ENCRYPTION_KEY` is set. Must run inside a Tokio runtime.
     pub async fn new(config: &IssuerConfig, metrics: Metrics) -> Result<Arc<Issuer>, String> {
-        Issuer::with_encryption(config, metrics, KeyEncryption::from_env()?).await
+        Issuer::with_clock(config, metrics, Clock::system()).await
+    }
+
+    /// [`Issuer::new`] on the clock every time the issuer reads comes from (the
+    /// gateway's; tests pass [`Clock::manual`] and advance it).
+    pub async fn with_clock(
+        config: &IssuerConfig,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> Result<Arc<Issuer>, String> {
+        let encryption = KeyEncryption::from_env()?;
+        Issuer::build(config, metrics, clock, encryption).await
     }
 
     /// [`Issuer::new`] with an explicit key-encryption key (tests; no environment).
@@ -117,69 +147,42 @@ impl Issuer {
         metrics: Metrics,
         encryption: Option<KeyEncryption>,
     ) -> Result<Arc<Issuer>, String> {
+        Issuer::build(config, metrics, Clock::system(), encryption).await
+    }
+
+    /// The issuer on `clock`, with `encryption` for private keys at rest.
+    pub async fn build(
+        config: &IssuerConfig,
+        metrics: Metrics,
+        clock: Clock,
+        encryption: Option<KeyEncryption>,
+    ) -> Result<Arc<Issuer>, String> {
         let model = Model::new(config);
-        let store = Store::open(&config.store)
+        let store = Store::open(&config.store, clock.clone())
             .await
             .map_err(|e| e.to_string())?;
-        let keys = KeyRing::load(store.clone(), encryption, policy_for(config, &model)).await?;
+        let policy = policy_for(config, &model);
+        let keys = KeyRing::load(store.clone(), encryption, policy, clock.clone()).await?;
         let dummy_hash = tokio::task::spawn_blocking(dummy_hash)
             .await
             .map_err(|_| "hashing was interrupted".to_string())??;
-        Ok(Issuer::finish(
-            config, model, store, keys, metrics, dummy_hash,
-        ))
-    }
-
-    /// [`Issuer::new`] for synchronous callers inside a Tokio runtime (`Gateway::new`,
-    /// `Gateway::apply`): the store is opened and migrated and the keys are loaded on a
-    /// helper thread with a runtime of its own, then the issuer gets a pool that
-    /// connects lazily on the caller's runtime. Blocks the calling thread meanwhile.
-    pub fn new_blocking(config: &IssuerConfig, metrics: Metrics) -> Result<Arc<Issuer>, String> {
-        if config.store.contains(":memory:") || config.store.contains("mode=memory") {
-            return Err("an in-memory store needs the async start (Gateway::start)".into());
-        }
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err("the built-in issuer must be built inside a Tokio runtime".into());
-        }
-        let encryption = KeyEncryption::from_env()?;
-        let model = Model::new(config);
-        let policy = policy_for(config, &model);
-        let url = config.store.clone();
-        let (keys, dummy) = std::thread::scope(|scope| {
-            scope
-                .spawn(move || -> Result<(KeyRing, String), String> {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| format!("cannot start a runtime: {e}"))?;
-                    runtime.block_on(async move {
-                        let store = Store::open(&url).await.map_err(|e| e.to_string())?;
-                        let keys = KeyRing::load(store.clone(), encryption, policy).await?;
-                        store.close().await;
-                        Ok((keys, dummy_hash()?))
-                    })
-                })
-                .join()
-                .map_err(|_| "building the issuer failed".to_string())?
-        })?;
-        let store = Store::connect_lazy(&config.store).map_err(|e| e.to_string())?;
-        let keys = keys.rebind(store.clone());
-        Ok(Issuer::finish(config, model, store, keys, metrics, dummy))
-    }
-
-    fn finish(
-        config: &IssuerConfig,
-        model: Model,
-        store: Store,
-        keys: KeyRing,
-        metrics: Metrics,
-        dummy_hash: String,
-    ) -> Arc<Issuer> {
-        let core = Arc::new(Core {
+        let parts = CoreParts {
             store,
             keys,
             metrics,
+            clock,
             dummy_hash,
+        };
+        Ok(Issuer::finish(config, model, parts))
+    }
+
+    fn finish(config: &IssuerConfig, model: Model, parts: CoreParts) -> Arc<Issuer> {
+        let core = Arc::new(Core {
+            store: parts.store,
+            keys: parts.keys,
+            metrics: parts.metrics,
+            clock: parts.clock,
+            dummy_hash: parts.dummy_hash,
             hashing: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
             ),
@@ -220,6 +223,11 @@ impl Issuer {
     /// The configuration this issuer was built from.
     pub fn config(&self) -> &IssuerConfig {
         &self.config
+    }
+
+    /// Now, in Unix seconds, by the issuer's clock.
+    pub fn now(&self) -> i64 {
+        self.core.clock.unix_secs()
     }
 
     /// How the proxy trusts this issuer: `iss` exactly, audiences = every API plus the
@@ -321,7 +329,7 @@ impl Issuer {
         form: &form::Form,
         remote: IpAddr,
     ) -> Response<Body> {
-        token::endpoint(self, headers, form, remote).await
+        grant::endpoint(self, headers, form, remote).await
     }
 
     /// Checks a password against a user's argon2id hash, or against the dummy hash when
@@ -372,7 +380,7 @@ impl Issuer {
         if claims.get("iss").and_then(Value::as_str) != Some(self.model.issuer.as_str()) {
             return Ok(None);
         }
-        let now = store::now();
+        let now = self.now();
         if claims
             .get("exp")
             .and_then(Value::as_i64)
@@ -383,10 +391,7 @@ impl Issuer {
         let Some(jti) = claims.get("jti").and_then(Value::as_str) else {
             return Ok(None);
         };
-        let revoked = self.core.store.is_revoked(jti).await.map_err(|err| {
-            tracing::error!(error = %err, "issuer store failed");
-            OAuthError::server_error()
-        })?;
+        let revoked = self.core.store.is_revoked(jti).await?;
         Ok((!revoked).then_some(claims))
     }
 
@@ -414,7 +419,8 @@ fn spawn_housekeeping(core: Weak<Core>, throttle_window: Dur) {
                 tracing::warn!(error = %err, "issuer keys: refresh failed");
             }
             let window = throttle_window.get().as_secs() as i64;
-            if let Err(err) = core.store.purge_expired(store::now(), window).await {
+            let now = core.clock.unix_secs();
+            if let Err(err) = core.store.purge_expired(now, window).await {
                 tracing::warn!(error = %err, "issuer store: purging expired rows failed");
             }
         }

@@ -513,9 +513,9 @@ impl Gateway {
         let shared = Shared::new(metrics.clone(), runtime.clock.clone())?;
         let builtin = match (runtime.issuer, config.issuer.as_ref().filter(|i| i.enabled)) {
             (Some(issuer), _) => Builtin::Ready(issuer),
-            (None, Some(issuer_config)) => {
-                Builtin::Ready(Issuer::new(issuer_config, metrics.clone()).await?)
-            }
+            (None, Some(issuer_config)) => Builtin::Ready(
+                Issuer::with_clock(issuer_config, metrics.clone(), shared.clock.clone()).await?,
+            ),
             (None, None) => Builtin::Absent,
         };
         let state = State::compile(config, &shared, None, builtin).map_err(joined)?;
@@ -581,7 +581,14 @@ impl Gateway {
                     .and_then(|old| reuse_issuer(old, issuer_config));
                 match reused {
                     Some(issuer) => Builtin::Ready(issuer),
-                    None => Builtin::Ready(Issuer::new(issuer_config, self.metrics.clone()).await?),
+                    None => Builtin::Ready(
+                        Issuer::with_clock(
+                            issuer_config,
+                            self.metrics.clone(),
+                            self.shared.clock.clone(),
+                        )
+                        .await?,
+                    ),
                 }
             }
         };

@@ -6,6 +6,7 @@
 mod common;
 
 use common::issuer::*;
+use scopegate::issuer::store::KeyEncryptionScheme;
 use serde_json::Value;
 
 fn issuer_of(running: &Running) -> String {
@@ -788,11 +789,9 @@ async fn restart_keeps_keys_and_refresh_tokens(backend: Backend) {
     let old_at = tokens["access_token"].as_str().unwrap().to_string();
     // Private keys are encrypted at rest.
     let stored = gw.issuer.core.store.load_keys().await.unwrap();
-    assert!(
-        stored
-            .iter()
-            .all(|k| k.encryption == "aes-256-gcm" && k.private_key.starts_with("v1."))
-    );
+    assert!(stored.iter().all(
+        |k| k.encryption == KeyEncryptionScheme::Aes256Gcm && k.private_key.starts_with("v1.")
+    ));
     gw.stop().await;
 
     // Without the key-encryption key the store's keys cannot be used: a clear error.

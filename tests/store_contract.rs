@@ -6,15 +6,24 @@
 mod common;
 
 use common::issuer::{Backend, TestStore};
+use scopegate::clock::Clock;
 use scopegate::issuer::store::{
-    CodeIssue, CodeRecord, DeviceRecord, Family, Rotation, SessionRecord, Store, StoredKey, now,
-    secret_hash,
+    CodeIssue, CodeRecord, DeviceRecord, DeviceStatus, Family, KeyEncryptionScheme, Rotation,
+    SessionRecord, Store, StoredKey, secret_hash,
 };
+use scopegate::jose::Alg;
 
 async fn open(backend: Backend) -> (Store, TestStore) {
     let test = TestStore::new(backend).await;
-    let store = Store::open(&test.url).await.expect("store opens");
+    let store = Store::open(&test.url, Clock::system())
+        .await
+        .expect("store opens");
     (store, test)
+}
+
+/// Now, as the issuer would pass it to the store.
+fn now() -> i64 {
+    Clock::system().unix_secs()
 }
 
 fn family(id: &str) -> Family {
@@ -51,10 +60,13 @@ async fn migrations_are_idempotent(backend: Backend) {
     assert_eq!(store.schema_version().await.unwrap(), 2);
     store.close().await;
     // Opening again (a restart, a second replica) applies nothing and keeps data.
-    let again = Store::open(&test.url).await.unwrap();
+    let again = Store::open(&test.url, Clock::system()).await.unwrap();
     assert_eq!(again.schema_version().await.unwrap(), 2);
     // Two replicas opening at once both succeed.
-    let (a, b) = tokio::join!(Store::open(&test.url), Store::open(&test.url));
+    let (a, b) = tokio::join!(
+        Store::open(&test.url, Clock::system()),
+        Store::open(&test.url, Clock::system())
+    );
     a.unwrap();
     b.unwrap();
 }
@@ -63,9 +75,9 @@ async fn keys_rotate_once(backend: Backend) {
     let (store, _test) = open(backend).await;
     let key = |kid: &str, at: i64| StoredKey {
         kid: kid.into(),
-        alg: "RS256".into(),
+        alg: Alg::RS256,
         private_key: "cHJpdmF0ZQ".into(),
-        encryption: "none".into(),
+        encryption: KeyEncryptionScheme::Plain,
         public_jwk: "{}".into(),
         created_at: at,
         rotated_at: None,
@@ -266,7 +278,7 @@ async fn device_codes_flow(backend: Backend) {
         client_id: "tv".into(),
         audience: Some("https://api".into()),
         scope: "openid read".into(),
-        status: "pending".into(),
+        status: DeviceStatus::Pending,
         subject: None,
         auth_time: None,
         created_at: t,
@@ -292,7 +304,7 @@ async fn device_codes_flow(backend: Backend) {
             .unwrap()
             .unwrap()
             .status,
-        "pending"
+        DeviceStatus::Pending
     );
     assert!(
         store.consume_device("d1", t).await.unwrap().is_none(),
@@ -327,7 +339,7 @@ async fn device_codes_flow(backend: Backend) {
     assert_eq!(won, 1);
     assert_eq!(
         store.find_device("d1").await.unwrap().unwrap().status,
-        "consumed"
+        DeviceStatus::Consumed
     );
 }
 

@@ -169,7 +169,7 @@ pub struct ClientConfig {
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
-    pub grant_types: Vec<String>,
+    pub grant_types: Vec<GrantType>,
     #[serde(default)]
     pub redirect_uris: Vec<String>,
     #[serde(default)]
@@ -207,37 +207,85 @@ pub struct ClaimsConfig {
     pub access_token: Vec<String>,
 }
 
-/// Grant type names as RFC names, with the short aliases DESIGN.md allows.
-pub const GRANT_TYPES: [(&str, &str); 9] = [
-    ("authorization_code", "authorization_code"),
-    ("implicit", "implicit"),
-    ("password", "password"),
-    ("client_credentials", "client_credentials"),
-    ("refresh_token", "refresh_token"),
-    (
-        "urn:ietf:params:oauth:grant-type:device_code",
-        "urn:ietf:params:oauth:grant-type:device_code",
-    ),
-    (
-        "device_code",
-        "urn:ietf:params:oauth:grant-type:device_code",
-    ),
-    (
-        "urn:ietf:params:oauth:grant-type:token-exchange",
-        "urn:ietf:params:oauth:grant-type:token-exchange",
-    ),
-    (
-        "token_exchange",
-        "urn:ietf:params:oauth:grant-type:token-exchange",
-    ),
-];
+/// An OAuth grant type, parsed once where its name enters: `clients[].grant_types` in
+/// the config ([`GrantType::from_config_name`], RFC names and the short aliases
+/// `device_code` and `token_exchange`) or the token endpoint's `grant_type` field
+/// ([`GrantType::from_rfc_name`], RFC names only). [`GrantType::as_str`] gives the RFC
+/// name, which is also the `grant_type` label of the issuer's metrics.
+///
+/// ```
+/// use scopegate::config::issuer::GrantType;
+/// assert_eq!(GrantType::from_config_name("device_code"), Some(GrantType::DeviceCode));
+/// assert_eq!(GrantType::from_rfc_name("device_code"), None);
+/// assert_eq!(
+///     GrantType::TokenExchange.as_str(),
+///     "urn:ietf:params:oauth:grant-type:token-exchange"
+/// );
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GrantType {
+    AuthorizationCode,
+    /// Tokens straight from `/authorize`; never a `grant_type` at the token endpoint.
+    Implicit,
+    Password,
+    ClientCredentials,
+    RefreshToken,
+    DeviceCode,
+    TokenExchange,
+}
 
-/// The RFC name for a configured grant type, or `None` if it is unknown.
-pub fn canonical_grant_type(name: &str) -> Option<&'static str> {
-    GRANT_TYPES
-        .iter()
-        .find(|(alias, _)| *alias == name)
-        .map(|(_, rfc)| *rfc)
+impl GrantType {
+    /// Every grant type, in the order discovery lists them.
+    pub const ALL: [GrantType; 7] = [
+        GrantType::AuthorizationCode,
+        GrantType::Implicit,
+        GrantType::Password,
+        GrantType::ClientCredentials,
+        GrantType::RefreshToken,
+        GrantType::DeviceCode,
+        GrantType::TokenExchange,
+    ];
+
+    /// The RFC name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantType::AuthorizationCode => "authorization_code",
+            GrantType::Implicit => "implicit",
+            GrantType::Password => "password",
+            GrantType::ClientCredentials => "client_credentials",
+            GrantType::RefreshToken => "refresh_token",
+            GrantType::DeviceCode => "urn:ietf:params:oauth:grant-type:device_code",
+            GrantType::TokenExchange => "urn:ietf:params:oauth:grant-type:token-exchange",
+        }
+    }
+
+    /// A grant type by its RFC name only (the token endpoint's `grant_type`).
+    pub fn from_rfc_name(name: &str) -> Option<GrantType> {
+        GrantType::ALL.into_iter().find(|g| g.as_str() == name)
+    }
+
+    /// A grant type by its RFC name or a short alias (`clients[].grant_types`).
+    pub fn from_config_name(name: &str) -> Option<GrantType> {
+        match name {
+            "device_code" => Some(GrantType::DeviceCode),
+            "token_exchange" => Some(GrantType::TokenExchange),
+            _ => GrantType::from_rfc_name(name),
+        }
+    }
+}
+
+impl std::fmt::Display for GrantType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for GrantType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        GrantType::from_config_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown grant type {name:?}")))
+    }
 }
 
 /// The issuer's endpoints, relative to the path of `issuer.url` (Auth0's paths). They are
@@ -306,7 +354,31 @@ impl IssuerConfig {
         ENDPOINTS.iter().map(|e| format!("{base}{e}")).collect()
     }
 
+    /// Every check of the `issuer:` section, once, at load; errors name the key path.
     pub(super) fn validate(&self, config: &Config) -> Result<(), ConfigError> {
+        self.check_url(config)?;
+        self.check_store()?;
+        self.check_limits()?;
+        let apis = self.check_apis()?;
+        for (role, grants) in &self.roles {
+            check_grants(&apis, &format!("issuer.roles.{role}"), grants)?;
+        }
+        let mut client_ids = HashSet::new();
+        for (index, client) in self.clients.iter().enumerate() {
+            check_client(&apis, &mut client_ids, index, client)?;
+        }
+        let mut seen = SeenUsers::default();
+        for (index, user) in self.users.iter().enumerate() {
+            self.check_user(&mut seen, index, user)?;
+        }
+        if let Some(claims) = &self.claims {
+            check_claims(claims)?;
+        }
+        check_route_scopes(config, &apis)
+    }
+
+    /// `issuer.url`: an absolute URL without a query, not also listed as trusted.
+    fn check_url(&self, config: &Config) -> Result<(), ConfigError> {
         let url = check_url(&self.url, "issuer.url")?;
         if url.query().is_some() {
             return Err(ConfigError::at(
@@ -322,6 +394,10 @@ impl IssuerConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    fn check_store(&self) -> Result<(), ConfigError> {
         if !(self.store.starts_with("sqlite:")
             || self.store.starts_with("postgres://")
             || self.store.starts_with("postgresql://"))
@@ -334,6 +410,11 @@ impl IssuerConfig {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Throttle counts, lifetimes and intervals.
+    fn check_limits(&self) -> Result<(), ConfigError> {
         if self.throttle.max_failures == 0 {
             return Err(ConfigError::at(
                 "issuer.throttle.max_failures",
@@ -360,8 +441,12 @@ impl IssuerConfig {
                 "must be longer than issuer.tokens.access_ttl",
             ));
         }
+        Ok(())
+    }
 
-        let mut apis = BTreeMap::new();
+    /// `issuer.apis` and `issuer.default_audience`; returns each API's defined scopes.
+    fn check_apis(&self) -> Result<DefinedApis<'_>, ConfigError> {
+        let mut apis = DefinedApis::new();
         for (index, api) in self.apis.iter().enumerate() {
             let at = format!("issuer.apis[{index}]");
             if api.identifier.is_empty() || api.identifier.contains(char::is_whitespace) {
@@ -376,29 +461,7 @@ impl IssuerConfig {
                     format!("API {:?} is defined twice", api.identifier),
                 ));
             }
-            let mut scopes = HashSet::new();
-            for (scope_index, scope) in api.scopes.iter().enumerate() {
-                let scope_at = format!("{at}.scopes[{scope_index}].value");
-                check_scope_token(&scope.value, &scope_at)?;
-                if matches!(
-                    scope.value.as_str(),
-                    "openid" | "profile" | "email" | "offline_access"
-                ) {
-                    return Err(ConfigError::at(
-                        scope_at,
-                        format!(
-                            "{:?} is an OpenID Connect scope and cannot be an API scope",
-                            scope.value
-                        ),
-                    ));
-                }
-                if !scopes.insert(scope.value.as_str()) {
-                    return Err(ConfigError::at(
-                        scope_at,
-                        format!("scope {:?} is defined twice", scope.value),
-                    ));
-                }
-            }
+            let scopes = check_api_scopes(&at, api)?;
             if let Some(ttl) = api.access_ttl
                 && ttl.get() < std::time::Duration::from_secs(1)
             {
@@ -424,223 +487,267 @@ impl IssuerConfig {
                 format!("{default:?} is not the identifier of an API in issuer.apis"),
             ));
         }
+        Ok(apis)
+    }
 
-        let check_grants = |at: &str, grants: &BTreeMap<String, Vec<String>>| {
-            for (api, scopes) in grants {
-                let defined = apis.get(api.as_str()).ok_or_else(|| {
-                    ConfigError::at(
-                        format!("{at}.{api:?}"),
-                        format!("{api:?} is not the identifier of an API in issuer.apis"),
-                    )
-                })?;
-                for (index, scope) in scopes.iter().enumerate() {
-                    if !defined.contains(scope.as_str()) {
-                        return Err(ConfigError::at(
-                            format!("{at}.{api:?}[{index}]"),
-                            format!("scope {scope:?} is not defined by API {api:?}"),
-                        ));
-                    }
-                }
-            }
-            Ok(())
-        };
-
-        for (role, grants) in &self.roles {
-            check_grants(&format!("issuer.roles.{role}"), grants)?;
+    /// One user: a unique username, email and subject, an argon2id hash, known roles.
+    fn check_user(
+        &self,
+        seen: &mut SeenUsers,
+        index: usize,
+        user: &UserConfig,
+    ) -> Result<(), ConfigError> {
+        let at = format!("issuer.users[{index}]");
+        if user.username.is_empty() || user.username.contains(char::is_whitespace) {
+            return Err(ConfigError::at(
+                format!("{at}.username"),
+                "a username is non-empty and has no spaces",
+            ));
         }
-
-        let mut client_ids = HashSet::new();
-        for (index, client) in self.clients.iter().enumerate() {
-            let at = format!("issuer.clients[{index}]");
-            if client.client_id.is_empty()
-                || !client
-                    .client_id
-                    .bytes()
-                    .all(|b| b > 0x20 && b < 0x7f && b != b':')
-            {
-                return Err(ConfigError::at(
-                    format!("{at}.client_id"),
-                    "a client_id is printable ASCII without spaces or ':'",
-                ));
-            }
-            if !client_ids.insert(client.client_id.as_str()) {
-                return Err(ConfigError::at(
-                    format!("{at}.client_id"),
-                    format!("client_id {:?} is used twice", client.client_id),
-                ));
-            }
-            if let Some(secret) = &client.client_secret
-                && secret.len() < 8
-            {
-                return Err(ConfigError::at(
-                    format!("{at}.client_secret"),
-                    "a client secret needs at least 8 characters",
-                ));
-            }
-            if client.grant_types.is_empty() {
-                return Err(ConfigError::at(
-                    format!("{at}.grant_types"),
-                    "list the grant types this client may use",
-                ));
-            }
-            let mut canonical = HashSet::new();
-            for (grant_index, grant) in client.grant_types.iter().enumerate() {
-                let rfc = canonical_grant_type(grant).ok_or_else(|| {
-                    ConfigError::at(
-                        format!("{at}.grant_types[{grant_index}]"),
-                        format!("unknown grant type {grant:?}"),
-                    )
-                })?;
-                canonical.insert(rfc);
-            }
-            if canonical.contains("client_credentials") && client.client_secret.is_none() {
-                return Err(ConfigError::at(
-                    format!("{at}.grant_types"),
-                    "client_credentials needs a confidential client (set client_secret)",
-                ));
-            }
-            let browser =
-                canonical.contains("authorization_code") || canonical.contains("implicit");
-            if browser && client.redirect_uris.is_empty() {
-                return Err(ConfigError::at(
-                    format!("{at}.redirect_uris"),
-                    "authorization_code and implicit need at least one redirect URI",
-                ));
-            }
-            for (uri_index, uri) in client
-                .redirect_uris
-                .iter()
-                .chain(&client.post_logout_redirect_uris)
-                .enumerate()
-            {
-                let key = if uri_index < client.redirect_uris.len() {
-                    format!("{at}.redirect_uris[{uri_index}]")
-                } else {
-                    format!(
-                        "{at}.post_logout_redirect_uris[{}]",
-                        uri_index - client.redirect_uris.len()
-                    )
-                };
-                check_redirect_uri(uri, &key)?;
-            }
-            if !client.grants.is_empty() && !canonical.contains("client_credentials") {
-                return Err(ConfigError::at(
-                    format!("{at}.grants"),
-                    "grants are for client_credentials, which this client may not use",
-                ));
-            }
-            check_grants(&format!("{at}.grants"), &client.grants)?;
+        if !seen.usernames.insert(user.username.to_lowercase()) {
+            return Err(ConfigError::at(
+                format!("{at}.username"),
+                format!("username {:?} is used twice", user.username),
+            ));
         }
-
-        let mut usernames = HashSet::new();
-        let mut emails = HashSet::new();
-        let mut subjects = HashSet::new();
-        for (index, user) in self.users.iter().enumerate() {
-            let at = format!("issuer.users[{index}]");
-            if user.username.is_empty() || user.username.contains(char::is_whitespace) {
+        if let Some(email) = &user.email {
+            if !email.contains('@') {
                 return Err(ConfigError::at(
-                    format!("{at}.username"),
-                    "a username is non-empty and has no spaces",
+                    format!("{at}.email"),
+                    format!("{email:?} is not an email address"),
                 ));
             }
-            if !usernames.insert(user.username.to_lowercase()) {
+            if !seen.emails.insert(email.to_lowercase()) {
                 return Err(ConfigError::at(
-                    format!("{at}.username"),
-                    format!("username {:?} is used twice", user.username),
+                    format!("{at}.email"),
+                    format!("email {email:?} is used twice"),
                 ));
-            }
-            if let Some(email) = &user.email {
-                if !email.contains('@') {
-                    return Err(ConfigError::at(
-                        format!("{at}.email"),
-                        format!("{email:?} is not an email address"),
-                    ));
-                }
-                if !emails.insert(email.to_lowercase()) {
-                    return Err(ConfigError::at(
-                        format!("{at}.email"),
-                        format!("email {email:?} is used twice"),
-                    ));
-                }
-            }
-            if !subjects.insert(IssuerConfig::subject_of(user)) {
-                return Err(ConfigError::at(
-                    format!("{at}.id"),
-                    "two users have the same subject",
-                ));
-            }
-            if !user.password_hash.starts_with("$argon2id$") {
-                return Err(ConfigError::at(
-                    format!("{at}.password_hash"),
-                    "must be an argon2id PHC string; make one with `scopegate hash-password`",
-                ));
-            }
-            for (role_index, role) in user.roles.iter().enumerate() {
-                if !self.roles.contains_key(role) {
-                    return Err(ConfigError::at(
-                        format!("{at}.roles[{role_index}]"),
-                        format!("role {role:?} is not defined in issuer.roles"),
-                    ));
-                }
             }
         }
-
-        if let Some(claims) = &self.claims {
-            let namespace = &claims.namespace;
-            let is_url = (namespace.starts_with("https://") || namespace.starts_with("http://"))
-                && namespace
-                    .parse::<http::Uri>()
-                    .is_ok_and(|u| u.host().is_some());
-            if !is_url {
-                return Err(ConfigError::at(
-                    "issuer.claims.namespace",
-                    format!(
-                        "{namespace:?} must be an http(s) URL, e.g. https://example.com/, so custom claims never collide with standard ones"
-                    ),
-                ));
-            }
-            for (key, fields) in [
-                ("id_token", &claims.id_token),
-                ("access_token", &claims.access_token),
-            ] {
-                for (index, field) in fields.iter().enumerate() {
-                    let claim = format!("{namespace}{field}");
-                    if field.is_empty() || STANDARD_CLAIMS.contains(&claim.as_str()) {
-                        return Err(ConfigError::at(
-                            format!("issuer.claims.{key}[{index}]"),
-                            format!("{field:?} cannot be a custom claim"),
-                        ));
-                    }
-                }
-            }
+        if !seen.subjects.insert(IssuerConfig::subject_of(user)) {
+            return Err(ConfigError::at(
+                format!("{at}.id"),
+                "two users have the same subject",
+            ));
         }
-
-        for (index, route) in config.routes.iter().enumerate() {
-            let Some(audience) = &route.audience else {
-                continue;
-            };
-            let Some(defined) = apis.get(audience.as_str()) else {
-                continue;
-            };
-            for (key, list) in [("scopes", &route.scopes), ("any_scopes", &route.any_scopes)] {
-                for (scope_index, scope) in list.iter().enumerate() {
-                    let oidc = matches!(
-                        scope.as_str(),
-                        "openid" | "profile" | "email" | "offline_access"
-                    );
-                    if !oidc && !defined.contains(scope.as_str()) {
-                        return Err(ConfigError::at(
-                            format!("routes[{index}].{key}[{scope_index}]"),
-                            format!(
-                                "scope {scope:?} is not defined by API {audience:?} in issuer.apis, so no token could carry it"
-                            ),
-                        ));
-                    }
-                }
+        if !user.password_hash.starts_with("$argon2id$") {
+            return Err(ConfigError::at(
+                format!("{at}.password_hash"),
+                "must be an argon2id PHC string; make one with `scopegate hash-password`",
+            ));
+        }
+        for (role_index, role) in user.roles.iter().enumerate() {
+            if !self.roles.contains_key(role) {
+                return Err(ConfigError::at(
+                    format!("{at}.roles[{role_index}]"),
+                    format!("role {role:?} is not defined in issuer.roles"),
+                ));
             }
         }
         Ok(())
     }
+}
+
+/// API identifier → the scopes it defines.
+type DefinedApis<'c> = BTreeMap<&'c str, HashSet<&'c str>>;
+
+/// Usernames and emails (lower-cased) and subjects already taken.
+#[derive(Default)]
+struct SeenUsers {
+    usernames: HashSet<String>,
+    emails: HashSet<String>,
+    subjects: HashSet<String>,
+}
+
+/// The scopes one API defines: valid scope tokens, no OIDC scope, no duplicate.
+fn check_api_scopes<'c>(at: &str, api: &'c ApiConfig) -> Result<HashSet<&'c str>, ConfigError> {
+    let mut scopes = HashSet::new();
+    for (scope_index, scope) in api.scopes.iter().enumerate() {
+        let scope_at = format!("{at}.scopes[{scope_index}].value");
+        check_scope_token(&scope.value, &scope_at)?;
+        if is_oidc_scope(&scope.value) {
+            return Err(ConfigError::at(
+                scope_at,
+                format!(
+                    "{:?} is an OpenID Connect scope and cannot be an API scope",
+                    scope.value
+                ),
+            ));
+        }
+        if !scopes.insert(scope.value.as_str()) {
+            return Err(ConfigError::at(
+                scope_at,
+                format!("scope {:?} is defined twice", scope.value),
+            ));
+        }
+    }
+    Ok(scopes)
+}
+
+fn is_oidc_scope(scope: &str) -> bool {
+    matches!(scope, "openid" | "profile" | "email" | "offline_access")
+}
+
+/// Grants (of a role, or a client's `grants`) name defined APIs and their scopes.
+fn check_grants(
+    apis: &DefinedApis<'_>,
+    at: &str,
+    grants: &BTreeMap<String, Vec<String>>,
+) -> Result<(), ConfigError> {
+    for (api, scopes) in grants {
+        let defined = apis.get(api.as_str()).ok_or_else(|| {
+            ConfigError::at(
+                format!("{at}.{api:?}"),
+                format!("{api:?} is not the identifier of an API in issuer.apis"),
+            )
+        })?;
+        for (index, scope) in scopes.iter().enumerate() {
+            if !defined.contains(scope.as_str()) {
+                return Err(ConfigError::at(
+                    format!("{at}.{api:?}[{index}]"),
+                    format!("scope {scope:?} is not defined by API {api:?}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One client: its id, secret, grant types, redirect URIs and grants.
+fn check_client<'c>(
+    apis: &DefinedApis<'_>,
+    client_ids: &mut HashSet<&'c str>,
+    index: usize,
+    client: &'c ClientConfig,
+) -> Result<(), ConfigError> {
+    let at = format!("issuer.clients[{index}]");
+    if client.client_id.is_empty()
+        || !client
+            .client_id
+            .bytes()
+            .all(|b| b > 0x20 && b < 0x7f && b != b':')
+    {
+        return Err(ConfigError::at(
+            format!("{at}.client_id"),
+            "a client_id is printable ASCII without spaces or ':'",
+        ));
+    }
+    if !client_ids.insert(client.client_id.as_str()) {
+        return Err(ConfigError::at(
+            format!("{at}.client_id"),
+            format!("client_id {:?} is used twice", client.client_id),
+        ));
+    }
+    if let Some(secret) = &client.client_secret
+        && secret.len() < 8
+    {
+        return Err(ConfigError::at(
+            format!("{at}.client_secret"),
+            "a client secret needs at least 8 characters",
+        ));
+    }
+    check_client_grant_types(&at, client)?;
+    check_client_redirect_uris(&at, client)?;
+    if !client.grants.is_empty() && !client.grant_types.contains(&GrantType::ClientCredentials) {
+        return Err(ConfigError::at(
+            format!("{at}.grants"),
+            "grants are for client_credentials, which this client may not use",
+        ));
+    }
+    check_grants(apis, &format!("{at}.grants"), &client.grants)
+}
+
+/// A client lists its grant types; the ones it lists fit how it is registered.
+fn check_client_grant_types(at: &str, client: &ClientConfig) -> Result<(), ConfigError> {
+    let may = |grant| client.grant_types.contains(&grant);
+    if client.grant_types.is_empty() {
+        return Err(ConfigError::at(
+            format!("{at}.grant_types"),
+            "list the grant types this client may use",
+        ));
+    }
+    if may(GrantType::ClientCredentials) && client.client_secret.is_none() {
+        return Err(ConfigError::at(
+            format!("{at}.grant_types"),
+            "client_credentials needs a confidential client (set client_secret)",
+        ));
+    }
+    let browser = may(GrantType::AuthorizationCode) || may(GrantType::Implicit);
+    if browser && client.redirect_uris.is_empty() {
+        return Err(ConfigError::at(
+            format!("{at}.redirect_uris"),
+            "authorization_code and implicit need at least one redirect URI",
+        ));
+    }
+    Ok(())
+}
+
+fn check_client_redirect_uris(at: &str, client: &ClientConfig) -> Result<(), ConfigError> {
+    for (index, uri) in client.redirect_uris.iter().enumerate() {
+        check_redirect_uri(uri, &format!("{at}.redirect_uris[{index}]"))?;
+    }
+    for (index, uri) in client.post_logout_redirect_uris.iter().enumerate() {
+        check_redirect_uri(uri, &format!("{at}.post_logout_redirect_uris[{index}]"))?;
+    }
+    Ok(())
+}
+
+/// `issuer.claims`: a URL namespace, and no field that would shadow a standard claim.
+fn check_claims(claims: &ClaimsConfig) -> Result<(), ConfigError> {
+    let namespace = &claims.namespace;
+    let is_url = (namespace.starts_with("https://") || namespace.starts_with("http://"))
+        && namespace
+            .parse::<http::Uri>()
+            .is_ok_and(|u| u.host().is_some());
+    if !is_url {
+        return Err(ConfigError::at(
+            "issuer.claims.namespace",
+            format!(
+                "{namespace:?} must be an http(s) URL, e.g. https://example.com/, so custom claims never collide with standard ones"
+            ),
+        ));
+    }
+    for (key, fields) in [
+        ("id_token", &claims.id_token),
+        ("access_token", &claims.access_token),
+    ] {
+        for (index, field) in fields.iter().enumerate() {
+            let claim = format!("{namespace}{field}");
+            if field.is_empty() || STANDARD_CLAIMS.contains(&claim.as_str()) {
+                return Err(ConfigError::at(
+                    format!("issuer.claims.{key}[{index}]"),
+                    format!("{field:?} cannot be a custom claim"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A route whose audience is one of the issuer's APIs asks only for scopes that API
+/// defines (or OIDC scopes): any other scope no token could carry.
+fn check_route_scopes(config: &Config, apis: &DefinedApis<'_>) -> Result<(), ConfigError> {
+    for (index, route) in config.routes.iter().enumerate() {
+        let Some(audience) = &route.audience else {
+            continue;
+        };
+        let Some(defined) = apis.get(audience.as_str()) else {
+            continue;
+        };
+        for (key, list) in [("scopes", &route.scopes), ("any_scopes", &route.any_scopes)] {
+            for (scope_index, scope) in list.iter().enumerate() {
+                if !is_oidc_scope(scope) && !defined.contains(scope.as_str()) {
+                    return Err(ConfigError::at(
+                        format!("routes[{index}].{key}[{scope_index}]"),
+                        format!(
+                            "scope {scope:?} is not defined by API {audience:?} in issuer.apis, so no token could carry it"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_scope_token(scope: &str, at: &str) -> Result<(), ConfigError> {
@@ -751,9 +858,24 @@ mod tests {
     #[test]
     fn grant_type_aliases() {
         assert_eq!(
-            canonical_grant_type("device_code"),
+            GrantType::from_config_name("device_code").map(GrantType::as_str),
             Some("urn:ietf:params:oauth:grant-type:device_code")
         );
-        assert_eq!(canonical_grant_type("magic"), None);
+        assert_eq!(
+            GrantType::from_config_name("token_exchange"),
+            Some(GrantType::TokenExchange)
+        );
+        assert_eq!(GrantType::from_config_name("magic"), None);
+        for grant in GrantType::ALL {
+            assert_eq!(GrantType::from_rfc_name(grant.as_str()), Some(grant));
+        }
+    }
+
+    #[test]
+    fn an_unknown_grant_type_is_refused_at_its_key_path() {
+        let yaml = "issuer:\n  url: https://id.example.com/\n  clients:\n    - { client_id: c, grant_types: [password, magic] }\n";
+        let err = crate::config::Config::from_yaml_with_env(yaml, |_| None).unwrap_err();
+        assert_eq!(err.path, "issuer.clients[0].grant_types[1]");
+        assert_eq!(err.message, "unknown grant type \"magic\"");
     }
 }

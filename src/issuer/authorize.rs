@@ -24,13 +24,14 @@
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
+use super::Issuer;
 use super::form::{self, Form};
 use super::mint::{self, Subject, random_token};
 use super::model::{Api, Client, User};
 use super::pages;
 use super::session::{self, CSRF_FIELD, Refused};
-use super::store::{CodeRecord, now, secret_hash};
-use super::{Issuer, token};
+use super::store::{CodeRecord, secret_hash};
+use crate::config::issuer::GrantType;
 use crate::error::{OAuthCode, OAuthError};
 use crate::http::{Body, ConnInfo};
 
@@ -70,8 +71,8 @@ struct Reply {
     redirect_uri: String,
     mode: Mode,
     state: Option<String>,
-    /// The metrics label: the grant the response type stands for.
-    grant: &'static str,
+    /// The metrics label: the grant the response type stands for, once known.
+    grant: Option<GrantType>,
 }
 
 /// What `response_type` asks for.
@@ -107,11 +108,11 @@ impl ResponseType {
         self.token || self.id_token
     }
 
-    fn grant(self) -> &'static str {
+    fn grant(self) -> GrantType {
         if self.code {
-            "authorization_code"
+            GrantType::AuthorizationCode
         } else {
-            "implicit"
+            GrantType::Implicit
         }
     }
 }
@@ -177,11 +178,11 @@ async fn authorize(
         Ok(request) => request,
         Err(failure) => return fail(issuer, failure, Vec::new()),
     };
-    let session = match issuer.session(headers).await {
+    let session = match session::current(issuer, headers).await {
         Ok(session) => session,
         Err(err) => return fail(issuer, redirect(&request, err), Vec::new()),
     };
-    let now = now();
+    let now = issuer.now();
     let session = session.filter(|s| {
         request
             .max_age
@@ -230,10 +231,7 @@ async fn sign_in(
         Ok(request) => request,
         Err(failure) => return fail(issuer, failure, Vec::new()),
     };
-    match issuer
-        .sign_in(headers, posted, conn.remote.ip(), conn.tls)
-        .await
-    {
+    match session::sign_in(issuer, headers, posted, conn.remote.ip(), conn.tls).await {
         Ok(Ok(signed)) => {
             let cookies = signed.set_cookie.into_iter().collect();
             respond(issuer, &request, signed.user, signed.auth_time, cookies).await
@@ -258,6 +256,47 @@ fn redirect(request: &AuthRequest<'_>, err: OAuthError) -> Failure {
 /// (errors are pages), then the rest (errors are redirects).
 fn parse<'m>(issuer: &'m Issuer, params: &Form) -> Result<AuthRequest<'m>, Failure> {
     let model = &issuer.model;
+    let (client, redirect_uri) = trusted_client(model, params)?;
+    // From here on, errors go back to the client.
+    let (response, reply) = response_type(client, redirect_uri, params)?;
+    let back = |err: OAuthError| Failure::Redirect(Box::new(reply.clone()), err);
+    let (prompt_login, prompt_none) = prompt(params).map_err(back)?;
+    let max_age = max_age(params).map_err(back)?;
+    let scope: Vec<String> = mint::requested_scopes(params.get("scope"))
+        .map_err(back)?
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    let api = mint::resolve_audience(model, params).map_err(back)?;
+    let nonce = params.get("nonce").map(str::to_string);
+    check_id_token_request(response, &scope, nonce.as_deref()).map_err(back)?;
+    let code_challenge = if response.code {
+        code_challenge(client, params).map_err(back)?
+    } else {
+        None
+    };
+    Ok(AuthRequest {
+        client,
+        reply,
+        response,
+        scope,
+        api,
+        nonce,
+        code_challenge,
+        prompt_login,
+        prompt_none,
+        max_age,
+        login_hint: params.get("login_hint").map(str::to_string),
+        pending: form::encode(params.pairs().filter(|(name, _)| PARAMS.contains(name))),
+    })
+}
+
+/// A registered client and one of its registered redirect URIs: until both are known,
+/// every problem is a page, never a redirect.
+fn trusted_client<'m, 'p>(
+    model: &'m super::model::Model,
+    params: &'p Form,
+) -> Result<(&'m Client, &'p str), Failure> {
     let page = |description: &'static str| Failure::Page(OAuthError::invalid_request(description));
     let client_id = params
         .get("client_id")
@@ -273,8 +312,16 @@ fn parse<'m>(issuer: &'m Issuer, params: &Form) -> Result<AuthRequest<'m>, Failu
             "The address this application asked to return to is not registered for it (redirect_uri).",
         ));
     }
+    Ok((client, redirect_uri))
+}
 
-    // From here on, errors go back to the client.
+/// `response_type` and `response_mode`, and where the answer goes: tokens never in a
+/// query string, and only for a client allowed the grant the response type stands for.
+fn response_type(
+    client: &Client,
+    redirect_uri: &str,
+    params: &Form,
+) -> Result<(ResponseType, Reply), Failure> {
     let response = params.get("response_type").map(ResponseType::parse);
     let default_mode = match response {
         Some(Some(rt)) if rt.front_channel_tokens() => Mode::Fragment,
@@ -291,15 +338,12 @@ fn parse<'m>(issuer: &'m Issuer, params: &Form) -> Result<AuthRequest<'m>, Failu
         redirect_uri: redirect_uri.to_string(),
         mode: mode.unwrap_or(default_mode),
         state: params.get("state").map(str::to_string),
-        grant: match response {
-            Some(Some(rt)) => rt.grant(),
-            _ => "unknown",
-        },
+        grant: response.flatten().map(ResponseType::grant),
     };
     let back = |reply: &Reply, code: OAuthCode, description: &'static str| {
         Failure::Redirect(Box::new(reply.clone()), OAuthError::new(code, description))
     };
-    use OAuthCode::{InvalidRequest, InvalidScope, UnauthorizedClient, UnsupportedResponseType};
+    use OAuthCode::{InvalidRequest, UnauthorizedClient, UnsupportedResponseType};
     if mode.is_err() {
         return Err(back(
             &reply,
@@ -328,140 +372,108 @@ fn parse<'m>(issuer: &'m Issuer, params: &Form) -> Result<AuthRequest<'m>, Failu
             "tokens are never sent in a query string: use response_mode fragment or form_post",
         ));
     }
-    if response.code && !client.may_use("authorization_code") {
+    if response.code && !client.may_use(GrantType::AuthorizationCode) {
         return Err(back(
             &reply,
             UnauthorizedClient,
             "this client may not use the authorization_code grant",
         ));
     }
-    if (response.token || response.id_token) && !client.may_use("implicit") {
+    if (response.token || response.id_token) && !client.may_use(GrantType::Implicit) {
         return Err(back(
             &reply,
             UnauthorizedClient,
             "this client may not use the implicit grant (tokens from /authorize)",
         ));
     }
+    Ok((response, reply))
+}
 
+/// `prompt`: (sign in again, never show a page). `consent` is accepted and means
+/// nothing: clients are first-party.
+fn prompt(params: &Form) -> Result<(bool, bool), OAuthError> {
     let mut prompt_login = false;
     let mut prompt_none = false;
-    if let Some(prompt) = params.get("prompt") {
-        for value in prompt.split(' ').filter(|v| !v.is_empty()) {
-            match value {
-                "none" => prompt_none = true,
-                "login" | "select_account" => prompt_login = true,
-                // First-party clients: there is no consent to ask for.
-                "consent" => {}
-                _ => {
-                    return Err(back(
-                        &reply,
-                        InvalidRequest,
-                        "prompt must be none, login, consent or select_account",
-                    ));
-                }
-            }
-        }
-        if prompt_none && prompt.split(' ').filter(|v| !v.is_empty()).count() > 1 {
-            return Err(back(
-                &reply,
-                InvalidRequest,
-                "prompt=none cannot be combined with other values",
-            ));
-        }
-    }
-    let max_age = match params.get("max_age") {
-        None => None,
-        Some(text) => match text.parse::<u32>() {
-            Ok(seconds) => Some(i64::from(seconds)),
-            Err(_) => {
-                return Err(back(
-                    &reply,
-                    InvalidRequest,
-                    "max_age must be a number of seconds",
+    let Some(prompt) = params.get("prompt") else {
+        return Ok((false, false));
+    };
+    for value in prompt.split(' ').filter(|v| !v.is_empty()) {
+        match value {
+            "none" => prompt_none = true,
+            "login" | "select_account" => prompt_login = true,
+            "consent" => {}
+            _ => {
+                return Err(OAuthError::invalid_request(
+                    "prompt must be none, login, consent or select_account",
                 ));
             }
-        },
-    };
+        }
+    }
+    if prompt_none && prompt.split(' ').filter(|v| !v.is_empty()).count() > 1 {
+        return Err(OAuthError::invalid_request(
+            "prompt=none cannot be combined with other values",
+        ));
+    }
+    Ok((prompt_login, prompt_none))
+}
 
-    let scope: Vec<String> = mint::requested_scopes(params.get("scope"))
-        .map_err(|err| Failure::Redirect(Box::new(reply.clone()), err))?
-        .into_iter()
-        .map(str::to_string)
-        .collect();
-    let api = mint::resolve_audience(model, params)
-        .map_err(|err| Failure::Redirect(Box::new(reply.clone()), err))?;
+fn max_age(params: &Form) -> Result<Option<i64>, OAuthError> {
+    match params.get("max_age") {
+        None => Ok(None),
+        Some(text) => match text.parse::<u32>() {
+            Ok(seconds) => Ok(Some(i64::from(seconds))),
+            Err(_) => Err(OAuthError::invalid_request(
+                "max_age must be a number of seconds",
+            )),
+        },
+    }
+}
+
+/// An ID token from `/authorize` needs the `openid` scope and a `nonce`.
+fn check_id_token_request(
+    response: ResponseType,
+    scope: &[String],
+    nonce: Option<&str>,
+) -> Result<(), OAuthError> {
     if response.id_token && !scope.iter().any(|s| s == "openid") {
-        return Err(back(
-            &reply,
-            InvalidScope,
+        return Err(OAuthError::new(
+            OAuthCode::InvalidScope,
             "an ID token needs the openid scope",
         ));
     }
-    let nonce = params.get("nonce").map(str::to_string);
     if response.id_token && nonce.is_none() {
-        return Err(back(
-            &reply,
-            InvalidRequest,
+        return Err(OAuthError::invalid_request(
             "nonce is required when an ID token is returned from /authorize",
         ));
     }
+    Ok(())
+}
 
-    let code_challenge = if response.code {
-        match (
-            params.get("code_challenge"),
-            params.get("code_challenge_method"),
-        ) {
-            (None, None) if client.is_public() => {
-                return Err(back(
-                    &reply,
-                    InvalidRequest,
-                    "this is a public client: PKCE is required (code_challenge with code_challenge_method=S256)",
+/// The PKCE challenge of a code request: S256 only, required of public clients.
+fn code_challenge(client: &Client, params: &Form) -> Result<Option<String>, OAuthError> {
+    match (
+        params.get("code_challenge"),
+        params.get("code_challenge_method"),
+    ) {
+        (None, None) if client.is_public() => Err(OAuthError::invalid_request(
+            "this is a public client: PKCE is required (code_challenge with code_challenge_method=S256)",
+        )),
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(OAuthError::invalid_request(
+            "code_challenge_method without code_challenge",
+        )),
+        (Some(challenge), Some("S256")) => {
+            if !is_s256_challenge(challenge) {
+                return Err(OAuthError::invalid_request(
+                    "code_challenge must be the base64url SHA-256 of the verifier (43 characters)",
                 ));
             }
-            (None, None) => None,
-            (None, Some(_)) => {
-                return Err(back(
-                    &reply,
-                    InvalidRequest,
-                    "code_challenge_method without code_challenge",
-                ));
-            }
-            (Some(challenge), Some("S256")) => {
-                if !is_s256_challenge(challenge) {
-                    return Err(back(
-                        &reply,
-                        InvalidRequest,
-                        "code_challenge must be the base64url SHA-256 of the verifier (43 characters)",
-                    ));
-                }
-                Some(challenge.to_string())
-            }
-            (Some(_), _) => {
-                return Err(back(
-                    &reply,
-                    InvalidRequest,
-                    "code_challenge_method must be S256 (plain is not allowed)",
-                ));
-            }
+            Ok(Some(challenge.to_string()))
         }
-    } else {
-        None
-    };
-
-    Ok(AuthRequest {
-        client,
-        reply,
-        response,
-        scope,
-        api,
-        nonce,
-        code_challenge,
-        prompt_login,
-        prompt_none,
-        max_age,
-        login_hint: params.get("login_hint").map(str::to_string),
-        pending: form::encode(params.pairs().filter(|(name, _)| PARAMS.contains(name))),
-    })
+        (Some(_), _) => Err(OAuthError::invalid_request(
+            "code_challenge_method must be S256 (plain is not allowed)",
+        )),
+    }
 }
 
 /// 43 characters of base64url: a SHA-256 digest.
@@ -536,27 +548,7 @@ async fn issue(
     let mut params = Vec::new();
     let mut code = None;
     if request.response.code {
-        let secret = random_token(32)?;
-        let now = now();
-        issuer
-            .core
-            .store
-            .insert_code(&CodeRecord {
-                code_hash: secret_hash(&secret),
-                client_id: client.client_id.clone(),
-                redirect_uri: request.reply.redirect_uri.clone(),
-                subject: user.subject.clone(),
-                audience: request.api.map(|a| a.identifier.clone()),
-                scope: granted.scope_string(),
-                nonce: request.nonce.clone(),
-                code_challenge: request.code_challenge.clone(),
-                code_challenge_method: request.code_challenge.as_ref().map(|_| "S256".into()),
-                auth_time,
-                created_at: now,
-                expires_at: now + model.code_ttl.as_secs() as i64,
-            })
-            .await
-            .map_err(token::store_failed)?;
+        let secret = store_code(issuer, request, user, &granted, auth_time).await?;
         params.push(("code", secret.clone()));
         code = Some(secret);
     }
@@ -564,7 +556,8 @@ async fn issue(
     granted.offline_access = false;
     let scope = granted.scope_string();
     let access = if request.response.token {
-        let access = issuer.mint_access(
+        let access = mint::access_token(
+            issuer,
             client,
             Subject::User(user),
             request.api,
@@ -580,14 +573,17 @@ async fn issue(
         None
     };
     if request.response.id_token {
-        let id_token = issuer.mint_id_with(
-            client,
-            user,
-            &granted,
-            auth_time,
-            request.nonce.as_deref(),
-            access.as_ref().map(|a| a.token.as_str()),
-            code.as_deref(),
+        let id_token = mint::id_token(
+            issuer,
+            mint::IdToken {
+                client,
+                user,
+                granted: &granted,
+                auth_time,
+                nonce: request.nonce.as_deref(),
+                access_token: access.as_ref().map(|a| a.token.as_str()),
+                code: code.as_deref(),
+            },
         )?;
         params.push(("id_token", id_token));
     }
@@ -596,10 +592,38 @@ async fn issue(
             .core
             .metrics
             .tokens_issued_total
-            .with_label_values(&["implicit"])
+            .with_label_values(&[GrantType::Implicit.as_str()])
             .inc();
     }
     Ok(params)
+}
+
+/// A new authorization code for what was granted, stored hashed; returns the code.
+async fn store_code(
+    issuer: &Issuer,
+    request: &AuthRequest<'_>,
+    user: &User,
+    granted: &mint::Granted<'_>,
+    auth_time: i64,
+) -> Result<String, OAuthError> {
+    let secret = random_token(32)?;
+    let now = issuer.now();
+    let record = CodeRecord {
+        code_hash: secret_hash(&secret),
+        client_id: request.client.client_id.clone(),
+        redirect_uri: request.reply.redirect_uri.clone(),
+        subject: user.subject.clone(),
+        audience: request.api.map(|a| a.identifier.clone()),
+        scope: granted.scope_string(),
+        nonce: request.nonce.clone(),
+        code_challenge: request.code_challenge.clone(),
+        code_challenge_method: request.code_challenge.as_ref().map(|_| "S256".into()),
+        auth_time,
+        created_at: now,
+        expires_at: now + issuer.model.code_ttl.as_secs() as i64,
+    };
+    issuer.core.store.insert_code(&record).await?;
+    Ok(secret)
 }
 
 /// Sends the answer (or an error) to the client: `303` to the redirect URI with the
@@ -659,7 +683,7 @@ pub fn see_other(location: &str) -> Response<Body> {
 fn fail(issuer: &Issuer, failure: Failure, cookies: Vec<HeaderValue>) -> Response<Body> {
     let (grant, err) = match &failure {
         Failure::Page(err) => ("unknown", err),
-        Failure::Redirect(reply, err) => (reply.grant, err),
+        Failure::Redirect(reply, err) => (reply.grant.map_or("unknown", GrantType::as_str), err),
     };
     issuer
         .core

@@ -28,9 +28,9 @@ use super::mint::{self, random_token};
 use super::model::Client;
 use super::pages;
 use super::session::{self, Refused, Session};
-use super::store::{DeviceRecord, now, secret_hash};
-use super::token::{DEVICE_CODE, store_failed};
+use super::store::{DeviceRecord, DeviceStatus, secret_hash};
 use super::{Issuer, throttle};
+use crate::config::issuer::GrantType;
 use crate::error::{OAuthCode, OAuthError};
 use crate::http::{Body, ConnInfo};
 
@@ -103,7 +103,7 @@ pub async fn authorization(issuer: &Issuer, headers: &HeaderMap, form: &Form) ->
                 .core
                 .metrics
                 .token_errors_total
-                .with_label_values(&[DEVICE_CODE, err.code.as_str()])
+                .with_label_values(&[GrantType::DeviceCode.as_str(), err.code.as_str()])
                 .inc();
             err.into_response()
         }
@@ -117,7 +117,7 @@ async fn start(
 ) -> Result<DeviceAuthorization, OAuthError> {
     let model = &issuer.model;
     let client = client_auth::authenticate(model, headers, form, Requirement::SecretOrPublic)?;
-    if !client.may_use(DEVICE_CODE) {
+    if !client.may_use(GrantType::DeviceCode) {
         return Err(OAuthError::new(
             OAuthCode::UnauthorizedClient,
             "this client may not use the device_code grant",
@@ -126,7 +126,7 @@ async fn start(
     let api = mint::resolve_audience(model, form)?;
     let scope = mint::requested_scopes(form.get("scope"))?.join(" ");
     let device_code = random_token(32)?;
-    let now = now();
+    let now = issuer.now();
     let ttl = model.device_ttl.as_secs();
     let interval = model.device_interval.as_secs();
     // A clash with a live user code is unlikely (1 in 2^34 per live code); retry if so.
@@ -139,7 +139,7 @@ async fn start(
             client_id: client.client_id.clone(),
             audience: api.map(|a| a.identifier.clone()),
             scope: scope.clone(),
-            status: "pending".into(),
+            status: DeviceStatus::Pending,
             subject: None,
             auth_time: None,
             created_at: now,
@@ -149,7 +149,7 @@ async fn start(
         };
         match issuer.core.store.insert_device_code(&record).await {
             Ok(()) => break user_code,
-            Err(err) if attempts >= 2 => return Err(store_failed(err)),
+            Err(err) if attempts >= 2 => return Err(err.into()),
             Err(_) => attempts += 1,
         }
     };
@@ -190,38 +190,58 @@ where
     }
 }
 
-/// What a posted `/activate` form comes to.
+/// What a posted `/activate` form comes to: the code, then the sign-in (here, or the
+/// session's), then the decision.
 async fn activate_post(
     issuer: &Issuer,
     headers: &HeaderMap,
     conn: ConnInfo,
     posted: &Form,
 ) -> Result<Response<Body>, OAuthError> {
-    let model = &issuer.model;
-    let store = &issuer.core.store;
-    session::check_csrf(model, headers, posted)?;
+    session::check_csrf(&issuer.model, headers, posted)?;
     let typed = posted.get("user_code").unwrap_or("");
+    let (code, device, client) = match find_pending(issuer, headers, conn.clone(), typed).await? {
+        Ok(found) => found,
+        Err(page) => return Ok(page),
+    };
+    let shown = display_user_code(&code);
+    if posted.get("username").is_some() || posted.get("password").is_some() {
+        return sign_in_here(issuer, headers, conn, posted, &device, client, &shown).await;
+    }
+    let Some(session) = session::current(issuer, headers).await? else {
+        return login(issuer, headers, conn, client, &shown, None, None);
+    };
+    match posted.get("decision") {
+        None => confirm(issuer, headers, conn, &device, client, &session, &shown),
+        Some(decision @ ("approve" | "deny")) => {
+            let approve = decision == "approve";
+            decide(issuer, headers, conn, &code, client, &session, approve).await
+        }
+        Some(_) => Err(OAuthError::invalid_request(
+            "decision must be approve or deny",
+        )),
+    }
+}
+
+/// The pending, unexpired device authorization a typed code names, with its code as
+/// stored and its client; `Err` is the code form again, saying what is wrong. Unknown
+/// codes count against the address (guessing is throttled like passwords).
+async fn find_pending<'m>(
+    issuer: &'m Issuer,
+    headers: &HeaderMap,
+    conn: ConnInfo,
+    typed: &str,
+) -> Result<Result<(String, DeviceRecord, &'m Client), Response<Body>>, OAuthError> {
+    let model = &issuer.model;
     let guess_key = throttle::user_code_key(conn.remote.ip());
-    if let Err(err) = throttle::check_key(store, &guess_key, &model.throttle).await {
+    if let Err(err) = throttle::check_key(issuer, &guess_key).await {
         let Some(seconds) = err.retry_after else {
             return Err(err);
         };
-        let mut response = entry(
-            issuer,
-            headers,
-            conn,
-            typed,
-            Some((StatusCode::TOO_MANY_REQUESTS, session::LOCKED_OUT)),
-        );
-        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-            response
-                .headers_mut()
-                .insert(http::header::RETRY_AFTER, value);
-        }
-        return Ok(response);
+        return Ok(Err(locked_out(issuer, headers, conn, typed, seconds)));
     }
     let Some(code) = normalize_user_code(typed) else {
-        return Ok(entry(
+        return Ok(Err(entry(
             issuer,
             headers,
             conn,
@@ -230,22 +250,19 @@ async fn activate_post(
                 StatusCode::BAD_REQUEST,
                 "Enter the code your device shows: 8 letters, like BCDF-GHJK.",
             )),
-        ));
+        )));
     };
-    let device = store
-        .find_device_by_user_code(&code)
-        .await
-        .map_err(store_failed)?;
-    let now = now();
+    let device = issuer.core.store.find_device_by_user_code(&code).await?;
+    let now = issuer.now();
     let live = device
         .as_ref()
-        .filter(|d| d.status == "pending" && d.expires_at > now);
+        .filter(|d| d.status == DeviceStatus::Pending && d.expires_at > now);
     let client = live.and_then(|d| model.clients.get(&d.client_id));
-    let (Some(device), Some(client)) = (live, client) else {
+    let (Some(live), Some(client)) = (live, client) else {
         if device.is_none() {
-            throttle::failed_key(store, &guess_key, &model.throttle).await?;
+            throttle::failed_key(issuer, &guess_key).await?;
         }
-        return Ok(entry(
+        return Ok(Err(entry(
             issuer,
             headers,
             conn,
@@ -254,89 +271,116 @@ async fn activate_post(
                 StatusCode::BAD_REQUEST,
                 "That code is not valid, or it has expired or been used. Check your device and try again.",
             )),
-        ));
+        )));
     };
-    let shown = display_user_code(&code);
+    Ok(Ok((code, live.clone(), client)))
+}
 
-    // Signing in here.
-    if posted.get("username").is_some() || posted.get("password").is_some() {
-        return Ok(
-            match issuer
-                .sign_in(headers, posted, conn.remote.ip(), conn.tls)
-                .await?
-            {
-                Ok(signed) => {
-                    let session = Session {
-                        user: signed.user,
-                        auth_time: signed.auth_time,
-                        hash: String::new(),
-                    };
-                    let mut response =
-                        confirm(issuer, headers, conn, device, client, &session, &shown)?;
-                    session::add_cookies(&mut response, signed.set_cookie);
-                    response
-                }
-                Err(refused) => login(
-                    issuer,
-                    headers,
-                    conn,
-                    client,
-                    &shown,
-                    Some(refused),
-                    posted.get("username"),
-                )?,
-            },
-        );
+/// The code form while the address is locked out, with `Retry-After`.
+fn locked_out(
+    issuer: &Issuer,
+    headers: &HeaderMap,
+    conn: ConnInfo,
+    typed: &str,
+    seconds: u64,
+) -> Response<Body> {
+    let mut response = entry(
+        issuer,
+        headers,
+        conn,
+        typed,
+        Some((StatusCode::TOO_MANY_REQUESTS, session::LOCKED_OUT)),
+    );
+    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, value);
     }
-    let Some(session) = issuer.session(headers).await? else {
-        return login(issuer, headers, conn, client, &shown, None, None);
-    };
-    match posted.get("decision") {
-        None => confirm(issuer, headers, conn, device, client, &session, &shown),
-        Some(decision @ ("approve" | "deny")) => {
-            let approve = decision == "approve";
-            let subject = approve.then_some(session.user.subject.as_str());
-            if !store
-                .decide_device(&code, subject, session.auth_time, now)
-                .await
-                .map_err(store_failed)?
-            {
-                return Ok(entry(
-                    issuer,
-                    headers,
-                    conn,
-                    typed,
-                    Some((
-                        StatusCode::BAD_REQUEST,
-                        "That code has expired or been used. Start again on your device.",
-                    )),
-                ));
-            }
-            tracing::info!(client_id = %client.client_id, subject = %session.user.subject, approved = approve, "device authorization decided");
-            let brand = &model.login_title;
-            Ok(if approve {
-                pages::notice(
-                    brand,
-                    "Device connected",
-                    &format!(
-                        "{} can now use your account. You can close this window and return to your device.",
-                        client.display_name
-                    ),
-                    true,
-                )
-            } else {
-                pages::notice(
-                    brand,
-                    "Request denied",
-                    "The device was not connected. You can close this window.",
-                    false,
-                )
-            })
+    response
+}
+
+/// The sign-in form posted on the way: the confirmation page once signed in, else the
+/// sign-in page again with why.
+async fn sign_in_here(
+    issuer: &Issuer,
+    headers: &HeaderMap,
+    conn: ConnInfo,
+    posted: &Form,
+    device: &DeviceRecord,
+    client: &Client,
+    shown: &str,
+) -> Result<Response<Body>, OAuthError> {
+    match session::sign_in(issuer, headers, posted, conn.remote.ip(), conn.tls).await? {
+        Ok(signed) => {
+            let session = Session {
+                user: signed.user,
+                auth_time: signed.auth_time,
+                hash: String::new(),
+            };
+            let mut response = confirm(issuer, headers, conn, device, client, &session, shown)?;
+            session::add_cookies(&mut response, signed.set_cookie);
+            Ok(response)
         }
-        Some(_) => Err(OAuthError::invalid_request(
-            "decision must be approve or deny",
-        )),
+        Err(refused) => login(
+            issuer,
+            headers,
+            conn,
+            client,
+            shown,
+            Some(refused),
+            posted.get("username"),
+        ),
     }
+}
+
+/// Records the signed-in person's decision, if the code is still pending.
+async fn decide(
+    issuer: &Issuer,
+    headers: &HeaderMap,
+    conn: ConnInfo,
+    code: &str,
+    client: &Client,
+    session: &Session<'_>,
+    approve: bool,
+) -> Result<Response<Body>, OAuthError> {
+    let subject = approve.then_some(session.user.subject.as_str());
+    let now = issuer.now();
+    let store = &issuer.core.store;
+    if !store
+        .decide_device(code, subject, session.auth_time, now)
+        .await?
+    {
+        return Ok(entry(
+            issuer,
+            headers,
+            conn,
+            code,
+            Some((
+                StatusCode::BAD_REQUEST,
+                "That code has expired or been used. Start again on your device.",
+            )),
+        ));
+    }
+    tracing::info!(client_id = %client.client_id, subject = %session.user.subject, approved = approve, "device authorization decided");
+    let brand = &issuer.model.login_title;
+    Ok(if approve {
+        pages::notice(
+            brand,
+            "Device connected",
+            &format!(
+                "{} can now use your account. You can close this window and return to your device.",
+                client.display_name
+            ),
+            true,
+        )
+    } else {
+        pages::notice(
+            brand,
+            "Request denied",
+            "The device was not connected. You can close this window.",
+            false,
+        )
+    })
 }
 
 /// The code form, with what was typed and what is wrong with it.

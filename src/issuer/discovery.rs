@@ -8,6 +8,7 @@ use http::{HeaderValue, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::model::Model;
+use crate::config::issuer::GrantType;
 use crate::http::{Body, full};
 use crate::jose::Alg;
 
@@ -54,15 +55,7 @@ pub fn documents(model: &Model, alg: Alg) -> Documents {
         "response_modes_supported": ["query", "fragment", "form_post"],
         "authorization_response_iss_parameter_supported": true,
         "prompt_values_supported": ["none", "login", "consent", "select_account"],
-        "grant_types_supported": [
-            "authorization_code",
-            "implicit",
-            "password",
-            "client_credentials",
-            "refresh_token",
-            "urn:ietf:params:oauth:grant-type:device_code",
-            "urn:ietf:params:oauth:grant-type:token-exchange",
-        ],
+        "grant_types_supported": GrantType::ALL.map(GrantType::as_str),
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [alg.name()],
         "token_endpoint_auth_methods_supported": auth_methods,

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use super::Issuer;
 use super::client_auth::{self, Requirement};
 use super::form::Form;
-use super::store::{now, secret_hash};
+use super::store::secret_hash;
 use crate::error::OAuthError;
 use crate::http::Body;
 
@@ -59,22 +59,14 @@ async fn introspect(
         }
         return Ok(Value::Object(out));
     }
-    let record = issuer
-        .core
-        .store
-        .find_refresh(&secret_hash(token))
-        .await
-        .map_err(|err| {
-            tracing::error!(error = %err, "introspection: store failed");
-            OAuthError::server_error()
-        })?;
+    let record = issuer.core.store.find_refresh(&secret_hash(token)).await?;
     let Some(record) = record else {
         return Ok(inactive);
     };
     if record.family.client_id != client.client_id
         || record.used
         || record.family_revoked
-        || record.expires_at <= now()
+        || record.expires_at <= issuer.now()
     {
         return Ok(inactive);
     }

@@ -30,7 +30,8 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::store::{Store, StoredKey, now};
+use super::store::{KeyEncryptionScheme, Store, StoredKey};
+use crate::clock::Clock;
 use crate::config::issuer::SigningAlg;
 use crate::jose::{Alg, Jws, SigningKey, VerifyKey, b64url, parse_jwks};
 
@@ -233,7 +234,9 @@ pub struct KeyRing {
     policy: ArcSwap<KeyPolicy>,
     current: ArcSwap<Published>,
     refresh: tokio::sync::Mutex<()>,
-    /// Unix milliseconds of the last refresh.
+    /// What rotation and retirement are timed by.
+    clock: Clock,
+    /// Unix milliseconds of the last refresh, by `clock`.
     refreshed_at: AtomicI64,
 }
 
@@ -247,27 +250,23 @@ impl std::fmt::Debug for KeyRing {
 
 impl KeyRing {
     /// Loads the keys from the store, generating (and storing) the first one or a
-    /// rotated one as the policy says.
+    /// rotated one as the policy says, at the time `clock` tells.
     pub async fn load(
         store: Store,
         encryption: Option<KeyEncryption>,
         policy: KeyPolicy,
+        clock: Clock,
     ) -> Result<KeyRing, String> {
-        let published = sync(&store, encryption.as_ref(), &policy, None).await?;
+        let published = sync(&store, encryption.as_ref(), &policy, None, &clock).await?;
         Ok(KeyRing {
             store,
             encryption,
             policy: ArcSwap::from_pointee(policy),
             current: ArcSwap::from_pointee(published),
             refresh: tokio::sync::Mutex::new(()),
-            refreshed_at: AtomicI64::new(now_ms()),
+            refreshed_at: AtomicI64::new(clock.unix_millis()),
+            clock,
         })
-    }
-
-    /// The same keys over another handle to the same store (a pool made for another
-    /// runtime).
-    pub fn rebind(self, store: Store) -> KeyRing {
-        KeyRing { store, ..self }
     }
 
     /// The key to sign with now.
@@ -298,19 +297,22 @@ impl KeyRing {
             self.encryption.as_ref(),
             &policy,
             Some(&previous),
+            &self.clock,
         )
         .await?;
         if published.active.kid != previous.active.kid {
             tracing::info!(kid = %published.active.kid, alg = %published.active.alg, "issuer signing key changed");
         }
         self.current.store(Arc::new(published));
-        self.refreshed_at.store(now_ms(), Ordering::Release);
+        self.refreshed_at
+            .store(self.clock.unix_millis(), Ordering::Release);
         Ok(())
     }
 
     /// [`KeyRing::refresh`], unless the last one is more recent than `age`.
     pub async fn refresh_if_older(&self, age: Duration) -> Result<(), String> {
-        if now_ms() - self.refreshed_at.load(Ordering::Acquire) < age.as_millis() as i64 {
+        let since = self.clock.unix_millis() - self.refreshed_at.load(Ordering::Acquire);
+        if since < age.as_millis() as i64 {
             return Ok(());
         }
         self.refresh().await
@@ -336,13 +338,6 @@ impl KeyRing {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Loads, rotates, prunes; returns what to publish. `previous` lends the parsed active
 /// key when it has not changed.
 async fn sync(
@@ -350,52 +345,23 @@ async fn sync(
     encryption: Option<&KeyEncryption>,
     policy: &KeyPolicy,
     previous: Option<&Published>,
+    clock: &Clock,
 ) -> Result<Published, String> {
-    let retire_secs = policy.retire_after.as_secs() as i64;
     let rotate_secs = policy.rotate_after.as_secs() as i64;
     for _attempt in 0..3 {
-        let now = now();
+        let now = clock.unix_secs();
         let keys = store.load_keys().await.map_err(|e| e.to_string())?;
-        // The active key: the newest not retired, of the configured algorithm.
-        let active = keys
-            .iter()
-            .filter(|k| k.rotated_at.is_none() && k.alg == policy.alg.name())
-            .max_by(|a, b| (a.created_at, &a.kid).cmp(&(b.created_at, &b.kid)));
+        let active = newest_active(&keys, policy.alg);
         // No key of the configured algorithm yet (first start, or the algorithm changed):
         // add one, retiring nothing, so replicas still configured with another algorithm
         // keep theirs (no flip-flop during a rolling change). An active key past
         // rotate_after: replace it, conditionally, so one replica wins.
-        let due = active.is_none_or(|k| k.created_at + rotate_secs <= now);
-        if due {
-            let new = generate(policy.alg, encryption, now).await?;
-            let stored = match active {
-                Some(old) => store
-                    .rotate_key(&old.kid, &new, now)
-                    .await
-                    .map_err(|e| e.to_string())?,
-                None => {
-                    store.insert_key(&new).await.map_err(|e| e.to_string())?;
-                    true
-                }
-            };
-            if stored {
-                tracing::info!(kid = %new.kid, alg = %policy.alg, "issuer signing key generated");
-            }
+        let Some(active) = active.filter(|k| k.created_at + rotate_secs > now) else {
+            rotate(store, active, policy.alg, encryption, now).await?;
             // Either way, read again: ours or the winner's key is in the store now.
             continue;
-        }
-        let Some(active) = active else { continue };
-        // Other unretired keys (another algorithm's, or a twin from replicas starting
-        // together) retire once they are as old as rotate_after; they stay published
-        // until their tokens have expired.
-        for stray in keys.iter().filter(|k| {
-            k.rotated_at.is_none() && k.kid != active.kid && k.created_at + rotate_secs <= now
-        }) {
-            store
-                .retire_key(&stray.kid, now)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
+        };
+        retire_strays(store, &keys, active, rotate_secs, now).await?;
         let active = match previous {
             Some(p) if p.active.kid == active.kid => p.active.clone(),
             _ => Arc::new(ActiveKey::new(
@@ -404,48 +370,113 @@ async fn sync(
                 open_key(active, policy.alg, encryption)?,
             )),
         };
-        let live: Vec<&StoredKey> = keys
-            .iter()
-            .filter(|k| k.rotated_at.is_none_or(|r| r + retire_secs > now))
-            .collect();
-        let expired_before = now - retire_secs;
-        if keys
-            .iter()
-            .any(|k| k.rotated_at.is_some_and(|r| r < expired_before))
-        {
-            store
-                .delete_keys_retired_before(expired_before)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        let mut jwks = Vec::with_capacity(live.len());
-        for key in &live {
-            let jwk: Value = serde_json::from_str(&key.public_jwk)
-                .map_err(|_| format!("stored key {}: its public JWK is not JSON", key.kid))?;
-            jwks.push(jwk);
-        }
-        let doc =
-            serde_json::to_vec(&serde_json::json!({ "keys": jwks })).map_err(|e| e.to_string())?;
-        let (verify, skipped) = parse_jwks(&doc, &[Alg::RS256, Alg::ES256, Alg::EdDSA])?;
-        if let Some(problem) = skipped.first() {
-            return Err(format!("stored public key unusable: {problem}"));
-        }
-        let mut algs: Vec<Alg> = Vec::new();
-        for key in &live {
-            if let Some(alg) = Alg::from_name(&key.alg)
-                && !algs.contains(&alg)
-            {
-                algs.push(alg);
-            }
-        }
-        return Ok(Published {
-            active,
-            verify,
-            algs,
-            jwks: Bytes::from(doc),
-        });
+        return publish(store, &keys, active, policy.retire_after, now).await;
     }
     Err("could not settle on a signing key (keys keep changing in the store)".into())
+}
+
+/// The active key: the newest not retired, of the configured algorithm.
+fn newest_active(keys: &[StoredKey], alg: Alg) -> Option<&StoredKey> {
+    keys.iter()
+        .filter(|k| k.rotated_at.is_none() && k.alg == alg)
+        .max_by(|a, b| (a.created_at, &a.kid).cmp(&(b.created_at, &b.kid)))
+}
+
+/// Stores a new key: in place of `old` (if this replica is first to rotate it), or
+/// beside the others when there is no active key of the algorithm.
+async fn rotate(
+    store: &Store,
+    old: Option<&StoredKey>,
+    alg: Alg,
+    encryption: Option<&KeyEncryption>,
+    now: i64,
+) -> Result<(), String> {
+    let new = generate(alg, encryption, now).await?;
+    let stored = match old {
+        Some(old) => store
+            .rotate_key(&old.kid, &new, now)
+            .await
+            .map_err(|e| e.to_string())?,
+        None => {
+            store.insert_key(&new).await.map_err(|e| e.to_string())?;
+            true
+        }
+    };
+    if stored {
+        tracing::info!(kid = %new.kid, alg = %alg, "issuer signing key generated");
+    }
+    Ok(())
+}
+
+/// Other unretired keys (another algorithm's, or a twin from replicas starting
+/// together) retire once they are as old as rotate_after; they stay published until
+/// their tokens have expired.
+async fn retire_strays(
+    store: &Store,
+    keys: &[StoredKey],
+    active: &StoredKey,
+    rotate_secs: i64,
+    now: i64,
+) -> Result<(), String> {
+    for stray in keys.iter().filter(|k| {
+        k.rotated_at.is_none() && k.kid != active.kid && k.created_at + rotate_secs <= now
+    }) {
+        store
+            .retire_key(&stray.kid, now)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// What to publish: the keys not retired longer than `retire_after` ago (older ones are
+/// deleted from the store), as a JWKS and as verification keys.
+async fn publish(
+    store: &Store,
+    keys: &[StoredKey],
+    active: Arc<ActiveKey>,
+    retire_after: Duration,
+    now: i64,
+) -> Result<Published, String> {
+    let retire_secs = retire_after.as_secs() as i64;
+    let live: Vec<&StoredKey> = keys
+        .iter()
+        .filter(|k| k.rotated_at.is_none_or(|r| r + retire_secs > now))
+        .collect();
+    let expired_before = now - retire_secs;
+    if keys
+        .iter()
+        .any(|k| k.rotated_at.is_some_and(|r| r < expired_before))
+    {
+        store
+            .delete_keys_retired_before(expired_before)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let mut jwks = Vec::with_capacity(live.len());
+    for key in &live {
+        let jwk: Value = serde_json::from_str(&key.public_jwk)
+            .map_err(|_| format!("stored key {}: its public JWK is not JSON", key.kid))?;
+        jwks.push(jwk);
+    }
+    let doc =
+        serde_json::to_vec(&serde_json::json!({ "keys": jwks })).map_err(|e| e.to_string())?;
+    let (verify, skipped) = parse_jwks(&doc, &[Alg::RS256, Alg::ES256, Alg::EdDSA])?;
+    if let Some(problem) = skipped.first() {
+        return Err(format!("stored public key unusable: {problem}"));
+    }
+    let mut algs: Vec<Alg> = Vec::new();
+    for key in &live {
+        if !algs.contains(&key.alg) {
+            algs.push(key.alg);
+        }
+    }
+    Ok(Published {
+        active,
+        verify,
+        algs,
+        jwks: Bytes::from(doc),
+    })
 }
 
 async fn generate(
@@ -461,16 +492,16 @@ async fn generate(
     aws_lc_rs::rand::fill(&mut id).map_err(|_| "no randomness".to_string())?;
     let kid = b64url(&id);
     let der = key.to_pkcs8()?;
-    let (private_key, scheme) = match encryption {
-        Some(enc) => (enc.seal(&kid, &der)?, "aes-256-gcm"),
-        None => (b64url(&der), "none"),
+    let (private_key, encryption) = match encryption {
+        Some(enc) => (enc.seal(&kid, &der)?, KeyEncryptionScheme::Aes256Gcm),
+        None => (b64url(&der), KeyEncryptionScheme::Plain),
     };
     Ok(StoredKey {
         public_jwk: key.public_jwk(alg, &kid).to_string(),
         kid,
-        alg: alg.name().to_string(),
+        alg,
         private_key,
-        encryption: scheme.to_string(),
+        encryption,
         created_at: now,
         rotated_at: None,
     })
@@ -481,20 +512,16 @@ fn open_key(
     alg: Alg,
     encryption: Option<&KeyEncryption>,
 ) -> Result<SigningKey, String> {
-    let der = match (stored.encryption.as_str(), encryption) {
-        ("none", _) => URL_SAFE_NO_PAD
+    let der = match (stored.encryption, encryption) {
+        (KeyEncryptionScheme::Plain, _) => URL_SAFE_NO_PAD
             .decode(&stored.private_key)
             .map_err(|_| format!("stored key {}: not base64url", stored.kid))?,
-        ("aes-256-gcm", Some(enc)) => enc.open(&stored.kid, &stored.private_key)?,
-        ("aes-256-gcm", None) => {
+        (KeyEncryptionScheme::Aes256Gcm, Some(enc)) => {
+            enc.open(&stored.kid, &stored.private_key)?
+        }
+        (KeyEncryptionScheme::Aes256Gcm, None) => {
             return Err(format!(
                 "the store's signing keys are encrypted: set {KEY_ENCRYPTION_ENV} to the key they were encrypted with"
-            ));
-        }
-        (other, _) => {
-            return Err(format!(
-                "stored key {}: unknown encryption {other:?}",
-                stored.kid
             ));
         }
     };

@@ -27,7 +27,7 @@ where
         Form::parse(parts.uri.query().unwrap_or("").as_bytes())
     };
     // Sign out whatever the parameters say; they only decide where to go next.
-    let expire = match issuer.end_session(&parts.headers, conn.tls).await {
+    let expire = match session::end(issuer, &parts.headers, conn.tls).await {
         Ok(cookie) => cookie,
         Err(err) => return err.into_page(brand),
     };

@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 
 use super::Issuer;
 use super::model::{Api, Client, Model, User};
-use super::store::{Family, now};
+use super::store::{Family, secret_hash};
+use crate::config::issuer::GrantType;
 use crate::error::OAuthError;
 use crate::jose::{Alg, b64url};
 
@@ -154,7 +155,7 @@ pub fn user_grant<'m>(
         email: asked("email"),
         offline_access: asked(OFFLINE_ACCESS)
             && api.is_some_and(|a| a.allow_offline_access)
-            && client.may_use("refresh_token"),
+            && client.may_use(GrantType::RefreshToken),
         api_scopes,
     }
 }
@@ -314,162 +315,147 @@ pub fn at_hash(alg: Alg, access_token: &str) -> String {
     b64url(&bytes[..bytes.len() / 2])
 }
 
-impl Issuer {
-    /// Signs an access token for `client` about `subject`, good for `api` (or for
-    /// `/userinfo` only), with `scope`.
-    pub fn mint_access(
-        &self,
-        client: &Client,
-        subject: Subject<'_>,
-        api: Option<&Api>,
-        scope: &str,
-        openid: bool,
-    ) -> Result<AccessToken, OAuthError> {
-        let jti = random_token(16)?;
-        self.mint_access_as(client, subject, api, scope, openid, jti)
-    }
+/// The lifetime of access tokens for `api` (or for `/userinfo` only).
+pub fn access_ttl(model: &Model, api: Option<&Api>) -> u64 {
+    api.map_or(model.access_ttl, |a| a.access_ttl).as_secs()
+}
 
-    /// The lifetime of access tokens for `api` (or for `/userinfo` only).
-    pub fn access_ttl(&self, api: Option<&Api>) -> u64 {
-        api.map_or(self.model.access_ttl, |a| a.access_ttl)
-            .as_secs()
-    }
+/// Signs an access token for `client` about `subject`, good for `api` (or for
+/// `/userinfo` only), with `scope`.
+pub fn access_token(
+    issuer: &Issuer,
+    client: &Client,
+    subject: Subject<'_>,
+    api: Option<&Api>,
+    scope: &str,
+    openid: bool,
+) -> Result<AccessToken, OAuthError> {
+    let jti = random_token(16)?;
+    access_token_as(issuer, client, subject, api, scope, openid, jti)
+}
 
-    /// [`Issuer::mint_access`] with a `jti` chosen beforehand (the code grant records it
-    /// before the token exists, so a replay can revoke it).
-    pub fn mint_access_as(
-        &self,
-        client: &Client,
-        subject: Subject<'_>,
-        api: Option<&Api>,
-        scope: &str,
-        openid: bool,
-        jti: String,
-    ) -> Result<AccessToken, OAuthError> {
-        let model = &self.model;
-        let now = now();
-        let ttl = self.access_ttl(api);
-        let machine_sub;
-        let sub = match subject {
-            Subject::Machine => {
-                machine_sub = format!("{}@clients", client.client_id);
-                machine_sub.as_str()
-            }
-            Subject::User(user) => user.subject.as_str(),
-        };
-        let aud = match api {
-            Some(api) if openid => Aud::Two([&api.identifier, &model.userinfo_url]),
-            Some(api) => Aud::One(&api.identifier),
-            None => Aud::One(&model.userinfo_url),
-        };
-        let claims = AccessClaims {
-            iss: &model.issuer,
-            sub,
-            aud,
-            azp: &client.client_id,
-            client_id: &client.client_id,
-            iat: now,
-            exp: now + ttl as i64,
-            jti: &jti,
-            scope,
-        };
-        let mut json = serde_json::to_vec(&claims).map_err(signing_failed)?;
-        if let Subject::User(user) = subject {
-            json = with_extra(json, &custom_claims(model, user, false)).map_err(signing_failed)?;
+/// [`access_token`] with a `jti` chosen beforehand (the code grant records it before
+/// the token exists, so a replay can revoke it).
+pub fn access_token_as(
+    issuer: &Issuer,
+    client: &Client,
+    subject: Subject<'_>,
+    api: Option<&Api>,
+    scope: &str,
+    openid: bool,
+    jti: String,
+) -> Result<AccessToken, OAuthError> {
+    let model = &issuer.model;
+    let now = issuer.now();
+    let ttl = access_ttl(model, api);
+    let machine_sub;
+    let sub = match subject {
+        Subject::Machine => {
+            machine_sub = format!("{}@clients", client.client_id);
+            machine_sub.as_str()
         }
-        let key = self.core.keys.active();
-        let token = key
-            .sign(&key.access_header, &json)
-            .map_err(signing_failed)?;
-        Ok(AccessToken {
-            token,
-            expires_in: ttl,
-            jti,
-            expires_at: now + ttl as i64,
-        })
+        Subject::User(user) => user.subject.as_str(),
+    };
+    let aud = match api {
+        Some(api) if openid => Aud::Two([&api.identifier, &model.userinfo_url]),
+        Some(api) => Aud::One(&api.identifier),
+        None => Aud::One(&model.userinfo_url),
+    };
+    let claims = AccessClaims {
+        iss: &model.issuer,
+        sub,
+        aud,
+        azp: &client.client_id,
+        client_id: &client.client_id,
+        iat: now,
+        exp: now + ttl as i64,
+        jti: &jti,
+        scope,
+    };
+    let mut json = serde_json::to_vec(&claims).map_err(signing_failed)?;
+    if let Subject::User(user) = subject {
+        json = with_extra(json, &custom_claims(model, user, false)).map_err(signing_failed)?;
     }
+    let key = issuer.core.keys.active();
+    let token = key
+        .sign(&key.access_header, &json)
+        .map_err(signing_failed)?;
+    Ok(AccessToken {
+        token,
+        expires_in: ttl,
+        jti,
+        expires_at: now + ttl as i64,
+    })
+}
 
-    /// Signs an ID token for `client` about `user`.
-    pub fn mint_id(
-        &self,
-        client: &Client,
-        user: &User,
-        granted: &Granted<'_>,
-        auth_time: i64,
-        nonce: Option<&str>,
-        access_token: Option<&str>,
-    ) -> Result<String, OAuthError> {
-        self.mint_id_with(client, user, granted, auth_time, nonce, access_token, None)
-    }
+/// What an ID token is made of.
+#[derive(Debug, Clone, Copy)]
+pub struct IdToken<'a> {
+    pub client: &'a Client,
+    pub user: &'a User,
+    pub granted: &'a Granted<'a>,
+    pub auth_time: i64,
+    pub nonce: Option<&'a str>,
+    /// The access token issued with it, for `at_hash`.
+    pub access_token: Option<&'a str>,
+    /// The authorization code it travels with (`response_type=code id_token`), for
+    /// `c_hash`.
+    pub code: Option<&'a str>,
+}
 
-    /// [`Issuer::mint_id`], with `c_hash` for the authorization code when the ID token
-    /// travels with one (`response_type=code id_token`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn mint_id_with(
-        &self,
-        client: &Client,
-        user: &User,
-        granted: &Granted<'_>,
-        auth_time: i64,
-        nonce: Option<&str>,
-        access_token: Option<&str>,
-        code: Option<&str>,
-    ) -> Result<String, OAuthError> {
-        let model = &self.model;
-        let now = now();
-        let key = self.core.keys.active();
-        let hash = access_token.map(|t| at_hash(key.alg, t));
-        let c_hash = code.map(|c| at_hash(key.alg, c));
-        let claims = IdClaims {
-            iss: &model.issuer,
-            sub: &user.subject,
-            aud: &client.client_id,
-            iat: now,
-            exp: now + model.id_ttl.as_secs() as i64,
-            auth_time,
-            nonce,
-            at_hash: hash.as_deref(),
-            c_hash: c_hash.as_deref(),
-        };
-        let mut extra = Map::new();
-        profile_claims(user, granted.profile, granted.email, &mut extra);
-        extra.extend(custom_claims(model, user, true));
-        let json = with_extra(serde_json::to_vec(&claims).map_err(signing_failed)?, &extra)
-            .map_err(signing_failed)?;
-        key.sign(&key.id_header, &json).map_err(signing_failed)
-    }
+/// Signs an ID token.
+pub fn id_token(issuer: &Issuer, id: IdToken<'_>) -> Result<String, OAuthError> {
+    let model = &issuer.model;
+    let now = issuer.now();
+    let key = issuer.core.keys.active();
+    let hash = id.access_token.map(|t| at_hash(key.alg, t));
+    let c_hash = id.code.map(|c| at_hash(key.alg, c));
+    let claims = IdClaims {
+        iss: &model.issuer,
+        sub: &id.user.subject,
+        aud: &id.client.client_id,
+        iat: now,
+        exp: now + model.id_ttl.as_secs() as i64,
+        auth_time: id.auth_time,
+        nonce: id.nonce,
+        at_hash: hash.as_deref(),
+        c_hash: c_hash.as_deref(),
+    };
+    let mut extra = Map::new();
+    profile_claims(id.user, id.granted.profile, id.granted.email, &mut extra);
+    extra.extend(custom_claims(model, id.user, true));
+    let json = with_extra(serde_json::to_vec(&claims).map_err(signing_failed)?, &extra)
+        .map_err(signing_failed)?;
+    key.sign(&key.id_header, &json).map_err(signing_failed)
+}
 
-    /// Starts a refresh-token family (with the id `family_id`, from
-    /// [`random_token`]`(16)`) and returns its first token.
-    pub async fn mint_refresh(
-        &self,
-        client: &Client,
-        user: &User,
-        api: Option<&Api>,
-        scope: &str,
-        auth_time: i64,
-        family_id: String,
-    ) -> Result<String, OAuthError> {
-        let now = now();
-        let token = random_token(32)?;
-        let family = Family {
-            id: family_id,
-            client_id: client.client_id.clone(),
-            subject: user.subject.clone(),
-            audience: api.map(|a| a.identifier.clone()),
-            scope: scope.to_string(),
-            auth_time,
-            created_at: now,
-        };
-        let expires_at = now + self.model.refresh_ttl.as_secs() as i64;
-        self.core
-            .store
-            .create_family(&family, &super::store::secret_hash(&token), expires_at)
-            .await
-            .map_err(|err| {
-                tracing::error!(error = %err, "storing a refresh token failed");
-                OAuthError::server_error()
-            })?;
-        Ok(token)
-    }
+/// Starts a refresh-token family (with the id `family_id`, from
+/// [`random_token`]`(16)`) and returns its first token.
+pub async fn refresh_token(
+    issuer: &Issuer,
+    client: &Client,
+    user: &User,
+    api: Option<&Api>,
+    scope: &str,
+    auth_time: i64,
+    family_id: String,
+) -> Result<String, OAuthError> {
+    let now = issuer.now();
+    let token = random_token(32)?;
+    let family = Family {
+        id: family_id,
+        client_id: client.client_id.clone(),
+        subject: user.subject.clone(),
+        audience: api.map(|a| a.identifier.clone()),
+        scope: scope.to_string(),
+        auth_time,
+        created_at: now,
+    };
+    let expires_at = now + issuer.model.refresh_ttl.as_secs() as i64;
+    issuer
+        .core
+        .store
+        .create_family(&family, &secret_hash(&token), expires_at)
+        .await?;
+    Ok(token)
 }

@@ -6,9 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::config::IssuerConfig;
-use crate::config::issuer::{
-    ClaimsConfig, ThrottleConfig, UserConfig, canonical_grant_type, issuer_base,
-};
+use crate::config::issuer::{ClaimsConfig, GrantType, ThrottleConfig, UserConfig, issuer_base};
 
 /// An API (resource server): the `aud` of its tokens and the scopes it defines.
 #[derive(Debug)]
@@ -34,8 +32,7 @@ pub struct Client {
     pub client_id: String,
     /// SHA-256 of the secret; `None` for a public client.
     pub secret_digest: Option<[u8; 32]>,
-    /// RFC grant type names.
-    pub grant_types: HashSet<&'static str>,
+    pub grant_types: HashSet<GrantType>,
     /// client_credentials grants: API identifier → scopes.
     pub grants: HashMap<String, Vec<String>>,
     /// What the login and device pages call it: `name`, else the client_id.
@@ -50,8 +47,8 @@ impl Client {
         self.secret_digest.is_none()
     }
 
-    pub fn may_use(&self, grant_type: &str) -> bool {
-        self.grant_types.contains(grant_type)
+    pub fn may_use(&self, grant_type: GrantType) -> bool {
+        self.grant_types.contains(&grant_type)
     }
 
     /// True if `uri` is one of the registered redirect URIs: an exact match, or for an
@@ -173,82 +170,7 @@ pub struct Model {
 impl Model {
     pub fn new(config: &IssuerConfig) -> Model {
         let base_url = issuer_base(&config.url);
-        let apis: HashMap<String, Api> = config
-            .apis
-            .iter()
-            .map(|api| {
-                (
-                    api.identifier.clone(),
-                    Api {
-                        identifier: api.identifier.clone(),
-                        scopes: api.scopes.iter().map(|s| s.value.clone()).collect(),
-                        allow_offline_access: api.allow_offline_access,
-                        access_ttl: api.access_ttl.unwrap_or(config.tokens.access_ttl).get(),
-                        descriptions: api
-                            .scopes
-                            .iter()
-                            .filter_map(|s| s.description.clone().map(|d| (s.value.clone(), d)))
-                            .collect(),
-                    },
-                )
-            })
-            .collect();
-        let clients = config
-            .clients
-            .iter()
-            .map(|client| {
-                (
-                    client.client_id.clone(),
-                    Client {
-                        client_id: client.client_id.clone(),
-                        secret_digest: client.client_secret.as_deref().map(digest),
-                        grant_types: client
-                            .grant_types
-                            .iter()
-                            .filter_map(|g| canonical_grant_type(g))
-                            .collect(),
-                        grants: client.grants.clone().into_iter().collect(),
-                        display_name: client
-                            .name
-                            .clone()
-                            .unwrap_or_else(|| client.client_id.clone()),
-                        redirect_uris: client.redirect_uris.clone(),
-                        post_logout_redirect_uris: client.post_logout_redirect_uris.clone(),
-                    },
-                )
-            })
-            .collect();
-        let mut users = Vec::with_capacity(config.users.len());
-        let mut by_login = HashMap::new();
-        let mut by_subject = HashMap::new();
-        for (index, user) in config.users.iter().enumerate() {
-            let subject = IssuerConfig::subject_of(user);
-            by_login.insert(user.username.to_lowercase(), index);
-            by_subject.insert(subject.clone(), index);
-            users.push(User {
-                subject,
-                config: user.clone(),
-            });
-        }
-        // Emails after usernames: a username never loses to someone's email.
-        for (index, user) in config.users.iter().enumerate() {
-            if let Some(email) = &user.email {
-                by_login.entry(email.to_lowercase()).or_insert(index);
-            }
-        }
-        let roles = config
-            .roles
-            .iter()
-            .map(|(role, grants)| {
-                (
-                    role.clone(),
-                    grants
-                        .iter()
-                        .map(|(api, scopes)| (api.clone(), scopes.iter().cloned().collect()))
-                        .collect(),
-                )
-            })
-            .collect();
+        let users = Users::new(&config.users);
         Model {
             issuer: config.url.clone(),
             userinfo_url: format!("{base_url}userinfo"),
@@ -256,12 +178,12 @@ impl Model {
             base_url,
             default_audience: config.default_audience.clone(),
             api_order: config.apis.iter().map(|a| a.identifier.clone()).collect(),
-            apis,
-            clients,
-            users,
-            by_login,
-            by_subject,
-            roles,
+            apis: compile_apis(config),
+            clients: compile_clients(config),
+            users: users.list,
+            by_login: users.by_login,
+            by_subject: users.by_subject,
+            roles: compile_roles(config),
             access_ttl: config.tokens.access_ttl.get(),
             id_ttl: config.tokens.id_ttl.get(),
             refresh_ttl: config.tokens.refresh_ttl.get(),
@@ -309,6 +231,107 @@ impl Model {
             .chain([self.access_ttl, self.id_ttl])
             .max()
             .unwrap_or(self.access_ttl)
+    }
+}
+
+/// The APIs by identifier, each with its token lifetime resolved.
+fn compile_apis(config: &IssuerConfig) -> HashMap<String, Api> {
+    config
+        .apis
+        .iter()
+        .map(|api| {
+            (
+                api.identifier.clone(),
+                Api {
+                    identifier: api.identifier.clone(),
+                    scopes: api.scopes.iter().map(|s| s.value.clone()).collect(),
+                    allow_offline_access: api.allow_offline_access,
+                    access_ttl: api.access_ttl.unwrap_or(config.tokens.access_ttl).get(),
+                    descriptions: api
+                        .scopes
+                        .iter()
+                        .filter_map(|s| s.description.clone().map(|d| (s.value.clone(), d)))
+                        .collect(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// The clients by `client_id`, secrets kept only as digests.
+fn compile_clients(config: &IssuerConfig) -> HashMap<String, Client> {
+    config
+        .clients
+        .iter()
+        .map(|client| {
+            (
+                client.client_id.clone(),
+                Client {
+                    client_id: client.client_id.clone(),
+                    secret_digest: client.client_secret.as_deref().map(digest),
+                    grant_types: client.grant_types.iter().copied().collect(),
+                    grants: client.grants.clone().into_iter().collect(),
+                    display_name: client
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| client.client_id.clone()),
+                    redirect_uris: client.redirect_uris.clone(),
+                    post_logout_redirect_uris: client.post_logout_redirect_uris.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// role → API → scopes.
+fn compile_roles(config: &IssuerConfig) -> HashMap<String, HashMap<String, HashSet<String>>> {
+    config
+        .roles
+        .iter()
+        .map(|(role, grants)| {
+            (
+                role.clone(),
+                grants
+                    .iter()
+                    .map(|(api, scopes)| (api.clone(), scopes.iter().cloned().collect()))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// The users with their subjects, indexed by login and by subject.
+struct Users {
+    list: Vec<User>,
+    by_login: HashMap<String, usize>,
+    by_subject: HashMap<String, usize>,
+}
+
+impl Users {
+    fn new(configured: &[UserConfig]) -> Users {
+        let mut list = Vec::with_capacity(configured.len());
+        let mut by_login = HashMap::new();
+        let mut by_subject = HashMap::new();
+        for (index, user) in configured.iter().enumerate() {
+            let subject = IssuerConfig::subject_of(user);
+            by_login.insert(user.username.to_lowercase(), index);
+            by_subject.insert(subject.clone(), index);
+            list.push(User {
+                subject,
+                config: user.clone(),
+            });
+        }
+        // Emails after usernames: a username never loses to someone's email.
+        for (index, user) in configured.iter().enumerate() {
+            if let Some(email) = &user.email {
+                by_login.entry(email.to_lowercase()).or_insert(index);
+            }
+        }
+        Users {
+            list,
+            by_login,
+            by_subject,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use super::Issuer;
 use super::client_auth::{self, Requirement};
 use super::form::Form;
-use super::store::{now, secret_hash};
+use super::store::secret_hash;
 use crate::error::{OAuthCode, OAuthError};
 use crate::http::{Body, full};
 
@@ -37,11 +37,6 @@ fn not_yours() -> OAuthError {
     )
 }
 
-fn store_failed(err: impl std::fmt::Display) -> OAuthError {
-    tracing::error!(error = %err, "revocation: store failed");
-    OAuthError::server_error()
-}
-
 async fn revoke(issuer: &Issuer, headers: &HeaderMap, form: &Form) -> Result<(), OAuthError> {
     let client =
         client_auth::authenticate(&issuer.model, headers, form, Requirement::SecretOrPublic)?;
@@ -61,29 +56,17 @@ async fn revoke(issuer: &Issuer, headers: &HeaderMap, form: &Form) -> Result<(),
                 claims.get("jti").and_then(|v| v.as_str()),
                 claims.get("exp").and_then(|v| v.as_i64()),
             ) {
-                issuer
-                    .core
-                    .store
-                    .revoke_jti(jti, exp)
-                    .await
-                    .map_err(store_failed)?;
+                issuer.core.store.revoke_jti(jti, exp).await?;
             }
         }
         return Ok(());
     }
     let store = &issuer.core.store;
-    if let Some(record) = store
-        .find_refresh(&secret_hash(token))
-        .await
-        .map_err(store_failed)?
-    {
+    if let Some(record) = store.find_refresh(&secret_hash(token)).await? {
         if record.family.client_id != client.client_id {
             return Err(not_yours());
         }
-        store
-            .revoke_family(&record.family.id, now())
-            .await
-            .map_err(store_failed)?;
+        store.revoke_family(&record.family.id, issuer.now()).await?;
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ use subtle::ConstantTimeEq;
 use super::form::Form;
 use super::mint::random_token;
 use super::model::{Model, User};
-use super::store::{SessionRecord, now, secret_hash};
+use super::store::{SessionRecord, secret_hash};
 use super::{Issuer, throttle};
 use crate::error::{OAuthCode, OAuthError};
 
@@ -199,139 +199,119 @@ pub struct Session<'m> {
     pub hash: String,
 }
 
-fn store_failed(err: impl std::fmt::Display) -> OAuthError {
-    tracing::error!(error = %err, "sessions: store failed");
-    OAuthError::server_error()
+/// The request's session: its cookie names an unexpired session of a user who
+/// still exists.
+pub async fn current<'i>(
+    issuer: &'i Issuer,
+    headers: &HeaderMap,
+) -> Result<Option<Session<'i>>, OAuthError> {
+    let Some(id) = cookie(headers, SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    let hash = secret_hash(id);
+    let Some(record) = issuer.core.store.find_session(&hash, issuer.now()).await? else {
+        return Ok(None);
+    };
+    Ok(issuer
+        .model
+        .user_by_subject(&record.subject)
+        .map(|user| Session {
+            user,
+            auth_time: record.auth_time,
+            hash,
+        }))
 }
 
-impl Issuer {
-    /// The request's session: its cookie names an unexpired session of a user who
-    /// still exists.
-    pub async fn session(&self, headers: &HeaderMap) -> Result<Option<Session<'_>>, OAuthError> {
-        let Some(id) = cookie(headers, SESSION_COOKIE) else {
-            return Ok(None);
-        };
-        let hash = secret_hash(id);
-        let Some(record) = self
-            .core
-            .store
-            .find_session(&hash, now())
-            .await
-            .map_err(store_failed)?
-        else {
-            return Ok(None);
-        };
-        Ok(self
-            .model
-            .user_by_subject(&record.subject)
-            .map(|user| Session {
-                user,
-                auth_time: record.auth_time,
-                hash,
-            }))
+/// Starts a session for `user`, signed in now, ending the browser's previous one if
+/// any. Returns its `auth_time` and the `Set-Cookie` value.
+pub async fn start(
+    issuer: &Issuer,
+    headers: &HeaderMap,
+    user: &User,
+    tls: bool,
+) -> Result<(i64, Option<HeaderValue>), OAuthError> {
+    let store = &issuer.core.store;
+    if let Some(old) = cookie(headers, SESSION_COOKIE) {
+        store.delete_session(&secret_hash(old)).await?;
     }
+    let id = random_token(32)?;
+    let now = issuer.now();
+    let ttl = SESSION_TTL.as_secs();
+    store
+        .insert_session(&SessionRecord {
+            session_hash: secret_hash(&id),
+            subject: user.subject.clone(),
+            auth_time: now,
+            created_at: now,
+            expires_at: now + ttl as i64,
+        })
+        .await?;
+    tracing::info!(subject = %user.subject, "signed in at the issuer");
+    Ok((
+        now,
+        set_cookie(&issuer.model, tls, SESSION_COOKIE, &id, Some(ttl)),
+    ))
+}
 
-    /// Starts a session for `user`, signed in now, ending the browser's previous one if
-    /// any. Returns its `auth_time` and the `Set-Cookie` value.
-    pub async fn start_session(
-        &self,
-        headers: &HeaderMap,
-        user: &User,
-        tls: bool,
-    ) -> Result<(i64, Option<HeaderValue>), OAuthError> {
-        let store = &self.core.store;
-        if let Some(old) = cookie(headers, SESSION_COOKIE) {
-            store
-                .delete_session(&secret_hash(old))
-                .await
-                .map_err(store_failed)?;
-        }
-        let id = random_token(32)?;
-        let now = now();
-        let ttl = SESSION_TTL.as_secs();
-        store
-            .insert_session(&SessionRecord {
-                session_hash: secret_hash(&id),
-                subject: user.subject.clone(),
-                auth_time: now,
-                created_at: now,
-                expires_at: now + ttl as i64,
-            })
-            .await
-            .map_err(store_failed)?;
-        tracing::info!(subject = %user.subject, "signed in at the issuer");
-        Ok((
-            now,
-            set_cookie(&self.model, tls, SESSION_COOKIE, &id, Some(ttl)),
-        ))
-    }
-
-    /// Checks a sign-in form (`username`, `password`), throttled exactly as the password
-    /// grant is (per username and per IP, in the store), and on success starts a session.
-    /// `Ok(Err(_))` is a refusal to show on the page; `Err` a store failure.
-    pub async fn sign_in(
-        &self,
-        headers: &HeaderMap,
-        form: &Form,
-        remote: IpAddr,
-        tls: bool,
-    ) -> Result<Result<SignedIn<'_>, Refused>, OAuthError> {
-        let (Some(login), Some(password)) = (form.get("username"), form.get("password")) else {
-            return Ok(Err(Refused {
-                status: StatusCode::BAD_REQUEST,
-                message: "Enter your username and your password.",
-                retry_after: None,
-            }));
+/// Checks a sign-in form (`username`, `password`), throttled exactly as the password
+/// grant is (per username and per IP, in the store), and on success starts a session.
+/// `Ok(Err(_))` is a refusal to show on the page; `Err` a store failure.
+pub async fn sign_in<'i>(
+    issuer: &'i Issuer,
+    headers: &HeaderMap,
+    form: &Form,
+    remote: IpAddr,
+    tls: bool,
+) -> Result<Result<SignedIn<'i>, Refused>, OAuthError> {
+    let (Some(login), Some(password)) = (form.get("username"), form.get("password")) else {
+        return Ok(Err(Refused {
+            status: StatusCode::BAD_REQUEST,
+            message: "Enter your username and your password.",
+            retry_after: None,
+        }));
+    };
+    let keys = throttle::Keys::new(login, remote);
+    if let Err(err) = throttle::check(issuer, &keys).await {
+        return match err.retry_after {
+            Some(seconds) => Ok(Err(Refused {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: LOCKED_OUT,
+                retry_after: Some(seconds),
+            })),
+            None => Err(err),
         };
-        let model = &self.model;
-        let store = &self.core.store;
-        let keys = throttle::Keys::new(login, remote);
-        if let Err(err) = throttle::check(store, &keys, &model.throttle).await {
-            return match err.retry_after {
-                Some(seconds) => Ok(Err(Refused {
-                    status: StatusCode::TOO_MANY_REQUESTS,
-                    message: LOCKED_OUT,
-                    retry_after: Some(seconds),
-                })),
-                None => Err(err),
-            };
-        }
-        let user = model.user_by_login(login);
-        let hash = user.map(|u| u.config.password_hash.clone());
-        let verified = self.verify_password(hash, password).await;
-        let Some(user) = user.filter(|_| verified) else {
-            throttle::failed(store, &keys, &model.throttle).await?;
-            // 200, not 401: this is a page, not an HTTP authentication challenge.
-            return Ok(Err(Refused {
-                status: StatusCode::OK,
-                message: WRONG_LOGIN,
-                retry_after: None,
-            }));
-        };
-        throttle::succeeded(store, &keys).await?;
-        let (auth_time, set_cookie) = self.start_session(headers, user, tls).await?;
-        Ok(Ok(SignedIn {
-            user,
-            auth_time,
-            set_cookie,
-        }))
     }
+    let user = issuer.model.user_by_login(login);
+    let hash = user.map(|u| u.config.password_hash.clone());
+    let verified = issuer.verify_password(hash, password).await;
+    let Some(user) = user.filter(|_| verified) else {
+        throttle::failed(issuer, &keys).await?;
+        // 200, not 401: this is a page, not an HTTP authentication challenge.
+        return Ok(Err(Refused {
+            status: StatusCode::OK,
+            message: WRONG_LOGIN,
+            retry_after: None,
+        }));
+    };
+    throttle::succeeded(issuer, &keys).await?;
+    let (auth_time, set_cookie) = start(issuer, headers, user, tls).await?;
+    Ok(Ok(SignedIn {
+        user,
+        auth_time,
+        set_cookie,
+    }))
+}
 
-    /// Ends the browser's session (if any) and returns the `Set-Cookie` that deletes it.
-    pub async fn end_session(
-        &self,
-        headers: &HeaderMap,
-        tls: bool,
-    ) -> Result<Option<HeaderValue>, OAuthError> {
-        if let Some(id) = cookie(headers, SESSION_COOKIE) {
-            self.core
-                .store
-                .delete_session(&secret_hash(id))
-                .await
-                .map_err(store_failed)?;
-        }
-        Ok(set_cookie(&self.model, tls, SESSION_COOKIE, "", Some(0)))
+/// Ends the browser's session (if any) and returns the `Set-Cookie` that deletes it.
+pub async fn end(
+    issuer: &Issuer,
+    headers: &HeaderMap,
+    tls: bool,
+) -> Result<Option<HeaderValue>, OAuthError> {
+    if let Some(id) = cookie(headers, SESSION_COOKIE) {
+        issuer.core.store.delete_session(&secret_hash(id)).await?;
     }
+    Ok(set_cookie(&issuer.model, tls, SESSION_COOKIE, "", Some(0)))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 
 use std::net::IpAddr;
 
-use super::store::{Store, now};
+use super::Issuer;
 use crate::config::issuer::ThrottleConfig;
 use crate::error::OAuthError;
 
@@ -44,31 +44,23 @@ pub fn user_code_key(ip: IpAddr) -> String {
     format!("user_code:{}", canonical(ip))
 }
 
-fn store_failed(err: impl std::fmt::Display) -> OAuthError {
-    tracing::error!(error = %err, "login throttle: store failed");
-    OAuthError::server_error()
-}
-
 /// Refuses the attempt if either key is locked.
-pub async fn check(store: &Store, keys: &Keys, config: &ThrottleConfig) -> Result<(), OAuthError> {
+pub async fn check(issuer: &Issuer, keys: &Keys) -> Result<(), OAuthError> {
     for key in [&keys.user, &keys.ip] {
-        check_key(store, key, config).await?;
+        check_key(issuer, key).await?;
     }
     Ok(())
 }
 
-/// Refuses the attempt if `key` is locked.
-pub async fn check_key(
-    store: &Store,
-    key: &str,
-    config: &ThrottleConfig,
-) -> Result<(), OAuthError> {
-    let now = now();
-    let window = config.window.get().as_secs() as i64;
-    let (failures, closes) = store
-        .failures(key, now, window)
-        .await
-        .map_err(store_failed)?;
+/// Refuses the attempt if `key` is locked: `invalid_grant`, 429, with `Retry-After`.
+pub async fn check_key(issuer: &Issuer, key: &str) -> Result<(), OAuthError> {
+    let config = &issuer.model.throttle;
+    let now = issuer.now();
+    let (failures, closes) = issuer
+        .core
+        .store
+        .failures(key, now, window_secs(config))
+        .await?;
     if failures >= i64::from(config.max_failures) {
         return Err(OAuthError::locked_out((closes - now).max(1) as u64));
     }
@@ -76,27 +68,28 @@ pub async fn check_key(
 }
 
 /// Counts a failed attempt against both keys.
-pub async fn failed(store: &Store, keys: &Keys, config: &ThrottleConfig) -> Result<(), OAuthError> {
+pub async fn failed(issuer: &Issuer, keys: &Keys) -> Result<(), OAuthError> {
     for key in [&keys.user, &keys.ip] {
-        failed_key(store, key, config).await?;
+        failed_key(issuer, key).await?;
     }
     Ok(())
 }
 
 /// Counts a failed attempt against `key`.
-pub async fn failed_key(
-    store: &Store,
-    key: &str,
-    config: &ThrottleConfig,
-) -> Result<(), OAuthError> {
-    let window = config.window.get().as_secs() as i64;
-    store
-        .record_failure(key, now(), window)
-        .await
-        .map_err(store_failed)
+pub async fn failed_key(issuer: &Issuer, key: &str) -> Result<(), OAuthError> {
+    let window = window_secs(&issuer.model.throttle);
+    Ok(issuer
+        .core
+        .store
+        .record_failure(key, issuer.now(), window)
+        .await?)
 }
 
 /// A successful login clears the user's count (not the IP's).
-pub async fn succeeded(store: &Store, keys: &Keys) -> Result<(), OAuthError> {
-    store.clear_failures(&keys.user).await.map_err(store_failed)
+pub async fn succeeded(issuer: &Issuer, keys: &Keys) -> Result<(), OAuthError> {
+    Ok(issuer.core.store.clear_failures(&keys.user).await?)
+}
+
+fn window_secs(config: &ThrottleConfig) -> i64 {
+    config.window.get().as_secs() as i64
 }
