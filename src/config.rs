@@ -640,45 +640,8 @@ pub const METHODS: [&str; 9] = [
 
 impl RouteConfig {
     fn validate(&self, at: &str) -> Result<(), ConfigError> {
-        if self.name.is_empty()
-            || self.name.len() > 64
-            || !self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        {
-            return Err(ConfigError::at(
-                format!("{at}.name"),
-                format!(
-                    "route name {:?} must be 1-64 characters of letters, digits, '-', '_' or '.'",
-                    self.name
-                ),
-            ));
-        }
-        if self.name == "unmatched" || self.name == "issuer" {
-            return Err(ConfigError::at(
-                format!("{at}.name"),
-                format!("{:?} is reserved for the metrics route label", self.name),
-            ));
-        }
-        if let Some(methods) = &self.matcher.methods {
-            if methods.is_empty() {
-                return Err(ConfigError::at(
-                    format!("{at}.match.methods"),
-                    "an empty method list matches nothing; remove the key to match any method",
-                ));
-            }
-            for (index, method) in methods.iter().enumerate() {
-                if !METHODS.contains(&method.as_str()) {
-                    return Err(ConfigError::at(
-                        format!("{at}.match.methods[{index}]"),
-                        format!(
-                            "unknown method {method:?}; use upper-case names such as GET or POST"
-                        ),
-                    ));
-                }
-            }
-        }
+        self.validate_name(at)?;
+        self.validate_methods(at)?;
         if let Some(prefix) = &self.strip_prefix {
             let ok = prefix.starts_with('/')
                 && !prefix.ends_with('/')
@@ -720,6 +683,53 @@ impl RouteConfig {
             && audience.is_empty()
         {
             return Err(ConfigError::at(format!("{at}.audience"), "empty audience"));
+        }
+        Ok(())
+    }
+
+    fn validate_name(&self, at: &str) -> Result<(), ConfigError> {
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(ConfigError::at(
+                format!("{at}.name"),
+                format!(
+                    "route name {:?} must be 1-64 characters of letters, digits, '-', '_' or '.'",
+                    self.name
+                ),
+            ));
+        }
+        if self.name == "unmatched" || self.name == "issuer" {
+            return Err(ConfigError::at(
+                format!("{at}.name"),
+                format!("{:?} is reserved for the metrics route label", self.name),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_methods(&self, at: &str) -> Result<(), ConfigError> {
+        if let Some(methods) = &self.matcher.methods {
+            if methods.is_empty() {
+                return Err(ConfigError::at(
+                    format!("{at}.match.methods"),
+                    "an empty method list matches nothing; remove the key to match any method",
+                ));
+            }
+            for (index, method) in methods.iter().enumerate() {
+                if !METHODS.contains(&method.as_str()) {
+                    return Err(ConfigError::at(
+                        format!("{at}.match.methods[{index}]"),
+                        format!(
+                            "unknown method {method:?}; use upper-case names such as GET or POST"
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -46,25 +46,17 @@ impl Metrics {
 
     fn try_new() -> prometheus::Result<Metrics> {
         let registry = Registry::new_custom(Some("scopegate".into()), None)?;
-        let counter =
-            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
-                let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(metric.clone()))?;
-                Ok(metric)
-            };
-        let histogram = |name: &str, help: &str| -> prometheus::Result<HistogramVec> {
-            let metric = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-                &["route"],
-            )?;
-            registry.register(Box::new(metric.clone()))?;
-            Ok(metric)
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels)?,
+            )
         };
-        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
-            let metric = IntGauge::new(name, help)?;
-            registry.register(Box::new(metric.clone()))?;
-            Ok(metric)
+        let histogram = |name: &str, help: &str| {
+            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            register(&registry, HistogramVec::new(opts, &["route"])?)
         };
+        let gauge = |name: &str, help: &str| register(&registry, IntGauge::new(name, help)?);
         let metrics = Metrics {
             requests_total: counter(
                 "requests_total",
@@ -104,17 +96,16 @@ impl Metrics {
                 "Configuration reloads, by result.",
                 &["result"],
             )?,
-            build_info: {
-                let metric = IntGaugeVec::new(
+            build_info: register(
+                &registry,
+                IntGaugeVec::new(
                     Opts::new(
                         "build_info",
                         "Always 1; the version label says which build.",
                     ),
                     &["version"],
-                )?;
-                registry.register(Box::new(metric.clone()))?;
-                metric
-            },
+                )?,
+            )?,
             in_flight_requests: gauge("in_flight_requests", "Requests being handled now.")?,
             open_connections: gauge(
                 "open_connections",
@@ -141,6 +132,15 @@ impl Metrics {
         }
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// Registers `metric` and hands it back.
+fn register<M>(registry: &Registry, metric: M) -> prometheus::Result<M>
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
 }
 
 impl Default for Metrics {

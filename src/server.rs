@@ -25,7 +25,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::config::ServerConfig;
 use crate::flood::Flood;
@@ -241,6 +241,32 @@ async fn accept(listener: &TcpListener, what: &'static str) -> (TcpStream, std::
     }
 }
 
+/// Takes connections from `listener` while a permit is free, until `shutdown` resolves;
+/// hands each to `spawn` with its permit (freed when the connection ends).
+async fn accept_loop(
+    listener: &TcpListener,
+    what: &'static str,
+    permits: &Arc<Semaphore>,
+    shutdown: impl Future<Output = ()>,
+    mut spawn: impl FnMut(TcpStream, std::net::SocketAddr, OwnedSemaphorePermit),
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            () = &mut shutdown => return,
+        };
+        let (stream, remote) = tokio::select! {
+            accepted = accept(listener, what) => accepted,
+            () = &mut shutdown => return,
+        };
+        spawn(stream, remote, permit);
+    }
+}
+
 /// Serves the proxy (and issuer) on `listener` until `shutdown` resolves, then lets
 /// in-flight requests finish for at most `server.shutdown_grace`.
 pub async fn serve(
@@ -254,83 +280,23 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(max));
     tracing::debug!(max_connections = max, "proxy listener");
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
-        let (stream, remote) = tokio::select! {
-            accepted = accept(&listener, "proxy") => accepted,
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let state = gateway.state();
-        let tls = state.tls.clone();
-        let limits = ConnLimits {
-            first_request: state.config.server.timeouts.client_header.get(),
-            idle: state.config.server.timeouts.idle.get(),
-        };
-        let gateway = gateway.clone();
-        let builder = builder.clone();
-        let stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            gateway.metrics.open_connections.inc();
-            let _open = OpenConnection(&gateway.metrics.open_connections);
-            let activity = Activity::new();
-            let conn = Arc::new(ConnInfo::new(remote, tls.is_some()));
-            let service = {
-                let gateway = gateway.clone();
-                let activity = activity.clone();
-                service_fn(move |request: Request<Incoming>| {
-                    let gateway = gateway.clone();
-                    let conn = conn.clone();
-                    let active = activity.begin();
-                    async move {
-                        let response = gateway.handle(request, &conn).await;
-                        drop(active);
-                        Ok::<_, Infallible>(response)
-                    }
-                })
-            };
-            match tls {
-                Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(limits.first_request, acceptor.accept(stream));
-                    match handshake.await {
-                        Ok(Ok(stream)) => {
-                            drive(
-                                &builder,
-                                TokioIo::new(stream),
-                                service,
-                                &activity,
-                                limits,
-                                stop,
-                            )
-                            .await
-                        }
-                        Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
-                    }
-                }
-                None => {
-                    drive(
-                        &builder,
-                        TokioIo::new(stream),
-                        service,
-                        &activity,
-                        limits,
-                        stop,
-                    )
-                    .await
-                }
-            }
-        });
-    }
+    accept_loop(
+        &listener,
+        "proxy",
+        &permits,
+        shutdown,
+        |stream, remote, permit| {
+            let _ = stream.set_nodelay(true);
+            let gateway = gateway.clone();
+            let builder = builder.clone();
+            let stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                serve_client(&gateway, &builder, stream, remote, stop).await;
+            });
+        },
+    )
+    .await;
     drop(listener);
     let _ = stop_tx.send(true);
     let grace = gateway.state().config.server.shutdown_grace.get();
@@ -340,6 +306,67 @@ pub async fn serve(
         () = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
     }
     Ok(())
+}
+
+/// One client connection of the proxy listener: TLS when configured, then HTTP.
+async fn serve_client(
+    gateway: &Arc<Gateway>,
+    builder: &auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    remote: std::net::SocketAddr,
+    stop: watch::Receiver<bool>,
+) {
+    let state = gateway.state();
+    let tls = state.tls.clone();
+    let limits = ConnLimits {
+        first_request: state.config.server.timeouts.client_header.get(),
+        idle: state.config.server.timeouts.idle.get(),
+    };
+    drop(state);
+    gateway.metrics.open_connections.inc();
+    let _open = OpenConnection(&gateway.metrics.open_connections);
+    let activity = Activity::new();
+    let conn = Arc::new(ConnInfo::new(remote, tls.is_some()));
+    let service = {
+        let gateway = gateway.clone();
+        let activity = activity.clone();
+        service_fn(move |request: Request<Incoming>| {
+            let gateway = gateway.clone();
+            let conn = conn.clone();
+            let active = activity.begin();
+            async move {
+                let response = gateway.handle(request, &conn).await;
+                drop(active);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let Some(acceptor) = tls else {
+        return drive(
+            builder,
+            TokioIo::new(stream),
+            service,
+            &activity,
+            limits,
+            stop,
+        )
+        .await;
+    };
+    match tokio::time::timeout(limits.first_request, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            drive(
+                builder,
+                TokioIo::new(stream),
+                service,
+                &activity,
+                limits,
+                stop,
+            )
+            .await
+        }
+        Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
+        Err(_) => tracing::debug!("TLS handshake timed out"),
+    }
 }
 
 /// Keeps `open_connections` honest however the connection task ends.
@@ -366,44 +393,40 @@ pub async fn serve_admin(
         idle: Duration::from_secs(60),
     };
     let (_stop_tx, stop_rx) = watch::channel(false);
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return Ok(()),
-            },
-            () = &mut shutdown => return Ok(()),
-        };
-        let (stream, _) = tokio::select! {
-            accepted = accept(&listener, "admin") => accepted,
-            () = &mut shutdown => return Ok(()),
-        };
-        let gateway = gateway.clone();
-        let builder = builder.clone();
-        let stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let activity = Activity::new();
-            let service = {
-                let activity = activity.clone();
-                service_fn(move |request: Request<Incoming>| {
-                    let _active = activity.begin();
-                    let response = admin(&gateway, &request);
-                    async move { Ok::<_, Infallible>(response) }
-                })
-            };
-            drive(
-                &builder,
-                TokioIo::new(stream),
-                service,
-                &activity,
-                limits,
-                stop,
-            )
-            .await;
-        });
-    }
+    accept_loop(
+        &listener,
+        "admin",
+        &permits,
+        shutdown,
+        |stream, _, permit| {
+            let gateway = gateway.clone();
+            let builder = builder.clone();
+            let stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let activity = Activity::new();
+                let service = {
+                    let activity = activity.clone();
+                    service_fn(move |request: Request<Incoming>| {
+                        let _active = activity.begin();
+                        let response = admin(&gateway, &request);
+                        async move { Ok::<_, Infallible>(response) }
+                    })
+                };
+                drive(
+                    &builder,
+                    TokioIo::new(stream),
+                    service,
+                    &activity,
+                    limits,
+                    stop,
+                )
+                .await;
+            });
+        },
+    )
+    .await;
+    Ok(())
 }
 
 fn admin(gateway: &Gateway, request: &Request<Incoming>) -> Response<Body> {

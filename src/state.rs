@@ -101,52 +101,19 @@ impl State {
         previous: Option<&State>,
         builtin: Builtin,
     ) -> Result<State, Vec<ConfigError>> {
-        let mut errors = Vec::new();
-        let tls_client = keep(
-            &mut errors,
-            crate::tls::tls_client_config(config.server.upstream_ca_file.as_deref())
-                .map_err(|err| ConfigError::at("server.upstream_ca_file", err)),
-        );
-        let tls = match &config.server.tls {
-            Some(tls) => keep(
-                &mut errors,
-                crate::tls::tls_acceptor(&tls.cert_file, &tls.key_file)
-                    .map(Some)
-                    .map_err(|err| ConfigError::at(err.key(), err.to_string())),
-            ),
-            None => Some(None),
-        };
-        let forward = keep(
-            &mut errors,
-            ForwardHeaders::new(&config.forward).map_err(|err| ConfigError::at("forward", err)),
-        );
-        if config.issuer.as_ref().is_some_and(|i| i.enabled) {
-            keep(
-                &mut errors,
-                crate::issuer::keys::KeyEncryption::from_env()
-                    .map(|_| ())
-                    .map_err(|err| ConfigError::at("issuer.keys", err)),
-            );
-        }
         let builtin = match builtin {
             Builtin::Ready(issuer) if config.issuer.as_ref().is_some_and(|i| i.enabled) => {
                 Some(issuer)
             }
             _ => None,
         };
-        let issuers = keep(
-            &mut errors,
-            trusted_issuers(&config, shared, previous, builtin.as_ref()),
-        );
-        let (Some(tls_client), Some(tls), Some(forward), Some((issuers, fresh))) =
-            (tls_client, tls, forward, issuers)
-        else {
-            return Err(errors);
-        };
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-
+        let Parts {
+            tls_client,
+            tls,
+            forward,
+            issuers,
+            fresh,
+        } = Parts::compile(&config, shared, previous, builtin.as_ref())?;
         let (routes, router, notes) = compile_routes(&config);
         let verifier = Verifier::new(
             issuers,
@@ -202,6 +169,73 @@ impl State {
     /// then the built-in issuer's endpoints and what they shadow.
     pub fn route_table(&self) -> String {
         route_table(&self.config, &self.notes)
+    }
+}
+
+/// What compiling a config builds from files, the environment and trusted issuers:
+/// each a place where it can fail.
+struct Parts {
+    tls_client: rustls::ClientConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    forward: ForwardHeaders,
+    issuers: Vec<Arc<TrustedIssuer>>,
+    fresh: Vec<Arc<TrustedIssuer>>,
+}
+
+impl Parts {
+    /// Every part, or every error (not just the first).
+    fn compile(
+        config: &Config,
+        shared: &Shared,
+        previous: Option<&State>,
+        builtin: Option<&Arc<Issuer>>,
+    ) -> Result<Parts, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let tls_client = keep(
+            &mut errors,
+            crate::tls::tls_client_config(config.server.upstream_ca_file.as_deref())
+                .map_err(|err| ConfigError::at("server.upstream_ca_file", err)),
+        );
+        let tls = match &config.server.tls {
+            Some(tls) => keep(
+                &mut errors,
+                crate::tls::tls_acceptor(&tls.cert_file, &tls.key_file)
+                    .map(Some)
+                    .map_err(|err| ConfigError::at(err.key(), err.to_string())),
+            ),
+            None => Some(None),
+        };
+        let forward = keep(
+            &mut errors,
+            ForwardHeaders::new(&config.forward).map_err(|err| ConfigError::at("forward", err)),
+        );
+        if config.issuer.as_ref().is_some_and(|i| i.enabled) {
+            keep(
+                &mut errors,
+                crate::issuer::keys::KeyEncryption::from_env()
+                    .map(|_| ())
+                    .map_err(|err| ConfigError::at("issuer.keys", err)),
+            );
+        }
+        let issuers = keep(
+            &mut errors,
+            trusted_issuers(config, shared, previous, builtin),
+        );
+        let (Some(tls_client), Some(tls), Some(forward), Some((issuers, fresh))) =
+            (tls_client, tls, forward, issuers)
+        else {
+            return Err(errors);
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Parts {
+            tls_client,
+            tls,
+            forward,
+            issuers,
+            fresh,
+        })
     }
 }
 
