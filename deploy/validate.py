@@ -25,7 +25,7 @@ import yaml
 # managed clusters, and the newest kubernetes-validate knows.
 K8S_VERSIONS = ["1.29", "latest"]
 
-# DESIGN.md's metric contract (prefix scopegate_), with each family's labels.
+# The metric contract (README, Metrics) (prefix scopegate_), with each family's labels.
 METRICS = {
     "scopegate_requests_total": {"route", "method", "status"},
     "scopegate_request_duration_seconds": {"route"},
@@ -156,7 +156,7 @@ def check_metric_names(where: str, exprs: list[str]) -> set[str]:
                 for label in re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)", selector):
                     if label not in allowed:
                         bad.append(f"{name} has no label {label!r}")
-    R.check(not bad, f"{where}: metric names and labels match DESIGN.md's contract",
+    R.check(not bad, f"{where}: metric names and labels match the metric contract",
             "; ".join(sorted(set(bad))))
     return used
 

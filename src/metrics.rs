@@ -1,5 +1,5 @@
 //! Prometheus metrics on an owned [`Registry`] (no global state: every gateway, and every
-//! test, has its own). Names and labels are the contract in DESIGN.md; label values are
+//! test, has its own). Names and labels are a contract (README, "Operating Scopegate"); label values are
 //! bounded (route names from config, fixed reason sets), never a path, subject or token.
 
 use prometheus::{

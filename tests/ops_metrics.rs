@@ -1,6 +1,6 @@
 //! `/metrics` read as Prometheus reads it: the real binary, proxy and issuer traffic and
 //! two reloads (one good, one refused), then the exposition is parsed with
-//! `prometheus-parse`. Every family DESIGN.md names must be there with its type and its
+//! `prometheus-parse`. Every family the README names must be there with its type and its
 //! label names; histograms must have sub-millisecond buckets (and reach seconds);
 //! `build_info{version}` is 1; `in_flight_requests` is a gauge; the counters count what
 //! the test did. `prometheus-parse` skips lines it cannot read, so the test also checks
@@ -19,7 +19,7 @@ use common::issuer::{CONTACTS, TempDir};
 use common::process::Process;
 use common::{AUD, rsa};
 
-/// Every metric family of the contract (DESIGN.md): name, type, label names.
+/// Every metric family of the contract (README, Metrics): name, type, label names.
 const FAMILIES: &[(&str, SampleType, &[&str])] = &[
     (
         "scopegate_requests_total",

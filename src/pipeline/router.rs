@@ -1,6 +1,6 @@
 //! Route lookup: path patterns compiled into a segment trie.
 //!
-//! Precedence (DESIGN.md): exact > segment param > longer prefix > shorter prefix; a
+//! Precedence (README, "Routing"): exact > segment param > longer prefix > shorter prefix; a
 //! method list beats "any"; ties go to the first route in the file. Every route is given
 //! a rank once, at load, from that order. A lookup walks the trie (literal and param
 //! branches, collecting prefix routes on the way) and keeps the best-ranked route whose
