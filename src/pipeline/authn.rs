@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use http::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
 
-use crate::claims::{AuthFailure, Identity, Reason};
+use crate::claims::{AuthFailure, Identity, Reason, scope_tokens};
 use crate::error::ProxyError;
 use crate::http::AuthorizationError;
 use crate::jose::{Alg, Jws};
@@ -366,7 +366,9 @@ fn string_or_list(claims: &Map<String, Value>, name: &str) -> Result<Vec<Box<str
     }
 }
 
-/// Scopes from `scope` (string or list), else `scp`, as one space-separated value.
+/// Scopes from `scope` (string or list), else `scp`, as one space-separated value. Only
+/// U+0020 separates scopes; a piece that is not a valid scope-token is dropped (see
+/// [`scope_tokens`]).
 fn scopes_of(claims: &Map<String, Value>) -> Result<HeaderValue, AuthFailure> {
     let name = if claims.contains_key("scope") {
         "scope"
@@ -375,10 +377,10 @@ fn scopes_of(claims: &Map<String, Value>) -> Result<HeaderValue, AuthFailure> {
     };
     let joined = match claims.get(name) {
         None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.split_ascii_whitespace().collect::<Vec<_>>().join(" "),
+        Some(Value::String(s)) => scope_tokens(s).collect::<Vec<_>>().join(" "),
         Some(Value::Array(_)) => string_or_list(claims, name)?
             .iter()
-            .flat_map(|s| s.split_ascii_whitespace())
+            .flat_map(|s| scope_tokens(s))
             .collect::<Vec<_>>()
             .join(" "),
         Some(_) => {
