@@ -14,6 +14,7 @@ pub mod access;
 pub mod authn;
 pub mod authz;
 pub mod forward;
+pub mod request;
 pub mod router;
 
 use std::borrow::Cow;
@@ -165,6 +166,7 @@ struct Exchange<'a> {
 impl<'a> Exchange<'a> {
     /// route → authenticate → authorize → forward.
     async fn run(&mut self, request: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+        request::check(&request)?;
         check_header_size(&request, self.pipeline.max_header_bytes)?;
         let path = router::normalize_path(request.uri().path())
             .map_err(|err| ProxyError::BadRequest(err.to_string()))?;
