@@ -99,9 +99,11 @@ pub struct Identity {
     /// Values for `forward.claims`, by position in that map; `None` where the token lacks
     /// the claim.
     pub mapped: Vec<Option<HeaderValue>>,
-    /// Key id and algorithm that verified the token (for the verified-token cache).
+    /// The token's `kid` and `alg`, and the thumbprint of the key that verified it (for
+    /// the verified-token cache: a hit needs that very key still published).
     pub kid: Option<Box<str>>,
     pub alg: crate::jose::Alg,
+    pub key: [u8; 32],
 }
 
 impl Identity {

@@ -8,8 +8,9 @@
 //!
 //! Verified tokens are cached, keyed by the token itself (a hit compares the whole token,
 //! so no hash collision can ever map one token onto another's identity), bounded, never
-//! past `exp`. A cache hit is re-checked for expiry and for its key still being in the
-//! issuer's JWKS, so the cache never accepts what the uncached path would refuse. Route
+//! past `exp`. A cache hit is re-checked for expiry and for the very key that verified it
+//! (by thumbprint, under the token's `kid`) still being in the issuer's JWKS, so the
+//! cache never accepts what the uncached path would refuse. Route
 //! checks (audience, scopes) run on every request, cached or not.
 
 use std::collections::HashMap;
@@ -147,7 +148,7 @@ impl Verifier {
         now_secs() < identity.expires_at + self.leeway
             && self.issuers[identity.issuer_index]
                 .current()
-                .contains(identity.kid.as_deref(), identity.alg)
+                .contains(identity.kid.as_deref(), identity.alg, &identity.key)
     }
 
     async fn verify_uncached(&self, token: &str) -> Result<Identity, AuthFailure> {
@@ -232,15 +233,16 @@ impl Verifier {
             }
         };
         let message = jws.signing_input.as_bytes();
-        let verified_by = candidates
+        let Some(verified_by) = candidates
             .into_iter()
-            .find(|&index| keys.keys[index].verify(alg, message, &jws.signature));
-        if verified_by.is_none() {
+            .find(|&index| keys.keys[index].verify(alg, message, &jws.signature))
+        else {
             return Err(fail(
                 Reason::BadSignature,
                 "the token signature is not valid",
             ));
-        }
+        };
+        let key = keys.keys[verified_by].thumbprint;
 
         let now = now_secs();
         let exp = numeric(&claims, "exp")?
@@ -323,6 +325,7 @@ impl Verifier {
             mapped,
             kid: kid.map(Into::into),
             alg,
+            key,
         })
     }
 }
