@@ -5,7 +5,8 @@
 //! is spelled with `_` (`X_Auth_Subject`), on every route; then the verified identity,
 //! `x-forwarded-for/-proto/-host`, `x-request-id` and the upstream's `Host` are set. A
 //! client naming an identity header in `Connection` only removes its own copy: the
-//! verified one is added after the removal.
+//! verified one is added after the removal. Several `Cookie` fields (as HTTP/2 clients
+//! send them) become one, joined with `; `.
 //!
 //! Downstream: hop-by-hop headers go, `x-request-id` is returned.
 
@@ -103,6 +104,7 @@ pub fn upstream_headers(
     for name in &doomed {
         headers.remove(name);
     }
+    join_cookies(&mut headers);
 
     let xff = {
         let mut sent = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
@@ -158,6 +160,27 @@ pub fn upstream_headers(
         }
     }
     headers
+}
+
+/// Joins several `Cookie` fields into one with `; ` (RFC 9113 §8.2.3): HTTP/2 clients
+/// split cookies into one field each, and the upstream hop is HTTP/1.1, where a server
+/// expects one `Cookie` line (RFC 6265 §5.4) and may read only the first.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::with_capacity(256);
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    // Every piece was a valid value, so the joined bytes are one too.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
 }
 
 /// Cleans an upstream's response headers and returns the request id.
