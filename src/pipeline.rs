@@ -304,7 +304,7 @@ impl<'a> Exchange<'a> {
         match result {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
-                forward::downstream_headers(&mut parts.headers, request_id);
+                forward::downstream(&mut parts, request_id)?;
                 Ok(Response::from_parts(
                     parts,
                     body.map_err(BoxError::from).boxed_unsync(),
