@@ -165,8 +165,8 @@ struct Exchange<'a> {
 
 impl<'a> Exchange<'a> {
     /// route → authenticate → authorize → forward.
-    async fn run(&mut self, request: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
-        request::check(&request)?;
+    async fn run(&mut self, mut request: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+        request::check(&mut request)?;
         check_header_size(&request, self.pipeline.max_header_bytes)?;
         let path = router::normalize_path(request.uri().path())
             .map_err(|err| ProxyError::BadRequest(err.to_string()))?;
