@@ -330,14 +330,22 @@ pub fn thumbprint(jwk: &Jwk) -> [u8; 32] {
     };
     let kty = serde_json::Value::String(jwk.kty.clone()).to_string();
     let canonical = match jwk.kty.as_str() {
-        "RSA" => format!(r#"{{"e":{},"kty":{kty},"n":{}}}"#, member(&jwk.e), member(&jwk.n)),
+        "RSA" => format!(
+            r#"{{"e":{},"kty":{kty},"n":{}}}"#,
+            member(&jwk.e),
+            member(&jwk.n)
+        ),
         "EC" => format!(
             r#"{{"crv":{},"kty":{kty},"x":{},"y":{}}}"#,
             member(&jwk.crv),
             member(&jwk.x),
             member(&jwk.y)
         ),
-        "OKP" => format!(r#"{{"crv":{},"kty":{kty},"x":{}}}"#, member(&jwk.crv), member(&jwk.x)),
+        "OKP" => format!(
+            r#"{{"crv":{},"kty":{kty},"x":{}}}"#,
+            member(&jwk.crv),
+            member(&jwk.x)
+        ),
         _ => format!(
             r#"{{"crv":{},"e":{},"kty":{kty},"n":{},"x":{},"y":{}}}"#,
             member(&jwk.crv),

@@ -130,7 +130,10 @@ mod tests {
         };
         let write = EventKind::Modify(ModifyKind::Data(DataChange::Content));
         assert!(concerns(&event(write, "gateway.yaml"), &name));
-        assert!(concerns(&event(EventKind::Create(CreateKind::Any), "..data"), &name));
+        assert!(concerns(
+            &event(EventKind::Create(CreateKind::Any), "..data"),
+            &name
+        ));
         assert!(!concerns(&event(write, "gateway.log"), &name));
         assert!(!concerns(&event(write, "gateway.yaml.swp"), &name));
         assert!(concerns(&notify::Event::new(EventKind::Any), &name));

@@ -20,11 +20,20 @@ const ROUTES: &str = r#"
 
 fn assert_raw_error(reply: &RawReply, status: u16, code: &str) {
     assert_eq!(reply.status, status, "{}", reply.raw);
-    assert_eq!(reply.header("content-type"), Some("application/json"), "{}", reply.raw);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/json"),
+        "{}",
+        reply.raw
+    );
     let body: serde_json::Value = serde_json::from_str(&reply.body)
         .unwrap_or_else(|err| panic!("not JSON ({err}): {}", reply.raw));
     assert_eq!(body["error"], code, "{}", reply.raw);
-    assert!(body["error_description"].as_str().is_some_and(|d| !d.is_empty()));
+    assert!(
+        body["error_description"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty())
+    );
 }
 
 #[tokio::test]
@@ -44,7 +53,11 @@ async fn connect_is_405_in_authority_and_origin_form() {
     let counted = metric(
         &metrics,
         "scopegate_requests_total",
-        &[("route", "unmatched"), ("method", "CONNECT"), ("status", "405")],
+        &[
+            ("route", "unmatched"),
+            ("method", "CONNECT"),
+            ("status", "405"),
+        ],
     );
     assert_eq!(counted, 3.0, "{metrics}");
 }

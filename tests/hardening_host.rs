@@ -22,7 +22,12 @@ fn request(target: &str, version: &str, headers: &str) -> String {
 
 fn assert_400(reply: &RawReply) {
     assert_eq!(reply.status, 400, "{}", reply.raw);
-    assert_eq!(reply.header("content-type"), Some("application/json"), "{}", reply.raw);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/json"),
+        "{}",
+        reply.raw
+    );
     assert!(reply.body.contains("\"invalid_request\""), "{}", reply.raw);
 }
 
@@ -31,9 +36,21 @@ async fn missing_duplicate_and_malformed_hosts_are_400() {
     let env = Env::start(ROUTES).await;
     let refused = [
         request("/open/x", "HTTP/1.1", ""),
-        request("/open/x", "HTTP/1.1", "Host: a.example\r\nHost: a.example\r\n"),
-        request("/open/x", "HTTP/1.1", "Host: a.example\r\nHost: b.example\r\n"),
-        request("/open/x", "HTTP/1.0", "Host: a.example\r\nHost: b.example\r\n"),
+        request(
+            "/open/x",
+            "HTTP/1.1",
+            "Host: a.example\r\nHost: a.example\r\n",
+        ),
+        request(
+            "/open/x",
+            "HTTP/1.1",
+            "Host: a.example\r\nHost: b.example\r\n",
+        ),
+        request(
+            "/open/x",
+            "HTTP/1.0",
+            "Host: a.example\r\nHost: b.example\r\n",
+        ),
         request("/open/x", "HTTP/1.1", "Host: evil.example/x?y=\r\n"),
         request("/open/x", "HTTP/1.1", "Host: user@a.example\r\n"),
         request("/open/x", "HTTP/1.1", "Host: a.example:80:80\r\n"),
@@ -44,7 +61,11 @@ async fn missing_duplicate_and_malformed_hosts_are_400() {
         request("/open/x", "HTTP/1.1", "Host: [::1\r\n"),
         request("/open/x", "HTTP/1.1", "Host: [zz::1]:80\r\n"),
         request("/open/x", "HTTP/1.1", "Host: a%zz.example\r\n"),
-        request("http://user@a.example/open/x", "HTTP/1.1", "Host: a.example\r\n"),
+        request(
+            "http://user@a.example/open/x",
+            "HTTP/1.1",
+            "Host: a.example\r\n",
+        ),
     ];
     for text in &refused {
         let reply = raw(env.gw.addr, text).await;
@@ -65,10 +86,16 @@ async fn valid_hosts_pass_and_http10_may_omit_host() {
     let env = Env::start(ROUTES).await;
     for (headers, forwarded) in [
         ("Host: api.example.test\r\n", Some("api.example.test")),
-        ("Host: api.example.test:8443\r\n", Some("api.example.test:8443")),
+        (
+            "Host: api.example.test:8443\r\n",
+            Some("api.example.test:8443"),
+        ),
         ("Host: 127.0.0.1:80\r\n", Some("127.0.0.1:80")),
         ("Host: [::1]:8080\r\n", Some("[::1]:8080")),
-        ("Host: xn--bcher-kva.example\r\n", Some("xn--bcher-kva.example")),
+        (
+            "Host: xn--bcher-kva.example\r\n",
+            Some("xn--bcher-kva.example"),
+        ),
     ] {
         env.upstream.clear();
         let reply = raw(env.gw.addr, &request("/open/x", "HTTP/1.1", headers)).await;
@@ -111,5 +138,8 @@ async fn an_absolute_form_target_wins_over_host() {
         .expect("request");
     let reply = send_h2(env.gw.addr, request).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_eq!(env.upstream.only().one("x-forwarded-host"), Some("h2.example:1234"));
+    assert_eq!(
+        env.upstream.only().one("x-forwarded-host"),
+        Some("h2.example:1234")
+    );
 }

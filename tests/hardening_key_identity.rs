@@ -57,7 +57,11 @@ async fn a_key_replaced_under_the_same_kid_refuses_cached_tokens() {
     let reply = env.get_bearer("/api/x", &token).await;
     assert_invalid_token(&reply, &token);
     let metrics = env.gw.metrics().await;
-    assert_eq!(auth_failures(&metrics, "api", "bad_signature"), 1.0, "{metrics}");
+    assert_eq!(
+        auth_failures(&metrics, "api", "bad_signature"),
+        1.0,
+        "{metrics}"
+    );
     // And the new key's tokens are accepted.
     let fresh = impostor.token(&env.claims(json!({})));
     assert_eq!(env.get_bearer("/api/x", &fresh).await.status, 200);
@@ -66,17 +70,25 @@ async fn a_key_replaced_under_the_same_kid_refuses_cached_tokens() {
 #[tokio::test]
 async fn a_kid_less_key_replaced_refuses_cached_tokens() {
     let env = Env::start(ROUTES).await;
-    env.issuer.publish_raw(json!({ "keys": [without_kid(rsa())] }));
+    env.issuer
+        .publish_raw(json!({ "keys": [without_kid(rsa())] }));
     refetch(&env).await;
-    let token = rsa().token_with(json!({ "alg": "RS256", "typ": "at+jwt" }), &env.claims(json!({})));
+    let token = rsa().token_with(
+        json!({ "alg": "RS256", "typ": "at+jwt" }),
+        &env.claims(json!({})),
+    );
     let reply = env.get_bearer("/api/x", &token).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
 
-    env.issuer.publish_raw(json!({ "keys": [without_kid(rsa2())] }));
+    env.issuer
+        .publish_raw(json!({ "keys": [without_kid(rsa2())] }));
     refetch(&env).await;
     let reply = env.get_bearer("/api/x", &token).await;
     assert_invalid_token(&reply, &token);
-    let fresh = rsa2().token_with(json!({ "alg": "RS256", "typ": "at+jwt" }), &env.claims(json!({})));
+    let fresh = rsa2().token_with(
+        json!({ "alg": "RS256", "typ": "at+jwt" }),
+        &env.claims(json!({})),
+    );
     assert_eq!(env.get_bearer("/api/x", &fresh).await.status, 200);
 }
 

@@ -52,7 +52,11 @@ async fn lower_case_methods_are_refused_not_forwarded() {
     let counted = metric(
         &metrics,
         "scopegate_requests_total",
-        &[("route", "unmatched"), ("method", "OTHER"), ("status", "400")],
+        &[
+            ("route", "unmatched"),
+            ("method", "OTHER"),
+            ("status", "400"),
+        ],
     );
     assert_eq!(counted, 30.0, "{metrics}");
 }

@@ -43,8 +43,8 @@ async fn start(path: &Path) -> Running {
     let gateway = Gateway::start(config, Some(path.to_path_buf()))
         .await
         .expect("gateway");
-    let watcher = scopegate::reload::watch(gateway.clone(), path, Some(text.into_bytes()))
-        .expect("watch");
+    let watcher =
+        scopegate::reload::watch(gateway.clone(), path, Some(text.into_bytes())).expect("watch");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(scopegate::serve(
@@ -90,9 +90,10 @@ async fn a_log_file_written_every_50ms_beside_the_config_does_not_starve_the_rel
     let log = scribble(dir.join("gateway.log"));
 
     std::fs::write(&path, yaml("second")).expect("write");
-    eventually("the changed config is served while the log is written", || {
-        serves(gw.addr, "/second")
-    })
+    eventually(
+        "the changed config is served while the log is written",
+        || serves(gw.addr, "/second"),
+    )
     .await;
     assert_eq!(get(gw.addr, "/first", &[]).await.status, 404);
     log.abort();
@@ -148,7 +149,10 @@ async fn a_kubernetes_configmap_swap_is_seen() {
     std::fs::write(second.join("gateway.yaml"), yaml("second")).expect("write");
     symlink("..2026_01_01_00_01_00.2", dir.join("..data_tmp")).expect("link");
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("swap");
-    eventually("the swapped ConfigMap is served", || serves(gw.addr, "/second")).await;
+    eventually("the swapped ConfigMap is served", || {
+        serves(gw.addr, "/second")
+    })
+    .await;
     log.abort();
     let _ = std::fs::remove_dir_all(&dir);
 }

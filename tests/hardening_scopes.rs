@@ -71,7 +71,9 @@ async fn spaces_still_separate_and_repeated_spaces_are_harmless() {
         json!(["read:contacts write:contacts"]),
     ] {
         env.upstream.clear();
-        let reply = env.get_bearer("/api/both/x", &token(&env, scope.clone())).await;
+        let reply = env
+            .get_bearer("/api/both/x", &token(&env, scope.clone()))
+            .await;
         assert_eq!(reply.status, 200, "{scope}: {}", reply.text());
         assert_eq!(
             env.upstream.only().one("x-auth-scopes"),
@@ -89,7 +91,10 @@ async fn scopes_with_quotes_backslashes_or_non_ascii_grant_nothing() {
         env.upstream.clear();
         let reply = env.get_bearer("/api/read/x", &token).await;
         assert_eq!(reply.status, 200, "{bad:?}: {}", reply.text());
-        assert_eq!(env.upstream.only().one("x-auth-scopes"), Some("read:contacts"));
+        assert_eq!(
+            env.upstream.only().one("x-auth-scopes"),
+            Some("read:contacts")
+        );
         let reply = env.get_bearer("/api/one-of/x", &token).await;
         assert_json_error(&reply, 403, "insufficient_scope");
     }

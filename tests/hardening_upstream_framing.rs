@@ -91,16 +91,19 @@ async fn content_length_beside_chunked_is_dropped_and_the_whole_body_relayed() {
             "{}",
             wire.raw
         );
-        assert!(wire.body.contains("hello ") && wire.body.contains("world"), "{}", wire.raw);
+        assert!(
+            wire.body.contains("hello ") && wire.body.contains("world"),
+            "{}",
+            wire.raw
+        );
     }
 }
 
 #[tokio::test]
 async fn a_transfer_coding_other_than_chunked_is_a_502() {
-    let env = env_for(
-        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 4\r\n\r\nabcdefgh",
-    )
-    .await;
+    let env =
+        env_for("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 4\r\n\r\nabcdefgh")
+            .await;
     let reply = env.get("/odd/x", &[]).await;
     assert_json_error(&reply, 502, "bad_gateway");
 }

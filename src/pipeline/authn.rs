@@ -146,9 +146,11 @@ impl Verifier {
     /// The checks a cached identity must pass again: not expired, key still published.
     fn still_valid(&self, identity: &Identity) -> bool {
         now_secs() < identity.expires_at + self.leeway
-            && self.issuers[identity.issuer_index]
-                .current()
-                .contains(identity.kid.as_deref(), identity.alg, &identity.key)
+            && self.issuers[identity.issuer_index].current().contains(
+                identity.kid.as_deref(),
+                identity.alg,
+                &identity.key,
+            )
     }
 
     async fn verify_uncached(&self, token: &str) -> Result<Identity, AuthFailure> {

@@ -200,7 +200,10 @@ pub fn downstream(
     request_id: &HeaderValue,
 ) -> Result<(), ProxyError> {
     if parts.status.is_informational() {
-        tracing::warn!(status = parts.status.as_u16(), "upstream answered with an unsolicited 1xx");
+        tracing::warn!(
+            status = parts.status.as_u16(),
+            "upstream answered with an unsolicited 1xx"
+        );
         return Err(ProxyError::BadGateway);
     }
     if parts.headers.contains_key(header::TRANSFER_ENCODING) {

@@ -35,7 +35,10 @@ pub fn check<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
     let mut codings = request.headers().get_all(TRANSFER_ENCODING).iter();
     if let Some(first) = codings.next()
         && (codings.next().is_some()
-            || !first.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+            || !first
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked"))
     {
         return Err(ProxyError::NotImplemented(
             "the only transfer coding accepted is chunked".into(),

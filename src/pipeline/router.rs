@@ -376,7 +376,10 @@ mod tests {
                 !matches!(r.lookup("/c/1", &method), Lookup::Found(_)),
                 "{name}"
             );
-            assert!(!matches!(r.lookup("/x", &method), Lookup::Found(_)), "{name}");
+            assert!(
+                !matches!(r.lookup("/x", &method), Lookup::Found(_)),
+                "{name}"
+            );
         }
         let propfind = Method::from_bytes(b"PROPFIND").unwrap();
         assert_eq!(r.lookup("/c/1", &propfind), Lookup::Found(0));
