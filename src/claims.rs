@@ -99,9 +99,11 @@ pub struct Identity {
     /// Values for `forward.claims`, by position in that map; `None` where the token lacks
     /// the claim.
     pub mapped: Vec<Option<HeaderValue>>,
-    /// Key id and algorithm that verified the token (for the verified-token cache).
+    /// The token's `kid` and `alg`, and the thumbprint of the key that verified it (for
+    /// the verified-token cache: a hit needs that very key still published).
     pub kid: Option<Box<str>>,
     pub alg: crate::jose::Alg,
+    pub key: [u8; 32],
 }
 
 impl Identity {
@@ -119,14 +121,37 @@ impl Identity {
     }
 }
 
-/// Whole-word membership in a space-separated list.
+/// Whole-word membership in a space-separated list. Only U+0020 separates words
+/// (RFC 6749 §3.3): a tab, CR, LF or form feed is part of a word.
 ///
 /// ```
 /// assert!(scopegate::claims::has_word("read:a write:a", "write:a"));
 /// assert!(!scopegate::claims::has_word("read:all", "read"));
+/// assert!(!scopegate::claims::has_word("read:a\twrite:a", "write:a"));
 /// ```
 pub fn has_word(list: &str, word: &str) -> bool {
-    list.split_ascii_whitespace().any(|w| w == word)
+    list.split(' ').any(|w| !w.is_empty() && w == word)
+}
+
+/// The scope tokens of a `scope` value (RFC 6749 §3.3): split on U+0020 only, empty
+/// pieces skipped, and a piece that is not a valid scope-token (`%x21 / %x23-5B /
+/// %x5D-7E`: no controls, no `"` or `\`, no non-ASCII) dropped, so a value such as
+/// `"read:a\twrite:a"` grants nothing rather than two scopes.
+///
+/// ```
+/// let scopes: Vec<&str> = scopegate::claims::scope_tokens("a  b\tc d").collect();
+/// assert_eq!(scopes, ["a", "d"]);
+/// ```
+pub fn scope_tokens(list: &str) -> impl Iterator<Item = &str> {
+    list.split(' ').filter(|word| is_scope_token(word))
+}
+
+/// `1*( %x21 / %x23-5B / %x5D-7E )` (RFC 6749 Appendix A.4).
+pub fn is_scope_token(word: &str) -> bool {
+    !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E))
 }
 
 pub type SharedIdentity = Arc<Identity>;

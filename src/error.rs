@@ -35,6 +35,9 @@ pub enum ProxyError {
     HeadersTooLarge,
     BadGateway,
     GatewayTimeout,
+    /// A request feature Scopegate does not implement (a transfer coding other than
+    /// `chunked`): 501.
+    NotImplemented(String),
 }
 
 impl ProxyError {
@@ -48,6 +51,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadGateway => StatusCode::BAD_GATEWAY,
             ProxyError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -87,6 +91,7 @@ impl ProxyError {
                 "gateway_timeout",
                 "the upstream did not answer in time".into(),
             ),
+            ProxyError::NotImplemented(why) => ("not_implemented", why.clone()),
         }
     }
 

@@ -253,6 +253,9 @@ struct JwkSetDoc {
 /// A verification key, parsed once, usable for each algorithm it fits.
 pub struct VerifyKey {
     pub kid: Option<String>,
+    /// The key's identity: its RFC 7638 JWK thumbprint (SHA-256 of the required public
+    /// members). A JWKS that keeps a `kid` but changes the key changes this.
+    pub thumbprint: [u8; 32],
     parsed: Vec<(Alg, ParsedPublicKey)>,
 }
 
@@ -299,6 +302,7 @@ impl VerifyKey {
         }
         Ok(Some(VerifyKey {
             kid: jwk.kid.clone(),
+            thumbprint: thumbprint(jwk),
             parsed,
         }))
     }
@@ -315,6 +319,46 @@ impl VerifyKey {
             .find(|(a, _)| *a == alg)
             .is_some_and(|(_, key)| key.verify_sig(message, signature).is_ok())
     }
+}
+
+/// RFC 7638 JWK thumbprint: SHA-256 of the required public members, in lexicographic
+/// order, as JSON without whitespace. Members are taken as published, so a key re-encoded
+/// differently counts as a different key (which only costs a re-verification).
+pub fn thumbprint(jwk: &Jwk) -> [u8; 32] {
+    let member = |value: &Option<String>| {
+        serde_json::Value::String(value.clone().unwrap_or_default()).to_string()
+    };
+    let kty = serde_json::Value::String(jwk.kty.clone()).to_string();
+    let canonical = match jwk.kty.as_str() {
+        "RSA" => format!(
+            r#"{{"e":{},"kty":{kty},"n":{}}}"#,
+            member(&jwk.e),
+            member(&jwk.n)
+        ),
+        "EC" => format!(
+            r#"{{"crv":{},"kty":{kty},"x":{},"y":{}}}"#,
+            member(&jwk.crv),
+            member(&jwk.x),
+            member(&jwk.y)
+        ),
+        "OKP" => format!(
+            r#"{{"crv":{},"kty":{kty},"x":{}}}"#,
+            member(&jwk.crv),
+            member(&jwk.x)
+        ),
+        _ => format!(
+            r#"{{"crv":{},"e":{},"kty":{kty},"n":{},"x":{},"y":{}}}"#,
+            member(&jwk.crv),
+            member(&jwk.e),
+            member(&jwk.n),
+            member(&jwk.x),
+            member(&jwk.y)
+        ),
+    };
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
 }
 
 fn b64_field(value: &Option<String>, name: &str) -> Result<Vec<u8>, String> {

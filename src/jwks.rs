@@ -68,12 +68,17 @@ pub enum KeyMatch {
 }
 
 impl KeySet {
-    /// True if a key with this `kid` (or any key, without one) verifies `alg`. Allocation
+    /// True if the key with this thumbprint is still published where the uncached path
+    /// would look for it: under this `kid` (or any `kid`, for a token without one) and
+    /// usable with `alg`. Keyed by key identity, not `kid` + `alg`: a JWKS that keeps a
+    /// `kid` but replaces its key drops every token cached under the old key. Allocation
     /// free, for the verified-token cache.
-    pub fn contains(&self, kid: Option<&str>, alg: Alg) -> bool {
-        self.keys
-            .iter()
-            .any(|key| key.supports(alg) && (kid.is_none() || key.kid.as_deref() == kid))
+    pub fn contains(&self, kid: Option<&str>, alg: Alg, thumbprint: &[u8; 32]) -> bool {
+        self.keys.iter().any(|key| {
+            key.thumbprint == *thumbprint
+                && key.supports(alg)
+                && (kid.is_none() || key.kid.as_deref() == kid)
+        })
     }
 
     pub fn find(&self, kid: Option<&str>, alg: Alg) -> KeyMatch {

@@ -14,6 +14,7 @@ pub mod access;
 pub mod authn;
 pub mod authz;
 pub mod forward;
+pub mod request;
 pub mod router;
 
 use std::borrow::Cow;
@@ -164,7 +165,8 @@ struct Exchange<'a> {
 
 impl<'a> Exchange<'a> {
     /// route → authenticate → authorize → forward.
-    async fn run(&mut self, request: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    async fn run(&mut self, mut request: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+        request::check(&mut request)?;
         check_header_size(&request, self.pipeline.max_header_bytes)?;
         let path = router::normalize_path(request.uri().path())
             .map_err(|err| ProxyError::BadRequest(err.to_string()))?;
@@ -302,7 +304,7 @@ impl<'a> Exchange<'a> {
         match result {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
-                forward::downstream_headers(&mut parts.headers, request_id);
+                forward::downstream(&mut parts, request_id)?;
                 Ok(Response::from_parts(
                     parts,
                     body.map_err(BoxError::from).boxed_unsync(),

@@ -1,22 +1,47 @@
 //! Reload on config file change (notify), in addition to SIGHUP.
 //!
 //! The watcher looks at the file's directory, not the file: editors replace files by
-//! rename, and Kubernetes swaps ConfigMap mounts through a `..data` symlink. Events are
-//! debounced; a reload happens only when the file's bytes changed since the last one
-//! applied or refused, so a save that changes nothing does nothing. The first
-//! comparison is with the bytes the running config was loaded from, so a change made
-//! while the gateway was starting (before the watcher existed) is applied too.
+//! rename, and Kubernetes swaps ConfigMap mounts through a `..data` symlink. Only events
+//! that name the config file (or `..data`, or carry no path at all, as a rescan does)
+//! count; other files in the folder, such as the gateway's own log when run as
+//! `scopegate run > gateway.log`, are ignored. Events are debounced: the file is read
+//! once they have been quiet for [`DEBOUNCE`], or [`MAX_DELAY`] after the first of them
+//! at the latest, so a file that keeps changing cannot postpone a reload forever. A
+//! reload happens only when the file's bytes changed since the last one applied or
+//! refused, so a save that changes nothing does nothing. The first comparison is with
+//! the bytes the running config was loaded from, so a change made while the gateway was
+//! starting (before the watcher existed) is applied too.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
+use tokio::time::Instant;
 
 use crate::state::Gateway;
 
 /// Quiet time after the last event before the file is read.
-const DEBOUNCE: Duration = Duration::from_millis(250);
+pub const DEBOUNCE: Duration = Duration::from_millis(250);
+/// The longest a reload waits after the first event, however often events come.
+pub const MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// The symlink Kubernetes swaps atomically when a mounted ConfigMap changes.
+const KUBERNETES_DATA: &str = "..data";
+
+/// True if `event` may have changed the file named `name` in the watched folder.
+fn concerns(event: &notify::Event, name: &OsString) -> bool {
+    if matches!(event.kind, notify::EventKind::Access(_)) {
+        return false;
+    }
+    // No path: a rescan or an overflow, after which anything may have changed.
+    event.paths.is_empty()
+        || event.paths.iter().any(|path| {
+            path.file_name()
+                .is_some_and(|file| file == name.as_os_str() || file == KUBERNETES_DATA)
+        })
+}
 
 /// Starts watching `path`; reloads `gateway` when its content differs from the last
 /// content applied or refused, starting with `loaded` (the bytes the running config came
@@ -32,11 +57,15 @@ pub fn watch(
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
+    let name = path
+        .file_name()
+        .map(OsString::from)
+        .ok_or_else(|| format!("{} names no file", path.display()))?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let check = tx.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
-            && !matches!(event.kind, notify::EventKind::Access(_))
+            && concerns(&event, &name)
         {
             let _ = tx.send(());
         }
@@ -54,8 +83,16 @@ pub fn watch(
 
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
-            // Debounce: wait until events stop for DEBOUNCE.
-            while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+            // Debounce: wait until events stop for DEBOUNCE, at most MAX_DELAY in all.
+            let deadline = Instant::now() + MAX_DELAY;
+            loop {
+                let quiet = (Instant::now() + DEBOUNCE).min(deadline);
+                match tokio::time::timeout_at(quiet, rx.recv()).await {
+                    Ok(Some(())) if Instant::now() < deadline => continue,
+                    Ok(None) => return,
+                    _ => break,
+                }
+            }
             let current = std::fs::read(&path).ok();
             if current.is_none() || current == last {
                 continue;
@@ -82,6 +119,24 @@ mod tests {
         format!(
             "routes:\n  - {{ name: {route}, match: {{ path: /{route} }}, upstream: builtin:echo, auth: none }}\n"
         )
+    }
+
+    #[test]
+    fn only_events_naming_the_file_or_the_kubernetes_link_count() {
+        use notify::event::{CreateKind, DataChange, EventKind, ModifyKind};
+        let name = OsString::from("gateway.yaml");
+        let event = |kind: EventKind, path: &str| {
+            notify::Event::new(kind).add_path(PathBuf::from("/etc/scopegate").join(path))
+        };
+        let write = EventKind::Modify(ModifyKind::Data(DataChange::Content));
+        assert!(concerns(&event(write, "gateway.yaml"), &name));
+        assert!(concerns(
+            &event(EventKind::Create(CreateKind::Any), "..data"),
+            &name
+        ));
+        assert!(!concerns(&event(write, "gateway.log"), &name));
+        assert!(!concerns(&event(write, "gateway.yaml.swp"), &name));
+        assert!(concerns(&notify::Event::new(EventKind::Any), &name));
     }
 
     /// The file changed between the gateway's load and the watcher's start (no event

@@ -33,11 +33,14 @@ fn hex(b: u8) -> Option<u8> {
 /// Normalises a request path for matching and forwarding: percent-encoded unreserved
 /// characters are decoded, other escapes get upper-case hex; dot segments (also
 /// `..;x` as some servers read it), encoded `/`, `\`, `.` or NUL, raw backslashes and
-/// empty segments are refused. Borrowed when nothing changes.
+/// empty segments are refused. Works on bytes: anything else, raw non-ASCII included,
+/// is kept as sent. Borrowed when nothing changes; normalising a normalised path gives
+/// it back unchanged.
 ///
 /// ```
 /// use scopegate::http::path::normalize_path;
 /// assert_eq!(normalize_path("/a/%7Euser").unwrap(), "/a/~user");
+/// assert_eq!(normalize_path("/p/%41\u{db}b").unwrap(), "/p/A\u{db}b");
 /// assert!(normalize_path("/a/%2e%2e/b").is_err());
 /// assert!(normalize_path("/a/../b").is_err());
 /// ```
@@ -46,7 +49,7 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
         return Err(PathError::NotAbsolute);
     }
     let bytes = path.as_bytes();
-    let mut out: Option<String> = None;
+    let mut out: Option<Vec<u8>> = None;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -59,17 +62,17 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
                     return Err(PathError::BadEncoding);
                 };
                 let decoded = hi * 16 + lo;
-                let buf = out.get_or_insert_with(|| path[..i].to_string());
+                let buf = out.get_or_insert_with(|| bytes[..i].to_vec());
                 match decoded {
                     b'/' | b'\\' | b'.' | 0 => return Err(PathError::EncodedSeparator),
                     b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => {
-                        buf.push(decoded as char)
+                        buf.push(decoded)
                     }
-                    _ => {
-                        buf.push('%');
-                        buf.push(char::from(b"0123456789ABCDEF"[usize::from(hi)]));
-                        buf.push(char::from(b"0123456789ABCDEF"[usize::from(lo)]));
-                    }
+                    _ => buf.extend_from_slice(&[
+                        b'%',
+                        b"0123456789ABCDEF"[usize::from(hi)],
+                        b"0123456789ABCDEF"[usize::from(lo)],
+                    ]),
                 }
                 i += 3;
                 continue;
@@ -77,14 +80,15 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
             b'\\' => return Err(PathError::Backslash),
             _ => {
                 if let Some(buf) = out.as_mut() {
-                    buf.push(b as char);
+                    buf.push(b);
                 }
             }
         }
         i += 1;
     }
     let normalized = match out {
-        Some(text) => Cow::Owned(text),
+        // ASCII was only ever replaced by ASCII, so these are the UTF-8 bytes that came in.
+        Some(bytes) => Cow::Owned(String::from_utf8(bytes).map_err(|_| PathError::BadEncoding)?),
         None => Cow::Borrowed(path),
     };
     let body = &normalized[1..];

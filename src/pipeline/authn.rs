@@ -8,8 +8,9 @@
 //!
 //! Verified tokens are cached, keyed by the token itself (a hit compares the whole token,
 //! so no hash collision can ever map one token onto another's identity), bounded, never
-//! past `exp`. A cache hit is re-checked for expiry and for its key still being in the
-//! issuer's JWKS, so the cache never accepts what the uncached path would refuse. Route
+//! past `exp`. A cache hit is re-checked for expiry and for the very key that verified it
+//! (by thumbprint, under the token's `kid`) still being in the issuer's JWKS, so the
+//! cache never accepts what the uncached path would refuse. Route
 //! checks (audience, scopes) run on every request, cached or not.
 
 use std::collections::HashMap;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use http::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
 
-use crate::claims::{AuthFailure, Identity, Reason};
+use crate::claims::{AuthFailure, Identity, Reason, scope_tokens};
 use crate::error::ProxyError;
 use crate::http::AuthorizationError;
 use crate::jose::{Alg, Jws};
@@ -145,9 +146,11 @@ impl Verifier {
     /// The checks a cached identity must pass again: not expired, key still published.
     fn still_valid(&self, identity: &Identity) -> bool {
         now_secs() < identity.expires_at + self.leeway
-            && self.issuers[identity.issuer_index]
-                .current()
-                .contains(identity.kid.as_deref(), identity.alg)
+            && self.issuers[identity.issuer_index].current().contains(
+                identity.kid.as_deref(),
+                identity.alg,
+                &identity.key,
+            )
     }
 
     async fn verify_uncached(&self, token: &str) -> Result<Identity, AuthFailure> {
@@ -232,15 +235,16 @@ impl Verifier {
             }
         };
         let message = jws.signing_input.as_bytes();
-        let verified_by = candidates
+        let Some(verified_by) = candidates
             .into_iter()
-            .find(|&index| keys.keys[index].verify(alg, message, &jws.signature));
-        if verified_by.is_none() {
+            .find(|&index| keys.keys[index].verify(alg, message, &jws.signature))
+        else {
             return Err(fail(
                 Reason::BadSignature,
                 "the token signature is not valid",
             ));
-        }
+        };
+        let key = keys.keys[verified_by].thumbprint;
 
         let now = now_secs();
         let exp = numeric(&claims, "exp")?
@@ -323,6 +327,7 @@ impl Verifier {
             mapped,
             kid: kid.map(Into::into),
             alg,
+            key,
         })
     }
 }
@@ -366,7 +371,9 @@ fn string_or_list(claims: &Map<String, Value>, name: &str) -> Result<Vec<Box<str
     }
 }
 
-/// Scopes from `scope` (string or list), else `scp`, as one space-separated value.
+/// Scopes from `scope` (string or list), else `scp`, as one space-separated value. Only
+/// U+0020 separates scopes; a piece that is not a valid scope-token is dropped (see
+/// [`scope_tokens`]).
 fn scopes_of(claims: &Map<String, Value>) -> Result<HeaderValue, AuthFailure> {
     let name = if claims.contains_key("scope") {
         "scope"
@@ -375,10 +382,10 @@ fn scopes_of(claims: &Map<String, Value>) -> Result<HeaderValue, AuthFailure> {
     };
     let joined = match claims.get(name) {
         None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.split_ascii_whitespace().collect::<Vec<_>>().join(" "),
+        Some(Value::String(s)) => scope_tokens(s).collect::<Vec<_>>().join(" "),
         Some(Value::Array(_)) => string_or_list(claims, name)?
             .iter()
-            .flat_map(|s| s.split_ascii_whitespace())
+            .flat_map(|s| scope_tokens(s))
             .collect::<Vec<_>>()
             .join(" "),
         Some(_) => {

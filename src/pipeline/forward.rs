@@ -5,15 +5,19 @@
 //! is spelled with `_` (`X_Auth_Subject`), on every route; then the verified identity,
 //! `x-forwarded-for/-proto/-host`, `x-request-id` and the upstream's `Host` are set. A
 //! client naming an identity header in `Connection` only removes its own copy: the
-//! verified one is added after the removal.
+//! verified one is added after the removal. Several `Cookie` fields (as HTTP/2 clients
+//! send them) become one, joined with `; `.
 //!
-//! Downstream: hop-by-hop headers go, `x-request-id` is returned.
+//! Downstream: an unsolicited 1xx or a transfer coding other than `chunked` is a 502; a
+//! `Content-Length` beside `Transfer-Encoding` goes; hop-by-hop headers go,
+//! `x-request-id` is returned.
 
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue};
 
 use crate::claims::Identity;
 use crate::config::ForwardConfig;
+use crate::error::ProxyError;
 use crate::http::{is_hop_by_hop, normalize_header_name as normalize_name};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -103,6 +107,7 @@ pub fn upstream_headers(
     for name in &doomed {
         headers.remove(name);
     }
+    join_cookies(&mut headers);
 
     let xff = {
         let mut sent = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
@@ -158,6 +163,68 @@ pub fn upstream_headers(
         }
     }
     headers
+}
+
+/// Joins several `Cookie` fields into one with `; ` (RFC 9113 §8.2.3): HTTP/2 clients
+/// split cookies into one field each, and the upstream hop is HTTP/1.1, where a server
+/// expects one `Cookie` line (RFC 6265 §5.4) and may read only the first.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::with_capacity(256);
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    // Every piece was a valid value, so the joined bytes are one too.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Checks an upstream's response head, then cleans its headers ([`downstream_headers`]).
+///
+/// - A `101` (or any 1xx as the final answer) is refused with 502: `Upgrade` is never
+///   forwarded, so no request through the gateway asked to switch protocols.
+/// - With `Transfer-Encoding`, a `Content-Length` beside it is dropped (RFC 9112 §6.3):
+///   hyper has decoded the chunked body, which streams on with its own framing; relaying
+///   the stale length would cut the body there and make it look complete. A transfer
+///   coding other than a final `chunked` (a body framed by closing the connection, still
+///   coded) is refused with 502.
+pub fn downstream(
+    parts: &mut http::response::Parts,
+    request_id: &HeaderValue,
+) -> Result<(), ProxyError> {
+    if parts.status.is_informational() {
+        tracing::warn!(
+            status = parts.status.as_u16(),
+            "upstream answered with an unsolicited 1xx"
+        );
+        return Err(ProxyError::BadGateway);
+    }
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        if !final_coding_is_chunked(&parts.headers) {
+            tracing::warn!("upstream answered with a transfer coding other than chunked");
+            return Err(ProxyError::BadGateway);
+        }
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    downstream_headers(&mut parts.headers, request_id);
+    Ok(())
+}
+
+/// True if the last transfer coding named in `Transfer-Encoding` is `chunked`.
+pub fn final_coding_is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|value| value.as_bytes().rsplit(|&b| b == b',').next())
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Cleans an upstream's response headers and returns the request id.

@@ -40,6 +40,17 @@ const KNOWN: [Method; 9] = [
     Method::CONNECT,
 ];
 
+/// A method name without lower-case letters (hyper has already checked it is a token).
+///
+/// ```
+/// use scopegate::pipeline::router::is_upper_case_token;
+/// assert!(is_upper_case_token("PROPFIND"));
+/// assert!(!is_upper_case_token("Get"));
+/// ```
+pub fn is_upper_case_token(method: &str) -> bool {
+    !method.is_empty() && !method.bytes().any(|b| b.is_ascii_lowercase())
+}
+
 fn method_bit(method: &Method) -> Option<u16> {
     KNOWN.iter().position(|m| m == method).map(|i| 1 << i)
 }
@@ -64,8 +75,15 @@ impl MethodSet {
         }
     }
 
+    /// True if a request with `method` may take a route with this set. Method names are
+    /// case-sensitive (RFC 9110 §9.1): `get` is not `GET`, and a lower-case name is
+    /// taken by no route, "any" included, so it can never fall back to a broader route
+    /// than the one that refused it.
     pub fn allows(self, method: &Method) -> bool {
-        self.any || method_bit(method).is_some_and(|bit| self.bits & bit != 0)
+        match method_bit(method) {
+            Some(bit) => self.any || self.bits & bit != 0,
+            None => self.any && is_upper_case_token(method.as_str()),
+        }
     }
 
     pub fn is_any(self) -> bool {
@@ -347,6 +365,24 @@ mod tests {
         assert_eq!(r.lookup("/c/1", &Method::DELETE), Lookup::Found(2));
         // The param route does not take GET: fall back to the prefix "any" route.
         assert_eq!(r.lookup("/c/1", &Method::GET), Lookup::Found(0));
+    }
+
+    #[test]
+    fn lower_case_methods_take_no_route() {
+        let r = router(&[("/*", None), ("/c/*", Some(&["GET"]))]);
+        for name in ["get", "Get", "gEt", "post", "propfind"] {
+            let method = Method::from_bytes(name.as_bytes()).unwrap();
+            assert!(
+                !matches!(r.lookup("/c/1", &method), Lookup::Found(_)),
+                "{name}"
+            );
+            assert!(
+                !matches!(r.lookup("/x", &method), Lookup::Found(_)),
+                "{name}"
+            );
+        }
+        let propfind = Method::from_bytes(b"PROPFIND").unwrap();
+        assert_eq!(r.lookup("/c/1", &propfind), Lookup::Found(0));
     }
 
     #[test]
