@@ -633,9 +633,10 @@ impl ForwardConfig {
     }
 }
 
-/// The known methods a route may list.
-pub const METHODS: [&str; 9] = [
-    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+/// The methods a route may list. Not CONNECT: the gateway does not tunnel, and answers
+/// every CONNECT with 405 before routing.
+pub const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
 ];
 
 impl RouteConfig {
@@ -721,6 +722,12 @@ impl RouteConfig {
                 ));
             }
             for (index, method) in methods.iter().enumerate() {
+                if method == "CONNECT" {
+                    return Err(ConfigError::at(
+                        format!("{at}.match.methods[{index}]"),
+                        "CONNECT cannot be routed: the gateway does not tunnel (every CONNECT is answered 405)",
+                    ));
+                }
                 if !METHODS.contains(&method.as_str()) {
                     return Err(ConfigError::at(
                         format!("{at}.match.methods[{index}]"),
@@ -764,6 +771,16 @@ mod tests {
         assert_eq!(err.path, "routes[0].match.method");
         assert!(err.message.contains("unknown field `method`"), "{err}");
         assert_eq!(err.line, Some(7));
+    }
+
+    #[test]
+    fn connect_cannot_be_routed() {
+        let text = format!(
+            "{BASE}routes:\n  - {{ name: a, match: {{ path: /a, methods: [CONNECT] }}, upstream: builtin:echo }}\n"
+        );
+        let err = load(&text).unwrap_err();
+        assert_eq!(err.path, "routes[0].match.methods[0]");
+        assert!(err.message.contains("does not tunnel"), "{err}");
     }
 
     #[test]

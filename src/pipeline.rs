@@ -28,6 +28,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::claims::{Identity, Reason};
+use crate::config::route::HttpTarget;
 use crate::config::{AuthMode, UpstreamTarget};
 use crate::error::ProxyError;
 use crate::flood::Flood;
@@ -280,26 +281,23 @@ impl<'a> Exchange<'a> {
             UpstreamTarget::Echo => return Ok(echo(&parts.method, &path_and_query, &headers)),
             UpstreamTarget::Http(target) => target,
         };
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(target.scheme.clone());
-        uri.authority = Some(target.authority.clone());
-        uri.path_and_query = Some(
-            PathAndQuery::from_maybe_shared(Bytes::from(path_and_query)).map_err(|_| {
-                ProxyError::BadRequest("the request target cannot be forwarded".into())
-            })?,
-        );
-        parts.uri = Uri::from_parts(uri)
-            .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded".into()))?;
+        parts.uri = upstream_uri(target, path_and_query)?;
         parts.headers = headers;
         parts.version = Version::HTTP_11;
         parts.extensions = http::Extensions::new();
+        self.exchange_upstream(route, Request::from_parts(parts, body))
+            .await
+    }
 
+    /// Sends the rewritten request and relays the answer (or 502/504).
+    async fn exchange_upstream(
+        &mut self,
+        route: &Route,
+        request: Request<Incoming>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let request_id = self.context.request_id;
         let started = Instant::now();
-        let result = self
-            .pipeline
-            .upstreams
-            .send(Request::from_parts(parts, body))
-            .await;
+        let result = self.pipeline.upstreams.send(request).await;
         self.outcome.upstream_seconds = Some(started.elapsed().as_secs_f64());
         match result {
             Ok(response) => {
@@ -325,6 +323,17 @@ impl<'a> Exchange<'a> {
             }
         }
     }
+}
+
+/// `scheme://authority` of the upstream with the path and query to send.
+fn upstream_uri(target: &HttpTarget, path_and_query: String) -> Result<Uri, ProxyError> {
+    let cannot = || ProxyError::BadRequest("the request target cannot be forwarded".into());
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(target.scheme.clone());
+    uri.authority = Some(target.authority.clone());
+    uri.path_and_query =
+        Some(PathAndQuery::from_maybe_shared(Bytes::from(path_and_query)).map_err(|_| cannot())?);
+    Uri::from_parts(uri).map_err(|_| cannot())
 }
 
 /// The `Host` the client asked for: its header, else the request target's authority.

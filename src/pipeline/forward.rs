@@ -195,20 +195,32 @@ fn join_cookies(headers: &mut HeaderMap) {
 ///   the stale length would cut the body there and make it look complete. A transfer
 ///   coding other than a final `chunked` (a body framed by closing the connection, still
 ///   coded) is refused with 502.
+/// Repeated framing warnings: one a second (a broken upstream answers every request so).
+static BAD_FRAMING: crate::flood::Flood =
+    crate::flood::Flood::per(std::time::Duration::from_secs(1));
+
 pub fn downstream(
     parts: &mut http::response::Parts,
     request_id: &HeaderValue,
 ) -> Result<(), ProxyError> {
     if parts.status.is_informational() {
-        tracing::warn!(
-            status = parts.status.as_u16(),
-            "upstream answered with an unsolicited 1xx"
-        );
+        if let Some(suppressed) = BAD_FRAMING.pass() {
+            tracing::warn!(
+                status = parts.status.as_u16(),
+                suppressed,
+                "upstream answered with an unsolicited 1xx"
+            );
+        }
         return Err(ProxyError::BadGateway);
     }
     if parts.headers.contains_key(header::TRANSFER_ENCODING) {
         if !final_coding_is_chunked(&parts.headers) {
-            tracing::warn!("upstream answered with a transfer coding other than chunked");
+            if let Some(suppressed) = BAD_FRAMING.pass() {
+                tracing::warn!(
+                    suppressed,
+                    "upstream answered with a transfer coding other than chunked"
+                );
+            }
             return Err(ProxyError::BadGateway);
         }
         parts.headers.remove(header::CONTENT_LENGTH);
