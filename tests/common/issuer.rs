@@ -21,11 +21,12 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use scopegate::clock::Clock;
 use scopegate::config::Config;
 use scopegate::issuer::Issuer;
 use scopegate::issuer::keys::KeyEncryption;
 use scopegate::metrics::Metrics;
-use scopegate::state::Gateway;
+use scopegate::state::{Gateway, Runtime};
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -444,6 +445,8 @@ pub struct Running {
     pub base: String,
     pub gateway: Arc<Gateway>,
     pub issuer: Arc<Issuer>,
+    /// The gateway's clock (manual); advancing it ages the proxy's view of tokens.
+    pub clock: Clock,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -469,15 +472,14 @@ impl Running {
         let issuer =
             Issuer::with_encryption(config.issuer.as_ref().unwrap(), metrics.clone(), encryption)
                 .await?;
-        let gateway = Gateway::start_with(
-            config,
-            scopegate::Runtime {
-                metrics: Some(metrics),
-                issuer: Some(issuer.clone()),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let clock = Clock::manual();
+        let runtime = Runtime {
+            clock: clock.clone(),
+            metrics: Some(metrics),
+            issuer: Some(issuer.clone()),
+            ..Runtime::default()
+        };
+        let gateway = Gateway::start_with(config, runtime).await?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn({
             let gateway = gateway.clone();
@@ -493,6 +495,7 @@ impl Running {
             base: format!("http://{addr}"),
             gateway,
             issuer,
+            clock,
             stop: Some(tx),
             server: Some(server),
         })
