@@ -37,7 +37,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -49,6 +48,7 @@ use common::issuer::{
     SPA_HTTPS_CALLBACK, SPA_LOGOUT, TempDir, WEBAPP_CALLBACK, WEBAPP_LOGOUT, claims_of,
     form_action, hidden_fields, pkce,
 };
+use common::eventually;
 use common::process::Process;
 use common::{AUD, ps, rogue_rsa, rsa};
 
@@ -1088,17 +1088,6 @@ fn refresh(token: &str) -> [(&str, &str); 2] {
     [("grant_type", "refresh_token"), ("refresh_token", token)]
 }
 
-/// Polls `check` until it holds (a hang guard, never a timing assertion).
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never happened: {what}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_any_log_line_through_every_grant_and_auth_failure() {
     let external = common::Issuer::start(&common::default_keys()).await;
@@ -1139,11 +1128,7 @@ async fn no_secret_in_any_log_line_through_every_grant_and_auth_failure() {
         secrets.add("alice's password hash", alice_hash);
         secrets.add("bob's password hash", bob_hash);
     }
-    let ready = run.process.admin_url("/readyz");
-    eventually("the gateway is ready", async || {
-        common::issuer::get(&ready, None).await.status == 200
-    })
-    .await;
+    run.process.wait_ready().await;
     let m2m = ("m2m", setup.m2m_secret.as_str());
     let web = ("web", setup.web_secret.as_str());
 

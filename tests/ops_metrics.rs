@@ -10,12 +10,12 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use prometheus_parse::{LineInfo, SampleType, Scrape, Value as Sample};
 use serde_json::json;
 
 use common::issuer::{CONTACTS, TempDir};
+use common::eventually;
 use common::process::Process;
 use common::{AUD, rsa};
 
@@ -129,16 +129,6 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
 }
 
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never happened: {what}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_as_prometheus_text_with_every_family_of_the_contract() {
     let external = common::Issuer::start(&[rsa()]).await;
@@ -147,11 +137,7 @@ async fn metrics_parse_as_prometheus_text_with_every_family_of_the_contract() {
     let store = dir.path().display().to_string();
     let text = config(&external.url, &upstream.url, &store, "");
     let process = Process::start(dir.path(), &text, &[]);
-    let ready = process.admin_url("/readyz");
-    eventually("ready", async || {
-        common::issuer::get(&ready, None).await.status == 200
-    })
-    .await;
+    process.wait_ready().await;
 
     // Issuer traffic: one token issued, one refused.
     let issued = common::issuer::post_form(
