@@ -10,10 +10,6 @@ mod common;
 use common::issuer::*;
 use serde_json::Value;
 
-fn issuer_of(running: &Running) -> String {
-    format!("{}/", running.base)
-}
-
 /// A code request of the public client `spa` with PKCE, answered on a loopback port of
 /// its own (RFC 8252: the registered one is :3000).
 const SPA_LOOPBACK: &str = "http://127.0.0.1:45123/callback";

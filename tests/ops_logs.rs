@@ -43,12 +43,12 @@ use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::{Value, json};
 
+use common::eventually;
 use common::issuer::{
     ALICE_PASSWORD, Answer, BOB_PASSWORD, Browser, CALENDAR, CONTACTS, Redirect, SPA_CALLBACK,
     SPA_HTTPS_CALLBACK, SPA_LOGOUT, TempDir, WEBAPP_CALLBACK, WEBAPP_LOGOUT, claims_of,
     form_action, hidden_fields, pkce,
 };
-use common::eventually;
 use common::process::Process;
 use common::{AUD, ps, rogue_rsa, rsa};
 

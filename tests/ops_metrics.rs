@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use prometheus_parse::{LineInfo, SampleType, Scrape, Value as Sample};
 use serde_json::json;
 
-use common::issuer::{CONTACTS, TempDir};
 use common::eventually;
+use common::issuer::{CONTACTS, TempDir};
 use common::process::Process;
 use common::{AUD, rsa};
 

@@ -16,11 +16,10 @@
 
 mod common;
 
-
 use serde_json::{Value, json};
 
-use common::issuer::{ALICE_PASSWORD, Answer, CONTACTS, TempDir, post_form};
 use common::eventually;
+use common::issuer::{ALICE_PASSWORD, Answer, CONTACTS, TempDir, post_form};
 use common::process::Process;
 use common::rogue_rsa;
 

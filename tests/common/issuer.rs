@@ -563,6 +563,16 @@ impl Drop for Running {
     }
 }
 
+/// The issuer identifier (`iss`) of a running gateway's built-in issuer.
+pub fn issuer_of(running: &Running) -> String {
+    format!("{}/", running.base)
+}
+
+/// The userinfo endpoint (also an audience of tokens with `openid`).
+pub fn userinfo_of(running: &Running) -> String {
+    format!("{}/userinfo", running.base)
+}
+
 // ---------------------------------------------------------------------------------------
 // HTTP
 
