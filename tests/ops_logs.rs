@@ -16,8 +16,8 @@
 //! refresh token, a code grant with a made-up code), every proxy
 //! auth failure reason, an upstream failure and a refused config reload whose broken
 //! file holds a secret. Each run then stops its process and scans its whole stderr
-//! ([`Run::finish`]) for every secret the run handled: each token issued or sent (and each `.`-separated part of it
-//! longer than 16 characters), password, client secret, `Authorization` value (Basic
+//! ([`Run::finish`]) for every secret the run handled: each token issued or sent (and
+//! each `.`-separated part of it longer than 16 characters), password, client secret, `Authorization` value (Basic
 //! credentials encoded and decoded), authorization code, PKCE verifier, device and user
 //! code, session and CSRF cookie, the key-encryption key and the password hashes.
 //!
