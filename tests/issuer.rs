@@ -472,6 +472,15 @@ async fn password_grant_issues_user_tokens(backend: Backend) {
     );
     // The ID token is never an access token.
     assert_eq!(get(&gw.url("/api/contacts/1"), Some(id)).await.status, 401);
+    gw.stop().await;
+}
+
+/// Other users and requests: login by email without openid, no audience, an API without
+/// offline access; and the refusals (wrong password, unknown user, missing fields).
+async fn password_grant_variants_and_refusals(backend: Backend) {
+    let store = TestStore::new(backend).await;
+    let gw = Running::start(&store.url, &Options::default()).await;
+    let jwks = gw.jwks().await;
 
     // bob (editor) may write, by email login, without openid: no ID token, aud a string.
     let answer = gw
@@ -657,5 +666,6 @@ async fn password_failures_lock_out_user_and_ip(backend: Backend) {
 
 both_backends!(
     password_grant_issues_user_tokens,
+    password_grant_variants_and_refusals,
     password_failures_lock_out_user_and_ip,
 );
