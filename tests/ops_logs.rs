@@ -4,8 +4,8 @@
 //! (Scopegate's own targets at `trace`, everything else at the default level), JSON logs,
 //! the built-in issuer on a throwaway SQLite store (keys encrypted at rest, a client
 //! secret from the environment) and an external issuer trusted with a client allowlist.
-//! Together the three runs (token-endpoint grants; browser grants; the proxy and a
-//! reload) go through every grant the issuer implements (client_credentials by Basic and by form, password by a
+//! Together the four runs (token-endpoint grants; code, implicit and form_post grants;
+//! the device grant; the proxy and a reload) go through every grant the issuer implements (client_credentials by Basic and by form, password by a
 //! confidential and a public client, refresh_token rotation and reuse detection, token
 //! exchange, and the browser grants: authorization code + PKCE for a public and a
 //! confidential client with the sign-in page, a post without its CSRF token, a wrong
@@ -540,7 +540,9 @@ fn fields_of(page: &Answer) -> BTreeMap<String, String> {
 /// reuse, implicit, `form_post`, `prompt=none` without a session, logout, and the device
 /// flow approved and denied. Nonces are not secrets; everything else these produce is
 /// collected by [`Run::request`], and the stored form of the user codes here.
-async fn browser_grants(run: &Run, webapp_secret: &str) {
+/// Authorization code + PKCE (public and confidential clients, CSRF, wrong password,
+/// replay), session reuse, implicit, form_post, prompt=none and logout.
+async fn code_and_implicit_grants(run: &Run, webapp_secret: &str) {
     let spa = ("spa", None);
     let webapp = ("webapp", Some(webapp_secret));
     let silent_refusal = |answer: &Answer| {
@@ -843,9 +845,11 @@ async fn browser_grants(run: &Run, webapp_secret: &str) {
         )
         .await;
     silent_refusal(&silent);
+}
 
-    // --- device flow: polled (pending, then too fast), approved at /activate after a
-    // sign-in; tokens.
+/// The device flow: polled (pending, then too fast), approved at /activate after a
+/// sign-in (tokens), and one denied in the same signed-in browser.
+async fn device_grant(run: &Run) {
     let device_request = [
         ("client_id", "tv"),
         ("scope", "openid profile read:contacts offline_access"),
@@ -1491,30 +1495,49 @@ async fn no_secret_in_the_log_through_the_token_endpoint_grants_and_their_failur
     run.finish(30).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_secret_in_the_log_through_the_browser_grants() {
-    let run = Run::start("ops-logs-browser").await;
-    browser_grants(&run, &run.setup.webapp_secret).await;
-    let finished = run.finish(30).await;
-    let secrets = &finished.secrets;
-    // The browser grants' secrets were collected, not only handled.
-    for what in [
-        "cookie scopegate_session",
-        "cookie scopegate_csrf",
-        "redirect code",
-        "redirect access_token",
-        "page field code",
-        "page field access_token",
-        "form code_verifier",
-        "response device_code",
-        "response user_code",
-        "user code as stored",
-    ] {
+/// Asserts that secrets of each kind in `kinds` were collected, not only handled.
+fn collected(secrets: &Secrets, kinds: &[&str]) {
+    for what in kinds {
         assert!(
             secrets.0.values().any(|w| w.starts_with(what)),
             "no {what} among the secrets"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_the_log_through_the_code_implicit_and_form_post_grants() {
+    let run = Run::start("ops-logs-browser").await;
+    code_and_implicit_grants(&run, &run.setup.webapp_secret).await;
+    let finished = run.finish(30).await;
+    collected(
+        &finished.secrets,
+        &[
+            "cookie scopegate_session",
+            "cookie scopegate_csrf",
+            "redirect code",
+            "redirect access_token",
+            "page field code",
+            "page field access_token",
+            "form code_verifier",
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_the_log_through_the_device_grant() {
+    let run = Run::start("ops-logs-device").await;
+    device_grant(&run).await;
+    let finished = run.finish(10).await;
+    collected(
+        &finished.secrets,
+        &[
+            "cookie scopegate_session",
+            "response device_code",
+            "response user_code",
+            "user code as stored",
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
