@@ -778,7 +778,7 @@ async fn sessions_prompt_and_logout(backend: Backend) {
     );
 
     // prompt=login: the form again, and a new sign-in (new session, later auth_time).
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    gw.clock.advance(std::time::Duration::from_millis(1100));
     let mut forced = params.clone();
     forced.push(("prompt", "login"));
     let page = browser.get(&authorize_url(&gw, &forced)).await;
@@ -803,7 +803,7 @@ async fn sessions_prompt_and_logout(backend: Backend) {
     assert_eq!(r.query["error"], "login_required");
 
     // max_age: an older sign-in must be repeated.
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    gw.clock.advance(std::time::Duration::from_millis(1100));
     let mut aged = params.clone();
     aged.push(("max_age", "0"));
     assert_eq!(browser.get(&authorize_url(&gw, &aged)).await.status, 200);

@@ -194,7 +194,7 @@ async fn device_codes_expire(backend: Backend) {
     assert_eq!(start.json["expires_in"], 1);
     let device_code = start.json["device_code"].as_str().unwrap().to_string();
     let user_code = start.json["user_code"].as_str().unwrap().to_string();
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    gw.clock.advance(std::time::Duration::from_millis(2100));
     let answer = poll(&gw, &device_code).await;
     assert_eq!((answer.status, answer.error()), (400, "expired_token"));
     let mut browser = Browser::new(&gw);

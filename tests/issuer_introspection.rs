@@ -224,9 +224,7 @@ async fn foreign_and_expired_tokens_are_inactive(backend: Backend) {
             .json["active"],
         true
     );
-    // The issuer's store and token checks read the system clock until they take the
-    // gateway's (issue #10, item 3, issuer side); until then this waits the token out.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    gw.clock.advance(Duration::from_millis(2100));
     assert_eq!(
         introspect(&gw, &short_at, Some(("m2m", M2M_SECRET)))
             .await

@@ -246,8 +246,14 @@ async fn replicas_share_keys_rotation_and_refresh_tokens(backend: Backend) {
         rotate_after: "2s",
         ..Options::default()
     };
-    let a = Running::start(&store.url, &options).await;
-    let b = Running::start(&store.url, &options).await;
+    // One clock for both replicas, as one wall clock for two processes.
+    let clock = scopegate::clock::Clock::manual();
+    let a = Running::start_on(&store.url, &options, None, clock.clone())
+        .await
+        .expect("replica a starts");
+    let b = Running::start_on(&store.url, &options, None, clock.clone())
+        .await
+        .expect("replica b starts");
     let kid = |token: &str| jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
     assert_eq!(a.jwks().await, b.jwks().await);
     let from_a = a.machine_token().await["access_token"]
@@ -263,7 +269,7 @@ async fn replicas_share_keys_rotation_and_refresh_tokens(backend: Backend) {
         .await;
     let rt = tokens["refresh_token"].as_str().unwrap().to_string();
 
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    clock.advance(std::time::Duration::from_millis(2100));
     a.issuer.core.keys.refresh().await.unwrap();
     let rotated = a.machine_token().await["access_token"]
         .as_str()

@@ -316,7 +316,7 @@ async fn token_exchange_trades_for_another_api(backend: Backend) {
         )
         .await;
     let short_at = short.json["access_token"].as_str().unwrap().to_string();
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    gw.clock.advance(std::time::Duration::from_millis(2100));
     let answer = exchange(short_at, CALENDAR, None).await;
     assert_eq!((answer.status, answer.error()), (400, "invalid_grant"));
     gw.stop().await;

@@ -445,14 +445,16 @@ pub struct Running {
     pub base: String,
     pub gateway: Arc<Gateway>,
     pub issuer: Arc<Issuer>,
-    /// The gateway's clock (manual); advancing it ages the proxy's view of tokens.
+    /// The gateway's and its issuer's clock (manual): advancing it ages tokens, codes,
+    /// sessions and keys.
     pub clock: Clock,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
-    /// Starts the real gateway (config → issuer → Gateway → serve) on 127.0.0.1:0.
+    /// Starts the real gateway (config → issuer → Gateway → serve) on 127.0.0.1:0, on a
+    /// [`Clock::manual`] of its own.
     pub async fn start(store: &str, options: &Options) -> Running {
         Running::start_with(store, options, None)
             .await
@@ -464,15 +466,27 @@ impl Running {
         options: &Options,
         encryption: Option<KeyEncryption>,
     ) -> Result<Running, String> {
+        Running::start_on(store, options, encryption, Clock::manual()).await
+    }
+
+    /// [`Running::start_with`] on a given clock (replicas share one).
+    pub async fn start_on(
+        store: &str,
+        options: &Options,
+        encryption: Option<KeyEncryption>,
+        clock: Clock,
+    ) -> Result<Running, String> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let yaml = config_yaml(addr.port(), store, options);
         let config = Config::from_yaml_with_env(&yaml, |_| None).map_err(|e| e.to_string())?;
         let metrics = Metrics::new();
+        let issuer_config = config
+            .issuer
+            .as_ref()
+            .expect("the test config has an issuer");
         let issuer =
-            Issuer::with_encryption(config.issuer.as_ref().unwrap(), metrics.clone(), encryption)
-                .await?;
-        let clock = Clock::manual();
+            Issuer::build(issuer_config, metrics.clone(), clock.clone(), encryption).await?;
         let runtime = Runtime {
             clock: clock.clone(),
             metrics: Some(metrics),
