@@ -270,7 +270,7 @@ async fn traffic(
     process.signal("HUP");
     // Watched on the admin port, so the wait adds no proxy request to the counts.
     eventually("the good reload is counted", async || {
-        let text = scrape(&process).await;
+        let text = scrape(process).await;
         let parsed = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
         value(
             &parsed,
@@ -285,7 +285,7 @@ async fn traffic(
     process.rewrite("routes: [ {\n");
     process.signal("HUP");
     eventually("the refused reload is counted", async || {
-        let text = scrape(&process).await;
+        let text = scrape(process).await;
         let parsed = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
         value(
             &parsed,
