@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
+use scopegate::clock::Clock;
 use scopegate::config::{Dur, ForwardConfig, TrustedIssuerConfig};
 use scopegate::http::ConnInfo;
 use scopegate::jose::{Alg, SigningKey, sign_compact};
 use scopegate::jwks::{KeySource, LocalJwks, TrustedIssuer};
 use scopegate::metrics::Metrics;
-use scopegate::pipeline::authn::{Verifier, now_secs};
+use scopegate::pipeline::authn::Verifier;
 use scopegate::pipeline::forward::{ForwardHeaders, Origin, upstream_headers};
 use scopegate::pipeline::router::{MethodSet, Pattern, Router};
 use scopegate::tls::tls_client_config;
@@ -105,6 +106,7 @@ fn fixture(alg: Alg) -> Fixture {
                 KeySource::Local(source.clone()),
                 fetcher.clone(),
                 Metrics::new(),
+                Clock::system(),
             )
             .unwrap();
             issuer.keys_for(Some("bench"), alg).await;
@@ -116,9 +118,10 @@ fn fixture(alg: Alg) -> Fixture {
             8192,
             Vec::new(),
             cache,
+            Clock::system(),
         )
     };
-    let now = now_secs() as u64;
+    let now = Clock::system().unix_secs();
     let claims = serde_json::json!({
         "iss": "https://issuer.example.com/", "sub": "user|alice",
         "aud": ["https://api.example.com", "https://issuer.example.com/userinfo"],

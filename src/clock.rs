@@ -20,18 +20,32 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::Notify;
+
 /// Wall-clock time as Unix time. Cheap to clone and to read.
 #[derive(Clone, Default)]
 pub struct Clock {
-    /// Milliseconds added to the system time; `None` for the plain system clock.
-    offset_ms: Option<Arc<AtomicI64>>,
+    /// The manual clock's offset; `None` for the plain system clock.
+    manual: Option<Arc<Manual>>,
+}
+
+#[derive(Default)]
+struct Manual {
+    /// Milliseconds added to the system time.
+    offset_ms: AtomicI64,
+    /// Wakes [`Clock::sleep`]ers when the clock is advanced.
+    advanced: Notify,
 }
 
 impl std::fmt::Debug for Clock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.offset_ms {
+        match &self.manual {
             None => f.write_str("Clock::system"),
-            Some(offset) => write!(f, "Clock::manual(+{}ms)", offset.load(Ordering::Relaxed)),
+            Some(manual) => write!(
+                f,
+                "Clock::manual(+{}ms)",
+                manual.offset_ms.load(Ordering::Relaxed)
+            ),
         }
     }
 }
@@ -39,22 +53,47 @@ impl std::fmt::Debug for Clock {
 impl Clock {
     /// The system's wall clock.
     pub fn system() -> Clock {
-        Clock { offset_ms: None }
+        Clock { manual: None }
     }
 
     /// A clock that runs with the system clock but can be moved forward with
     /// [`Clock::advance`]; clones share the offset.
     pub fn manual() -> Clock {
         Clock {
-            offset_ms: Some(Arc::new(AtomicI64::new(0))),
+            manual: Some(Arc::default()),
         }
     }
 
-    /// Moves a manual clock (and all its clones) forward. Does nothing to the system clock.
+    /// Moves a manual clock (and all its clones) forward, waking whatever
+    /// [`Clock::sleep`]s on it. Does nothing to the system clock.
     pub fn advance(&self, by: Duration) {
-        if let Some(offset) = &self.offset_ms {
+        if let Some(manual) = &self.manual {
             let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-            offset.fetch_add(ms, Ordering::AcqRel);
+            manual.offset_ms.fetch_add(ms, Ordering::AcqRel);
+            manual.advanced.notify_waiters();
+        }
+    }
+
+    /// Waits until this clock has moved `duration` forward: as `tokio::time::sleep` on
+    /// the system clock; on a manual clock, also ends early when [`Clock::advance`] moves
+    /// it past the deadline (periodic work such as a JWKS refresh runs when a test
+    /// advances the clock, not after real time passes).
+    pub async fn sleep(&self, duration: Duration) {
+        let Some(manual) = &self.manual else {
+            return tokio::time::sleep(duration).await;
+        };
+        let ms = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        let deadline = self.unix_millis().saturating_add(ms);
+        loop {
+            let advanced = manual.advanced.notified();
+            let left = deadline.saturating_sub(self.unix_millis());
+            if left <= 0 {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(left.unsigned_abs())) => {}
+                () = advanced => {}
+            }
         }
     }
 
@@ -64,9 +103,9 @@ impl Clock {
             .duration_since(UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
             .unwrap_or(0);
-        match &self.offset_ms {
+        match &self.manual {
             None => system,
-            Some(offset) => system.saturating_add(offset.load(Ordering::Acquire)),
+            Some(manual) => system.saturating_add(manual.offset_ms.load(Ordering::Acquire)),
         }
     }
 
@@ -95,5 +134,22 @@ mod tests {
         let system = Clock::system();
         system.advance(Duration::from_secs(3600));
         assert!(system.unix_millis() < clock.unix_millis());
+    }
+
+    #[tokio::test]
+    async fn advancing_a_manual_clock_ends_a_sleep_on_it() {
+        let clock = Clock::manual();
+        let sleeper = tokio::spawn({
+            let clock = clock.clone();
+            async move { clock.sleep(Duration::from_secs(3600)).await }
+        });
+        // Until the sleeper has registered, an advance may come first; it still wakes,
+        // because the deadline is then already behind the clock.
+        tokio::task::yield_now().await;
+        clock.advance(Duration::from_secs(3600));
+        tokio::time::timeout(Duration::from_secs(10), sleeper)
+            .await
+            .expect("the sleep ended when the clock passed its deadline")
+            .expect("the sleeper did not panic");
     }
 }

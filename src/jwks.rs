@@ -12,13 +12,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Uri};
 
+use crate::clock::Clock;
 use crate::config::TrustedIssuerConfig;
 use crate::jose::{Alg, VerifyKey, parse_jwks};
 use crate::metrics::Metrics;
@@ -127,14 +128,15 @@ pub struct TrustedIssuer {
     fetcher: Fetcher,
     metrics: Metrics,
     refresh: tokio::sync::Mutex<()>,
-    /// Milliseconds since `born` of the last fetch attempt, plus one (0 = never).
-    last_attempt: AtomicU64,
+    /// When the last fetch attempt started, Unix milliseconds by `clock` (0 = never).
+    last_attempt: AtomicI64,
     fetches: AtomicU64,
     /// Fetch attempts finished, successful or not: a waiter that sees this move knows a
     /// fetch ran while it waited, and takes that outcome.
     completed: AtomicU64,
     loaded: AtomicBool,
-    born: Instant,
+    /// Times `jwks_min_refresh` and the `jwks_ttl` refresh; tests advance it.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for TrustedIssuer {
@@ -153,6 +155,7 @@ impl TrustedIssuer {
         source: KeySource,
         fetcher: Fetcher,
         metrics: Metrics,
+        clock: Clock,
     ) -> Result<Arc<TrustedIssuer>, String> {
         let issuer_header = HeaderValue::from_str(&config.issuer)
             .map_err(|_| format!("issuer {:?} cannot be sent as a header", config.issuer))?;
@@ -164,11 +167,11 @@ impl TrustedIssuer {
             fetcher,
             metrics,
             refresh: tokio::sync::Mutex::new(()),
-            last_attempt: AtomicU64::new(0),
+            last_attempt: AtomicI64::new(0),
             fetches: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             loaded: AtomicBool::new(false),
-            born: Instant::now(),
+            clock,
         }))
     }
 
@@ -222,15 +225,11 @@ impl TrustedIssuer {
         self.keys.load_full()
     }
 
-    fn now_ms(&self) -> u64 {
-        self.born.elapsed().as_millis() as u64 + 1
-    }
-
     fn recently_attempted(&self) -> bool {
         let last = self.last_attempt.load(Ordering::Acquire);
-        last != 0
-            && self.now_ms().saturating_sub(last)
-                < self.config.jwks_min_refresh.get().as_millis() as u64
+        let min_refresh =
+            i64::try_from(self.config.jwks_min_refresh.get().as_millis()).unwrap_or(i64::MAX);
+        last != 0 && self.clock.unix_millis().saturating_sub(last) < min_refresh
     }
 
     async fn refresh_after_miss(&self, seen_generation: u64) {
@@ -255,7 +254,8 @@ impl TrustedIssuer {
 
     /// Fetches now (background refresh and first load). Callers hold `refresh`.
     async fn fetch_and_store(&self) -> bool {
-        self.last_attempt.store(self.now_ms(), Ordering::Release);
+        self.last_attempt
+            .store(self.clock.unix_millis().max(1), Ordering::Release);
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let result = self.fetch().await.and_then(|body| {
             let (keys, skipped) = parse_jwks(&body, &self.config.algorithms)?;
@@ -329,14 +329,15 @@ impl TrustedIssuer {
         }
     }
 
-    /// Loads keys now and then every `jwks_ttl`, retrying sooner after failures; stops
-    /// when the issuer is dropped (config reload).
+    /// Loads keys now and then every `jwks_ttl` by the issuer's clock, retrying sooner
+    /// after failures; stops when the issuer is dropped (config reload).
     pub fn spawn_refresher(self: &Arc<Self>) {
         let weak: Weak<TrustedIssuer> = Arc::downgrade(self);
+        let clock = self.clock.clone();
         tokio::spawn(async move {
             let mut wait = Duration::ZERO;
             loop {
-                tokio::time::sleep(wait).await;
+                clock.sleep(wait).await;
                 let Some(issuer) = weak.upgrade() else { break };
                 let ok = {
                     let _flight = issuer.refresh.lock().await;

@@ -126,6 +126,7 @@ impl State {
                 .map(|k| k.as_str().into())
                 .collect(),
             config.server.token_cache_size,
+            shared.clock.clone(),
         );
         Ok(State {
             pipeline: Pipeline {
@@ -356,6 +357,7 @@ fn trusted_issuers(
                     source,
                     shared.fetcher.clone(),
                     shared.metrics.clone(),
+                    shared.clock.clone(),
                 )
                 .map_err(|err| ConfigError::at(&at, err))?;
                 fresh.push(issuer.clone());
@@ -413,6 +415,7 @@ fn local_trust(
         KeySource::Local(builtin.local_jwks()),
         shared.fetcher.clone(),
         shared.metrics.clone(),
+        shared.clock.clone(),
     )?;
     Ok((trusted, true))
 }

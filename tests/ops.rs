@@ -5,12 +5,11 @@
 //! in-flight-reload tests run on `workers: 1` (the current-thread scheduler), the rest on
 //! the default multi-thread one.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,26 +21,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-/// A `scopegate run` process with its addresses, parsed from its JSON log.
-struct Gateway {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    config: PathBuf,
-    logs: Arc<Mutex<Vec<String>>>,
-}
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "scopegate-ops-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::eventually;
+use common::issuer::TempDir;
+use common::process::Process;
 
 /// The config file: ephemeral ports, JSON logs, `server_extra` keys under `server:`.
 fn config_text(server_extra: &str, body: &str) -> String {
@@ -50,83 +32,34 @@ fn config_text(server_extra: &str, body: &str) -> String {
     )
 }
 
+/// `scopegate run` on [`config_text`], in a directory of its own.
+struct Gateway {
+    process: Process,
+    _dir: TempDir,
+}
+
 impl Gateway {
     fn start(body: &str) -> Gateway {
         Gateway::start_with("", body)
     }
 
     fn start_with(server_extra: &str, body: &str) -> Gateway {
-        let dir = temp_dir();
-        let config = dir.join("gateway.yaml");
-        std::fs::write(&config, config_text(server_extra, body)).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
-            .arg("run")
-            .arg("-c")
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("scopegate serving") {
-                    let _ = tx.send(line.clone());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("gateway did not start: {:?}", logs.lock().unwrap()));
-        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let addr = json["listen"].as_str().unwrap().parse().unwrap();
-        let admin = json["admin_listen"].as_str().unwrap().parse().unwrap();
-        Gateway {
-            child,
-            addr,
-            admin,
-            config,
-            logs,
-        }
+        let dir = TempDir::new("ops");
+        let process = Process::start(dir.path(), &config_text(server_extra, body), &[]);
+        Gateway { process, _dir: dir }
     }
 
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
+    /// Replaces the config file's routes (and the rest of `body`).
     fn rewrite(&self, body: &str) {
-        // Write then rename, as editors and Kubernetes do.
-        let tmp = self.config.with_extension("tmp");
-        std::fs::write(&tmp, config_text("", body)).unwrap();
-        std::fs::rename(&tmp, &self.config).unwrap();
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.admin)
+        self.process.rewrite(&config_text("", body));
     }
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(dir) = self.config.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+impl std::ops::Deref for Gateway {
+    type Target = Process;
+
+    fn deref(&self) -> &Process {
+        &self.process
     }
 }
 
@@ -186,18 +119,6 @@ async fn get(url: &str) -> Result<(StatusCode, String), String> {
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// Polls `check` until it holds; gives up (and fails) after a generous bound. Tests
-/// never assert on time, but a broken reload must not hang the suite.
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never happened: {what}");
-}
-
 fn route(name: &str, path: &str, upstream: &str) -> String {
     format!(
         "  - {{ name: {name}, match: {{ path: '{path}' }}, upstream: '{upstream}', auth: none }}\n"
@@ -208,7 +129,7 @@ fn route(name: &str, path: &str, upstream: &str) -> String {
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let (upstream, mut arrivals) = slow_upstream().await;
     // `workers: 1` runs the current-thread scheduler: it drains too.
-    let mut gateway = Gateway::start_with(
+    let gateway = Gateway::start_with(
         "  workers: 1\n",
         &format!(
             "routes:\n{}",
@@ -237,9 +158,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "ok");
 
-    let status = tokio::task::spawn_blocking(move || gateway.child.wait().unwrap())
-        .await
-        .unwrap();
+    let (status, _) = gateway.process.wait().await;
     assert_eq!(status.code(), Some(0), "exit status after drain");
 }
 
@@ -293,15 +212,10 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_old_config() {
     );
     // The counter moves before the error line is written, and stderr is read by another
     // thread: wait for the line rather than race it.
-    let logged = async || {
-        gateway
-            .logs
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|line| line.contains("refused"))
-    };
-    eventually("the refusal is logged", logged).await;
+    eventually("the refusal is logged", async || {
+        gateway.lines().iter().any(|line| line.contains("refused"))
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -376,8 +290,8 @@ fn tls_client_trusting(cert_pem: &std::path::Path) -> rustls::ClientConfig {
 
 #[tokio::test]
 async fn tls_termination_offers_h2_and_http11() {
-    let dir = temp_dir();
-    let (cert, key, _) = self_signed(&dir);
+    let dir = TempDir::new("ops-tls");
+    let (cert, key, _) = self_signed(dir.path());
     let gateway = Gateway::start_with(
         &format!(
             "  tls: {{ cert_file: '{}', key_file: '{}' }}\n",
@@ -414,7 +328,6 @@ async fn tls_termination_offers_h2_and_http11() {
         let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// An https upstream with its own certificate.
@@ -449,8 +362,8 @@ async fn tls_upstream(dir: &std::path::Path) -> (SocketAddr, PathBuf) {
 
 #[tokio::test]
 async fn https_upstreams_are_verified_against_the_configured_ca() {
-    let dir = temp_dir();
-    let (upstream, cert) = tls_upstream(&dir).await;
+    let dir = TempDir::new("ops-tls");
+    let (upstream, cert) = tls_upstream(dir.path()).await;
     let up = format!("https://localhost:{}", upstream.port());
 
     let trusted = Gateway::start_with(
@@ -466,14 +379,13 @@ async fn https_upstreams_are_verified_against_the_configured_ca() {
     let (status, body) = get(&untrusted.url("/secure")).await.unwrap();
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert!(body.contains("bad_gateway"));
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
 async fn sighup_reloads_the_tls_certificate() {
-    let dir = temp_dir();
-    let (cert, key, _) = self_signed(&dir);
-    let first = dir.join("first.pem");
+    let dir = TempDir::new("ops-tls");
+    let (cert, key, _) = self_signed(dir.path());
+    let first = dir.path().join("first.pem");
     std::fs::copy(&cert, &first).unwrap();
     let gateway = Gateway::start_with(
         &format!(
@@ -502,12 +414,12 @@ async fn sighup_reloads_the_tls_certificate() {
 
     // New certificate and key in place, then SIGHUP.
     let (_, _, second) = {
-        let other = temp_dir();
-        self_signed(&other)
+        let other = TempDir::new("ops-tls");
+        self_signed(other.path())
     };
     std::fs::write(&cert, second.cert.pem()).unwrap();
     std::fs::write(&key, second.signing_key.serialize_pem()).unwrap();
-    let second_pem = dir.join("second.pem");
+    let second_pem = dir.path().join("second.pem");
     std::fs::write(&second_pem, second.cert.pem()).unwrap();
     gateway.signal("HUP");
     eventually("new connections get the new certificate", async || {
@@ -518,5 +430,4 @@ async fn sighup_reloads_the_tls_certificate() {
         fetch(first, url).await.is_err(),
         "a client trusting only the old certificate must now fail"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }

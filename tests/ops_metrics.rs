@@ -10,11 +10,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use prometheus_parse::{LineInfo, SampleType, Scrape, Value as Sample};
 use serde_json::json;
 
+use common::eventually;
 use common::issuer::{CONTACTS, TempDir};
 use common::process::Process;
 use common::{AUD, rsa};
@@ -129,102 +129,10 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
 }
 
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never happened: {what}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_parse_as_prometheus_text_with_every_family_of_the_contract() {
-    let external = common::Issuer::start(&[rsa()]).await;
-    let upstream = common::Upstream::start().await;
-    let dir = TempDir::new("ops-metrics");
-    let store = dir.path().display().to_string();
-    let text = config(&external.url, &upstream.url, &store, "");
-    let process = Process::start(dir.path(), &text, &[]);
-    let ready = process.admin_url("/readyz");
-    eventually("ready", async || {
-        common::issuer::get(&ready, None).await.status == 200
-    })
-    .await;
-
-    // Issuer traffic: one token issued, one refused.
-    let issued = common::issuer::post_form(
-        &process.url("/oauth/token"),
-        &[("grant_type", "client_credentials"), ("audience", CONTACTS)],
-        Some(("m2m", "m2m-metrics-secret")),
-    )
-    .await;
-    assert_eq!(issued.status, 200, "{:?}", issued.json);
-    let machine_token = issued.json["access_token"].as_str().unwrap().to_string();
-    let refused = common::issuer::post_form(
-        &process.url("/oauth/token"),
-        &[("grant_type", "client_credentials"), ("audience", CONTACTS)],
-        Some(("m2m", "not-the-secret")),
-    )
-    .await;
-    assert_eq!(refused.status, 401);
-
-    // Proxy traffic: through a real upstream, refused, unmatched, and the issuer's token.
-    let token = rsa().token(&external.claims(json!({ "sub": "subject-never-a-label" })));
-    for _ in 0..3 {
-        let ok = common::issuer::get(&process.url("/partner/secret-path"), Some(&token)).await;
-        assert_eq!(ok.status, 200);
-    }
-    let expired = rsa().token(&external.claims(json!({ "exp": common::now() - 600 })));
-    let answer = common::issuer::get(&process.url("/partner/x"), Some(&expired)).await;
-    assert_eq!(answer.status, 401);
-    let answer = common::issuer::get(&process.url("/partner/x"), None).await;
-    assert_eq!(answer.status, 401);
-    let answer = common::issuer::get(&process.url("/nowhere"), None).await;
-    assert_eq!(answer.status, 404);
-    let answer = common::issuer::get(&process.url("/api/contacts/1"), Some(&machine_token)).await;
-    assert_eq!(answer.status, 200);
-
-    // A good reload, then a refused one.
-    process.rewrite(&config(
-        &external.url,
-        &upstream.url,
-        &store,
-        "  - { name: extra, match: { path: /extra }, upstream: builtin:echo, auth: none }\n",
-    ));
-    process.signal("HUP");
-    // Watched on the admin port, so the wait adds no proxy request to the counts.
-    eventually("the good reload is counted", async || {
-        let text = scrape(&process).await;
-        let parsed = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
-        value(
-            &parsed,
-            "scopegate_config_reloads_total",
-            &[("result", "success")],
-        )
-        .is_some_and(|v| v >= 1.0)
-    })
-    .await;
-    let answer = common::issuer::get(&process.url("/extra"), None).await;
-    assert_eq!(answer.status, 200, "the reloaded config serves");
-    process.rewrite("routes: [ {\n");
-    process.signal("HUP");
-    eventually("the refused reload is counted", async || {
-        let text = scrape(&process).await;
-        let parsed = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
-        value(
-            &parsed,
-            "scopegate_config_reloads_total",
-            &[("result", "error")],
-        )
-        .is_some_and(|v| v >= 1.0)
-    })
-    .await;
-
-    let text = scrape(&process).await;
-
-    // Every line is one the parser reads: nothing is silently skipped.
+/// Every line of the exposition is one the parser reads (nothing is silently skipped):
+/// a `# HELP`, a `# TYPE`, or a sample with a number of a family typed before it.
+/// Returns each family's type.
+fn every_line_parses(text: &str) -> BTreeMap<String, SampleType> {
     let mut typed: BTreeMap<String, SampleType> = BTreeMap::new();
     for line in text.lines() {
         match LineInfo::parse(line) {
@@ -263,8 +171,12 @@ async fn metrics_parse_as_prometheus_text_with_every_family_of_the_contract() {
             LineInfo::Ignored => panic!("a line no Prometheus parser would read: {line:?}"),
         }
     }
+    typed
+}
 
-    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses");
+/// Every family DESIGN.md names is there with its type and label names; histograms have
+/// sub-millisecond buckets, reach seconds, end in `+Inf` and are cumulative.
+fn every_family_of_the_contract(text: &str, typed: &BTreeMap<String, SampleType>, scrape: &Scrape) {
     for (name, kind, labels) in FAMILIES {
         assert_eq!(typed.get(*name), Some(kind), "# TYPE of {name}");
         let samples: Vec<_> = scrape
@@ -303,6 +215,105 @@ async fn metrics_parse_as_prometheus_text_with_every_family_of_the_contract() {
             }
         }
     }
+}
+
+/// What the counters must then show: a token issued and one refused, proxy requests
+/// through an upstream (3 × 200), refused (expired, missing token) and unmatched, the
+/// issuer's token on a proxy route, and two reloads (one good, one refused). Returns the
+/// external and the issued token (never a label).
+async fn traffic(
+    process: &Process,
+    external: &common::Issuer,
+    upstream: &str,
+    store: &str,
+) -> (String, String) {
+    // Issuer traffic: one token issued, one refused.
+    let issued = common::issuer::post_form(
+        &process.url("/oauth/token"),
+        &[("grant_type", "client_credentials"), ("audience", CONTACTS)],
+        Some(("m2m", "m2m-metrics-secret")),
+    )
+    .await;
+    assert_eq!(issued.status, 200, "{:?}", issued.json);
+    let machine_token = issued.json["access_token"].as_str().unwrap().to_string();
+    let refused = common::issuer::post_form(
+        &process.url("/oauth/token"),
+        &[("grant_type", "client_credentials"), ("audience", CONTACTS)],
+        Some(("m2m", "not-the-secret")),
+    )
+    .await;
+    assert_eq!(refused.status, 401);
+
+    // Proxy traffic: through a real upstream, refused, unmatched, and the issuer's token.
+    let token = rsa().token(&external.claims(json!({ "sub": "subject-never-a-label" })));
+    for _ in 0..3 {
+        let ok = common::issuer::get(&process.url("/partner/secret-path"), Some(&token)).await;
+        assert_eq!(ok.status, 200);
+    }
+    let expired = rsa().token(&external.claims(json!({ "exp": common::now() - 600 })));
+    let answer = common::issuer::get(&process.url("/partner/x"), Some(&expired)).await;
+    assert_eq!(answer.status, 401);
+    let answer = common::issuer::get(&process.url("/partner/x"), None).await;
+    assert_eq!(answer.status, 401);
+    let answer = common::issuer::get(&process.url("/nowhere"), None).await;
+    assert_eq!(answer.status, 404);
+    let answer = common::issuer::get(&process.url("/api/contacts/1"), Some(&machine_token)).await;
+    assert_eq!(answer.status, 200);
+
+    // A good reload, then a refused one.
+    process.rewrite(&config(
+        &external.url,
+        upstream,
+        store,
+        "  - { name: extra, match: { path: /extra }, upstream: builtin:echo, auth: none }\n",
+    ));
+    process.signal("HUP");
+    // Watched on the admin port, so the wait adds no proxy request to the counts.
+    eventually("the good reload is counted", async || {
+        let text = scrape(process).await;
+        let parsed = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        value(
+            &parsed,
+            "scopegate_config_reloads_total",
+            &[("result", "success")],
+        )
+        .is_some_and(|v| v >= 1.0)
+    })
+    .await;
+    let answer = common::issuer::get(&process.url("/extra"), None).await;
+    assert_eq!(answer.status, 200, "the reloaded config serves");
+    process.rewrite("routes: [ {\n");
+    process.signal("HUP");
+    eventually("the refused reload is counted", async || {
+        let text = scrape(process).await;
+        let parsed = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        value(
+            &parsed,
+            "scopegate_config_reloads_total",
+            &[("result", "error")],
+        )
+        .is_some_and(|v| v >= 1.0)
+    })
+    .await;
+    (token, machine_token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_with_every_family_of_the_contract() {
+    let external = common::Issuer::start(&[rsa()]).await;
+    let upstream = common::Upstream::start().await;
+    let dir = TempDir::new("ops-metrics");
+    let store = dir.path().display().to_string();
+    let text = config(&external.url, &upstream.url, &store, "");
+    let process = Process::start(dir.path(), &text, &[]);
+    process.wait_ready().await;
+
+    let (token, machine_token) = traffic(&process, &external, &upstream.url, &store).await;
+    let text = scrape(&process).await;
+
+    let typed = every_line_parses(&text);
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses");
+    every_family_of_the_contract(&text, &typed, &scrape);
 
     // What the traffic must show.
     let version = env!("CARGO_PKG_VERSION");

@@ -16,10 +16,9 @@
 
 mod common;
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
+use common::eventually;
 use common::issuer::{ALICE_PASSWORD, Answer, CONTACTS, TempDir, post_form};
 use common::process::Process;
 use common::rogue_rsa;
@@ -91,24 +90,6 @@ fn with_password(url: &str) -> (String, Option<String>) {
             )
         }
     }
-}
-
-async fn ready(process: &Process) {
-    let url = process.admin_url("/readyz");
-    eventually("ready", async || {
-        common::issuer::get(&url, None).await.status == 200
-    })
-    .await;
-}
-
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never happened: {what}");
 }
 
 async fn jwks(process: &Process) -> Value {
@@ -183,9 +164,9 @@ async fn two_processes_on_one_postgres_store_act_as_one_issuer() {
     let config = config(&store);
     let (dir_a, dir_b) = (TempDir::new("replica-a"), TempDir::new("replica-b"));
     let a = Process::start(dir_a.path(), &config, &[]);
-    ready(&a).await;
+    a.wait_ready().await;
     let b = Process::start(dir_b.path(), &config, &[]);
-    ready(&b).await;
+    b.wait_ready().await;
 
     // The same keys.
     let first_jwks = jwks(&a).await;

@@ -86,7 +86,7 @@ async fn a_new_kid_triggers_exactly_one_refetch() {
 
     // The issuer rotates: rsa-2 is published and starts signing.
     env.issuer.publish(&[rsa(), rsa2()]);
-    tokio::time::sleep(PAST_MIN_REFRESH).await;
+    env.gw.advance(PAST_MIN_REFRESH);
     let new = rsa2().token(&env.claims(json!({})));
     let reply = env.get_bearer("/api/x", &new).await;
     assert_eq!(
@@ -122,7 +122,7 @@ async fn a_new_kid_triggers_exactly_one_refetch() {
     // min_refresh), rsa-1 tokens stop verifying, including one it verified (and cached)
     // before.
     env.issuer.publish(&[rsa2()]);
-    tokio::time::sleep(PAST_MIN_REFRESH).await;
+    env.gw.advance(PAST_MIN_REFRESH);
     let unknown = rogue_rsa().token_with(
         json!({ "alg": "RS256", "kid": "rsa-3" }),
         &env.claims(json!({})),
@@ -155,10 +155,10 @@ async fn a_new_kid_triggers_exactly_one_refetch() {
 
 #[tokio::test]
 async fn keys_are_refreshed_every_jwks_ttl() {
-    // jwks_min_refresh 30s: an unknown kid cannot refetch during this test, so only the
-    // periodic refresh (jwks_ttl 1s, the smallest allowed) can bring the new key in.
-    let yaml = with_min_refresh("30s").replace("jwks_ttl: 10m", "jwks_ttl: 1s");
-    assert!(yaml.contains("jwks_ttl: 1s"), "template edit failed");
+    // jwks_min_refresh 1h: an unknown kid cannot refetch during this test, so only the
+    // periodic refresh (jwks_ttl 10m, when the gateway's clock says so) can bring the new
+    // key in.
+    let yaml = with_min_refresh("1h");
     let issuer = Issuer::start(&[rsa()]).await;
     let env = Env::with_issuer(issuer, &yaml).await;
     env.gw.wait_ready().await;
@@ -178,15 +178,24 @@ async fn keys_are_refreshed_every_jwks_ttl() {
         jwks,
         "an unknown kid refetched inside jwks_min_refresh"
     );
+    env.gw.advance(Duration::from_secs(5 * 60));
     let gw = &env.gw;
-    eventually("the periodic refresh loads rsa-2", || {
+    let token = rsa2().token(&env.claims(json!({})));
+    assert_eq!(
+        gw_get(gw, &token).await,
+        StatusCode::UNAUTHORIZED,
+        "refreshed before jwks_ttl passed"
+    );
+    env.gw.advance(Duration::from_secs(5 * 60 + 1));
+    eventually("the periodic refresh loads rsa-2", async || {
         let token = rsa2().token(&env.claims(json!({})));
-        async move { gw_get(gw, &token).await == StatusCode::OK }
+        gw_get(gw, &token).await == StatusCode::OK
     })
     .await;
-    assert!(
-        env.issuer.jwks_hits() > jwks,
-        "no periodic JWKS fetch was seen"
+    assert_eq!(
+        env.issuer.jwks_hits(),
+        jwks + 1,
+        "one periodic JWKS fetch once jwks_ttl passed"
     );
 }
 
@@ -253,7 +262,7 @@ async fn a_kid_storm_costs_at_most_one_fetch_per_interval() {
     const STORM: usize = 200;
     let env = Env::start_yaml(&with_min_refresh("500ms")).await;
     // Let the startup fetch age past jwks_min_refresh, so the storm may refetch once.
-    tokio::time::sleep(MIN_REFRESH + Duration::from_millis(50)).await;
+    env.gw.advance(MIN_REFRESH + Duration::from_millis(50));
     let jwks_before = env.issuer.jwks_hits();
     let discovery_before = env.issuer.discovery_hits();
     let attempts_before = env.gw.fetch_count();
@@ -323,7 +332,7 @@ async fn requests_waiting_on_a_slow_failing_refresh_share_it() {
     // after the other (request N would wait N fetches; a black-holed issuer with a 10s
     // fetch timeout would stall them for minutes).
     let env = Env::start_yaml(&with_min_refresh("100ms")).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    env.gw.advance(Duration::from_millis(150));
     env.issuer.set_delay(Duration::from_millis(800));
     env.issuer.set_failing(true);
     let discovery = env.issuer.discovery_hits();
@@ -345,8 +354,13 @@ async fn requests_waiting_on_a_slow_failing_refresh_share_it() {
         .await
         .status
     });
-    // Past min_refresh, well inside the 800ms fetch: these queue behind it.
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Once that fetch is in flight, and past min_refresh by the gateway's clock, well
+    // inside the 800ms fetch: these queue behind it.
+    eventually("the first request's refresh is in flight", async || {
+        env.issuer.discovery_hits() > discovery
+    })
+    .await;
+    env.gw.advance(Duration::from_millis(250));
     for n in 1..=5 {
         let token = unknown(n);
         tasks.spawn(async move {
@@ -385,7 +399,7 @@ async fn an_issuer_outage_after_the_first_load_keeps_the_cached_keys() {
             }
         }
         let jwks = env.issuer.jwks_hits();
-        tokio::time::sleep(PAST_MIN_REFRESH).await;
+        env.gw.advance(PAST_MIN_REFRESH);
         // An unknown kid forces a refresh attempt, which fails...
         let unknown = rogue_rsa().token_with(
             json!({ "alg": "RS256", "kid": "not-yet-published" }),

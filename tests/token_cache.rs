@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use serde_json::json;
 
@@ -28,8 +30,9 @@ async fn a_cached_token_is_refused_once_it_expires() {
     let token = env.token(json!({ "scope": "read:contacts", "exp": now() + 2 }));
     let first = env.get_bearer("/api/x", &token).await;
     assert_eq!(first.status, 200, "fresh token: {}", first.text());
-    // Wait until the token is past exp (there is no leeway): the cache must not keep it.
-    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    // Past exp (there is no leeway) by the gateway's clock, long before moka's own
+    // expiry would drop the entry: the cache must not keep it.
+    env.gw.advance(Duration::from_secs(3));
     let later = env.get_bearer("/api/x", &token).await;
     assert_json_error(&later, 401, "invalid_token");
     assert!(later.text().contains("expired"), "{}", later.text());
@@ -49,8 +52,7 @@ async fn a_reload_that_stops_trusting_the_audience_refuses_cached_tokens() {
             ("upstream", &env.upstream.url),
         ],
     );
-    let config = scopegate::config::Config::from_yaml(&narrowed).unwrap();
-    env.gw.gateway.apply(config).await.unwrap();
+    env.gw.apply(&narrowed).await;
     let reply = env.get_bearer("/api/x", &token).await;
     assert_json_error(&reply, 401, "invalid_token");
     assert!(reply.text().contains("aud"), "{}", reply.text());
@@ -67,8 +69,9 @@ async fn with_the_cache_off_a_removed_key_is_refused_after_the_refetch() {
     // though it verified a moment ago.
     env.issuer.publish(&[rsa2()]);
     let rotated = rsa2().token(&env.claims(json!({ "scope": "read:contacts" })));
-    // A token with an unknown kid makes the gateway refetch (jwks_min_refresh is 200ms).
-    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    // A token with an unknown kid makes the gateway refetch once jwks_min_refresh
+    // (200ms) has passed.
+    env.gw.advance(Duration::from_millis(250));
     assert_eq!(env.get_bearer("/api/x", &rotated).await.status, 200);
     let reply = env.get_bearer("/api/x", &token).await;
     assert_json_error(&reply, 401, "invalid_token");

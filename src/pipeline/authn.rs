@@ -8,19 +8,22 @@
 //!
 //! Verified tokens are cached, keyed by the token itself (a hit compares the whole token,
 //! so no hash collision can ever map one token onto another's identity), bounded, never
-//! past `exp`. A cache hit is re-checked for expiry and for the very key that verified it
-//! (by thumbprint, under the token's `kid`) still being in the issuer's JWKS, so the
-//! cache never accepts what the uncached path would refuse. Route
+//! past `exp`. Time is read from the gateway's [`Clock`]; moka's own expiry runs on its
+//! own clock, so it only bounds memory, and a cache hit is re-checked for expiry (by our
+//! clock) and for the very key that verified it (by thumbprint, under the token's `kid`)
+//! still being in the issuer's JWKS, so the cache never accepts what the uncached path
+//! would refuse. Route
 //! checks (audience, scopes) run on every request, cached or not.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
 
 use crate::claims::{AuthFailure, Identity, Reason, scope_tokens};
+use crate::clock::Clock;
 use crate::error::ProxyError;
 use crate::http::AuthorizationError;
 use crate::jose::{Alg, Jws};
@@ -34,6 +37,7 @@ pub struct Verifier {
     max_token_bytes: usize,
     /// `forward.claims` names, in the order of `Identity::mapped`.
     claim_names: Vec<Box<str>>,
+    clock: Clock,
     cache: Option<moka::sync::Cache<Box<str>, Arc<Identity>, foldhash::fast::RandomState>>,
 }
 
@@ -46,9 +50,11 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
-/// Cache entries live until the token expires (plus leeway), at most an hour.
+/// Cache entries live until the token expires (plus leeway), at most an hour, as far as
+/// moka can tell; a hit is checked against [`Clock`] again ([`Verifier::verify`]).
 struct UntilExpiry {
     leeway: f64,
+    clock: Clock,
 }
 
 impl moka::Expiry<Box<str>, Arc<Identity>> for UntilExpiry {
@@ -58,16 +64,9 @@ impl moka::Expiry<Box<str>, Arc<Identity>> for UntilExpiry {
         value: &Arc<Identity>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        let left = value.expires_at + self.leeway - now_secs();
+        let left = value.expires_at + self.leeway - self.clock.unix_secs_f64();
         Some(Duration::from_secs_f64(left.clamp(0.0, 3600.0)))
     }
-}
-
-pub fn now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// Finds the bearer token in `Authorization`. `Ok(None)` when there is none or the
@@ -94,6 +93,7 @@ impl Verifier {
         max_token_bytes: usize,
         claim_names: Vec<Box<str>>,
         cache_size: u64,
+        clock: Clock,
     ) -> Verifier {
         let by_iss = issuers
             .iter()
@@ -104,7 +104,10 @@ impl Verifier {
         let cache = (cache_size > 0).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(cache_size)
-                .expire_after(UntilExpiry { leeway })
+                .expire_after(UntilExpiry {
+                    leeway,
+                    clock: clock.clone(),
+                })
                 .build_with_hasher(foldhash::fast::RandomState::default())
         });
         Verifier {
@@ -113,6 +116,7 @@ impl Verifier {
             leeway,
             max_token_bytes,
             claim_names,
+            clock,
             cache,
         }
     }
@@ -145,7 +149,7 @@ impl Verifier {
 
     /// The checks a cached identity must pass again: not expired, key still published.
     fn still_valid(&self, identity: &Identity) -> bool {
-        now_secs() < identity.expires_at + self.leeway
+        self.clock.unix_secs_f64() < identity.expires_at + self.leeway
             && self.issuers[identity.issuer_index].current().contains(
                 identity.kid.as_deref(),
                 identity.alg,
@@ -246,7 +250,7 @@ impl Verifier {
         };
         let key = keys.keys[verified_by].thumbprint;
 
-        let now = now_secs();
+        let now = self.clock.unix_secs_f64();
         let exp = numeric(&claims, "exp")?
             .ok_or_else(|| fail(Reason::Malformed, "the token has no exp"))?;
         if now >= exp + self.leeway {

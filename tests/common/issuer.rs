@@ -21,11 +21,12 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use scopegate::clock::Clock;
 use scopegate::config::Config;
 use scopegate::issuer::Issuer;
 use scopegate::issuer::keys::KeyEncryption;
 use scopegate::metrics::Metrics;
-use scopegate::state::Gateway;
+use scopegate::state::{Gateway, Runtime};
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -444,12 +445,16 @@ pub struct Running {
     pub base: String,
     pub gateway: Arc<Gateway>,
     pub issuer: Arc<Issuer>,
+    /// The gateway's and its issuer's clock (manual): advancing it ages tokens, codes,
+    /// sessions and keys.
+    pub clock: Clock,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
-    /// Starts the real gateway (config → issuer → Gateway → serve) on 127.0.0.1:0.
+    /// Starts the real gateway (config → issuer → Gateway → serve) on 127.0.0.1:0, on a
+    /// [`Clock::manual`] of its own.
     pub async fn start(store: &str, options: &Options) -> Running {
         Running::start_with(store, options, None)
             .await
@@ -461,23 +466,34 @@ impl Running {
         options: &Options,
         encryption: Option<KeyEncryption>,
     ) -> Result<Running, String> {
+        Running::start_on(store, options, encryption, Clock::manual()).await
+    }
+
+    /// [`Running::start_with`] on a given clock (replicas share one).
+    pub async fn start_on(
+        store: &str,
+        options: &Options,
+        encryption: Option<KeyEncryption>,
+        clock: Clock,
+    ) -> Result<Running, String> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let yaml = config_yaml(addr.port(), store, options);
         let config = Config::from_yaml_with_env(&yaml, |_| None).map_err(|e| e.to_string())?;
         let metrics = Metrics::new();
+        let issuer_config = config
+            .issuer
+            .as_ref()
+            .expect("the test config has an issuer");
         let issuer =
-            Issuer::with_encryption(config.issuer.as_ref().unwrap(), metrics.clone(), encryption)
-                .await?;
-        let gateway = Gateway::start_with(
-            config,
-            scopegate::Runtime {
-                metrics: Some(metrics),
-                issuer: Some(issuer.clone()),
-                ..Default::default()
-            },
-        )
-        .await?;
+            Issuer::build(issuer_config, metrics.clone(), clock.clone(), encryption).await?;
+        let runtime = Runtime {
+            clock: clock.clone(),
+            metrics: Some(metrics),
+            issuer: Some(issuer.clone()),
+            ..Runtime::default()
+        };
+        let gateway = Gateway::start_with(config, runtime).await?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn({
             let gateway = gateway.clone();
@@ -493,6 +509,7 @@ impl Running {
             base: format!("http://{addr}"),
             gateway,
             issuer,
+            clock,
             stop: Some(tx),
             server: Some(server),
         })
@@ -558,6 +575,16 @@ impl Drop for Running {
             let _ = stop.send(());
         }
     }
+}
+
+/// The issuer identifier (`iss`) of a running gateway's built-in issuer.
+pub fn issuer_of(running: &Running) -> String {
+    format!("{}/", running.base)
+}
+
+/// The userinfo endpoint (also an audience of tokens with `openid`).
+pub fn userinfo_of(running: &Running) -> String {
+    format!("{}/userinfo", running.base)
 }
 
 // ---------------------------------------------------------------------------------------

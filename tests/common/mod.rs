@@ -5,10 +5,12 @@
 //! - [`Upstream`]: records every request it receives (method, target, all headers with
 //!   duplicates, body); `x-test-mode` picks odd behaviours (echo the body, hang, stream).
 //! - [`Gw`]: the real gateway ([`scopegate::serve`] + [`scopegate::serve_admin`]) from a
-//!   YAML string with `@issuer@` / `@upstream@` style placeholders filled in.
+//!   YAML string with `@issuer@` / `@upstream@` style placeholders filled in, started
+//!   with a [`Clock::manual`] that the test advances instead of sleeping.
 //! - [`Key`]: signing keys (shared per test binary) and token minting; hostile headers
 //!   are written by hand with [`Key::token_with`] and [`raw_token`].
 //! - Clients: HTTP/1.1 and h2c (hyper), and raw TCP for requests no client would send.
+//! - [`eventually`]: the one way to wait for something to happen.
 //!
 //! This file is compiled into every test binary; not every binary uses every helper.
 #![allow(dead_code)]
@@ -36,9 +38,10 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use scopegate::clock::Clock;
 use scopegate::config::Config;
 use scopegate::jose::{Alg, SigningKey, b64url, sign_compact};
-use scopegate::state::Gateway;
+use scopegate::state::{Gateway, Runtime};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -178,7 +181,11 @@ pub fn unique(prefix: &str) -> String {
 
 /// Default access-token claims for `iss`, with `extra` merged in (`null` removes a claim).
 pub fn claims_for(iss: &str, extra: Value) -> Value {
-    let now = now();
+    claims_at(iss, now(), extra)
+}
+
+/// [`claims_for`] issued at `now` (Unix seconds): `iat` is `now`, `exp` five minutes on.
+pub fn claims_at(iss: &str, now: i64, extra: Value) -> Value {
     let mut claims = json!({
         "iss": iss,
         "sub": "user-1",
@@ -735,16 +742,23 @@ pub struct Gw {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub gateway: Arc<Gateway>,
+    /// The gateway's clock (manual): token expiry, `jwks_min_refresh` and `jwks_ttl`
+    /// pass when the test calls [`Gw::advance`].
+    pub clock: Clock,
     _tasks: Vec<JoinHandle<std::io::Result<()>>>,
 }
 
 impl Gw {
-    /// Builds the gateway from `yaml` (already rendered) and serves it. Must run inside
-    /// a Tokio runtime.
+    /// Builds the gateway from `yaml` (already rendered) and serves it.
     pub async fn start(yaml: &str) -> Gw {
         let config = Config::from_yaml(yaml)
             .unwrap_or_else(|err| panic!("the test config was refused: {err}\n---\n{yaml}"));
-        let gateway = Gateway::start(config, None)
+        let clock = Clock::manual();
+        let runtime = Runtime {
+            clock: clock.clone(),
+            ..Runtime::default()
+        };
+        let gateway = Gateway::start_with(config, runtime)
             .await
             .unwrap_or_else(|err| panic!("the gateway did not build: {err}"));
         let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
@@ -767,23 +781,34 @@ impl Gw {
             addr,
             admin: admin_addr,
             gateway,
+            clock,
             _tasks: tasks,
         }
     }
 
+    /// Moves the gateway's clock forward: tokens age, `jwks_min_refresh` passes, a
+    /// `jwks_ttl` refresh comes due.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    /// Applies a new config as a reload would.
+    pub async fn apply(&self, yaml: &str) {
+        let config = Config::from_yaml(yaml)
+            .unwrap_or_else(|err| panic!("the test config was refused: {err}\n---\n{yaml}"));
+        self.gateway
+            .apply(config)
+            .await
+            .unwrap_or_else(|err| panic!("the reload was refused: {err}"));
+    }
+
     /// Waits until `/readyz` answers 200 (every trusted issuer's keys loaded).
     pub async fn wait_ready(&self) {
-        let started = Instant::now();
-        loop {
-            if get(self.admin, "/readyz", &[]).await.status == StatusCode::OK {
-                return;
-            }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "the gateway never became ready (/readyz stayed non-200)"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let admin = self.admin;
+        eventually("the gateway is ready (/readyz 200)", async || {
+            get(admin, "/readyz", &[]).await.status == StatusCode::OK
+        })
+        .await;
     }
 
     pub async fn metrics(&self) -> String {
@@ -843,8 +868,10 @@ impl Env {
         }
     }
 
+    /// Default claims issued now by the gateway's clock (which the test may have
+    /// advanced).
     pub fn claims(&self, extra: Value) -> Value {
-        self.issuer.claims(extra)
+        claims_at(&self.issuer.url, self.gw.clock.unix_secs(), extra)
     }
 
     /// An RS256 token (`rsa-1`) with the default claims plus `extra`.
@@ -1132,12 +1159,10 @@ pub fn auth_failures(text: &str, route: &str, reason: &str) -> f64 {
     )
 }
 
-/// Polls `check` every 20ms until it holds; panics with `what` after [`DEADLINE`].
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
+/// Polls `check` every 20ms until it holds; panics with `what` after [`DEADLINE`]. The
+/// one way a test waits for something another task or process does: a hang guard, never
+/// a timing assertion. (Time the gateway measures passes with [`Gw::advance`].)
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let started = Instant::now();
     while !check().await {
         assert!(

@@ -96,6 +96,15 @@ impl Process {
         format!("http://{}{path}", self.admin)
     }
 
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let url = self.admin_url("/readyz");
+        super::eventually("the process is ready (/readyz 200)", async || {
+            super::issuer::get(&url, None).await.status == 200
+        })
+        .await;
+    }
+
     /// Sends a signal (`TERM`, `HUP`...) with kill(1).
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
@@ -128,8 +137,14 @@ impl Process {
 
     /// SIGTERM, then waits for the exit and for the last line of stderr. Returns the
     /// exit status and everything the process wrote to stderr.
-    pub async fn stop(mut self) -> (ExitStatus, String) {
+    pub async fn stop(self) -> (ExitStatus, String) {
         self.signal("TERM");
+        self.wait().await
+    }
+
+    /// Waits for the process to exit (after a signal the test sent) and for the last
+    /// line of stderr. Returns the exit status and everything it wrote to stderr.
+    pub async fn wait(mut self) -> (ExitStatus, String) {
         let mut child = self.child.take().expect("running");
         let reader = self.reader.take();
         let status = tokio::task::spawn_blocking(move || {
