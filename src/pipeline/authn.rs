@@ -78,6 +78,137 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ProxyError> {
     })
 }
 
+/// What the proxy reads from a token's JOSE header, checked: no `crit`, no embedded
+/// key, a known algorithm, an access-token `typ` (or none, or `JWT`).
+struct Header {
+    alg: Alg,
+    kid: Option<Box<str>>,
+    /// `typ` says `at+jwt` (RFC 9068).
+    at_typ: bool,
+}
+
+fn checked_header(jws: &Jws) -> Result<Header, AuthFailure> {
+    let header = jws
+        .header()
+        .map_err(|err| fail(Reason::Malformed, err.to_string()))?;
+    if header.crit {
+        return Err(fail(
+            Reason::Malformed,
+            "the token header has a crit parameter Scopegate does not understand",
+        ));
+    }
+    if header.embedded_key {
+        return Err(fail(
+            Reason::Malformed,
+            "the token header names its own key (jku, x5u, jwk or x5c); keys come only from the issuer's JWKS",
+        ));
+    }
+    let alg = Alg::from_name(&header.alg).ok_or_else(|| {
+        fail(
+            Reason::DisallowedAlg,
+            format!("algorithm {:?} is not accepted", truncate(&header.alg)),
+        )
+    })?;
+    let at_typ = match header.typ.as_deref() {
+        None => false,
+        Some(typ)
+            if typ.eq_ignore_ascii_case("at+jwt")
+                || typ.eq_ignore_ascii_case("application/at+jwt") =>
+        {
+            true
+        }
+        Some(typ) if typ.eq_ignore_ascii_case("jwt") => false,
+        Some(typ) => {
+            return Err(fail(
+                Reason::WrongType,
+                format!("a token of type {:?} is not an access token", truncate(typ)),
+            ));
+        }
+    };
+    Ok(Header {
+        alg,
+        kid: header.kid.as_deref().map(Into::into),
+        at_typ,
+    })
+}
+
+/// Finds the issuer's key for the token (refetching for an unknown `kid`, within
+/// limits) and checks the signature; the thumbprint of the key that verified it.
+async fn verify_signature(
+    issuer: &TrustedIssuer,
+    header: &Header,
+    jws: &Jws<'_>,
+) -> Result<[u8; 32], AuthFailure> {
+    let (kid, alg) = (header.kid.as_deref(), header.alg);
+    let keys = issuer.keys_for(kid, alg).await;
+    let candidates = match keys.find(kid, alg) {
+        KeyMatch::Candidates(candidates) => candidates,
+        KeyMatch::WrongType => {
+            return Err(fail(
+                Reason::BadSignature,
+                format!("the key named by kid does not fit algorithm {alg}"),
+            ));
+        }
+        KeyMatch::Unknown if keys.generation == 0 => {
+            return Err(fail(
+                Reason::UnknownKey,
+                "the issuer's keys are not available yet",
+            ));
+        }
+        KeyMatch::Unknown => {
+            return Err(fail(
+                Reason::UnknownKey,
+                "no key of the issuer matches the token's kid",
+            ));
+        }
+    };
+    let message = jws.signing_input.as_bytes();
+    candidates
+        .into_iter()
+        .find(|&index| keys.keys[index].verify(alg, message, &jws.signature))
+        .map(|index| keys.keys[index].thumbprint)
+        .ok_or_else(|| fail(Reason::BadSignature, "the token signature is not valid"))
+}
+
+/// `aud`, which must name one of the issuer's audiences.
+fn checked_audiences(
+    issuer: &TrustedIssuer,
+    claims: &Map<String, Value>,
+) -> Result<Vec<Box<str>>, AuthFailure> {
+    let audiences = string_or_list(claims, "aud")?;
+    if !audiences
+        .iter()
+        .any(|aud| issuer.config.audiences.iter().any(|a| a.as_str() == &**aud))
+    {
+        return Err(fail(
+            Reason::WrongAudience,
+            "the token is not meant for this API (aud)",
+        ));
+    }
+    Ok(audiences)
+}
+
+/// `azp` or `client_id`, which the issuer's `clients` allowlist must name when it has one.
+fn checked_client<'c>(
+    issuer: &TrustedIssuer,
+    claims: &'c Map<String, Value>,
+) -> Result<Option<&'c str>, AuthFailure> {
+    let client = match claims.get("azp").or_else(|| claims.get("client_id")) {
+        None => None,
+        Some(Value::String(client)) => Some(client.as_str()),
+        Some(_) => return Err(fail(Reason::Malformed, "azp/client_id is not a string")),
+    };
+    if let Some(allowed) = &issuer.config.clients
+        && !client.is_some_and(|c| allowed.iter().any(|a| a == c))
+    {
+        return Err(fail(
+            Reason::UnknownClient,
+            "the token's client is not allowed here",
+        ));
+    }
+    Ok(client)
+}
+
 fn malformed(description: &str) -> ProxyError {
     ProxyError::InvalidToken(AuthFailure::new(Reason::Malformed, description))
 }
@@ -159,104 +290,72 @@ impl Verifier {
 
     async fn verify_uncached(&self, token: &str) -> Result<Identity, AuthFailure> {
         let jws = Jws::parse(token).map_err(|err| fail(Reason::Malformed, err.to_string()))?;
-        let header = jws
-            .header()
-            .map_err(|err| fail(Reason::Malformed, err.to_string()))?;
-        if header.crit {
-            return Err(fail(
-                Reason::Malformed,
-                "the token header has a crit parameter Scopegate does not understand",
-            ));
-        }
-        if header.embedded_key {
-            return Err(fail(
-                Reason::Malformed,
-                "the token header names its own key (jku, x5u, jwk or x5c); keys come only from the issuer's JWKS",
-            ));
-        }
-        let alg = Alg::from_name(&header.alg).ok_or_else(|| {
-            fail(
-                Reason::DisallowedAlg,
-                format!("algorithm {:?} is not accepted", truncate(&header.alg)),
-            )
-        })?;
-        let at_typ = match header.typ.as_deref() {
-            None => false,
-            Some(typ)
-                if typ.eq_ignore_ascii_case("at+jwt")
-                    || typ.eq_ignore_ascii_case("application/at+jwt") =>
-            {
-                true
-            }
-            Some(typ) if typ.eq_ignore_ascii_case("jwt") => false,
-            Some(typ) => {
-                return Err(fail(
-                    Reason::WrongType,
-                    format!("a token of type {:?} is not an access token", truncate(typ)),
-                ));
-            }
-        };
+        let header = checked_header(&jws)?;
         let claims: Map<String, Value> = serde_json::from_slice(&jws.payload)
             .map_err(|_| fail(Reason::Malformed, "the token payload is not a JSON object"))?;
+        let (issuer_index, issuer) = self.trusted_issuer(&claims, header.alg)?;
+        let key = verify_signature(issuer, &header, &jws).await?;
+        let expires_at = self.check_times(&claims)?;
+        if !header.at_typ && (claims.contains_key("nonce") || claims.contains_key("at_hash")) {
+            return Err(fail(
+                Reason::WrongType,
+                "this is an ID token; send an access token",
+            ));
+        }
+        let audiences = checked_audiences(issuer, &claims)?;
+        let client = checked_client(issuer, &claims)?;
+        let subject = match claims.get("sub") {
+            Some(Value::String(sub)) if !sub.is_empty() => header_value(sub, "sub")?,
+            _ => return Err(fail(Reason::Malformed, "the token has no sub")),
+        };
+        Ok(Identity {
+            subject,
+            scopes: scopes_of(&claims)?,
+            client_id: client.map(|c| header_value(c, "client_id")).transpose()?,
+            issuer: issuer.issuer_header.clone(),
+            issuer_index,
+            audiences,
+            expires_at,
+            mapped: self.mapped_claims(&claims)?,
+            kid: header.kid,
+            alg: header.alg,
+            key,
+        })
+    }
 
+    /// The trusted issuer named by `iss`, which must accept `alg`.
+    fn trusted_issuer(
+        &self,
+        claims: &Map<String, Value>,
+        alg: Alg,
+    ) -> Result<(usize, &Arc<TrustedIssuer>), AuthFailure> {
         let iss = claims
             .get("iss")
             .and_then(Value::as_str)
             .ok_or_else(|| fail(Reason::WrongIssuer, "the token has no iss"))?;
-        let &issuer_index = self
+        let &index = self
             .by_iss
             .get(iss)
             .ok_or_else(|| fail(Reason::WrongIssuer, "the token's issuer is not trusted"))?;
-        let issuer = &self.issuers[issuer_index];
+        let issuer = &self.issuers[index];
         if !issuer.config.algorithms.contains(&alg) {
             return Err(fail(
                 Reason::DisallowedAlg,
                 format!("algorithm {alg} is not accepted for this issuer"),
             ));
         }
+        Ok((index, issuer))
+    }
 
-        let kid = header.kid.as_deref();
-        let keys = issuer.keys_for(kid, alg).await;
-        let candidates = match keys.find(kid, alg) {
-            KeyMatch::Candidates(candidates) => candidates,
-            KeyMatch::WrongType => {
-                return Err(fail(
-                    Reason::BadSignature,
-                    format!("the key named by kid does not fit algorithm {alg}"),
-                ));
-            }
-            KeyMatch::Unknown if keys.generation == 0 => {
-                return Err(fail(
-                    Reason::UnknownKey,
-                    "the issuer's keys are not available yet",
-                ));
-            }
-            KeyMatch::Unknown => {
-                return Err(fail(
-                    Reason::UnknownKey,
-                    "no key of the issuer matches the token's kid",
-                ));
-            }
-        };
-        let message = jws.signing_input.as_bytes();
-        let Some(verified_by) = candidates
-            .into_iter()
-            .find(|&index| keys.keys[index].verify(alg, message, &jws.signature))
-        else {
-            return Err(fail(
-                Reason::BadSignature,
-                "the token signature is not valid",
-            ));
-        };
-        let key = keys.keys[verified_by].thumbprint;
-
+    /// `exp` (required), `nbf` and `iat` against the clock with leeway; returns `exp`.
+    fn check_times(&self, claims: &Map<String, Value>) -> Result<f64, AuthFailure> {
         let now = self.clock.unix_secs_f64();
-        let exp = numeric(&claims, "exp")?
+        let exp = numeric(claims, "exp")?
             .ok_or_else(|| fail(Reason::Malformed, "the token has no exp"))?;
         if now >= exp + self.leeway {
             return Err(fail(Reason::Expired, "the token has expired"));
         }
-        if let Some(nbf) = numeric(&claims, "nbf")?
+        if let Some(nbf) = numeric(claims, "nbf")?
             && nbf > now + self.leeway
         {
             return Err(fail(
@@ -264,7 +363,7 @@ impl Verifier {
                 "the token is not valid yet (nbf)",
             ));
         }
-        if let Some(iat) = numeric(&claims, "iat")?
+        if let Some(iat) = numeric(claims, "iat")?
             && iat > now + self.leeway
         {
             return Err(fail(
@@ -272,67 +371,23 @@ impl Verifier {
                 "the token was issued in the future (iat)",
             ));
         }
+        Ok(exp)
+    }
 
-        if !at_typ && (claims.contains_key("nonce") || claims.contains_key("at_hash")) {
-            return Err(fail(
-                Reason::WrongType,
-                "this is an ID token; send an access token",
-            ));
-        }
-
-        let audiences = string_or_list(&claims, "aud")?;
-        if !audiences
-            .iter()
-            .any(|aud| issuer.config.audiences.iter().any(|a| a.as_str() == &**aud))
-        {
-            return Err(fail(
-                Reason::WrongAudience,
-                "the token is not meant for this API (aud)",
-            ));
-        }
-
-        let client = match claims.get("azp").or_else(|| claims.get("client_id")) {
-            None => None,
-            Some(Value::String(client)) => Some(client.as_str()),
-            Some(_) => return Err(fail(Reason::Malformed, "azp/client_id is not a string")),
-        };
-        if let Some(allowed) = &issuer.config.clients
-            && !client.is_some_and(|c| allowed.iter().any(|a| a == c))
-        {
-            return Err(fail(
-                Reason::UnknownClient,
-                "the token's client is not allowed here",
-            ));
-        }
-
-        let subject = match claims.get("sub") {
-            Some(Value::String(sub)) if !sub.is_empty() => header_value(sub, "sub")?,
-            _ => return Err(fail(Reason::Malformed, "the token has no sub")),
-        };
-        let scopes = scopes_of(&claims)?;
-        let mapped = self
-            .claim_names
+    /// The claims `forward.claims` sends upstream, as header values (JSON if not a
+    /// string).
+    fn mapped_claims(
+        &self,
+        claims: &Map<String, Value>,
+    ) -> Result<Vec<Option<HeaderValue>>, AuthFailure> {
+        self.claim_names
             .iter()
             .map(|name| match claims.get(&**name) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(text)) => header_value(text, name).map(Some),
                 Some(other) => header_value(&other.to_string(), name).map(Some),
             })
-            .collect::<Result<Vec<_>, _>>()?;
-
-        Ok(Identity {
-            subject,
-            scopes,
-            client_id: client.map(|c| header_value(c, "client_id")).transpose()?,
-            issuer: issuer.issuer_header.clone(),
-            issuer_index,
-            audiences,
-            expires_at: exp,
-            mapped,
-            kid: kid.map(Into::into),
-            alg,
-            key,
-        })
+            .collect()
     }
 }
 

@@ -34,9 +34,35 @@ impl Process {
     /// `log: { format: json }`. Blocks until the process says it serves (it may have to
     /// generate keys and migrate its store first).
     pub fn start(dir: &Path, config: &str, env: &[(&str, &str)]) -> Process {
+        Process::launch(dir, config, env, None)
+    }
+
+    /// [`Process::start`] with the descriptor limit (`ulimit -n`) set to `nofile`.
+    pub fn start_with_fd_limit(
+        dir: &Path,
+        config: &str,
+        env: &[(&str, &str)],
+        nofile: u32,
+    ) -> Process {
+        Process::launch(dir, config, env, Some(nofile))
+    }
+
+    fn launch(dir: &Path, config: &str, env: &[(&str, &str)], nofile: Option<u32>) -> Process {
         let path = dir.join("gateway.yaml");
         std::fs::write(&path, config).expect("write the config");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_scopegate"));
+        let bin = env!("CARGO_BIN_EXE_scopegate");
+        let mut command = match nofile {
+            None => Command::new(bin),
+            // `exec` keeps the pid, so signals still reach scopegate itself.
+            Some(nofile) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+                    .arg(bin);
+                shell
+            }
+        };
         command
             .arg("run")
             .arg("-c")
