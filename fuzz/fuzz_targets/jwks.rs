@@ -7,7 +7,8 @@
 //!
 //! Invariants besides "no panic": every parsed key supports at least one allowed
 //! algorithm and none that is not allowed; `find` returns only in-range candidates that
-//! support the algorithm (and carry the kid asked for); `contains` agrees with `find`; a
+//! support the algorithm (and carry the kid asked for); `contains` (the verified-token
+//! cache's check, by key thumbprint) agrees with `find`; thumbprints are stable; a
 //! garbage signature never verifies.
 
 #![no_main]
@@ -33,6 +34,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok((keys, _skipped)) = parse_jwks(body, &allowed) else {
         return;
     };
+    let (again, _) = parse_jwks(body, &allowed).expect("a JWKS that parsed parses again");
+    let thumbprints = |keys: &[scopegate::jose::VerifyKey]| -> Vec<[u8; 32]> {
+        keys.iter().map(|k| k.thumbprint).collect()
+    };
+    assert_eq!(thumbprints(&keys), thumbprints(&again), "thumbprints are not stable");
     for key in &keys {
         assert!(allowed.iter().any(|&alg| key.supports(alg)));
         for alg in Alg::ALL {
@@ -63,11 +69,22 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
             }
-            assert_eq!(
-                set.contains(kid, alg),
-                matches!(found, KeyMatch::Candidates(_)),
-                "contains and find disagree for kid {kid:?}, {alg}"
-            );
+            // The cache's check (`contains`, by key identity) holds for exactly the keys
+            // the uncached path (`find`) would try.
+            for (index, key) in set.keys.iter().enumerate() {
+                let candidate =
+                    matches!(&found, KeyMatch::Candidates(c) if c.contains(&index));
+                let same_key_elsewhere = set.keys.iter().enumerate().any(|(other, k)| {
+                    other != index
+                        && k.thumbprint == key.thumbprint
+                        && matches!(&found, KeyMatch::Candidates(c) if c.contains(&other))
+                });
+                assert_eq!(
+                    set.contains(kid, alg, &key.thumbprint),
+                    candidate || same_key_elsewhere,
+                    "contains and find disagree for kid {kid:?}, {alg}, key {index}"
+                );
+            }
         }
     }
 });
