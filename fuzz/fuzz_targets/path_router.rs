@@ -7,7 +7,9 @@
 //! lines a fixed table is used (exact, param, prefix, catch-all, method-limited).
 //!
 //! Invariants besides "no panic":
-//! - normalising is idempotent, keeps the leading `/`, and keeps the path's meaning
+//! - normalising is idempotent (equal values: a path with an escape that is already
+//!   canonical, `/p%16`, comes back owned though unchanged), keeps the leading `/`, and
+//!   keeps the path's meaning
 //!   (percent-decoding the input and the output gives the same bytes);
 //! - a pattern that parses displays as written;
 //! - the router's answer is the reference's: the best-ranked matching route that takes
@@ -17,7 +19,6 @@
 
 #![no_main]
 
-use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use http::Method;
@@ -137,7 +138,6 @@ fuzz_target!(|data: &[u8]| {
     assert!(normal.starts_with('/'));
     let again = normalize_path(&normal).expect("a normalised path normalises");
     assert_eq!(again, normal, "normalising twice changed {path:?}");
-    assert!(matches!(again, Cow::Borrowed(_)), "a normal path is returned as is");
     assert_eq!(
         decoded(path),
         decoded(&normal),
