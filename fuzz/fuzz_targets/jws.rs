@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
+use scopegate::clock::Clock;
 use scopegate::config::{Dur, TrustedIssuerConfig};
 use scopegate::jose::{Alg, Jws, SigningKey, sign_compact};
 use scopegate::jwks::{KeySource, LocalJwks, TrustedIssuer};
@@ -79,6 +80,7 @@ fn fixture() -> &'static Fixture {
                     KeySource::Local(source.clone()),
                     fetcher.clone(),
                     Metrics::new(),
+                    Clock::system(),
                 )
                 .expect("issuer");
                 issuer.keys_for(Some("ed"), Alg::EdDSA).await;
@@ -90,6 +92,7 @@ fn fixture() -> &'static Fixture {
                 8192,
                 vec!["roles".into(), "email".into()],
                 cache_size,
+                Clock::system(),
             )
         };
         Fixture {
