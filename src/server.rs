@@ -235,7 +235,7 @@ async fn accept(listener: &TcpListener, what: &'static str) -> (TcpStream, std::
                     tracing::warn!(listener = what, error = %err, suppressed, "accept failed; backing off");
                 }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                backoff = (backoff * 2).min(Duration::from_millis(250));
             }
         }
     }

@@ -19,7 +19,7 @@ const NOFILE: u32 = 128;
 
 fn config(server_extra: &str) -> String {
     format!(
-        "server:\n  listen: 127.0.0.1:0\n  admin_listen: 127.0.0.1:0\n  timeouts: {{ client_header: 60s, idle: 60s }}\n{server_extra}log: {{ format: json, level: info }}\nroutes:\n  - {{ name: echo, match: {{ path: /echo }}, upstream: builtin:echo, auth: none }}\n"
+        "server:\n  listen: 127.0.0.1:0\n  admin_listen: 127.0.0.1:0\n  timeouts: {{ client_header: 10m, idle: 10m }}\n{server_extra}log: {{ format: json, level: info }}\nroutes:\n  - {{ name: echo, match: {{ path: /echo }}, upstream: builtin:echo, auth: none }}\n"
     )
 }
 
