@@ -350,3 +350,36 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_store_is_503_with_retry_after_and_other_failures_500() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        for unreachable in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(refused),
+        ] {
+            let err = StoreError::Database(unreachable);
+            assert!(err.is_unavailable(), "{err}");
+            let response = OAuthError::from(err).into_response();
+            assert_eq!(response.status(), 503);
+            assert_eq!(response.headers()["retry-after"], "2");
+        }
+        for other in [
+            StoreError::Database(sqlx::Error::RowNotFound),
+            StoreError::UnknownValue {
+                column: "status",
+                value: "odd".into(),
+            },
+        ] {
+            assert!(!other.is_unavailable(), "{other}");
+            let response = OAuthError::from(other).into_response();
+            assert_eq!(response.status(), 500);
+            assert!(response.headers().get("retry-after").is_none());
+        }
+    }
+}
