@@ -25,7 +25,12 @@ use scopegate::jose::{Alg, SigningKey, sign_compact};
 
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["mint", dir, issuer, audience, scope, count] => {
             let count: usize = count.parse().map_err(|_| "COUNT must be a number")?;
             mint(Path::new(dir), issuer, audience, scope, count)

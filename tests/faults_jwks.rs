@@ -142,7 +142,7 @@ async fn jwks_server_down_and_back_under_load() {
     })
     .await;
     eventually("load while the server is down", each_sent("down", 30)).await;
-    let unpublished = fresh.token(&claims(&env));
+    let unpublished = fresh.token(&claims(env));
     common::assert_invalid_token(&env.get_bearer("/api/x", &unpublished).await, &unpublished);
 
     // Back: the key published meanwhile is found on its first use.

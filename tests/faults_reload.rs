@@ -84,7 +84,10 @@ async fn sighup_storm_under_load_fails_no_request() {
     let first = config(&issuer, &upstream, &store, "api").replace("level: warn", "level: info");
     let process = Arc::new(Process::start(dir.path(), &first, &[]));
     eventually("ready", || async {
-        common::issuer::get(&process.admin_url("/readyz"), None).await.status == 200
+        common::issuer::get(&process.admin_url("/readyz"), None)
+            .await
+            .status
+            == 200
     })
     .await;
     let machine = post_form(
@@ -167,20 +170,37 @@ async fn sighup_storm_under_load_fails_no_request() {
             .await
             .text();
         (
-            metric(&text, "scopegate_config_reloads_total", &[("result", "success")]),
-            metric(&text, "scopegate_config_reloads_total", &[("result", "error")]),
+            metric(
+                &text,
+                "scopegate_config_reloads_total",
+                &[("result", "success")],
+            ),
+            metric(
+                &text,
+                "scopegate_config_reloads_total",
+                &[("result", "error")],
+            ),
         )
     };
     // Signals sent while one is pending may merge into one: most, not all, reload.
-    eventually("the reloads to be counted", || async { reloads().await.0 >= 30.0 }).await;
+    eventually("the reloads to be counted", || async {
+        reloads().await.0 >= 30.0
+    })
+    .await;
     let mark = ok_count();
-    eventually("load after the storm", || async { ok_count() >= mark + 200 }).await;
+    eventually("load after the storm", || async {
+        ok_count() >= mark + 200
+    })
+    .await;
     stop.store(true, Ordering::Release);
     let mut failures = Vec::new();
     for task in tasks {
         failures.extend(task.await.expect("a client task panicked"));
     }
-    assert!(failures.is_empty(), "requests failed across reloads: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "requests failed across reloads: {failures:?}"
+    );
     assert!(
         mark >= before + 50,
         "only {} requests completed during the storm",

@@ -112,13 +112,14 @@ async fn readyz_down(admin: SocketAddr) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopped_store_answers_503_quickly_and_readyz_says_so_until_it_is_back() {
     let Setup {
-        pg,
-        running,
-        admin,
-        ..
+        pg, running, admin, ..
     } = setup().await;
     let login = running
-        .login("alice", ALICE_PASSWORD, "openid offline_access read:contacts")
+        .login(
+            "alice",
+            ALICE_PASSWORD,
+            "openid offline_access read:contacts",
+        )
         .await;
     let held = login["refresh_token"].as_str().unwrap().to_string();
     let access = login["access_token"].as_str().unwrap().to_string();
@@ -274,9 +275,10 @@ async fn postgres_stopped_and_restarted_under_refresh_and_client_credentials_loa
     .await;
     assert_eq!(admin_get(admin, "/healthz").await.status, 200);
     let machines_during = issued("client_credentials");
-    eventually("client_credentials to keep issuing during the outage", || async {
-        issued("client_credentials") >= machines_during + 20
-    })
+    eventually(
+        "client_credentials to keep issuing during the outage",
+        || async { issued("client_credentials") >= machines_during + 20 },
+    )
     .await;
 
     pg.restart().await;
@@ -296,14 +298,22 @@ async fn postgres_stopped_and_restarted_under_refresh_and_client_credentials_loa
     let mut outage_503s = 0;
     for chain in chains {
         let tally = chain.await.expect("a refresh client panicked");
-        assert!(tally.unexpected.is_empty(), "refresh: {:?}", tally.unexpected);
+        assert!(
+            tally.unexpected.is_empty(),
+            "refresh: {:?}",
+            tally.unexpected
+        );
         assert!(tally.ok > 0, "a chain never rotated: {tally:?}");
         rotations += tally.ok;
         outage_503s += tally.unavailable;
         // No refresh token lost: the last one this chain holds still rotates.
         let last = tally.chain.last().unwrap();
         let answer = refresh(&running, last).await;
-        assert_eq!(answer.status, 200, "a chain's last token: {:?}", answer.json);
+        assert_eq!(
+            answer.status, 200,
+            "a chain's last token: {:?}",
+            answer.json
+        );
         rotations += 1;
         for token in tally.chain {
             assert!(seen.insert(token), "a refresh token was issued twice");
@@ -312,7 +322,11 @@ async fn postgres_stopped_and_restarted_under_refresh_and_client_credentials_loa
     assert!(outage_503s > 0, "no client met the outage");
     for task in machines {
         let tally = task.await.expect("a client_credentials client panicked");
-        assert!(tally.unexpected.is_empty(), "client_credentials: {:?}", tally.unexpected);
+        assert!(
+            tally.unexpected.is_empty(),
+            "client_credentials: {:?}",
+            tally.unexpected
+        );
         assert!(tally.ok > 0);
     }
     assert_eq!(
@@ -340,8 +354,14 @@ async fn postgres_stopped_and_restarted_under_refresh_and_client_credentials_loa
     .unwrap();
     let spent: i64 = row.try_get(0).unwrap();
     let revoked: i64 = row.try_get(1).unwrap();
-    assert_eq!(spent as u64, rotations, "spent refresh tokens vs rotations seen");
-    assert_eq!(revoked, 0, "a family was revoked: a token was redeemed twice");
+    assert_eq!(
+        spent as u64, rotations,
+        "spent refresh tokens vs rotations seen"
+    );
+    assert_eq!(
+        revoked, 0,
+        "a family was revoked: a token was redeemed twice"
+    );
     let _ = conn.close().await;
     if let Ok(running) = Arc::try_unwrap(running) {
         running.stop().await;

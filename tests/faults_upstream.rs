@@ -159,7 +159,9 @@ async fn upstream_down_and_back_under_load() {
                 let auth = format!("Bearer {token}");
                 while stop.load(Ordering::Acquire) == 0 {
                     let began = phase.load(Ordering::Acquire);
-                    let reply = common::get(gw.addr, &format!("/api/{n}"), &[("authorization", &auth)]).await;
+                    let reply =
+                        common::get(gw.addr, &format!("/api/{n}"), &[("authorization", &auth)])
+                            .await;
                     let status = reply.status.as_u16();
                     let ended = phase.load(Ordering::Acquire);
                     let at = if began == ended { began } else { SWITCHING };
@@ -186,7 +188,10 @@ async fn upstream_down_and_back_under_load() {
     upstream.go_down().await;
     phase.store(1, Ordering::Release);
     let mark = count();
-    eventually("load while the upstream is down", || async { count() >= mark + 300 }).await;
+    eventually("load while the upstream is down", || async {
+        count() >= mark + 300
+    })
+    .await;
 
     let accepted_before = upstream.accepted.load(Ordering::SeqCst);
     phase.store(SWITCHING, Ordering::Release);
@@ -195,9 +200,10 @@ async fn upstream_down_and_back_under_load() {
     for s in streaks.iter() {
         s.store(0, Ordering::SeqCst);
     }
-    eventually("every client served again after the upstream is back", || async {
-        all_streaks(50)
-    })
+    eventually(
+        "every client served again after the upstream is back",
+        || async { all_streaks(50) },
+    )
     .await;
     stop.store(1, Ordering::Release);
     for task in tasks {

@@ -304,7 +304,9 @@ impl Store {
         let ok = result.is_ok();
         let was = self.reachable.swap(ok, Ordering::AcqRel);
         match result {
-            Err(err) if was => tracing::warn!(error = %err, "issuer store unreachable; /readyz says so"),
+            Err(err) if was => {
+                tracing::warn!(error = %err, "issuer store unreachable; /readyz says so")
+            }
             Ok(()) if !was => tracing::info!("issuer store reachable again"),
             _ => {}
         }

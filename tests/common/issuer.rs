@@ -277,7 +277,8 @@ impl OwnPostgres {
     }
 
     fn start_blocking() -> OwnPostgres {
-        let bin = find_pg_bin().expect("PostgreSQL is not installed: `apt-get install -y postgresql`");
+        let bin =
+            find_pg_bin().expect("PostgreSQL is not installed: `apt-get install -y postgresql`");
         let dir = std::env::temp_dir().join(format!(
             "scopegate-ownpg-{}-{}",
             std::process::id(),
@@ -290,7 +291,10 @@ impl OwnPostgres {
                 .arg(&dir)
                 .status()
                 .expect("chown");
-            assert!(status.success(), "cannot chown the PostgreSQL dir to postgres");
+            assert!(
+                status.success(),
+                "cannot chown the PostgreSQL dir to postgres"
+            );
         }
         let port = free_port();
         let script = format!(
@@ -351,7 +355,10 @@ rm -rf "$D"
             .await
             .expect("create a test database");
         let _ = conn.close().await;
-        format!("postgres://postgres@127.0.0.1:{}/scopegate_faults", self.port)
+        format!(
+            "postgres://postgres@127.0.0.1:{}/scopegate_faults",
+            self.port
+        )
     }
 
     /// `pg_ctl stop -m fast`: sessions are ended, transactions in flight rolled back,
