@@ -1,10 +1,12 @@
 //! A trusted issuer's JWKS server down for a while under load (issue 11): a real JWKS
-//! server (refusing connections while down), the real gateway, eight client tasks
-//! sending throughout.
+//! server (refusing connections while down), the real gateway on its manual clock, eight
+//! client tasks sending throughout.
 //!
 //! - While it is down, tokens already verified (cached) and fresh tokens signed by a key
 //!   the gateway already holds keep passing: the last good keys are kept through failed
-//!   refreshes (`jwks_ttl: 1s`, so the refresher fails every second).
+//!   refreshes (the clock is moved past `jwks_ttl`, 10 minutes, and on, so the
+//!   background refresher runs and fails, as do unknown-`kid` refetches).
+//! - Time passing during the outage does not let a cached token outlive its `exp`.
 //! - Tokens with an unknown `kid` are refused (401 `invalid_token`), before, during and
 //!   after: an outage never turns into acceptance, and never into a 5xx.
 //! - When the server is back, a key published meanwhile is fetched on its first use.
@@ -14,8 +16,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
-use common::{Env, Key, default_keys, ec, eventually, rogue_rsa, standard_yaml};
+use common::{Env, Key, ec, eventually, rogue_rsa};
 use serde_json::json;
 
 const ROUTES: &str = r#"
@@ -47,26 +50,16 @@ struct Tally {
     statuses: std::sync::Mutex<BTreeMap<(&'static str, String, u16), u64>>,
 }
 
-/// The standard config with `jwks_ttl: 1s`: the background refresher fetches (and,
-/// while the server is down, fails) every second.
-async fn start() -> Env {
-    let env = Env::start_unready(
-        &standard_yaml(ROUTES).replace("jwks_ttl: 10m", "jwks_ttl: 1s"),
-        &default_keys(),
-    )
-    .await;
-    env.gw.wait_ready().await;
-    env
-}
-
-/// Default claims, each token its own `jti`.
+/// Claims issued now by the gateway's clock, valid for a day (the clock moves by
+/// minutes during the test), each token its own `jti`.
 fn claims(env: &Env) -> serde_json::Value {
-    env.claims(json!({ "jti": common::unique("jti") }))
+    let now = env.gw.clock.unix_secs();
+    env.claims(json!({ "exp": now + 86_400, "jti": common::unique("jti") }))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jwks_server_down_and_back_under_load() {
-    let env = Arc::new(start().await);
+    let env = Arc::new(Env::start(ROUTES).await);
     let phase = Arc::new(AtomicU8::new(UP));
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicU8::new(0));
@@ -127,20 +120,35 @@ async fn jwks_server_down_and_back_under_load() {
             }
         }
     };
+    // A token that expires in a minute, verified and cached while all is well.
+    let short_lived =
+        common::rsa().token(&env.claims(json!({ "exp": env.gw.clock.unix_secs() + 60 })));
+    assert_eq!(env.get_bearer("/api/x", &short_lived).await.status, 200);
     eventually("load while the JWKS server is up", each_sent("up", 20)).await;
 
-    // Down: refreshes fail (the refresher every second, unknown kids at most every
-    // 200ms); what the gateway holds keeps working.
+    // Down: refreshes fail (the refresher once `jwks_ttl` has passed on the clock, then
+    // each time the clock passes its retry delay; unknown kids at most every 200ms);
+    // what the gateway holds keeps working.
     env.issuer.go_down().await;
     phase.store(DOWN, Ordering::Release);
     let fresh = Key::generate(scopegate::jose::Alg::ES256, "published-while-down");
     env.issuer
         .publish(&[common::rsa(), ec(), common::ed(), common::ps(), &fresh]);
     let fetches = env.gw.fetch_count();
+    env.gw.advance(Duration::from_secs(11 * 60));
     eventually("failed refreshes while the server is down", || async {
+        env.gw.advance(Duration::from_secs(2));
         env.gw.fetch_count() >= fetches + 3
     })
     .await;
+    let reply = env.get_bearer("/api/x", &short_lived).await;
+    assert_eq!(reply.status, 401, "a cached token outlived its exp");
+    assert_eq!(
+        reply
+            .header("www-authenticate")
+            .map(|h| h.contains("expired")),
+        Some(true)
+    );
     eventually("load while the server is down", each_sent("down", 30)).await;
     let unpublished = fresh.token(&claims(env));
     common::assert_invalid_token(&env.get_bearer("/api/x", &unpublished).await, &unpublished);
