@@ -252,7 +252,8 @@ impl OAuthCode {
 pub struct OAuthError {
     pub code: OAuthCode,
     pub description: std::borrow::Cow<'static, str>,
-    /// Set for a login lockout: answered 429 with `Retry-After`.
+    /// `Retry-After` in seconds: a login lockout (answered 429) or an unreachable store
+    /// (`temporarily_unavailable`, answered 503).
     pub retry_after: Option<u64>,
 }
 
@@ -286,6 +287,16 @@ impl OAuthError {
         )
     }
 
+    /// The issuer's store cannot be reached: 503 `temporarily_unavailable` with
+    /// `Retry-After`. Only for failures that changed nothing, so a retry is safe.
+    pub fn temporarily_unavailable(retry_after: u64) -> Self {
+        OAuthError {
+            code: OAuthCode::TemporarilyUnavailable,
+            description: "the issuer's store is unreachable; try again later".into(),
+            retry_after: Some(retry_after.max(1)),
+        }
+    }
+
     /// Too many failed logins: `invalid_grant`, answered 429 with `Retry-After`.
     pub fn locked_out(retry_after: u64) -> Self {
         OAuthError {
@@ -296,6 +307,9 @@ impl OAuthError {
     }
 
     pub fn status(&self) -> StatusCode {
+        if self.code == OAuthCode::TemporarilyUnavailable {
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
         if self.retry_after.is_some() {
             return StatusCode::TOO_MANY_REQUESTS;
         }

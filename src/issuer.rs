@@ -190,6 +190,7 @@ impl Issuer {
             keys_config: config.keys,
         });
         spawn_housekeeping(Arc::downgrade(&core), config.throttle.window);
+        spawn_store_probe(Arc::downgrade(&core));
         tracing::info!(
             issuer = %config.url,
             store = %crate::config::issuer::redact_url(&config.store),
@@ -223,6 +224,12 @@ impl Issuer {
     /// The configuration this issuer was built from.
     pub fn config(&self) -> &IssuerConfig {
         &self.config
+    }
+
+    /// Whether the store answered its last probe (every [`store::PROBE_INTERVAL`]): what
+    /// `/readyz` reports, without a query per probe.
+    pub fn store_reachable(&self) -> bool {
+        self.core.store.reachable()
     }
 
     /// Now, in Unix seconds, by the issuer's clock.
@@ -423,6 +430,22 @@ fn spawn_housekeeping(core: Weak<Core>, throttle_window: Dur) {
             if let Err(err) = core.store.purge_expired(now, window).await {
                 tracing::warn!(error = %err, "issuer store: purging expired rows failed");
             }
+        }
+    });
+}
+
+/// Probes the store every [`store::PROBE_INTERVAL`] (a `SELECT 1`) so that `/readyz` can
+/// say it is unreachable and, without a restart, that it is back; until the issuer core
+/// is dropped.
+fn spawn_store_probe(core: Weak<Core>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(store::PROBE_INTERVAL).await;
+            let Some(core) = core.upgrade() else { break };
+            let store = core.store.clone();
+            // Not holding the core across the probe: a replaced issuer goes away at once.
+            drop(core);
+            store.probe().await;
         }
     });
 }

@@ -448,12 +448,14 @@ fn admin(gateway: &Gateway, request: &Request<Incoming>) -> Response<Body> {
     }
     match request.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
-        "/readyz" if gateway.ready() => text(StatusCode::OK, "ready\n".into(), "text/plain"),
-        "/readyz" => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: waiting for trusted issuers' keys\n".into(),
-            "text/plain",
-        ),
+        "/readyz" => match gateway.readiness() {
+            Ok(()) => text(StatusCode::OK, "ready\n".into(), "text/plain"),
+            Err(reason) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {reason}\n"),
+                "text/plain",
+            ),
+        },
         "/metrics" => text(
             StatusCode::OK,
             gateway.metrics.render(),

@@ -157,13 +157,29 @@ impl State {
         }
     }
 
-    /// True once every trusted issuer has keys.
+    /// True once every trusted issuer has keys and the built-in issuer's store answers.
     pub fn ready(&self) -> bool {
-        self.pipeline
+        self.readiness().is_ok()
+    }
+
+    /// Why the gateway is not ready, if it is not: a trusted issuer's keys not loaded
+    /// yet, or the built-in issuer's store unreachable (its last probe failed).
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        let loaded = self
+            .pipeline
             .verifier
             .issuers()
             .iter()
-            .all(|i| i.is_loaded())
+            .all(|i| i.is_loaded());
+        if !loaded {
+            return Err("waiting for trusted issuers' keys");
+        }
+        if let Some(issuer) = &self.pipeline.issuer
+            && !issuer.store_reachable()
+        {
+            return Err("the issuer's store is unreachable");
+        }
+        Ok(())
     }
 
     /// The route table `scopegate check` prints: one line per route, in file order,
@@ -573,6 +589,11 @@ impl Gateway {
 
     pub fn ready(&self) -> bool {
         self.state.load().ready()
+    }
+
+    /// [`State::readiness`] of the current state: what `/readyz` answers.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        self.state.load().readiness()
     }
 
     /// Serves one request on the current state (see [`crate::pipeline::access`]).

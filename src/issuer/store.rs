@@ -18,6 +18,16 @@
 //! codes and session ids are kept as SHA-256 hashes ([`secret_hash`]); private keys as PKCS#8, encrypted
 //! when a key-encryption key is configured (see `keys.rs`).
 //!
+//! **Outages.** A store that cannot be reached (PostgreSQL stopped, restarting, or the
+//! pool unable to hand out a connection within [`ACQUIRE_TIMEOUT`]) is told apart from
+//! other failures ([`StoreError::is_unavailable`]): a request meeting it is answered 503
+//! `temporarily_unavailable` with `Retry-After` ([`RETRY_AFTER_SECS`]), not 500, within
+//! about a second. [`Store::probe`] (a `SELECT 1`, run every [`PROBE_INTERVAL`] by the
+//! issuer) keeps a cached verdict for `/readyz` ([`Store::reachable`]). Nothing is
+//! lost in an outage: every write is one statement or one transaction, so a request the
+//! store failed changed nothing (a refresh token not rotated stays redeemable); the pool
+//! drops dead connections and reconnects once the database is back, without a restart.
+//!
 //! Writes that must be atomic under concurrency are single conditional statements (or a
 //! transaction that starts with one): refresh rotation, code redemption and device-code
 //! consumption each let exactly one of several parallel callers win.
@@ -45,7 +55,9 @@ mod revocations;
 mod sessions;
 mod throttle;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
@@ -96,14 +108,62 @@ pub enum StoreError {
     UnknownValue { column: &'static str, value: String },
 }
 
-/// Every store failure a request meets is the issuer's fault, not the client's: logged
-/// with its cause, answered `server_error`.
+impl StoreError {
+    /// True when the store could not be reached, rather than refusing or failing a
+    /// statement: no connection within the acquire timeout, the connection lost, or the
+    /// server shutting down or starting up (SQLSTATE class 08, 57P01–57P03, 53300).
+    /// Worth retrying later; nothing was changed.
+    pub fn is_unavailable(&self) -> bool {
+        let sqlx = match self {
+            StoreError::Database(err) | StoreError::Open { source: err, .. } => err,
+            StoreError::Migrate { source, .. } => return source.is_unavailable(),
+            _ => return false,
+        };
+        is_unreachable(sqlx)
+    }
+}
+
+/// See [`StoreError::is_unavailable`].
+fn is_unreachable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
+/// Repeated "store unreachable" lines during an outage: one a second.
+static UNREACHABLE: crate::flood::Flood = crate::flood::Flood::per(Duration::from_secs(1));
+
+/// A store that cannot be reached is answered 503 `temporarily_unavailable` with
+/// `Retry-After` (the request changed nothing; trying again later is right). Any other
+/// store failure is the issuer's fault, not the client's: logged with its cause,
+/// answered `server_error`.
 impl From<StoreError> for OAuthError {
     fn from(err: StoreError) -> OAuthError {
+        if err.is_unavailable() {
+            if let Some(suppressed) = UNREACHABLE.pass() {
+                tracing::warn!(error = %err, suppressed, "issuer store unreachable");
+            }
+            return OAuthError::temporarily_unavailable(RETRY_AFTER_SECS);
+        }
         tracing::error!(error = %err, "issuer store failed");
         OAuthError::server_error()
     }
 }
+
+/// How long a request waits for a PostgreSQL connection (opening one included) before
+/// it is answered 503: an outage costs a client about this long, not a hang.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long [`Store::open`] keeps trying to reach the database at start (a replica may
+/// start before its database is up).
+const OPEN_PATIENCE: Duration = Duration::from_secs(10);
+/// `Retry-After` on a 503 for an unreachable store.
+pub const RETRY_AFTER_SECS: u64 = 2;
+/// How often the issuer probes its store for `/readyz`.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
@@ -113,6 +173,8 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     clock: Clock,
+    /// The last probe's verdict (see [`Store::probe`]); shared by clones.
+    reachable: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -140,14 +202,25 @@ impl Store {
             url: redacted.clone(),
             source,
         };
-        let pool = Store::pool_options(backend, max)
-            .connect(&connect_url)
-            .await
-            .map_err(open_failed)?;
+        let options: sqlx::any::AnyConnectOptions = connect_url.parse().map_err(open_failed)?;
+        let pool = Store::pool_options(backend, max).connect_lazy_with(options);
+        // The pool's acquire timeout is short (a request must not hang on an outage);
+        // at start, wait longer for a database that is still coming up.
+        let started = Instant::now();
+        loop {
+            match pool.acquire().await {
+                Ok(_) => break,
+                Err(err) if is_unreachable(&err) && started.elapsed() < OPEN_PATIENCE => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(err) => return Err(open_failed(err)),
+            }
+        }
         let store = Store {
             pool,
             backend,
             clock,
+            reachable: Arc::new(AtomicBool::new(true)),
         };
         if backend == Backend::Sqlite && max > 1 {
             // WAL lets readers work beside the one writer; the mode sticks to the file.
@@ -187,9 +260,17 @@ impl Store {
     }
 
     fn pool_options(backend: Backend, max: u32) -> AnyPoolOptions {
+        // PostgreSQL: a short acquire timeout bounds both waiting for a free connection
+        // and opening one (sqlx retries a refused connect until then), so an outage is
+        // answered 503 in about a second. SQLite is a local file: its writers queue
+        // behind the busy timeout, as before.
+        let acquire = match backend {
+            Backend::Postgres => ACQUIRE_TIMEOUT,
+            Backend::Sqlite => Duration::from_secs(10),
+        };
         let mut options = AnyPoolOptions::new()
             .max_connections(max)
-            .acquire_timeout(Duration::from_secs(10));
+            .acquire_timeout(acquire);
         if backend == Backend::Sqlite {
             options = options.after_connect(|conn, _meta| {
                 Box::pin(async move {
@@ -208,6 +289,34 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// `SELECT 1`, bounded by [`ACQUIRE_TIMEOUT`] (a half-open connection cannot hold it
+    /// longer); records the verdict for [`Store::reachable`] and returns it. Logs the
+    /// transitions (down, back).
+    pub async fn probe(&self) -> bool {
+        let query = sqlx::query("SELECT 1").execute(&self.pool);
+        let result = match tokio::time::timeout(ACQUIRE_TIMEOUT * 2, query).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(StoreError::Database(err).to_string()),
+            Err(_) => Err("store: the probe timed out".to_string()),
+        };
+        let ok = result.is_ok();
+        let was = self.reachable.swap(ok, Ordering::AcqRel);
+        match result {
+            Err(err) if was => {
+                tracing::warn!(error = %err, "issuer store unreachable; /readyz says so")
+            }
+            Ok(()) if !was => tracing::info!("issuer store reachable again"),
+            _ => {}
+        }
+        ok
+    }
+
+    /// The last [`Store::probe`]'s verdict (true until a probe fails): cheap, for
+    /// `/readyz`.
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Acquire)
     }
 
     /// Closes the pool (tests that reopen the same file).
@@ -241,5 +350,38 @@ impl Store {
             sqlx::query(sql).bind(bind).execute(&self.pool).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_store_is_503_with_retry_after_and_other_failures_500() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        for unreachable in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(refused),
+        ] {
+            let err = StoreError::Database(unreachable);
+            assert!(err.is_unavailable(), "{err}");
+            let response = OAuthError::from(err).into_response();
+            assert_eq!(response.status(), 503);
+            assert_eq!(response.headers()["retry-after"], "2");
+        }
+        for other in [
+            StoreError::Database(sqlx::Error::RowNotFound),
+            StoreError::UnknownValue {
+                column: "status",
+                value: "odd".into(),
+            },
+        ] {
+            assert!(!other.is_unavailable(), "{other}");
+            let response = OAuthError::from(other).into_response();
+            assert_eq!(response.status(), 500);
+            assert!(response.headers().get("retry-after").is_none());
+        }
     }
 }

@@ -186,6 +186,10 @@ fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
+/// Repeated framing warnings: one a second (a broken upstream answers every request so).
+static BAD_FRAMING: crate::flood::Flood =
+    crate::flood::Flood::per(std::time::Duration::from_secs(1));
+
 /// Checks an upstream's response head, then cleans its headers ([`downstream_headers`]).
 ///
 /// - A `101` (or any 1xx as the final answer) is refused with 502: `Upgrade` is never
@@ -195,10 +199,6 @@ fn join_cookies(headers: &mut HeaderMap) {
 ///   the stale length would cut the body there and make it look complete. A transfer
 ///   coding other than a final `chunked` (a body framed by closing the connection, still
 ///   coded) is refused with 502.
-/// Repeated framing warnings: one a second (a broken upstream answers every request so).
-static BAD_FRAMING: crate::flood::Flood =
-    crate::flood::Flood::per(std::time::Duration::from_secs(1));
-
 pub fn downstream(
     parts: &mut http::response::Parts,
     request_id: &HeaderValue,

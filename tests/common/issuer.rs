@@ -254,6 +254,152 @@ pub async fn postgres_database() -> String {
     format!("{prefix}/{name}")
 }
 
+/// A PostgreSQL server of a test's own, which the test may stop and start again (an
+/// outage): `pg_ctl` on a data directory in a temp dir, on a free port that it keeps
+/// across restarts. Like the shared server, a shell wrapper reading a pipe from this
+/// process stops it (`-m immediate`) and deletes its directory when the test process
+/// ends, however it ends.
+pub struct OwnPostgres {
+    /// The maintenance database's URL.
+    pub url: String,
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    _wrapper: Mutex<Child>,
+}
+
+impl OwnPostgres {
+    /// initdb + start; blocks until the server accepts connections.
+    pub async fn start() -> OwnPostgres {
+        tokio::task::spawn_blocking(OwnPostgres::start_blocking)
+            .await
+            .expect("join")
+    }
+
+    fn start_blocking() -> OwnPostgres {
+        let bin =
+            find_pg_bin().expect("PostgreSQL is not installed: `apt-get install -y postgresql`");
+        let dir = std::env::temp_dir().join(format!(
+            "scopegate-ownpg-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("create the PostgreSQL dir");
+        if is_root() {
+            let status = Command::new("chown")
+                .arg("postgres:")
+                .arg(&dir)
+                .status()
+                .expect("chown");
+            assert!(
+                status.success(),
+                "cannot chown the PostgreSQL dir to postgres"
+            );
+        }
+        let port = free_port();
+        let script = format!(
+            r#"D='{dir}'
+'{bin}/initdb' -D "$D/data" -U postgres --auth=trust -E UTF8 >"$D/initdb.log" 2>&1 || exit 1
+{start} || exit 1
+echo started >"$D/wrapper.state"
+cat >/dev/null || true
+'{bin}/pg_ctl' -D "$D/data" stop -m immediate >/dev/null 2>&1 || true
+rm -rf "$D"
+"#,
+            dir = dir.display(),
+            bin = bin.display(),
+            start = OwnPostgres::start_command(&bin, &dir, port),
+        );
+        let child = as_postgres(&script)
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the PostgreSQL wrapper");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !dir.join("wrapper.state").exists() {
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not start in 60s: {}",
+                std::fs::read_to_string(dir.join("pg.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        OwnPostgres {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            dir,
+            bin,
+            port,
+            _wrapper: Mutex::new(child),
+        }
+    }
+
+    fn start_command(bin: &Path, dir: &Path, port: u16) -> String {
+        format!(
+            "'{bin}/pg_ctl' -D '{dir}/data' -w -t 60 -l '{dir}/pg.log' start -o \"-k '{dir}' -p {port} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200\" >/dev/null",
+            bin = bin.display(),
+            dir = dir.display(),
+        )
+    }
+
+    /// A new, empty database on this server; its URL.
+    pub async fn database(&self) -> String {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.url)
+            .await
+            .expect("connect to the test PostgreSQL");
+        sqlx::query("CREATE DATABASE scopegate_faults")
+            .execute(&mut conn)
+            .await
+            .expect("create a test database");
+        let _ = conn.close().await;
+        format!(
+            "postgres://postgres@127.0.0.1:{}/scopegate_faults",
+            self.port
+        )
+    }
+
+    /// `pg_ctl stop -m fast`: sessions are ended, transactions in flight rolled back,
+    /// new connections refused. Returns once the server is down.
+    pub async fn stop(&self) {
+        let script = format!(
+            "'{}/pg_ctl' -D '{}/data' -w -t 60 stop -m fast >/dev/null",
+            self.bin.display(),
+            self.dir.display()
+        );
+        run_as_postgres(script).await;
+    }
+
+    /// Starts the stopped server again on the same port; returns once it accepts
+    /// connections.
+    pub async fn restart(&self) {
+        run_as_postgres(OwnPostgres::start_command(&self.bin, &self.dir, self.port)).await;
+    }
+}
+
+/// `sh -c script`, as the `postgres` user when running as root.
+fn as_postgres(script: &str) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", "sh", "-c", script]);
+        c
+    } else {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]);
+        c
+    }
+}
+
+async fn run_as_postgres(script: String) {
+    let status = tokio::task::spawn_blocking(move || as_postgres(&script).status())
+        .await
+        .expect("join")
+        .expect("run pg_ctl");
+    assert!(status.success(), "pg_ctl failed: {status}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Users and configuration
 
