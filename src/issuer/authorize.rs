@@ -555,6 +555,7 @@ async fn issue(
             request.api,
             &scope,
             granted.openid,
+            None,
         )?;
         params.push(("access_token", access.token.clone()));
         params.push(("token_type", "Bearer".into()));
