@@ -101,6 +101,7 @@ fn issuance(c: &mut Criterion) {
                     api,
                     black_box("read:contacts write:contacts"),
                     false,
+                    None,
                 )
                 .expect("mint")
             })

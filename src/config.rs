@@ -25,19 +25,13 @@ use crate::jose::Alg;
 
 /// The whole of `gateway.yaml`.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
-    #[serde(default)]
     pub server: ServerConfig,
-    #[serde(default)]
     pub log: LogConfig,
-    #[serde(default)]
     pub trust: TrustConfig,
-    #[serde(default)]
     pub forward: ForwardConfig,
-    #[serde(default)]
     pub routes: Vec<RouteConfig>,
-    #[serde(default)]
     pub issuer: Option<IssuerConfig>,
 }
 

@@ -49,31 +49,70 @@ impl ConnInfo {
     }
 }
 
+/// A complete answer: `status`, `body` and fixed header values (inserted in order).
+pub fn with_headers(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    headers: &[(HeaderName, &'static str)],
+) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    let map = response.headers_mut();
+    for (name, value) in headers {
+        map.insert(name.clone(), HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// `Content-Type` of the JSON answers.
+pub const JSON: (HeaderName, &str) = (CONTENT_TYPE, "application/json");
+/// `Cache-Control: no-store`: for answers that carry credentials or per-user state.
+pub const NO_STORE: (HeaderName, &str) = (CACHE_CONTROL, "no-store");
+/// `Pragma: no-cache`, beside [`NO_STORE`] for HTTP/1.0 caches (RFC 6749 §5.1).
+pub const NO_CACHE: (HeaderName, &str) = (PRAGMA, "no-cache");
+
 /// A JSON `{error, error_description}` answer with `Cache-Control: no-store`.
 pub fn json_error(status: StatusCode, error: &str, description: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": error, "error_description": description });
-    let mut response = Response::new(full(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    with_headers(status, body.to_string(), &[JSON, NO_STORE])
 }
 
 /// A 200 JSON answer that carries credentials or token state: `Cache-Control: no-store`,
 /// `Pragma: no-cache` (RFC 6749 §5.1).
 pub fn no_store_json(body: impl Into<Bytes>) -> Response<Body> {
-    let mut response = Response::new(full(body));
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
-    response
+    with_headers(StatusCode::OK, body, &[JSON, NO_STORE, NO_CACHE])
 }
 
 /// Sets `Retry-After` to whole seconds (at least one).
 pub fn set_retry_after(headers: &mut HeaderMap, seconds: u64) {
     headers.insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+}
+
+/// The byte a `%XY` escape starting at `bytes[at]` (the `%`) stands for; `None` when the
+/// two hex digits are missing or not hex.
+///
+/// ```
+/// assert_eq!(scopegate::http::percent_byte(b"a%2Fb", 1), Some(b'/'));
+/// assert_eq!(scopegate::http::percent_byte(b"%4", 0), None);
+/// ```
+pub fn percent_byte(bytes: &[u8], at: usize) -> Option<u8> {
+    fn hex(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
+    let hi = hex(*bytes.get(at + 1)?)?;
+    let lo = hex(*bytes.get(at + 2)?)?;
+    Some(hi << 4 | lo)
+}
+
+/// `b` percent-encoded, with upper-case hex (RFC 3986 §2.1).
+pub fn percent_encoded(b: u8) -> [u8; 3] {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    [b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), plus the non-standard ones proxies meet.

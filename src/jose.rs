@@ -221,27 +221,20 @@ impl<'t> Jws<'t> {
     }
 }
 
-/// One JWK as found in a JWK Set. Only public members are read.
+/// One JWK as found in a JWK Set. Only public members are read; every member but `kty`
+/// is optional (serde reads a missing `Option` as `None`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Jwk {
     pub kty: String,
-    #[serde(default)]
     pub kid: Option<String>,
-    #[serde(default, rename = "use")]
+    #[serde(rename = "use")]
     pub use_: Option<String>,
-    #[serde(default)]
     pub alg: Option<String>,
-    #[serde(default)]
     pub key_ops: Option<Vec<String>>,
-    #[serde(default)]
     pub crv: Option<String>,
-    #[serde(default)]
     pub n: Option<String>,
-    #[serde(default)]
     pub e: Option<String>,
-    #[serde(default)]
     pub x: Option<String>,
-    #[serde(default)]
     pub y: Option<String>,
 }
 

@@ -4,6 +4,8 @@
 
 use std::borrow::Cow;
 
+use super::{percent_byte, percent_encoded};
+
 /// Why a request path is refused before routing (400 `invalid_request`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -19,15 +21,6 @@ pub enum PathError {
     DotSegment,
     #[error("the path has an empty segment ('//')")]
     EmptySegment,
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// Normalises a request path for matching and forwarding: percent-encoded unreserved
@@ -55,24 +48,16 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
         let b = bytes[i];
         match b {
             b'%' => {
-                let (Some(hi), Some(lo)) = (
-                    bytes.get(i + 1).copied().and_then(hex),
-                    bytes.get(i + 2).copied().and_then(hex),
-                ) else {
+                let Some(decoded) = percent_byte(bytes, i) else {
                     return Err(PathError::BadEncoding);
                 };
-                let decoded = hi * 16 + lo;
                 let buf = out.get_or_insert_with(|| bytes[..i].to_vec());
                 match decoded {
                     b'/' | b'\\' | b'.' | 0 => return Err(PathError::EncodedSeparator),
                     b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => {
                         buf.push(decoded)
                     }
-                    _ => buf.extend_from_slice(&[
-                        b'%',
-                        b"0123456789ABCDEF"[usize::from(hi)],
-                        b"0123456789ABCDEF"[usize::from(lo)],
-                    ]),
+                    _ => buf.extend_from_slice(&percent_encoded(decoded)),
                 }
                 i += 3;
                 continue;

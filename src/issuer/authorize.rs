@@ -28,8 +28,8 @@ use super::Issuer;
 use super::form::{self, Form};
 use super::mint::{self, Subject, random_token};
 use super::model::{Api, Client, User};
-use super::pages;
-use super::session::{self, CSRF_FIELD, Refused};
+use super::pages::{self, Refused};
+use super::session::{self, CSRF_FIELD};
 use super::store::{CodeRecord, secret_hash};
 use crate::config::issuer::GrantType;
 use crate::error::{OAuthCode, OAuthError};
@@ -505,17 +505,9 @@ fn show_login(
         client_name: &request.client.display_name,
         hidden: vec![(CSRF_FIELD, &csrf), (PENDING_FIELD, &request.pending)],
         username: username.or(request.login_hint.as_deref()),
-        message: refused.map(|r| r.message),
-        status: refused.map_or(StatusCode::OK, |r| r.status),
+        refused,
         redirects_to_client: true,
     });
-    if let Some(seconds) = refused.and_then(|r| r.retry_after)
-        && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
-    {
-        response
-            .headers_mut()
-            .insert(http::header::RETRY_AFTER, value);
-    }
     session::add_cookies(&mut response, set_csrf);
     response
 }
@@ -563,6 +555,7 @@ async fn issue(
             request.api,
             &scope,
             granted.openid,
+            None,
         )?;
         params.push(("access_token", access.token.clone()));
         params.push(("token_type", "Bearer".into()));
@@ -662,19 +655,16 @@ pub fn see_other(location: &str) -> Response<Body> {
         tracing::error!("a redirect location is not a valid header value");
         return OAuthError::server_error().into_page("Scopegate");
     };
-    let mut response = Response::new(crate::http::full(""));
-    *response.status_mut() = StatusCode::SEE_OTHER;
-    let h = response.headers_mut();
-    h.insert(http::header::LOCATION, value);
-    h.insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
+    let mut response = crate::http::with_headers(
+        StatusCode::SEE_OTHER,
+        "",
+        &[
+            crate::http::NO_STORE,
+            crate::http::NO_CACHE,
+            (http::header::REFERRER_POLICY, "no-referrer"),
+        ],
     );
-    h.insert(http::header::PRAGMA, HeaderValue::from_static("no-cache"));
-    h.insert(
-        http::header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    response.headers_mut().insert(http::header::LOCATION, value);
     response
 }
 

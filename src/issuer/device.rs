@@ -17,17 +17,19 @@
 //!   like passwords (`issuer.throttle`).
 //! - The scopes are decided when the tokens are issued, as for every user grant.
 
+use std::net::IpAddr;
+
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http::{HeaderMap, Method, Response};
 use serde::Serialize;
 
 use super::client_auth::{self, Requirement};
 use super::form::{self, Form};
 use super::mint::{self, random_token};
 use super::model::Client;
-use super::pages;
-use super::session::{self, Refused, Session};
+use super::pages::{self, Refused};
+use super::session::{self, Session};
 use super::store::{DeviceRecord, DeviceStatus, secret_hash};
 use super::{Issuer, throttle};
 use crate::config::issuer::GrantType;
@@ -200,9 +202,9 @@ async fn activate_post(
 ) -> Result<Response<Body>, OAuthError> {
     session::check_csrf(&issuer.model, headers, posted)?;
     let typed = posted.get("user_code").unwrap_or("");
-    let (code, device, client) = match find_pending(issuer, headers, conn.clone(), typed).await? {
+    let (code, device, client) = match find_pending(issuer, conn.remote.ip(), typed).await? {
         Ok(found) => found,
-        Err(page) => return Ok(page),
+        Err(refused) => return Ok(entry(issuer, headers, conn, typed, Some(refused))),
     };
     let shown = display_user_code(&code);
     if posted.get("username").is_some() || posted.get("password").is_some() {
@@ -224,32 +226,24 @@ async fn activate_post(
 }
 
 /// The pending, unexpired device authorization a typed code names, with its code as
-/// stored and its client; `Err` is the code form again, saying what is wrong. Unknown
+/// stored and its client; `Ok(Err(_))` is why the code form is shown again. Unknown
 /// codes count against the address (guessing is throttled like passwords).
 async fn find_pending<'m>(
     issuer: &'m Issuer,
-    headers: &HeaderMap,
-    conn: ConnInfo,
+    remote: IpAddr,
     typed: &str,
-) -> Result<Result<(String, DeviceRecord, &'m Client), Response<Body>>, OAuthError> {
+) -> Result<Result<(String, DeviceRecord, &'m Client), Refused>, OAuthError> {
     let model = &issuer.model;
-    let guess_key = throttle::user_code_key(conn.remote.ip());
+    let guess_key = throttle::user_code_key(remote);
     if let Err(err) = throttle::check_key(issuer, &guess_key).await {
         let Some(seconds) = err.retry_after else {
             return Err(err);
         };
-        return Ok(Err(locked_out(issuer, headers, conn, typed, seconds)));
+        return Ok(Err(session::locked_out(seconds)));
     }
     let Some(code) = normalize_user_code(typed) else {
-        return Ok(Err(entry(
-            issuer,
-            headers,
-            conn,
-            typed,
-            Some((
-                StatusCode::BAD_REQUEST,
-                "Enter the code your device shows: 8 letters, like BCDF-GHJK.",
-            )),
+        return Ok(Err(Refused::bad_request(
+            "Enter the code your device shows: 8 letters, like BCDF-GHJK.",
         )));
     };
     let device = issuer.core.store.find_device_by_user_code(&code).await?;
@@ -262,41 +256,11 @@ async fn find_pending<'m>(
         if device.is_none() {
             throttle::failed_key(issuer, &guess_key).await?;
         }
-        return Ok(Err(entry(
-            issuer,
-            headers,
-            conn,
-            typed,
-            Some((
-                StatusCode::BAD_REQUEST,
-                "That code is not valid, or it has expired or been used. Check your device and try again.",
-            )),
+        return Ok(Err(Refused::bad_request(
+            "That code is not valid, or it has expired or been used. Check your device and try again.",
         )));
     };
     Ok(Ok((code, live.clone(), client)))
-}
-
-/// The code form while the address is locked out, with `Retry-After`.
-fn locked_out(
-    issuer: &Issuer,
-    headers: &HeaderMap,
-    conn: ConnInfo,
-    typed: &str,
-    seconds: u64,
-) -> Response<Body> {
-    let mut response = entry(
-        issuer,
-        headers,
-        conn,
-        typed,
-        Some((StatusCode::TOO_MANY_REQUESTS, session::LOCKED_OUT)),
-    );
-    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-        response
-            .headers_mut()
-            .insert(http::header::RETRY_AFTER, value);
-    }
-    response
 }
 
 /// The sign-in form posted on the way: the confirmation page once signed in, else the
@@ -350,16 +314,9 @@ async fn decide(
         .decide_device(code, subject, session.auth_time, now)
         .await?
     {
-        return Ok(entry(
-            issuer,
-            headers,
-            conn,
-            code,
-            Some((
-                StatusCode::BAD_REQUEST,
-                "That code has expired or been used. Start again on your device.",
-            )),
-        ));
+        let refused =
+            Refused::bad_request("That code has expired or been used. Start again on your device.");
+        return Ok(entry(issuer, headers, conn, code, Some(refused)));
     }
     tracing::info!(client_id = %client.client_id, subject = %session.user.subject, approved = approve, "device authorization decided");
     let brand = &issuer.model.login_title;
@@ -389,7 +346,7 @@ fn entry(
     headers: &HeaderMap,
     conn: ConnInfo,
     typed: &str,
-    problem: Option<(StatusCode, &str)>,
+    refused: Option<Refused>,
 ) -> Response<Body> {
     let model = &issuer.model;
     let (csrf, set_csrf) = match session::csrf_token(model, headers, conn.tls) {
@@ -400,14 +357,7 @@ fn entry(
     let typed = normalize_user_code(typed)
         .map(|code| display_user_code(&code))
         .unwrap_or_else(|| typed.chars().take(16).collect());
-    let mut response = pages::device_entry(
-        &model.login_title,
-        &action,
-        &csrf,
-        &typed,
-        problem.map(|(_, message)| message),
-        problem.map_or(StatusCode::OK, |(status, _)| status),
-    );
+    let mut response = pages::device_entry(&model.login_title, &action, &csrf, &typed, refused);
     session::add_cookies(&mut response, set_csrf);
     response
 }
@@ -431,17 +381,9 @@ fn login(
         client_name: &client.display_name,
         hidden: vec![(session::CSRF_FIELD, &csrf), ("user_code", shown)],
         username,
-        message: refused.map(|r| r.message),
-        status: refused.map_or(StatusCode::OK, |r| r.status),
+        refused,
         redirects_to_client: false,
     });
-    if let Some(seconds) = refused.and_then(|r| r.retry_after)
-        && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
-    {
-        response
-            .headers_mut()
-            .insert(http::header::RETRY_AFTER, value);
-    }
     session::add_cookies(&mut response, set_csrf);
     Ok(response)
 }

@@ -4,12 +4,13 @@
 //! configuration; served with a short public cache lifetime, as is the JWKS.
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
+use http::header::ACCESS_CONTROL_ALLOW_ORIGIN;
+use http::{Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::model::Model;
 use crate::config::issuer::GrantType;
-use crate::http::{Body, full};
+use crate::http::{Body, JSON, with_headers};
 use crate::jose::Alg;
 
 /// How long clients may cache discovery documents and the JWKS. Short, so a rotated key
@@ -83,20 +84,13 @@ pub fn documents(model: &Model, alg: Alg) -> Documents {
 
 /// A JSON document answer with a cache lifetime.
 pub fn json_document(body: Bytes, cache_control: &'static str) -> Response<Body> {
-    let mut response = Response::new(full(body));
-    *response.status_mut() = StatusCode::OK;
-    let headers = response.headers_mut();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static(cache_control),
-    );
-    headers.insert(
-        http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    response
+    with_headers(
+        StatusCode::OK,
+        body,
+        &[
+            JSON,
+            (http::header::CACHE_CONTROL, cache_control),
+            (ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+    )
 }

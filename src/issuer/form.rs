@@ -7,6 +7,7 @@ use http::HeaderMap;
 use http_body_util::{BodyExt, Limited};
 
 use crate::error::OAuthError;
+use crate::http::{percent_byte, percent_encoded};
 
 /// The largest form body the issuer reads.
 pub const MAX_FORM_BYTES: usize = 16 * 1024;
@@ -87,11 +88,7 @@ pub fn encode<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String
                 b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
                     out.push(b as char)
                 }
-                _ => {
-                    out.push('%');
-                    out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
-                    out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 15)]));
-                }
+                _ => out.extend(percent_encoded(b).map(char::from)),
             }
         }
     }
@@ -111,15 +108,6 @@ fn shorten(text: &str) -> String {
     text.chars().take(40).collect()
 }
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// Percent-decodes form text (`+` is a space).
 pub fn decode(raw: &[u8]) -> Result<String, OAuthError> {
     let mut out = Vec::with_capacity(raw.len());
@@ -128,17 +116,12 @@ pub fn decode(raw: &[u8]) -> Result<String, OAuthError> {
         match raw[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let (Some(&h), Some(&l)) = (raw.get(i + 1), raw.get(i + 2)) else {
+                let Some(b) = percent_byte(raw, i) else {
                     return Err(OAuthError::invalid_request(
                         "the form has a bad percent-encoding",
                     ));
                 };
-                let (Some(h), Some(l)) = (hex(h), hex(l)) else {
-                    return Err(OAuthError::invalid_request(
-                        "the form has a bad percent-encoding",
-                    ));
-                };
-                out.push(h << 4 | l);
+                out.push(b);
                 i += 2;
             }
             b => out.push(b),

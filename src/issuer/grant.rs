@@ -195,10 +195,7 @@ async fn issue_for_user(
     let scope = granted.scope_string();
     let subject = Subject::User(user);
     let openid = granted.openid;
-    let access = match extras.jti {
-        Some(jti) => mint::access_token_as(issuer, client, subject, api, &scope, openid, jti)?,
-        None => mint::access_token(issuer, client, subject, api, &scope, openid)?,
-    };
+    let access = mint::access_token(issuer, client, subject, api, &scope, openid, extras.jti)?;
     let id_token = if openid {
         Some(mint::id_token(
             issuer,

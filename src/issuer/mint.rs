@@ -321,7 +321,8 @@ pub fn access_ttl(model: &Model, api: Option<&Api>) -> u64 {
 }
 
 /// Signs an access token for `client` about `subject`, good for `api` (or for
-/// `/userinfo` only), with `scope`.
+/// `/userinfo` only), with `scope`. Its `jti` is new, unless one was chosen beforehand
+/// (the code grant records it before the token exists, so a replay can revoke it).
 pub fn access_token(
     issuer: &Issuer,
     client: &Client,
@@ -329,22 +330,12 @@ pub fn access_token(
     api: Option<&Api>,
     scope: &str,
     openid: bool,
+    jti: Option<String>,
 ) -> Result<AccessToken, OAuthError> {
-    let jti = random_token(16)?;
-    access_token_as(issuer, client, subject, api, scope, openid, jti)
-}
-
-/// [`access_token`] with a `jti` chosen beforehand (the code grant records it before
-/// the token exists, so a replay can revoke it).
-pub fn access_token_as(
-    issuer: &Issuer,
-    client: &Client,
-    subject: Subject<'_>,
-    api: Option<&Api>,
-    scope: &str,
-    openid: bool,
-    jti: String,
-) -> Result<AccessToken, OAuthError> {
+    let jti = match jti {
+        Some(jti) => jti,
+        None => random_token(16)?,
+    };
     let model = &issuer.model;
     let now = issuer.now();
     let ttl = access_ttl(model, api);

@@ -14,11 +14,13 @@ use std::sync::LazyLock;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use bytes::Bytes;
+use http::header::{
+    CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::error::{OAuthCode, OAuthError};
-use crate::http::{Body, full};
+use crate::http::{Body, NO_CACHE, NO_STORE, set_retry_after, with_headers};
 
 /// Escapes text for HTML element content and double-quoted attribute values.
 ///
@@ -114,6 +116,20 @@ struct Page<'a> {
 }
 
 impl Page<'_> {
+    /// The page shown again after a refused form: the refusal's status (else 200) and
+    /// `Retry-After` for a lockout.
+    fn refused(mut self, refused: Option<Refused>) -> Response<Body> {
+        let Some(refused) = refused else {
+            return self.render();
+        };
+        self.status = refused.status;
+        let mut response = self.render();
+        if let Some(seconds) = refused.retry_after {
+            set_retry_after(response.headers_mut(), seconds);
+        }
+        response
+    }
+
     fn render(self) -> Response<Body> {
         let brand = escape(self.brand);
         let mark = self
@@ -149,32 +165,22 @@ impl Page<'_> {
         if self.script {
             let _ = write!(csp, "; script-src {}", *SCRIPT_HASH);
         }
-        let mut response = Response::new(full(Bytes::from(html)));
-        *response.status_mut() = self.status;
-        let h = response.headers_mut();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        );
-        h.insert(
-            http::header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        );
-        h.insert(http::header::PRAGMA, HeaderValue::from_static("no-cache"));
-        h.insert(
-            http::header::X_FRAME_OPTIONS,
-            HeaderValue::from_static("DENY"),
-        );
-        h.insert(
-            http::header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
-        h.insert(
-            http::header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
+        let mut response = with_headers(
+            self.status,
+            html,
+            &[
+                (CONTENT_TYPE, "text/html; charset=utf-8"),
+                NO_STORE,
+                NO_CACHE,
+                (X_FRAME_OPTIONS, "DENY"),
+                (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (REFERRER_POLICY, "no-referrer"),
+            ],
         );
         if let Ok(value) = HeaderValue::from_str(&csp) {
-            h.insert(http::header::CONTENT_SECURITY_POLICY, value);
+            response
+                .headers_mut()
+                .insert(CONTENT_SECURITY_POLICY, value);
         }
         response
     }
@@ -211,11 +217,31 @@ pub struct Login<'a> {
     pub hidden: Vec<(&'a str, &'a str)>,
     /// The username to prefill (after a failure, or `login_hint`).
     pub username: Option<&'a str>,
-    /// A message shown above the form (wrong password, lockout, expired session).
-    pub message: Option<&'a str>,
-    pub status: StatusCode,
+    /// Why the form is shown again (wrong password, lockout, expired session): its
+    /// message above the form, its status, and `Retry-After` for a lockout.
+    pub refused: Option<Refused>,
     /// True if success ends in a redirect to the client.
     pub redirects_to_client: bool,
+}
+
+/// A sign-in form that did not sign anyone in: show the page again with this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub status: StatusCode,
+    pub message: &'static str,
+    /// `Retry-After` seconds, for a lockout.
+    pub retry_after: Option<u64>,
+}
+
+impl Refused {
+    /// A form that cannot be taken as sent: 400 and why.
+    pub fn bad_request(message: &'static str) -> Refused {
+        Refused {
+            status: StatusCode::BAD_REQUEST,
+            message,
+            retry_after: None,
+        }
+    }
 }
 
 /// The sign-in page: username and password, the hidden fields, no script.
@@ -226,8 +252,9 @@ pub fn login(view: Login<'_>) -> Response<Body> {
         "<h1>Sign in</h1>\n<p class=\"lead\">to continue to <strong>{}</strong></p>",
         escape(view.client_name)
     );
-    alert(&mut c, view.message);
-    let described = if view.message.is_some() {
+    let message = view.refused.map(|r| r.message);
+    alert(&mut c, message);
+    let described = if message.is_some() {
         " aria-describedby=\"problem\" aria-invalid=\"true\""
     } else {
         ""
@@ -260,19 +287,19 @@ pub fn login(view: Login<'_>) -> Response<Body> {
          maxlength=\"1024\" required{password_focus}{described}></div>"
     );
     c.push_str("<button type=\"submit\">Sign in</button>\n</form>\n");
-    Page {
+    let page = Page {
         brand: view.brand,
         title: "Sign in",
         content: c,
-        status: view.status,
+        status: StatusCode::OK,
         forms: if view.redirects_to_client {
             Forms::Client
         } else {
             Forms::SelfOnly
         },
         script: false,
-    }
-    .render()
+    };
+    page.refused(view.refused)
 }
 
 /// An error page: a heading, what went wrong, and (when known) the technical detail.
@@ -339,9 +366,9 @@ pub fn device_entry(
     action: &str,
     csrf: &str,
     user_code: &str,
-    message: Option<&str>,
-    status: StatusCode,
+    refused: Option<Refused>,
 ) -> Response<Body> {
+    let message = refused.map(|r| r.message);
     let mut c = String::new();
     c.push_str(
         "<h1>Connect a device</h1>\n<p class=\"lead\">Enter the code shown on your device.</p>\n",
@@ -363,15 +390,15 @@ pub fn device_entry(
         escape(user_code)
     );
     c.push_str("<button type=\"submit\">Continue</button>\n</form>\n");
-    Page {
+    let page = Page {
         brand,
         title: "Connect a device",
         content: c,
-        status,
+        status: StatusCode::OK,
         forms: Forms::SelfOnly,
         script: false,
-    }
-    .render()
+    };
+    page.refused(refused)
 }
 
 /// What the device confirmation page shows.
@@ -484,7 +511,7 @@ impl OAuthError {
         let detail = format!("Error: {}", self.code.as_str());
         let mut response = error(brand, self.status(), heading, &message, Some(&detail));
         if let Some(seconds) = self.retry_after {
-            crate::http::set_retry_after(response.headers_mut(), seconds);
+            set_retry_after(response.headers_mut(), seconds);
         }
         response
     }
@@ -521,8 +548,11 @@ mod tests {
             client_name: "\"><script>alert(1)</script>",
             hidden: vec![("pending_request", "a=1&b=\"2\"")],
             username: Some("x' onfocus='y"),
-            message: Some("<b>"),
-            status: StatusCode::OK,
+            refused: Some(Refused {
+                status: StatusCode::OK,
+                message: "<b>",
+                retry_after: None,
+            }),
             redirects_to_client: true,
         });
         let h = response.headers();

@@ -4,28 +4,18 @@
 //! would expire, which introspection, `/userinfo` and token exchange honour at once.
 //! Unknown, invalid or expired tokens are answered 200, as the RFC asks.
 
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 
 use super::Issuer;
 use super::client_auth::{self, Requirement};
 use super::form::Form;
 use super::store::secret_hash;
 use crate::error::{OAuthCode, OAuthError};
-use crate::http::{Body, full};
+use crate::http::{Body, NO_CACHE, NO_STORE, with_headers};
 
 pub async fn handle(issuer: &Issuer, headers: &HeaderMap, form: &Form) -> Response<Body> {
     match revoke(issuer, headers, form).await {
-        Ok(()) => {
-            let mut response = Response::new(full(""));
-            *response.status_mut() = StatusCode::OK;
-            let h = response.headers_mut();
-            h.insert(
-                http::header::CACHE_CONTROL,
-                HeaderValue::from_static("no-store"),
-            );
-            h.insert(http::header::PRAGMA, HeaderValue::from_static("no-cache"));
-            response
-        }
+        Ok(()) => with_headers(StatusCode::OK, "", &[NO_STORE, NO_CACHE]),
         Err(err) => err.into_response(),
     }
 }

@@ -20,6 +20,7 @@ use subtle::ConstantTimeEq;
 use super::form::Form;
 use super::mint::random_token;
 use super::model::{Model, User};
+use super::pages::Refused;
 use super::store::{SessionRecord, secret_hash};
 use super::{Issuer, throttle};
 use crate::error::{OAuthCode, OAuthError};
@@ -173,13 +174,13 @@ pub const WRONG_LOGIN: &str = "Wrong username or password.";
 pub const LOCKED_OUT: &str =
     "Too many failed sign-in attempts. Wait a few minutes, then try again.";
 
-/// A sign-in form that did not sign anyone in: show the page again with this.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refused {
-    pub status: StatusCode,
-    pub message: &'static str,
-    /// `Retry-After` seconds, for a lockout.
-    pub retry_after: Option<u64>,
+/// A sign-in (or code) form refused while locked out: 429 with `Retry-After`.
+pub fn locked_out(seconds: u64) -> Refused {
+    Refused {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        message: LOCKED_OUT,
+        retry_after: Some(seconds),
+    }
 }
 
 /// A browser that has just signed in.
@@ -264,20 +265,14 @@ pub async fn sign_in<'i>(
     tls: bool,
 ) -> Result<Result<SignedIn<'i>, Refused>, OAuthError> {
     let (Some(login), Some(password)) = (form.get("username"), form.get("password")) else {
-        return Ok(Err(Refused {
-            status: StatusCode::BAD_REQUEST,
-            message: "Enter your username and your password.",
-            retry_after: None,
-        }));
+        return Ok(Err(Refused::bad_request(
+            "Enter your username and your password.",
+        )));
     };
     let keys = throttle::Keys::new(login, remote);
     if let Err(err) = throttle::check(issuer, &keys).await {
         return match err.retry_after {
-            Some(seconds) => Ok(Err(Refused {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                message: LOCKED_OUT,
-                retry_after: Some(seconds),
-            })),
+            Some(seconds) => Ok(Err(locked_out(seconds))),
             None => Err(err),
         };
     }

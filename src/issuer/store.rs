@@ -353,6 +353,27 @@ impl Store {
     }
 }
 
+/// A statement with its values bound, not yet run.
+type Statement<'q> = sqlx::query::Query<'q, sqlx::Any, <sqlx::Any as sqlx::Database>::Arguments>;
+
+impl Store {
+    /// Runs a statement on the pool; the number of rows it changed.
+    async fn rows_affected(&self, statement: Statement<'_>) -> Result<u64> {
+        Ok(statement.execute(&self.pool).await?.rows_affected())
+    }
+
+    /// Runs a statement on the pool for its effect.
+    async fn run(&self, statement: Statement<'_>) -> Result<()> {
+        self.rows_affected(statement).await.map(drop)
+    }
+
+    /// Runs a conditional change of one row: true if it happened (of parallel callers,
+    /// exactly one sees true).
+    async fn changed_one(&self, statement: Statement<'_>) -> Result<bool> {
+        Ok(self.rows_affected(statement).await? == 1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

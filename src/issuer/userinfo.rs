@@ -5,32 +5,22 @@
 //! for a missing or bad token (a machine token's `aud` lacks the userinfo URL), 403
 //! `insufficient_scope` without `openid`.
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 use serde_json::{Map, Value};
 
 use super::Issuer;
 use super::mint::{custom_claims, profile_claims};
 use crate::claims::has_word;
 use crate::error::BearerError;
-use crate::http::{AuthorizationError, Body, bearer_token, full};
+use crate::http::{AuthorizationError, Body, JSON, NO_STORE, bearer_token, with_headers};
 
 pub async fn handle(issuer: &Issuer, headers: &HeaderMap) -> Response<Body> {
     match userinfo(issuer, headers).await {
-        Ok(claims) => {
-            let mut response = Response::new(full(Bytes::from(Value::Object(claims).to_string())));
-            *response.status_mut() = StatusCode::OK;
-            let h = response.headers_mut();
-            h.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            h.insert(
-                http::header::CACHE_CONTROL,
-                HeaderValue::from_static("no-store"),
-            );
-            response
-        }
+        Ok(claims) => with_headers(
+            StatusCode::OK,
+            Value::Object(claims).to_string(),
+            &[JSON, NO_STORE],
+        ),
         Err(err) => err.into_response(),
     }
 }

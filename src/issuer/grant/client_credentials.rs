@@ -37,6 +37,14 @@ pub(super) fn grant(
         "none of the requested scopes is granted to this client for this API",
     )?;
 
-    let access = mint::access_token(issuer, client, Subject::Machine, Some(api), &scope, false)?;
+    let access = mint::access_token(
+        issuer,
+        client,
+        Subject::Machine,
+        Some(api),
+        &scope,
+        false,
+        None,
+    )?;
     Ok(TokenResponse::bearer(access, scope))
 }

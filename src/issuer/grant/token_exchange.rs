@@ -50,6 +50,7 @@ pub(super) async fn grant(
         Some(api),
         &scope,
         false,
+        None,
     )?;
     Ok(TokenResponse {
         issued_token_type: Some(ACCESS_TOKEN_TYPE),

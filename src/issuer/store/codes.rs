@@ -41,7 +41,7 @@ pub struct CodeIssue {
 
 impl Store {
     pub async fn insert_code(&self, code: &CodeRecord) -> Result<()> {
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO authorization_codes (code_hash, client_id, redirect_uri, subject, audience, scope,
                 nonce, code_challenge, code_challenge_method, auth_time, created_at, expires_at, used_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL)",
@@ -57,10 +57,8 @@ impl Store {
         .bind(&code.code_challenge_method)
         .bind(code.auth_time)
         .bind(code.created_at)
-        .bind(code.expires_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .bind(code.expires_at);
+        self.run(insert).await
     }
 
     /// Redeems a code: marks it used and returns it, atomically, if it exists, is unused
@@ -102,7 +100,7 @@ impl Store {
     /// parallel callers, and only while the code is unused and unexpired. What it was
     /// redeemed for is kept with it, so that [`Store::replay_code`] can revoke it.
     pub async fn redeem_code(&self, code_hash: &str, now: i64, issued: &CodeIssue) -> Result<bool> {
-        Ok(sqlx::query(
+        let update = sqlx::query(
             "UPDATE authorization_codes
              SET used_at = $1, issued_jti = $2, issued_until = $3, issued_family = $4
              WHERE code_hash = $5 AND used_at IS NULL AND expires_at > $1",
@@ -111,11 +109,8 @@ impl Store {
         .bind(&issued.jti)
         .bind(issued.until)
         .bind(&issued.family_id)
-        .bind(code_hash)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            == 1)
+        .bind(code_hash);
+        self.changed_one(update).await
     }
 
     /// A redeemed code was presented again: marks it replayed and, in one transaction,

@@ -60,7 +60,7 @@ pub struct DeviceRecord {
 
 impl Store {
     pub async fn insert_device_code(&self, device: &DeviceRecord) -> Result<()> {
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO device_codes (device_code_hash, user_code, client_id, audience, scope, status,
                 subject, auth_time, created_at, expires_at, interval_secs, last_polled_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
@@ -76,28 +76,30 @@ impl Store {
         .bind(device.created_at)
         .bind(device.expires_at)
         .bind(device.interval_secs)
-        .bind(device.last_polled_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .bind(device.last_polled_at);
+        self.run(insert).await
     }
 
     pub async fn find_device_by_user_code(&self, user_code: &str) -> Result<Option<DeviceRecord>> {
-        // Built from constants only.
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{DEVICE_SELECT} WHERE user_code = $1"
-        )))
-        .bind(user_code)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| device_from_row(&row)).transpose()
+        self.find_device_where("user_code", user_code).await
     }
 
     pub async fn find_device(&self, device_code_hash: &str) -> Result<Option<DeviceRecord>> {
+        self.find_device_where("device_code_hash", device_code_hash)
+            .await
+    }
+
+    /// The device authorization whose `column` (a unique one) is `value`.
+    async fn find_device_where(
+        &self,
+        column: &'static str,
+        value: &str,
+    ) -> Result<Option<DeviceRecord>> {
+        // Built from constants only.
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{DEVICE_SELECT} WHERE device_code_hash = $1"
+            "{DEVICE_SELECT} WHERE {column} = $1"
         )))
-        .bind(device_code_hash)
+        .bind(value)
         .fetch_optional(&self.pool)
         .await?;
         row.map(|row| device_from_row(&row)).transpose()
@@ -117,7 +119,7 @@ impl Store {
         } else {
             DeviceStatus::Denied
         };
-        Ok(sqlx::query(
+        let update = sqlx::query(
             "UPDATE device_codes SET status = $1, subject = $2, auth_time = $3
              WHERE user_code = $4 AND status = 'pending' AND expires_at > $5",
         )
@@ -125,11 +127,8 @@ impl Store {
         .bind(approved_subject)
         .bind(auth_time)
         .bind(user_code)
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            == 1)
+        .bind(now);
+        self.changed_one(update).await
     }
 
     /// Records a poll; returns the previous poll time (for `slow_down`).
@@ -142,11 +141,11 @@ impl Store {
                 .map(|row| row.try_get::<Option<i64>, _>(0))
                 .transpose()?
                 .flatten();
-        sqlx::query("UPDATE device_codes SET last_polled_at = $1 WHERE device_code_hash = $2")
-            .bind(now)
-            .bind(device_code_hash)
-            .execute(&self.pool)
-            .await?;
+        let update =
+            sqlx::query("UPDATE device_codes SET last_polled_at = $1 WHERE device_code_hash = $2")
+                .bind(now)
+                .bind(device_code_hash);
+        self.run(update).await?;
         Ok(previous)
     }
 

@@ -105,28 +105,21 @@ impl Store {
 
     /// Retires a key that is still active. False if it was retired already.
     pub async fn retire_key(&self, kid: &str, now: i64) -> Result<bool> {
-        Ok(sqlx::query(
+        let update = sqlx::query(
             "UPDATE signing_keys SET rotated_at = $1 WHERE kid = $2 AND rotated_at IS NULL",
         )
         .bind(now)
-        .bind(kid)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            == 1)
+        .bind(kid);
+        self.changed_one(update).await
     }
 
     /// Deletes keys retired before `before` (their tokens have all expired).
     pub async fn delete_keys_retired_before(&self, before: i64) -> Result<u64> {
-        Ok(
-            sqlx::query(
-                "DELETE FROM signing_keys WHERE rotated_at IS NOT NULL AND rotated_at < $1",
-            )
-            .bind(before)
-            .execute(&self.pool)
-            .await?
-            .rows_affected(),
+        let delete = sqlx::query(
+            "DELETE FROM signing_keys WHERE rotated_at IS NOT NULL AND rotated_at < $1",
         )
+        .bind(before);
+        self.rows_affected(delete).await
     }
 }
 

@@ -179,28 +179,23 @@ impl Store {
         jti: &str,
         expires_at: i64,
     ) -> Result<()> {
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO family_access_tokens (jti, family_id, expires_at) VALUES ($1, $2, $3)
              ON CONFLICT (jti) DO NOTHING",
         )
         .bind(jti)
         .bind(family_id)
-        .bind(expires_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .bind(expires_at);
+        self.run(insert).await
     }
 
     /// Revokes a whole family. True if it was active.
     pub async fn revoke_family(&self, family_id: &str, now: i64) -> Result<bool> {
-        Ok(sqlx::query(
+        let update = sqlx::query(
             "UPDATE refresh_families SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
         )
         .bind(now)
-        .bind(family_id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            == 1)
+        .bind(family_id);
+        self.changed_one(update).await
     }
 }

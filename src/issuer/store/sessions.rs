@@ -16,7 +16,7 @@ pub struct SessionRecord {
 
 impl Store {
     pub async fn insert_session(&self, session: &SessionRecord) -> Result<()> {
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO sessions (session_hash, subject, auth_time, created_at, expires_at)
              VALUES ($1, $2, $3, $4, $5)",
         )
@@ -24,10 +24,8 @@ impl Store {
         .bind(&session.subject)
         .bind(session.auth_time)
         .bind(session.created_at)
-        .bind(session.expires_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .bind(session.expires_at);
+        self.run(insert).await
     }
 
     /// A session by the hash of its id, if it has not expired.
@@ -56,11 +54,7 @@ impl Store {
 
     /// Ends a session. True if it existed.
     pub async fn delete_session(&self, session_hash: &str) -> Result<bool> {
-        Ok(sqlx::query("DELETE FROM sessions WHERE session_hash = $1")
-            .bind(session_hash)
-            .execute(&self.pool)
-            .await?
-            .rows_affected()
-            == 1)
+        let delete = sqlx::query("DELETE FROM sessions WHERE session_hash = $1").bind(session_hash);
+        self.changed_one(delete).await
     }
 }

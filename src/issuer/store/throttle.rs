@@ -25,7 +25,7 @@ impl Store {
 
     /// Counts one failure for `key`; a window older than `window` seconds starts over.
     pub async fn record_failure(&self, key: &str, now: i64, window: i64) -> Result<()> {
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO login_throttle (throttle_key, failures, window_start) VALUES ($1, 1, $2)
              ON CONFLICT (throttle_key) DO UPDATE SET
                failures = CASE WHEN login_throttle.window_start + $3 <= $2 THEN 1
@@ -35,17 +35,12 @@ impl Store {
         )
         .bind(key)
         .bind(now)
-        .bind(window)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .bind(window);
+        self.run(insert).await
     }
 
     pub async fn clear_failures(&self, key: &str) -> Result<()> {
-        sqlx::query("DELETE FROM login_throttle WHERE throttle_key = $1")
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let delete = sqlx::query("DELETE FROM login_throttle WHERE throttle_key = $1").bind(key);
+        self.run(delete).await
     }
 }
