@@ -18,6 +18,12 @@ sanitizer=${FUZZ_SANITIZER:-none}
 parallel=${FUZZ_PARALLEL:-2}
 # -a: debug assertions and overflow checks on, so arithmetic overflow is a crash too.
 flags=(--sanitizer "$sanitizer" --debug-assertions)
+# FUZZ_TARGET_DIR: a build directory kept between runs (CI keeps one outside its fresh
+# clone, so the nightly dependency build is paid once per machine, not per run).
+if [[ -n ${FUZZ_TARGET_DIR:-} ]]; then
+  mkdir -p "$FUZZ_TARGET_DIR"
+  flags+=(--target-dir "$FUZZ_TARGET_DIR")
+fi
 
 cargo +nightly fuzz build "${flags[@]}"
 mapfile -t targets < <(cargo +nightly fuzz list)

@@ -188,3 +188,26 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthorizationEr
     }
     Ok(Some(token))
 }
+
+/// RFC 3986 `unreserved` or `sub-delims`: what a `reg-name` host or a path segment may
+/// hold unescaped (a segment also takes `:` and `@`).
+pub fn is_unreserved_or_sub_delim(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+        )
+}

@@ -135,28 +135,9 @@ impl Pattern {
     }
 }
 
+/// RFC 3986 `pchar` (with `%` of a pct-encoded triplet).
 fn is_pchar_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'@'
-                | b'%'
-        )
+    crate::http::is_unreserved_or_sub_delim(b) || matches!(b, b':' | b'@' | b'%')
 }
 
 /// Where a route forwards to.

@@ -108,24 +108,7 @@ pub fn is_host_port(value: &[u8]) -> bool {
         }
     };
     let host_ok = host.iter().enumerate().all(|(i, &b)| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-            )
+        crate::http::is_unreserved_or_sub_delim(b)
             // The two hex digits after it are alphanumeric, so they pass on their own.
             || (b == b'%'
                 && host.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
