@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -485,6 +486,11 @@ def check_kubernetes() -> None:
             problems.append(f"{secret_name}.{key} is not a marked placeholder (must contain CHANGE-ME)")
         if var.endswith("_PASSWORD_HASH"):
             env_values[var] = password_hash()  # the placeholder is deliberately not a hash
+        elif var == "SCOPEGATE_KEY_ENCRYPTION_KEY":
+            # Deliberately not a key either: `run` (and so `check`) refuses the
+            # placeholder, so a Secret deployed unedited fails loudly instead of
+            # encrypting with a published key. Check with a real one.
+            env_values[var] = secrets.token_hex(32)
         else:
             env_values[var] = str(data[key])
     R.check(secrets_ok, f"{where}: every secretKeyRef exists in the Secret, and every Secret value is a CHANGE-ME placeholder",
