@@ -62,6 +62,7 @@ fn fixture() -> &'static Fixture {
             model.apis.get(API),
             "read:contacts",
             false,
+            None,
         )
         .expect("access token")
         .token;
