@@ -77,15 +77,17 @@ async fn redeem(
     }
 }
 
+/// A refresh by the confidential `webapp` client.
+async fn refresh_webapp(gw: &Running, refresh_token: &str) -> Answer {
+    let params = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+    ];
+    gw.token(&params, Some(("webapp", WEBAPP_SECRET))).await
+}
+
 async fn introspect(gw: &Running, token: &str) -> Value {
-    let answer = post_form(
-        &gw.url("/oauth/introspect"),
-        &[("token", token)],
-        Some(("webapp", WEBAPP_SECRET)),
-    )
-    .await;
-    assert_eq!(answer.status, 200, "{:?}", answer.json);
-    answer.json
+    introspect_as(&gw.base, token, ("webapp", WEBAPP_SECRET)).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -232,8 +234,7 @@ async fn code_flow_with_pkce(backend: Backend) {
 }
 
 async fn code_flow_of_a_confidential_client(backend: Backend) {
-    let store = TestStore::new(backend).await;
-    let gw = Running::start(&store.url, &Options::default()).await;
+    let gw = Running::fresh(backend).await;
     let jwks = gw.jwks().await;
     let mut browser = Browser::new(&gw);
     // Signed in through the public client first.
@@ -315,8 +316,7 @@ async fn code_flow_of_a_confidential_client(backend: Backend) {
 }
 
 async fn code_replay_revokes_what_it_gave(backend: Backend) {
-    let store = TestStore::new(backend).await;
-    let gw = Running::start(&store.url, &Options::default()).await;
+    let gw = Running::fresh(backend).await;
     let mut browser = Browser::new(&gw);
     let (verifier, challenge) = pkce();
     let params = code_request("webapp", WEBAPP_CALLBACK, &challenge, &[]);
@@ -330,12 +330,7 @@ async fn code_replay_revokes_what_it_gave(backend: Backend) {
     assert_eq!(introspect(&gw, at).await["active"], true);
     assert_eq!(introspect(&gw, rt).await["active"], true);
     // A refresh: what it gives came from the code too.
-    let refreshed = gw
-        .token(
-            &[("grant_type", "refresh_token"), ("refresh_token", rt)],
-            Some(("webapp", WEBAPP_SECRET)),
-        )
-        .await;
+    let refreshed = refresh_webapp(&gw, rt).await;
     assert_eq!(refreshed.status, 200, "{:?}", refreshed.json);
     let at2 = refreshed.json["access_token"].as_str().unwrap();
     let rt2 = refreshed.json["refresh_token"].as_str().unwrap();
@@ -351,12 +346,7 @@ async fn code_replay_revokes_what_it_gave(backend: Backend) {
             serde_json::json!({ "active": false })
         );
     }
-    let refreshed = gw
-        .token(
-            &[("grant_type", "refresh_token"), ("refresh_token", rt2)],
-            Some(("webapp", WEBAPP_SECRET)),
-        )
-        .await;
+    let refreshed = refresh_webapp(&gw, rt2).await;
     assert_eq!(refreshed.error(), "invalid_grant");
     for token in [at, at2] {
         assert_eq!(get(&gw.url("/userinfo"), Some(token)).await.status, 401);
@@ -369,8 +359,7 @@ async fn code_replay_revokes_what_it_gave(backend: Backend) {
 
 #[tokio::test]
 async fn authorize_errors_before_the_client_is_trusted_are_pages() {
-    let store = TestStore::new(Backend::Sqlite).await;
-    let gw = Running::start(&store.url, &Options::default()).await;
+    let gw = Running::fresh(Backend::Sqlite).await;
     let mut browser = Browser::new(&gw);
     let (_, challenge) = pkce();
 
@@ -410,8 +399,7 @@ async fn authorize_errors_before_the_client_is_trusted_are_pages() {
 
 #[tokio::test]
 async fn authorize_errors_after_the_client_is_trusted_are_redirects() {
-    let store = TestStore::new(Backend::Sqlite).await;
-    let gw = Running::start(&store.url, &Options::default()).await;
+    let gw = Running::fresh(Backend::Sqlite).await;
     let mut browser = Browser::new(&gw);
     let (_, challenge) = pkce();
 
@@ -592,8 +580,7 @@ async fn authorize_errors_after_the_client_is_trusted_are_redirects() {
 // Implicit, hybrid, form_post
 
 async fn implicit_and_hybrid_flows(backend: Backend) {
-    let store = TestStore::new(backend).await;
-    let gw = Running::start(&store.url, &Options::default()).await;
+    let gw = Running::fresh(backend).await;
     let jwks = gw.jwks().await;
     let mut browser = Browser::new(&gw);
     let params = [
@@ -667,8 +654,7 @@ async fn implicit_and_hybrid_flows(backend: Backend) {
 
 #[tokio::test]
 async fn form_post_renders_an_auto_submitting_form() {
-    let store = TestStore::new(Backend::Sqlite).await;
-    let gw = Running::start(&store.url, &Options::default()).await;
+    let gw = Running::fresh(Backend::Sqlite).await;
     let mut browser = Browser::new(&gw);
     let (_, challenge) = pkce();
     let params = code_request(
@@ -747,8 +733,7 @@ async fn form_post_renders_an_auto_submitting_form() {
 // Sessions, prompt, logout
 
 async fn sessions_prompt_and_logout(backend: Backend) {
-    let store = TestStore::new(backend).await;
-    let gw = Running::start(&store.url, &Options::default()).await;
+    let gw = Running::fresh(backend).await;
     let jwks = gw.jwks().await;
     let mut browser = Browser::new(&gw);
     let (verifier, challenge) = pkce();
@@ -888,8 +873,7 @@ async fn sessions_prompt_and_logout(backend: Backend) {
 }
 
 async fn csrf_wrong_passwords_and_lockout(backend: Backend) {
-    let store = TestStore::new(backend).await;
-    let gw = Running::start(&store.url, &Options::default()).await;
+    let gw = Running::fresh(backend).await;
     let (_, challenge) = pkce();
     let params = code_request("spa", SPA_CALLBACK, &challenge, &[]);
     let mut browser = Browser::new(&gw);
@@ -1005,8 +989,7 @@ async fn csrf_wrong_passwords_and_lockout(backend: Backend) {
 
 #[tokio::test]
 async fn discovery_advertises_the_browser_flows() {
-    let store = TestStore::new(Backend::Sqlite).await;
-    let gw = Running::start(&store.url, &Options::default()).await;
+    let gw = Running::fresh(Backend::Sqlite).await;
     let d = get(&gw.url("/.well-known/openid-configuration"), None)
         .await
         .json;

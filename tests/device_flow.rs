@@ -209,8 +209,7 @@ async fn device_codes_expire(backend: Backend) {
 
 #[tokio::test]
 async fn activate_refuses_bad_codes_and_forged_forms() {
-    let store = TestStore::new(Backend::Sqlite).await;
-    let gw = Running::start(&store.url, &Options::default()).await;
+    let gw = Running::fresh(Backend::Sqlite).await;
     let mut browser = Browser::new(&gw);
     let entry = browser
         .get(&format!("{}?user_code=%3Cb%3E", gw.url("/activate")))

@@ -11,12 +11,10 @@ mod common;
 
 use common::*;
 
-const ROUTES: &str = r#"
-  - name: any
-    match: { path: /api/* }
-    upstream: "@upstream@"
-    auth: none
-"#;
+/// One open route, `any` on `/api/*`.
+fn routes() -> String {
+    open_route("any", "/api")
+}
 
 fn assert_raw_error(reply: &RawReply, status: u16, code: &str) {
     assert_eq!(reply.status, status, "{}", reply.raw);
@@ -38,7 +36,7 @@ fn assert_raw_error(reply: &RawReply, status: u16, code: &str) {
 
 #[tokio::test]
 async fn connect_is_405_in_authority_and_origin_form() {
-    let env = Env::start(ROUTES).await;
+    let env = Env::start(&routes()).await;
     for request in [
         "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n",
         "CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\nConnection: close\r\n\r\n",
@@ -48,23 +46,12 @@ async fn connect_is_405_in_authority_and_origin_form() {
         assert_raw_error(&reply, 405, "method_not_allowed");
         assert_eq!(reply.header("allow"), Some(""), "{}", reply.raw);
     }
-    assert_eq!(env.upstream.count(), 0, "{:#?}", env.upstream.seen());
-    let metrics = env.gw.metrics().await;
-    let counted = metric(
-        &metrics,
-        "scopegate_requests_total",
-        &[
-            ("route", "unmatched"),
-            ("method", "CONNECT"),
-            ("status", "405"),
-        ],
-    );
-    assert_eq!(counted, 3.0, "{metrics}");
+    env.assert_unforwarded("CONNECT", "405", 3.0).await;
 }
 
 #[tokio::test]
 async fn transfer_codings_other_than_chunked_are_501() {
-    let env = Env::start(ROUTES).await;
+    let env = Env::start(&routes()).await;
     let body = "5\r\nhello\r\n0\r\n\r\n";
     for codings in [
         "Transfer-Encoding: gzip, chunked\r\n",

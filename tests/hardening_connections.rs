@@ -35,49 +35,41 @@ async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
     all
 }
 
+/// A connection to `addr` that has written each of `writes`, in order.
+async fn connect_sending(addr: std::net::SocketAddr, writes: &[&[u8]]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    for bytes in writes {
+        stream.write_all(bytes).await.unwrap();
+    }
+    stream
+}
+
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed() {
     let gw = Gw::start(&yaml("  timeouts: { client_header: 1s }\n")).await;
     let mut silent = TcpStream::connect(gw.addr).await.unwrap();
     assert!(read_until_closed(&mut silent).await.is_empty());
     // A request head that never ends is closed the same way.
-    let mut partial = TcpStream::connect(gw.addr).await.unwrap();
-    partial
-        .write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
+    let mut partial = connect_sending(gw.addr, &[b"GET /echo HTTP/1.1\r\nHost: x\r\n"]).await;
     read_until_closed(&mut partial).await;
 }
 
 #[tokio::test]
 async fn an_h2c_connection_stuck_in_its_first_headers_frame_is_closed() {
     let gw = Gw::start(&yaml("  timeouts: { client_header: 1s }\n")).await;
-    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    stream
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .unwrap();
-    // An empty SETTINGS frame, then a HEADERS frame header announcing 100 bytes of which
-    // only 3 come.
-    stream
-        .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
-        .await
-        .unwrap();
-    stream
-        .write_all(&[0, 0, 100, 1, 4, 0, 0, 0, 1, 0x82, 0x86, 0x84])
-        .await
-        .unwrap();
+    // The preface, an empty SETTINGS frame, then a HEADERS frame header announcing 100
+    // bytes of which only 3 come.
+    let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let settings: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    let headers: &[u8] = &[0, 0, 100, 1, 4, 0, 0, 0, 1, 0x82, 0x86, 0x84];
+    let mut stream = connect_sending(gw.addr, &[preface, settings, headers]).await;
     read_until_closed(&mut stream).await;
 }
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_its_answers() {
     let gw = Gw::start(&yaml("  timeouts: { idle: 1s }\n")).await;
-    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    stream
-        .write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut stream = connect_sending(gw.addr, &[b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n"]).await;
     let answer = read_until_closed(&mut stream).await;
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");

@@ -9,12 +9,10 @@ use bytes::Bytes;
 use common::*;
 use http_body_util::Empty;
 
-const ROUTES: &str = r#"
-  - name: open
-    match: { path: /open/* }
-    upstream: "@upstream@"
-    auth: none
-"#;
+/// One open route, `open` on `/open/*`.
+fn routes() -> String {
+    open_route("open", "/open")
+}
 
 fn request(target: &str, version: &str, headers: &str) -> String {
     format!("GET {target} {version}\r\n{headers}Connection: close\r\n\r\n")
@@ -33,7 +31,7 @@ fn assert_400(reply: &RawReply) {
 
 #[tokio::test]
 async fn missing_duplicate_and_malformed_hosts_are_400() {
-    let env = Env::start(ROUTES).await;
+    let env = Env::start(&routes()).await;
     let refused = [
         request("/open/x", "HTTP/1.1", ""),
         request(
@@ -71,19 +69,13 @@ async fn missing_duplicate_and_malformed_hosts_are_400() {
         let reply = raw(env.gw.addr, text).await;
         assert_400(&reply);
     }
-    assert_eq!(env.upstream.count(), 0, "{:#?}", env.upstream.seen());
-    let metrics = env.gw.metrics().await;
-    let counted = metric(
-        &metrics,
-        "scopegate_requests_total",
-        &[("route", "unmatched"), ("method", "GET"), ("status", "400")],
-    );
-    assert_eq!(counted, refused.len() as f64, "{metrics}");
+    env.assert_unforwarded("GET", "400", refused.len() as f64)
+        .await;
 }
 
 #[tokio::test]
 async fn valid_hosts_pass_and_http10_may_omit_host() {
-    let env = Env::start(ROUTES).await;
+    let env = Env::start(&routes()).await;
     for (headers, forwarded) in [
         ("Host: api.example.test\r\n", Some("api.example.test")),
         (
@@ -110,7 +102,7 @@ async fn valid_hosts_pass_and_http10_may_omit_host() {
 
 #[tokio::test]
 async fn an_absolute_form_target_wins_over_host() {
-    let env = Env::start(ROUTES).await;
+    let env = Env::start(&routes()).await;
     let reply = raw(
         env.gw.addr,
         &request(

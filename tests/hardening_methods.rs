@@ -39,26 +39,11 @@ async fn lower_case_methods_are_refused_not_forwarded() {
             let reply = send_h2(env.gw.addr, request(method, path)).await;
             assert_json_error(&reply, 400, "invalid_request");
         }
-        let reply = raw(
-            env.gw.addr,
-            &format!("{method} /c/1 HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n"),
-        )
-        .await;
+        let reply = raw_request(env.gw.addr, method, "/c/1").await;
         assert_eq!(reply.status, 400, "{method}: {}", reply.raw);
         assert!(reply.body.contains("invalid_request"), "{}", reply.raw);
     }
-    assert_eq!(env.upstream.count(), 0, "{:#?}", env.upstream.seen());
-    let metrics = env.gw.metrics().await;
-    let counted = metric(
-        &metrics,
-        "scopegate_requests_total",
-        &[
-            ("route", "unmatched"),
-            ("method", "OTHER"),
-            ("status", "400"),
-        ],
-    );
-    assert_eq!(counted, 30.0, "{metrics}");
+    env.assert_unforwarded("OTHER", "400", 30.0).await;
 }
 
 #[tokio::test]

@@ -8,20 +8,14 @@ use common::*;
 use proptest::prelude::*;
 use scopegate::http::path::normalize_path;
 
-const ROUTES: &str = r#"
-  - name: p
-    match: { path: /p/* }
-    upstream: "@upstream@"
-    auth: none
-"#;
-
-fn raw_get(target: &str) -> String {
-    format!("GET {target} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n")
+/// One open route, `p` on `/p/*`.
+fn routes() -> String {
+    open_route("p", "/p")
 }
 
 #[tokio::test]
 async fn raw_non_ascii_beside_an_escape_reaches_the_upstream_unchanged() {
-    let env = Env::start(ROUTES).await;
+    let env = Env::start(&routes()).await;
     for (sent, forwarded) in [
         ("/p/%41Ûb", "/p/AÛb"),
         ("/p/Ûb", "/p/Ûb"),
@@ -30,7 +24,7 @@ async fn raw_non_ascii_beside_an_escape_reaches_the_upstream_unchanged() {
         ("/p/%20é%41", "/p/%20éA"),
     ] {
         env.upstream.clear();
-        let reply = raw(env.gw.addr, &raw_get(sent)).await;
+        let reply = raw_request(env.gw.addr, "GET", sent).await;
         assert_eq!(reply.status, 200, "{sent}: {}", reply.raw);
         let seen = env.upstream.only();
         assert_eq!(seen.target, forwarded, "{sent}");

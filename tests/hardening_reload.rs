@@ -60,20 +60,34 @@ async fn start(path: &Path) -> Running {
     }
 }
 
-/// Appends a line to `file` every 50 ms until aborted.
-fn scribble(file: PathBuf) -> JoinHandle<()> {
+/// Calls `write(n)` every 50 ms (n = 1, 2, …) until aborted.
+fn every_50ms(mut write: impl FnMut(u64) + Send + 'static) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
-        let mut n = 0u64;
-        loop {
+        for n in 1u64.. {
             tick.tick().await;
-            n += 1;
-            let line = format!("log line {n}\n");
-            let mut text = std::fs::read(&file).unwrap_or_default();
-            text.extend_from_slice(line.as_bytes());
-            let _ = std::fs::write(&file, text);
+            write(n);
         }
     })
+}
+
+/// Appends a line to `file` every 50 ms until aborted.
+fn scribble(file: PathBuf) -> JoinHandle<()> {
+    every_50ms(move |n| {
+        let mut text = std::fs::read(&file).unwrap_or_default();
+        text.extend_from_slice(format!("log line {n}\n").as_bytes());
+        let _ = std::fs::write(&file, text);
+    })
+}
+
+/// A fresh folder for `test` whose `gateway.yaml` serves `/first`, and the gateway
+/// watching it.
+async fn start_first(test: &str) -> (PathBuf, PathBuf, Running) {
+    let dir = folder(test);
+    let path = dir.join("gateway.yaml");
+    std::fs::write(&path, yaml("first")).expect("write");
+    let gw = start(&path).await;
+    (dir, path, gw)
 }
 
 async fn serves(addr: std::net::SocketAddr, path: &str) -> bool {
@@ -82,10 +96,7 @@ async fn serves(addr: std::net::SocketAddr, path: &str) -> bool {
 
 #[tokio::test]
 async fn a_log_file_written_every_50ms_beside_the_config_does_not_starve_the_reload() {
-    let dir = folder("log");
-    let path = dir.join("gateway.yaml");
-    std::fs::write(&path, yaml("first")).expect("write");
-    let gw = start(&path).await;
+    let (dir, path, gw) = start_first("log").await;
     assert!(serves(gw.addr, "/first").await);
     let log = scribble(dir.join("gateway.log"));
 
@@ -102,21 +113,12 @@ async fn a_log_file_written_every_50ms_beside_the_config_does_not_starve_the_rel
 
 #[tokio::test]
 async fn a_config_rewritten_faster_than_the_debounce_is_still_reloaded() {
-    let dir = folder("busy");
-    let path = dir.join("gateway.yaml");
-    std::fs::write(&path, yaml("first")).expect("write");
-    let gw = start(&path).await;
+    let (dir, path, gw) = start_first("busy").await;
     // Rewrite the config every 50 ms, each time with a new comment: events never stop.
     let writer = {
         let path = path.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(50));
-            let mut n = 0u64;
-            loop {
-                tick.tick().await;
-                n += 1;
-                let _ = std::fs::write(&path, format!("# revision {n}\n{}", yaml("second")));
-            }
+        every_50ms(move |n| {
+            let _ = std::fs::write(&path, format!("# revision {n}\n{}", yaml("second")));
         })
     };
     eventually("the config is reloaded while it keeps changing", || {

@@ -7,21 +7,6 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 
-const ROUTES: &str = r#"
-  - name: read
-    match: { path: /api/read/* }
-    upstream: "@upstream@"
-    scopes: [read:contacts]
-  - name: both
-    match: { path: /api/both/* }
-    upstream: "@upstream@"
-    scopes: [read:contacts, write:contacts]
-  - name: one-of
-    match: { path: /api/one-of/* }
-    upstream: "@upstream@"
-    any_scopes: [write:contacts, admin]
-"#;
-
 /// A token with `scope` set to `scope` (a string or an array).
 fn token(env: &Env, scope: Value) -> String {
     env.token(json!({ "scope": scope }))
@@ -29,7 +14,7 @@ fn token(env: &Env, scope: Value) -> String {
 
 #[tokio::test]
 async fn control_characters_do_not_separate_scopes() {
-    let env = Env::start(ROUTES).await;
+    let env = Env::start(SCOPE_ROUTES).await;
     for separator in ["\t", "\r", "\n", "\r\n", "\u{000c}", "\u{000b}"] {
         let both = format!("read:contacts{separator}write:contacts");
         for scope in [json!(both), json!([both])] {
@@ -63,7 +48,7 @@ async fn control_characters_do_not_separate_scopes() {
 
 #[tokio::test]
 async fn spaces_still_separate_and_repeated_spaces_are_harmless() {
-    let env = Env::start(ROUTES).await;
+    let env = Env::start(SCOPE_ROUTES).await;
     for scope in [
         json!("read:contacts write:contacts"),
         json!("  read:contacts   write:contacts "),
@@ -85,7 +70,7 @@ async fn spaces_still_separate_and_repeated_spaces_are_harmless() {
 
 #[tokio::test]
 async fn scopes_with_quotes_backslashes_or_non_ascii_grant_nothing() {
-    let env = Env::start(ROUTES).await;
+    let env = Env::start(SCOPE_ROUTES).await;
     for bad in ["adm\"in", "adm\\in", "admín"] {
         let token = token(&env, json!(format!("read:contacts {bad}")));
         env.upstream.clear();

@@ -123,10 +123,6 @@ async fn an_unsolicited_101_is_a_502() {
     let reply = send_h2(env.gw.addr, request).await;
     assert_json_error(&reply, 502, "bad_gateway");
     let metrics = env.gw.metrics().await;
-    let counted = metric(
-        &metrics,
-        "scopegate_requests_total",
-        &[("route", "odd"), ("method", "GET"), ("status", "502")],
-    );
+    let counted = requests_total(&metrics, "odd", "GET", "502");
     assert_eq!(counted, 2.0, "{metrics}");
 }

@@ -16,8 +16,7 @@ use common::issuer::*;
 
 #[tokio::test]
 async fn discovery_lists_every_endpoint_and_jwks_is_public_only() {
-    let store = TestStore::new(Backend::Sqlite).await;
-    let gw = Running::start(&store.url, &Options::default()).await;
+    let gw = Running::fresh(Backend::Sqlite).await;
     for path in [
         "/.well-known/openid-configuration",
         "/.well-known/oauth-authorization-server",
@@ -117,9 +116,7 @@ async fn es256_and_eddsa_issuers_sign_verifiable_tokens() {
         let gw = Running::start(&store.url, &options).await;
         let jwks = gw.jwks().await;
         assert_eq!(jwks["keys"][0]["alg"], algorithm);
-        let tokens = gw
-            .login("alice", ALICE_PASSWORD, "openid read:contacts")
-            .await;
+        let tokens = gw.alice("openid read:contacts").await;
         let at = tokens["access_token"].as_str().unwrap();
         let (header, _) = verify_independently(&jwks, at, &issuer_of(&gw), &[CONTACTS]);
         assert_eq!(format!("{:?}", header.alg), algorithm);
@@ -397,16 +394,11 @@ async fn token_endpoint_refuses_bad_requests_without_state_change() {
 // password
 
 async fn password_grant_issues_user_tokens(backend: Backend) {
-    let store = TestStore::new(backend).await;
-    let gw = Running::start(&store.url, &Options::default()).await;
+    let gw = Running::fresh(backend).await;
     let jwks = gw.jwks().await;
     // alice is a reader: write:contacts is requested but not granted.
     let tokens = gw
-        .login(
-            "alice",
-            ALICE_PASSWORD,
-            "openid profile email read:contacts write:contacts offline_access bogus",
-        )
+        .alice("openid profile email read:contacts write:contacts offline_access bogus")
         .await;
     assert_eq!(
         tokens["scope"],
@@ -478,8 +470,7 @@ async fn password_grant_issues_user_tokens(backend: Backend) {
 /// Other users and requests: login by email without openid, no audience, an API without
 /// offline access; and the refusals (wrong password, unknown user, missing fields).
 async fn password_grant_variants_and_refusals(backend: Backend) {
-    let store = TestStore::new(backend).await;
-    let gw = Running::start(&store.url, &Options::default()).await;
+    let gw = Running::fresh(backend).await;
     let jwks = gw.jwks().await;
 
     // bob (editor) may write, by email login, without openid: no ID token, aud a string.

@@ -17,11 +17,7 @@ async fn introspect(gw: &Running, token: &str, client: Option<(&str, &str)>) -> 
 /// Alice's tokens with every scope these tests look at.
 async fn alice(gw: &Running) -> (String, String) {
     let tokens = gw
-        .login(
-            "alice",
-            ALICE_PASSWORD,
-            "openid profile email read:contacts offline_access",
-        )
+        .alice("openid profile email read:contacts offline_access")
         .await;
     let at = tokens["access_token"].as_str().unwrap().to_string();
     let rt = tokens["refresh_token"].as_str().unwrap().to_string();
@@ -29,16 +25,7 @@ async fn alice(gw: &Running) -> (String, String) {
 }
 
 async fn refresh(gw: &Running, rt: &str) -> Answer {
-    post_form(
-        &gw.url("/oauth/token"),
-        &[
-            ("grant_type", "refresh_token"),
-            ("client_id", "cli"),
-            ("refresh_token", rt),
-        ],
-        None,
-    )
-    .await
+    cli_refresh(&gw.base, rt).await
 }
 
 async fn introspection_needs_a_confidential_client_and_describes_the_token(backend: Backend) {
@@ -61,12 +48,14 @@ async fn introspection_needs_a_confidential_client_and_describes_the_token(backe
     assert_eq!(active.status, 200);
     assert_eq!(active.header("cache-control"), "no-store");
     assert_eq!(active.json["active"], true);
-    assert_eq!(active.json["sub"], "user|alice");
-    assert_eq!(active.json["client_id"], "cli");
-    assert_eq!(active.json["username"], "alice");
-    assert_eq!(
-        active.json["scope"],
-        "openid profile email read:contacts offline_access"
+    assert_members(
+        &active.json,
+        &[
+            ("sub", "user|alice"),
+            ("client_id", "cli"),
+            ("username", "alice"),
+            ("scope", "openid profile email read:contacts offline_access"),
+        ],
     );
     // Refresh tokens: active for their own client only.
     let refresh_web = introspect(&gw, &rt, Some(("web", WEB_SECRET))).await;
@@ -75,31 +64,30 @@ async fn introspection_needs_a_confidential_client_and_describes_the_token(backe
 }
 
 async fn userinfo_answers_by_scope(backend: Backend) {
-    let store = TestStore::new(backend).await;
-    let gw = Running::start(&store.url, &Options::default()).await;
+    let gw = Running::fresh(backend).await;
     let (at, _) = alice(&gw).await;
 
     // userinfo by GET and POST.
     for method in ["GET", "POST"] {
         let info = request(method, &gw.url("/userinfo"), Some(&at)).await;
         assert_eq!(info.status, 200, "{method}");
-        assert_eq!(info.json["sub"], "user|alice");
-        assert_eq!(info.json["name"], "Alice Liddell");
-        assert_eq!(info.json["email"], "alice@example.com");
-        assert_eq!(
-            info.json["https://contacts.example.com/favorite_color"],
-            "blue"
+        assert_members(
+            &info.json,
+            &[
+                ("sub", "user|alice"),
+                ("name", "Alice Liddell"),
+                ("email", "alice@example.com"),
+                ("https://contacts.example.com/favorite_color", "blue"),
+            ],
         );
     }
     // openid only: sub and custom claims, no profile or email.
-    let slim = gw
-        .login("alice", ALICE_PASSWORD, "openid read:contacts")
-        .await;
+    let slim = gw.alice("openid read:contacts").await;
     let info = get(&gw.url("/userinfo"), slim["access_token"].as_str()).await;
     assert_eq!(info.status, 200);
     assert!(info.json.get("email").is_none() && info.json.get("name").is_none());
     // Without openid the token is not for /userinfo; a machine token neither.
-    let no_openid = gw.login("alice", ALICE_PASSWORD, "read:contacts").await;
+    let no_openid = gw.alice("read:contacts").await;
     let info = get(&gw.url("/userinfo"), no_openid["access_token"].as_str()).await;
     assert_eq!(info.status, 401);
     assert!(info.header("www-authenticate").contains("invalid_token"));
@@ -126,8 +114,7 @@ async fn userinfo_answers_by_scope(backend: Backend) {
 }
 
 async fn revocation_shows_at_once_and_ends_the_refresh_family(backend: Backend) {
-    let store = TestStore::new(backend).await;
-    let gw = Running::start(&store.url, &Options::default()).await;
+    let gw = Running::fresh(backend).await;
     let (at, rt) = alice(&gw).await;
     let active = async |token: &str| -> Value {
         introspect(&gw, token, Some(("m2m", M2M_SECRET))).await.json
@@ -187,14 +174,9 @@ async fn revocation_shows_at_once_and_ends_the_refresh_family(backend: Backend) 
 }
 
 async fn foreign_and_expired_tokens_are_inactive(backend: Backend) {
-    let store = TestStore::new(backend).await;
-    let gw = Running::start(&store.url, &Options::default()).await;
-    let foreign_issuer = TestStore::new(Backend::Sqlite).await;
-    let elsewhere = Running::start(&foreign_issuer.url, &Options::default()).await;
-    let foreign = elsewhere.machine_token().await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let gw = Running::fresh(backend).await;
+    let elsewhere = Running::fresh(Backend::Sqlite).await;
+    let foreign = elsewhere.machine_access_token().await;
     assert_eq!(
         introspect(&gw, &foreign, Some(("m2m", M2M_SECRET)))
             .await
@@ -204,19 +186,14 @@ async fn foreign_and_expired_tokens_are_inactive(backend: Backend) {
     elsewhere.stop().await;
 
     // The short API's tokens live 1s.
-    let short = gw
-        .token(
-            &[
-                ("grant_type", "password"),
-                ("client_id", "cli"),
-                ("username", "alice"),
-                ("password", ALICE_PASSWORD),
-                ("audience", SHORT),
-                ("scope", "openid read:short"),
-            ],
-            None,
-        )
-        .await;
+    let short = cli_login(
+        &gw.base,
+        "alice",
+        ALICE_PASSWORD,
+        SHORT,
+        "openid read:short",
+    )
+    .await;
     let short_at = short.json["access_token"].as_str().unwrap().to_string();
     assert_eq!(
         introspect(&gw, &short_at, Some(("m2m", M2M_SECRET)))

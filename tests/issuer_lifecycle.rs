@@ -16,26 +16,15 @@ async fn keys_rotate_and_old_keys_stay_published() {
     // rotate_after must exceed access_ttl (1h in the test config), so rotate by changing
     // the algorithm, which retires the RS256 key at once.
     let gw = Running::start(&store.url, &Options::default()).await;
-    let before = gw.machine_token().await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let before = gw.machine_access_token().await;
     let old_kid = jsonwebtoken::decode_header(&before).unwrap().kid.unwrap();
-    let yaml = config_yaml(
-        gw.addr.port(),
-        &store.url,
-        &Options {
-            algorithm: "ES256",
-            ..Options::default()
-        },
-    );
-    let config = scopegate::config::Config::from_yaml_with_env(&yaml, |_| None).unwrap();
     // A keys change builds a new issuer core on the same store.
-    gw.gateway.apply(config).await.unwrap();
-    let after = gw.machine_token().await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let options = Options {
+        algorithm: "ES256",
+        ..Options::default()
+    };
+    gw.apply_options(&store.url, &options).await;
+    let after = gw.machine_access_token().await;
     let header = jsonwebtoken::decode_header(&after).unwrap();
     assert_eq!(format!("{:?}", header.alg), "ES256");
     assert_ne!(header.kid.as_deref(), Some(old_kid.as_str()));
@@ -62,20 +51,12 @@ async fn keys_rotate_and_old_keys_stay_published() {
     verify_independently(&jwks, &before, &issuer_of(&gw), &[CONTACTS]);
     verify_independently(&jwks, &after, &issuer_of(&gw), &[CONTACTS]);
 
-    let yaml = config_yaml(
-        gw.addr.port(),
-        &store.url,
-        &Options {
-            algorithm: "EdDSA",
-            ..Options::default()
-        },
-    );
-    let config = scopegate::config::Config::from_yaml_with_env(&yaml, |_| None).unwrap();
-    gw.gateway.apply(config).await.unwrap();
-    let third = gw.machine_token().await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let options = Options {
+        algorithm: "EdDSA",
+        ..Options::default()
+    };
+    gw.apply_options(&store.url, &options).await;
+    let third = gw.machine_access_token().await;
     assert_eq!(
         format!("{:?}", jsonwebtoken::decode_header(&third).unwrap().alg),
         "EdDSA"
@@ -105,21 +86,14 @@ async fn gateway_start_builds_the_issuer_on_a_current_thread_runtime() {
             let _ = rx.await;
         }));
         let base = format!("http://{addr}");
-        let answer = post_form(
-            &format!("{base}/oauth/token"),
-            &[
-                ("grant_type", "password"),
-                ("client_id", "cli"),
-                ("username", "alice"),
-                ("password", ALICE_PASSWORD),
-                ("audience", CONTACTS),
-                ("scope", "read:contacts offline_access"),
-            ],
-            None,
+        let tokens = login_at(
+            &base,
+            "alice",
+            ALICE_PASSWORD,
+            "read:contacts offline_access",
         )
         .await;
-        assert_eq!(answer.status, 200, "{backend:?}: {:?}", answer.json);
-        let at = answer.json["access_token"].as_str().unwrap();
+        let at = tokens["access_token"].as_str().unwrap();
         assert_eq!(
             get(&format!("{base}/api/contacts/1"), Some(at))
                 .await
@@ -187,10 +161,7 @@ async fn reload_reuses_the_issuer_core() {
     let issuer = state.pipeline.issuer.as_ref().unwrap();
     assert!(std::sync::Arc::ptr_eq(&issuer.core, &core));
     assert_eq!(issuer.model.throttle.max_failures, 7);
-    let token = gw.machine_token().await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = gw.machine_access_token().await;
     assert_eq!(
         get(&gw.url("/api/contacts/1"), Some(&token)).await.status,
         200
@@ -256,25 +227,17 @@ async fn replicas_share_keys_rotation_and_refresh_tokens(backend: Backend) {
         .expect("replica b starts");
     let kid = |token: &str| jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
     assert_eq!(a.jwks().await, b.jwks().await);
-    let from_a = a.machine_token().await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let from_a = a.machine_access_token().await;
     assert_eq!(
         get(&b.url("/api/contacts/1"), Some(&from_a)).await.status,
         200
     );
-    let tokens = a
-        .login("alice", ALICE_PASSWORD, "read:contacts offline_access")
-        .await;
+    let tokens = a.alice("read:contacts offline_access").await;
     let rt = tokens["refresh_token"].as_str().unwrap().to_string();
 
     clock.advance(std::time::Duration::from_millis(2100));
     a.issuer.core.keys.refresh().await.unwrap();
-    let rotated = a.machine_token().await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let rotated = a.machine_access_token().await;
     assert_ne!(kid(&rotated), kid(&from_a), "rotated after rotate_after");
     // b has not refreshed yet: the unknown kid makes its proxy re-read the store.
     assert_eq!(
@@ -293,33 +256,12 @@ async fn replicas_share_keys_rotation_and_refresh_tokens(backend: Backend) {
     );
     // b issues with the new key once it has refreshed, and redeems a's refresh token.
     b.issuer.core.keys.refresh().await.unwrap();
-    let from_b = b.machine_token().await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let from_b = b.machine_access_token().await;
     assert_eq!(kid(&from_b), kid(&rotated));
-    let answer = post_form(
-        &b.url("/oauth/token"),
-        &[
-            ("grant_type", "refresh_token"),
-            ("client_id", "cli"),
-            ("refresh_token", rt.as_str()),
-        ],
-        None,
-    )
-    .await;
+    let answer = cli_refresh(&b.base, &rt).await;
     assert_eq!(answer.status, 200, "{:?}", answer.json);
     // ...exactly once: a sees it spent.
-    let again = post_form(
-        &a.url("/oauth/token"),
-        &[
-            ("grant_type", "refresh_token"),
-            ("client_id", "cli"),
-            ("refresh_token", rt.as_str()),
-        ],
-        None,
-    )
-    .await;
+    let again = cli_refresh(&a.base, &rt).await;
     assert_eq!(again.error(), "invalid_grant");
     a.stop().await;
     b.stop().await;

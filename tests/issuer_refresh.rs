@@ -10,14 +10,9 @@ use scopegate::issuer::store::KeyEncryptionScheme;
 // refresh_token
 
 async fn refresh_tokens_rotate_and_reuse_revokes_the_family(backend: Backend) {
-    let store = TestStore::new(backend).await;
-    let gw = Running::start(&store.url, &Options::default()).await;
+    let gw = Running::fresh(backend).await;
     let tokens = gw
-        .login(
-            "alice",
-            ALICE_PASSWORD,
-            "openid profile read:contacts offline_access",
-        )
+        .alice("openid profile read:contacts offline_access")
         .await;
     let rt1 = tokens["refresh_token"].as_str().unwrap().to_string();
     let refresh = |token: String, scope: Option<&'static str>| {
@@ -78,28 +73,13 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family(backend: Backend) {
 }
 
 async fn parallel_refresh_redemptions_have_one_winner(backend: Backend) {
-    let store = TestStore::new(backend).await;
-    let gw = Running::start(&store.url, &Options::default()).await;
-    let tokens = gw
-        .login("alice", ALICE_PASSWORD, "read:contacts offline_access")
-        .await;
+    let gw = Running::fresh(backend).await;
+    let tokens = gw.alice("read:contacts offline_access").await;
     let rt = tokens["refresh_token"].as_str().unwrap().to_string();
     let mut tasks = Vec::new();
     for _ in 0..6 {
-        let url = gw.url("/oauth/token");
-        let rt = rt.clone();
-        tasks.push(tokio::spawn(async move {
-            post_form(
-                &url,
-                &[
-                    ("grant_type", "refresh_token"),
-                    ("client_id", "cli"),
-                    ("refresh_token", rt.as_str()),
-                ],
-                None,
-            )
-            .await
-        }));
+        let (base, rt) = (gw.base.clone(), rt.clone());
+        tasks.push(tokio::spawn(async move { cli_refresh(&base, &rt).await }));
     }
     let mut statuses = Vec::new();
     for task in tasks {
@@ -127,9 +107,7 @@ async fn restart_keeps_keys_and_refresh_tokens(backend: Backend) {
         .as_str()
         .unwrap()
         .to_string();
-    let tokens = gw
-        .login("alice", ALICE_PASSWORD, "read:contacts offline_access")
-        .await;
+    let tokens = gw.alice("read:contacts offline_access").await;
     let rt = tokens["refresh_token"].as_str().unwrap().to_string();
     let old_at = tokens["access_token"].as_str().unwrap().to_string();
     // Private keys are encrypted at rest.
@@ -152,16 +130,7 @@ async fn restart_keeps_keys_and_refresh_tokens(backend: Backend) {
     let jwks = gw.jwks().await;
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
     assert_eq!(jwks["keys"][0]["kid"], kid.as_str());
-    let answer = post_form(
-        &gw.url("/oauth/token"),
-        &[
-            ("grant_type", "refresh_token"),
-            ("client_id", "cli"),
-            ("refresh_token", rt.as_str()),
-        ],
-        None,
-    )
-    .await;
+    let answer = cli_refresh(&gw.base, &rt).await;
     assert_eq!(answer.status, 200, "{:?}", answer.json);
     // Tokens from before the restart still work at the new gateway's port? The issuer URL
     // changed with the port, so check the signature only.
@@ -174,11 +143,8 @@ async fn restart_keeps_keys_and_refresh_tokens(backend: Backend) {
 // Token exchange
 
 async fn token_exchange_trades_for_another_api(backend: Backend) {
-    let store = TestStore::new(backend).await;
-    let gw = Running::start(&store.url, &Options::default()).await;
-    let alice = gw
-        .login("alice", ALICE_PASSWORD, "openid read:contacts")
-        .await;
+    let gw = Running::fresh(backend).await;
+    let alice = gw.alice("openid read:contacts").await;
     let subject = alice["access_token"].as_str().unwrap().to_string();
     let exchange = |token: String, audience: &'static str, scope: Option<&'static str>| {
         let url = gw.url("/oauth/token");
@@ -247,11 +213,8 @@ async fn token_exchange_trades_for_another_api(backend: Backend) {
     let mut forged = subject.clone();
     let last = forged.pop().unwrap();
     forged.push(if last == 'A' { 'B' } else { 'A' });
-    let machine = gw.machine_token().await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let id_token = gw.login("alice", ALICE_PASSWORD, "openid").await["id_token"]
+    let machine = gw.machine_access_token().await;
+    let id_token = gw.alice("openid").await["id_token"]
         .as_str()
         .unwrap()
         .to_string();
@@ -302,19 +265,7 @@ async fn token_exchange_trades_for_another_api(backend: Backend) {
     assert_eq!((answer.status, answer.error()), (400, "invalid_grant"));
 
     // An expired subject token (the short API's tokens live 1s).
-    let short = gw
-        .token(
-            &[
-                ("grant_type", "password"),
-                ("client_id", "cli"),
-                ("username", "alice"),
-                ("password", ALICE_PASSWORD),
-                ("audience", SHORT),
-                ("scope", "read:short"),
-            ],
-            None,
-        )
-        .await;
+    let short = cli_login(&gw.base, "alice", ALICE_PASSWORD, SHORT, "read:short").await;
     let short_at = short.json["access_token"].as_str().unwrap().to_string();
     gw.clock.advance(std::time::Duration::from_millis(2100));
     let answer = exchange(short_at, CALENDAR, None).await;

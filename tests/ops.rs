@@ -63,38 +63,47 @@ impl std::ops::Deref for Gateway {
     }
 }
 
+/// Accepts connections on `listener` until accepting fails, each served by `serve` in a
+/// task of its own.
+fn accept_each<F, Fut>(listener: TcpListener, serve: F)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+}
+
 /// An upstream that answers `ok` after `?ms=N` milliseconds and reports each arrival.
 async fn slow_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let tx = tx.clone();
-                    async move {
-                        let _ = tx.send(());
-                        let ms = req
-                            .uri()
-                            .query()
-                            .and_then(|q| q.strip_prefix("ms="))
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(0);
-                        tokio::time::sleep(Duration::from_millis(ms)).await;
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                            Bytes::from_static(b"ok"),
-                        )))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+    accept_each(listener, move |stream| {
+        let tx = tx.clone();
+        async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(());
+                    let ms = req
+                        .uri()
+                        .query()
+                        .and_then(|q| q.strip_prefix("ms="))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
+                        b"ok",
+                    ))))
+                }
             });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         }
     });
     (addr, rx)
@@ -292,14 +301,7 @@ fn tls_client_trusting(cert_pem: &std::path::Path) -> rustls::ClientConfig {
 async fn tls_termination_offers_h2_and_http11() {
     let dir = TempDir::new("ops-tls");
     let (cert, key, _) = self_signed(dir.path());
-    let gateway = Gateway::start_with(
-        &format!(
-            "  tls: {{ cert_file: '{}', key_file: '{}' }}\n",
-            cert.display(),
-            key.display()
-        ),
-        &format!("routes:\n{}", route("echo", "/echo", "builtin:echo")),
-    );
+    let gateway = tls_echo(&cert, &key);
     for (alpn, version) in [
         (
             &[b"h2".as_slice(), b"http/1.1".as_slice()][..],
@@ -330,31 +332,37 @@ async fn tls_termination_offers_h2_and_http11() {
     }
 }
 
+/// The gateway serving `builtin:echo` at `/echo` over TLS with `cert` and `key`.
+fn tls_echo(cert: &std::path::Path, key: &std::path::Path) -> Gateway {
+    let tls = format!(
+        "  tls: {{ cert_file: '{}', key_file: '{}' }}\n",
+        cert.display(),
+        key.display()
+    );
+    let routes = format!("routes:\n{}", route("echo", "/echo", "builtin:echo"));
+    Gateway::start_with(&tls, &routes)
+}
+
 /// An https upstream with its own certificate.
 async fn tls_upstream(dir: &std::path::Path) -> (SocketAddr, PathBuf) {
     let (cert, key, _) = self_signed(dir);
     let acceptor = scopegate::tls::tls_acceptor(&cert, &key).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
+    accept_each(listener, move |stream| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(stream) = acceptor.accept(stream).await else {
                 return;
             };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let service = service_fn(|_req: Request<Incoming>| async {
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
-                        b"secure",
-                    ))))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+            let service = service_fn(|_req: Request<Incoming>| async {
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
+                    b"secure",
+                ))))
             });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         }
     });
     (addr, cert)
@@ -387,14 +395,7 @@ async fn sighup_reloads_the_tls_certificate() {
     let (cert, key, _) = self_signed(dir.path());
     let first = dir.path().join("first.pem");
     std::fs::copy(&cert, &first).unwrap();
-    let gateway = Gateway::start_with(
-        &format!(
-            "  tls: {{ cert_file: '{}', key_file: '{}' }}\n",
-            cert.display(),
-            key.display()
-        ),
-        &format!("routes:\n{}", route("echo", "/echo", "builtin:echo")),
-    );
+    let gateway = tls_echo(&cert, &key);
     let url = format!("https://localhost:{}/echo", gateway.addr.port());
     let fetch = |trusted: PathBuf, url: String| async move {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()

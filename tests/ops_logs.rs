@@ -47,8 +47,8 @@ use serde_json::{Value, json};
 use common::eventually;
 use common::issuer::{
     ALICE_PASSWORD, Answer, BOB_PASSWORD, Browser, CALENDAR, CONTACTS, Redirect, SPA_CALLBACK,
-    SPA_HTTPS_CALLBACK, SPA_LOGOUT, TempDir, WEBAPP_CALLBACK, WEBAPP_LOGOUT, claims_of,
-    form_action, hidden_fields, pkce,
+    SPA_HTTPS_CALLBACK, SPA_LOGOUT, TempDir, WEBAPP_CALLBACK, WEBAPP_LOGOUT, as_pairs, claims_of,
+    form_action, form_fields, hidden_fields, pkce,
 };
 use common::process::Process;
 use common::{AUD, ps, rogue_rsa, rsa};
@@ -441,17 +441,16 @@ impl Run {
     ) -> Answer {
         let html = page.text();
         let action = form_action(&html).unwrap_or_else(|| panic!("{id}: no form in {html}"));
-        let mut params: Vec<(String, String)> = hidden_fields(&html)
-            .into_iter()
-            .filter(|(name, _)| !fields.iter().any(|(field, _)| field == name))
-            .collect();
-        params.extend(fields.iter().map(|(n, v)| (n.to_string(), v.to_string())));
-        let params: Vec<(&str, &str)> = params
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        self.browse(id, browser, "POST", &action, Some(&params), status)
-            .await
+        let params = form_fields(&html, fields);
+        self.browse(
+            id,
+            browser,
+            "POST",
+            &action,
+            Some(&as_pairs(&params)),
+            status,
+        )
+        .await
     }
 
     /// Redeems a code with its PKCE verifier: a public client by `client_id`, a
@@ -497,6 +496,35 @@ impl Run {
     }
 }
 
+impl Run {
+    /// client_credentials: by Basic (`cc-basic`), then by form with a scope
+    /// (`cc-post`); both give an access token.
+    async fn machine_tokens(&self) -> (Value, Value) {
+        let m2m_secret = self.setup.m2m_secret.as_str();
+        let cc = [("grant_type", "client_credentials"), ("audience", CONTACTS)];
+        let basic = self.token("cc-basic", &cc, Some(("m2m", m2m_secret)), 200);
+        let basic = basic.await.json;
+        let mut by_form = cc.to_vec();
+        by_form.extend([
+            ("scope", "write:contacts"),
+            ("client_id", "m2m"),
+            ("client_secret", m2m_secret),
+        ]);
+        let post = self.token("cc-post", &by_form, None, 200).await.json;
+        for tokens in [&basic, &post] {
+            str_of(tokens, "access_token");
+        }
+        (basic, post)
+    }
+
+    /// Alice's tokens by the password grant of the confidential `web` client.
+    async fn alice_by_web(&self, id: &str) -> Value {
+        let web = ("web", self.setup.web_secret.as_str());
+        let params = password("alice", ALICE_PASSWORD, None);
+        self.token(id, &params, Some(web), 200).await.json
+    }
+}
+
 /// `/authorize?<params>`.
 fn authorize(params: &[(&str, &str)]) -> String {
     format!("/authorize?{}", common::issuer::form_encode(params))
@@ -535,22 +563,39 @@ fn fields_of(page: &Answer) -> BTreeMap<String, String> {
     hidden_fields(&page.text()).into_iter().collect()
 }
 
-/// Every browser grant: authorization code + PKCE (public and confidential client,
-/// with a post without its CSRF token, a wrong password and a replayed code), session
-/// reuse, implicit, `form_post`, `prompt=none` without a session, logout, and the device
-/// flow approved and denied. Nonces are not secrets; everything else these produce is
-/// collected by [`Run::request`], and the stored form of the user codes here.
-/// Authorization code + PKCE (public and confidential clients, CSRF, wrong password,
-/// replay), session reuse, implicit, form_post, prompt=none and logout.
-async fn code_and_implicit_grants(run: &Run, webapp_secret: &str) {
+/// `prompt=none` refused for want of a session: `login_required` to the SPA, no code.
+fn silent_refusal(answer: &Answer) {
+    let redirect = Redirect::of(answer);
+    assert_eq!(redirect.base, SPA_CALLBACK);
+    assert_eq!(redirect.query["error"], "login_required");
+    assert!(!redirect.query.contains_key("code"));
+}
+
+impl Run {
+    /// Opens `/authorize?<params>` in `browser` (the sign-in page) and signs in as
+    /// `user`: the final `303`. Requests are `<id>-page` and `<id>-sign-in`.
+    async fn sign_in(
+        &self,
+        id: &str,
+        browser: &mut Browser,
+        params: &[(&str, &str)],
+        user: (&str, &str),
+    ) -> Answer {
+        let url = authorize(params);
+        let page_id = format!("{id}-page");
+        let page = self.browse(&page_id, browser, "GET", &url, None, 200).await;
+        let fields = [("username", user.0), ("password", user.1)];
+        let sign_in_id = format!("{id}-sign-in");
+        self.submit(&sign_in_id, browser, &page, &fields, 303).await
+    }
+}
+
+/// Authorization code + PKCE: the public client (the sign-in page, a post without its
+/// CSRF token, a wrong password, a replayed code) and the confidential one (a replayed
+/// code). Nonces are not secrets; everything else is collected by [`Run::request`].
+async fn code_grants(run: &Run, webapp_secret: &str) {
     let spa = ("spa", None);
     let webapp = ("webapp", Some(webapp_secret));
-    let silent_refusal = |answer: &Answer| {
-        let redirect = Redirect::of(answer);
-        assert_eq!(redirect.base, SPA_CALLBACK);
-        assert_eq!(redirect.query["error"], "login_required");
-        assert!(!redirect.query.contains_key("code"));
-    };
 
     // --- authorization code + PKCE, the public client: the sign-in page, a post
     // without its CSRF token, a wrong password, then alice.
@@ -639,25 +684,8 @@ async fn code_and_implicit_grants(run: &Run, webapp_secret: &str) {
     let (verifier, challenge) = pkce();
     let nonce = format!("nonce-webapp-{}", random_hex(4));
     let params = code_request("webapp", WEBAPP_CALLBACK, &challenge, &nonce);
-    let page = run
-        .browse(
-            "code-webapp-page",
-            &mut bobs,
-            "GET",
-            &authorize(&params),
-            None,
-            200,
-        )
-        .await;
-    let done = run
-        .submit(
-            "code-webapp-sign-in",
-            &mut bobs,
-            &page,
-            &[("username", "bob"), ("password", BOB_PASSWORD)],
-            303,
-        )
-        .await;
+    let bob = ("bob", BOB_PASSWORD);
+    let done = run.sign_in("code-webapp", &mut bobs, &params, bob).await;
     let redirect = Redirect::of(&done);
     assert_eq!(redirect.base, WEBAPP_CALLBACK);
     let code = redirect.query["code"].clone();
@@ -694,6 +722,19 @@ async fn code_and_implicit_grants(run: &Run, webapp_secret: &str) {
         )
         .await;
     assert_eq!(inactive.json, json!({ "active": false }));
+}
+
+/// Session reuse, implicit, `form_post`, `prompt=none` without a session, and logout,
+/// in a browser alice signed in to through the public client.
+async fn session_implicit_and_logout(run: &Run) {
+    let spa = ("spa", None);
+    let mut browser = Browser::default();
+    let (_, challenge) = pkce();
+    let nonce = format!("nonce-first-{}", random_hex(4));
+    let params = code_request("spa", SPA_CALLBACK, &challenge, &nonce);
+    let alice = ("alice", ALICE_PASSWORD);
+    run.sign_in("spa", &mut browser, &params, alice).await;
+    assert!(browser.cookies.contains_key("scopegate_session"));
 
     // --- session reuse: alice's browser gets a code without the form.
     let (verifier, challenge) = pkce();
@@ -1229,52 +1270,17 @@ struct Finished {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_secret_in_the_log_through_the_token_endpoint_grants_and_their_failures() {
+async fn no_secret_in_the_log_through_the_token_endpoint_grants() {
     let run = Run::start("ops-logs-grants").await;
     let setup = &run.setup;
     let m2m = ("m2m", setup.m2m_secret.as_str());
     let web = ("web", setup.web_secret.as_str());
 
     // --- client_credentials: client_secret_basic, then client_secret_post with a scope.
-    let machine = run
-        .token(
-            "cc-basic",
-            &[("grant_type", "client_credentials"), ("audience", CONTACTS)],
-            Some(m2m),
-            200,
-        )
-        .await
-        .json;
-    let machine_write = run
-        .token(
-            "cc-post",
-            &[
-                ("grant_type", "client_credentials"),
-                ("audience", CONTACTS),
-                ("scope", "write:contacts"),
-                ("client_id", "m2m"),
-                ("client_secret", &setup.m2m_secret),
-            ],
-            None,
-            200,
-        )
-        .await
-        .json;
-
-    for tokens in [&machine, &machine_write] {
-        str_of(tokens, "access_token");
-    }
+    let (machine, machine_write) = run.machine_tokens().await;
 
     // --- password: a confidential client (Basic) and a public one.
-    let alice = run
-        .token(
-            "password-web",
-            &password("alice", ALICE_PASSWORD, None),
-            Some(web),
-            200,
-        )
-        .await
-        .json;
+    let alice = run.alice_by_web("password-web").await;
     let bob = run
         .token(
             "password-cli",
@@ -1284,15 +1290,7 @@ async fn no_secret_in_the_log_through_the_token_endpoint_grants_and_their_failur
         )
         .await
         .json;
-    let alice_again = run
-        .token(
-            "password-web-2",
-            &password("alice", ALICE_PASSWORD, None),
-            Some(web),
-            200,
-        )
-        .await
-        .json;
+    let alice_again = run.alice_by_web("password-web-2").await;
     for tokens in [&alice, &bob, &alice_again] {
         for member in ["access_token", "id_token", "refresh_token"] {
             str_of(tokens, member);
@@ -1395,7 +1393,14 @@ async fn no_secret_in_the_log_through_the_token_endpoint_grants_and_their_failur
     assert_eq!(revoked.status, 401);
     run.expect("userinfo-revoked", "issuer", 401, "none");
 
-    // --- the issuer's failures. Password failures come last: they lock out this IP.
+    run.finish(30).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_the_log_through_the_token_endpoint_failures() {
+    let run = Run::start("ops-logs-failures").await;
+    let web = ("web", run.setup.web_secret.as_str());
+    // Password failures come last: they lock out this IP.
     let wrong_secret = format!("wrong-secret-{}", random_hex(8));
     let cc = [("grant_type", "client_credentials"), ("audience", CONTACTS)];
     let refused = run
@@ -1492,26 +1497,45 @@ async fn no_secret_in_the_log_through_the_token_endpoint_grants_and_their_failur
         .await;
     assert_eq!(locked.error(), "invalid_grant");
 
-    run.finish(30).await;
+    run.finish(20).await;
 }
 
-/// Asserts that secrets of each kind in `kinds` were collected, not only handled.
-fn collected(secrets: &Secrets, kinds: &[&str]) {
-    for what in kinds {
-        assert!(
-            secrets.0.values().any(|w| w.starts_with(what)),
-            "no {what} among the secrets"
-        );
+impl Run {
+    /// [`Run::finish`], then asserts that secrets of each kind in `kinds` were
+    /// collected, not only handled.
+    async fn finish_collecting(self, min_secrets: usize, kinds: &[&str]) {
+        let secrets = self.finish(min_secrets).await.secrets;
+        for what in kinds {
+            assert!(
+                secrets.0.values().any(|w| w.starts_with(what)),
+                "no {what} among the secrets"
+            );
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_secret_in_the_log_through_the_code_implicit_and_form_post_grants() {
-    let run = Run::start("ops-logs-browser").await;
-    code_and_implicit_grants(&run, &run.setup.webapp_secret).await;
-    let finished = run.finish(30).await;
-    collected(
-        &finished.secrets,
+async fn no_secret_in_the_log_through_the_code_grant() {
+    let run = Run::start("ops-logs-code").await;
+    code_grants(&run, &run.setup.webapp_secret).await;
+    run.finish_collecting(
+        30,
+        &[
+            "cookie scopegate_session",
+            "cookie scopegate_csrf",
+            "redirect code",
+            "form code_verifier",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_the_log_through_the_implicit_and_form_post_grants_and_logout() {
+    let run = Run::start("ops-logs-implicit").await;
+    session_implicit_and_logout(&run).await;
+    run.finish_collecting(
+        30,
         &[
             "cookie scopegate_session",
             "cookie scopegate_csrf",
@@ -1521,68 +1545,33 @@ async fn no_secret_in_the_log_through_the_code_implicit_and_form_post_grants() {
             "page field access_token",
             "form code_verifier",
         ],
-    );
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_the_log_through_the_device_grant() {
     let run = Run::start("ops-logs-device").await;
     device_grant(&run).await;
-    let finished = run.finish(10).await;
-    collected(
-        &finished.secrets,
+    run.finish_collecting(
+        10,
         &[
             "cookie scopegate_session",
             "response device_code",
             "response user_code",
             "user code as stored",
         ],
-    );
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_secret_in_the_log_through_every_proxy_auth_failure_and_a_refused_reload() {
-    let run = Run::start("ops-logs-proxy").await;
-    let setup = &run.setup;
-    let config_text = &run.config_text;
-    let external = &run.external;
-    let m2m = ("m2m", setup.m2m_secret.as_str());
-    let web = ("web", setup.web_secret.as_str());
+async fn no_secret_in_the_log_through_the_proxy_with_issued_tokens_and_a_down_upstream() {
+    let run = Run::start("ops-logs-proxy-issued").await;
     let bearer = |token: &str| format!("Bearer {token}");
     // Tokens of the built-in issuer for the proxy.
-    let machine = run
-        .token(
-            "cc-basic",
-            &[("grant_type", "client_credentials"), ("audience", CONTACTS)],
-            Some(m2m),
-            200,
-        )
-        .await
-        .json;
-    let machine_write = run
-        .token(
-            "cc-post",
-            &[
-                ("grant_type", "client_credentials"),
-                ("audience", CONTACTS),
-                ("scope", "write:contacts"),
-                ("client_id", "m2m"),
-                ("client_secret", &setup.m2m_secret),
-            ],
-            None,
-            200,
-        )
-        .await
-        .json;
-    let alice = run
-        .token(
-            "password-web",
-            &password("alice", ALICE_PASSWORD, None),
-            Some(web),
-            200,
-        )
-        .await
-        .json;
+    let (machine, machine_write) = run.machine_tokens().await;
+    let alice = run.alice_by_web("password-web").await;
 
     // --- the proxy with the built-in issuer's tokens.
     run.proxy_ok(
@@ -1634,6 +1623,25 @@ async fn no_secret_in_the_log_through_every_proxy_auth_failure_and_a_refused_rel
         reason: None,
         upstream: true,
     });
+
+    let finished = run.finish(20).await;
+    // Events logged during a request carry its span.
+    let upstream_failed = finished
+        .lines
+        .iter()
+        .find(|l| l["message"] == "upstream failed")
+        .expect("the upstream failure is logged");
+    assert_eq!(upstream_failed["span"]["request_id"], "upstream-down");
+    assert_eq!(upstream_failed["level"], "WARN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_the_log_through_every_proxy_auth_failure_and_a_refused_reload() {
+    let run = Run::start("ops-logs-proxy").await;
+    let setup = &run.setup;
+    let config_text = &run.config_text;
+    let external = &run.external;
+    let bearer = |token: &str| format!("Bearer {token}");
 
     // --- every proxy auth failure reason, with the external issuer's tokens.
     let now = common::now();
@@ -1771,18 +1779,10 @@ async fn no_secret_in_the_log_through_every_proxy_auth_failure_and_a_refused_rel
     .await;
 
     let finished = run.finish(20).await;
-    let (lines, reasons_seen) = (&finished.lines, &finished.reasons_seen);
     for reason in scopegate::claims::Reason::ALL {
         assert!(
-            reasons_seen.contains(reason.label()),
+            finished.reasons_seen.contains(reason.label()),
             "no request was refused for {reason}"
         );
     }
-    // Events logged during a request carry its span.
-    let upstream_failed = lines
-        .iter()
-        .find(|l| l["message"] == "upstream failed")
-        .expect("the upstream failure is logged");
-    assert_eq!(upstream_failed["span"]["request_id"], "upstream-down");
-    assert_eq!(upstream_failed["level"], "WARN");
 }

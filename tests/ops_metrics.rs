@@ -269,35 +269,30 @@ async fn traffic(
     ));
     process.signal("HUP");
     // Watched on the admin port, so the wait adds no proxy request to the counts.
-    eventually("the good reload is counted", async || {
-        let text = scrape(process).await;
-        let parsed = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
-        value(
-            &parsed,
-            "scopegate_config_reloads_total",
-            &[("result", "success")],
-        )
-        .is_some_and(|v| v >= 1.0)
-    })
-    .await;
+    reload_counted(process, "the good reload is counted", "success").await;
     let answer = common::issuer::get(&process.url("/extra"), None).await;
     assert_eq!(answer.status, 200, "the reloaded config serves");
     process.rewrite("routes: [ {\n");
     process.signal("HUP");
-    eventually("the refused reload is counted", async || {
-        let text = scrape(process).await;
-        let parsed = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
-        value(
-            &parsed,
-            "scopegate_config_reloads_total",
-            &[("result", "error")],
-        )
-        .is_some_and(|v| v >= 1.0)
-    })
-    .await;
+    reload_counted(process, "the refused reload is counted", "error").await;
     (token, machine_token)
 }
 
+/// Waits until `scopegate_config_reloads_total{result}` counts at least one reload,
+/// watched on the admin port (so the wait adds no proxy request to the counts).
+async fn reload_counted(process: &Process, what: &str, result: &str) {
+    eventually(what, async || {
+        let text = scrape(process).await;
+        let parsed = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        let counted = value(
+            &parsed,
+            "scopegate_config_reloads_total",
+            &[("result", result)],
+        );
+        counted.is_some_and(|v| v >= 1.0)
+    })
+    .await;
+}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_as_prometheus_text_with_every_family_of_the_contract() {
     let external = common::Issuer::start(&[rsa()]).await;

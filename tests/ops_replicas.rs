@@ -19,7 +19,9 @@ mod common;
 use serde_json::{Value, json};
 
 use common::eventually;
-use common::issuer::{ALICE_PASSWORD, Answer, CONTACTS, TempDir, post_form};
+use common::issuer::{
+    ALICE_PASSWORD, Answer, CONTACTS, TempDir, cli_refresh, introspect_as, login_at, post_form,
+};
 use common::process::Process;
 use common::rogue_rsa;
 
@@ -128,16 +130,7 @@ async fn machine_token(process: &Process) -> String {
 }
 
 async fn refresh(process: &Process, token: &str) -> Answer {
-    post_form(
-        &process.url("/oauth/token"),
-        &[
-            ("grant_type", "refresh_token"),
-            ("client_id", "cli"),
-            ("refresh_token", token),
-        ],
-        None,
-    )
-    .await
+    cli_refresh(&process.url(""), token).await
 }
 
 async fn contacts(process: &Process, token: &str) -> u16 {
@@ -147,14 +140,7 @@ async fn contacts(process: &Process, token: &str) -> u16 {
 }
 
 async fn introspect(process: &Process, token: &str) -> Value {
-    let answer = post_form(
-        &process.url("/oauth/introspect"),
-        &[("token", token)],
-        Some(("resource-server", RS_SECRET)),
-    )
-    .await;
-    assert_eq!(answer.status, 200, "{:?}", answer.json);
-    answer.json
+    introspect_as(&process.url(""), token, ("resource-server", RS_SECRET)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,21 +164,14 @@ async fn two_processes_on_one_postgres_store_act_as_one_issuer() {
     assert_eq!(contacts(&b, &from_a).await, 200);
 
     // A refresh token issued by A is rotated by B...
-    let login = post_form(
-        &a.url("/oauth/token"),
-        &[
-            ("grant_type", "password"),
-            ("client_id", "cli"),
-            ("username", "alice"),
-            ("password", ALICE_PASSWORD),
-            ("audience", CONTACTS),
-            ("scope", "read:contacts offline_access"),
-        ],
-        None,
+    let login = login_at(
+        &a.url(""),
+        "alice",
+        ALICE_PASSWORD,
+        "read:contacts offline_access",
     )
     .await;
-    assert_eq!(login.status, 200, "{:?}", login.json);
-    let issued_by_a = login.json["refresh_token"].as_str().unwrap().to_string();
+    let issued_by_a = login["refresh_token"].as_str().unwrap().to_string();
     let rotated = refresh(&b, &issued_by_a).await;
     assert_eq!(rotated.status, 200, "{:?}", rotated.json);
     let rotated_by_b = rotated.json["refresh_token"].as_str().unwrap().to_string();

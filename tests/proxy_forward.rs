@@ -47,6 +47,18 @@ fn raw_get(path: &str, extra_headers: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: gateway.test\r\n{extra_headers}Connection: close\r\n\r\n")
 }
 
+/// A raw GET of `/api/x` with `token` and every [`SPOOFS`] header; it must pass. What
+/// the upstream saw.
+async fn spoofed_get(env: &Env, token: &str) -> Seen {
+    let request = raw_get(
+        "/api/x",
+        &format!("Authorization: Bearer {token}\r\n{SPOOFS}"),
+    );
+    let reply = raw(env.gw.addr, &request).await;
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+    env.upstream.last()
+}
+
 #[tokio::test]
 async fn spoofed_identity_headers_are_stripped_on_every_route() {
     let env = Env::start(ROUTES).await;
@@ -72,16 +84,7 @@ async fn spoofed_identity_headers_are_stripped_on_every_route() {
         "tenant": "acme",
         "level": 3,
     }));
-    let reply = raw(
-        env.gw.addr,
-        &raw_get(
-            "/api/x",
-            &format!("Authorization: Bearer {token}\r\n{SPOOFS}"),
-        ),
-    )
-    .await;
-    assert_eq!(reply.status, 200, "{}", reply.raw);
-    let seen = env.upstream.last();
+    let seen = spoofed_get(&env, &token).await;
     let expected = [
         ("x-auth-subject", "alice"),
         ("x-auth-scopes", "read:contacts write:contacts"),
@@ -103,16 +106,7 @@ async fn spoofed_identity_headers_are_stripped_on_every_route() {
 
     // A verified token without the mapped claims still loses the client's copies.
     let token = env.token(json!({}));
-    let reply = raw(
-        env.gw.addr,
-        &raw_get(
-            "/api/x",
-            &format!("Authorization: Bearer {token}\r\n{SPOOFS}"),
-        ),
-    )
-    .await;
-    assert_eq!(reply.status, 200, "{}", reply.raw);
-    let seen = env.upstream.last();
+    let seen = spoofed_get(&env, &token).await;
     for name in ["x-auth-roles", "x-auth-tenant", "x-auth-level"] {
         assert!(
             !seen.has_normalized(name),
@@ -588,14 +582,7 @@ async fn an_upstream_that_refuses_connections_is_502() {
         "internal upstream detail leaked to the client: {description}"
     );
     let metrics = env.gw.metrics().await;
-    assert_eq!(
-        metric(
-            &metrics,
-            "scopegate_requests_total",
-            &[("route", "dead"), ("method", "GET"), ("status", "502")]
-        ),
-        1.0
-    );
+    assert_eq!(requests_total(&metrics, "dead", "GET", "502"), 1.0);
 }
 
 #[tokio::test]
@@ -612,14 +599,7 @@ async fn a_slow_upstream_is_504() {
         "the upstream should have received the request"
     );
     let metrics = env.gw.metrics().await;
-    assert_eq!(
-        metric(
-            &metrics,
-            "scopegate_requests_total",
-            &[("route", "open"), ("method", "GET"), ("status", "504")]
-        ),
-        1.0
-    );
+    assert_eq!(requests_total(&metrics, "open", "GET", "504"), 1.0);
     // The gateway is still fine afterwards.
     let reply = env.get("/open/fast", &[]).await;
     assert_eq!(reply.status, 200);
@@ -734,12 +714,5 @@ async fn an_upstream_that_never_accepts_is_504_after_upstream_connect() {
         .expect("the request hung: upstream_connect was not applied");
     assert_json_error(&reply, 504, "gateway_timeout");
     let metrics = env.gw.metrics().await;
-    assert_eq!(
-        metric(
-            &metrics,
-            "scopegate_requests_total",
-            &[("route", "hole"), ("method", "GET"), ("status", "504")]
-        ),
-        1.0
-    );
+    assert_eq!(requests_total(&metrics, "hole", "GET", "504"), 1.0);
 }

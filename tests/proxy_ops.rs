@@ -147,9 +147,7 @@ async fn a_new_kid_triggers_exactly_one_refetch() {
         "a fresh token under a retired key verified: {}",
         reply.text()
     );
-    let reply = env
-        .get_bearer("/api/x", &rsa2().token(&env.claims(json!({}))))
-        .await;
+    let reply = env.get_signed("/api/x", rsa2()).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
 }
 
@@ -164,9 +162,7 @@ async fn keys_are_refreshed_every_jwks_ttl() {
     env.gw.wait_ready().await;
     let jwks = env.issuer.jwks_hits();
     env.issuer.publish(&[rsa(), rsa2()]);
-    let reply = env
-        .get_bearer("/api/x", &rsa2().token(&env.claims(json!({}))))
-        .await;
+    let reply = env.get_signed("/api/x", rsa2()).await;
     assert_eq!(
         reply.status,
         401,
@@ -225,9 +221,7 @@ async fn jwks_members_that_do_not_fit_are_not_used() {
             "{what}: verified with an unfit JWK"
         );
     }
-    let reply = env
-        .get_bearer("/api/x", &ec().token(&env.claims(json!({}))))
-        .await;
+    let reply = env.get_signed("/api/x", ec()).await;
     assert_eq!(reply.status, 200, "the fitting EC key: {}", reply.text());
 }
 
@@ -344,16 +338,14 @@ async fn requests_waiting_on_a_slow_failing_refresh_share_it() {
     };
     let addr = env.gw.addr;
     let mut tasks = tokio::task::JoinSet::new();
-    let first = unknown(0);
-    tasks.spawn(async move {
-        get(
-            addr,
-            "/api/x",
-            &[("authorization", &format!("Bearer {first}"))],
-        )
-        .await
-        .status
-    });
+    // The status of a GET of /api/x with `token`.
+    let status_of = move |token: String| async move {
+        let authorization = format!("Bearer {token}");
+        get(addr, "/api/x", &[("authorization", &authorization)])
+            .await
+            .status
+    };
+    tasks.spawn(status_of(unknown(0)));
     // Once that fetch is in flight, and past min_refresh by the gateway's clock, well
     // inside the 800ms fetch: these queue behind it.
     eventually("the first request's refresh is in flight", async || {
@@ -362,16 +354,7 @@ async fn requests_waiting_on_a_slow_failing_refresh_share_it() {
     .await;
     env.gw.advance(Duration::from_millis(250));
     for n in 1..=5 {
-        let token = unknown(n);
-        tasks.spawn(async move {
-            get(
-                addr,
-                "/api/x",
-                &[("authorization", &format!("Bearer {token}"))],
-            )
-            .await
-            .status
-        });
+        tasks.spawn(status_of(unknown(n)));
     }
     while let Some(status) = tasks.join_next().await {
         assert_eq!(status.expect("request"), StatusCode::UNAUTHORIZED);
@@ -526,13 +509,8 @@ async fn metrics_count_requests_and_auth_failures_with_bounded_labels() {
     assert_eq!(reply.status, 400);
 
     let text = env.gw.metrics().await;
-    let requests = |route: &str, method: &str, status: &str| {
-        metric(
-            &text,
-            "scopegate_requests_total",
-            &[("route", route), ("method", method), ("status", status)],
-        )
-    };
+    let requests =
+        |route: &str, method: &str, status: &str| requests_total(&text, route, method, status);
     assert_eq!(requests("read", "GET", "200"), 2.0, "\n{text}");
     assert_eq!(requests("read", "GET", "401"), 3.0, "\n{text}");
     assert_eq!(requests("read", "GET", "403"), 1.0, "\n{text}");

@@ -115,11 +115,7 @@ async fn unmatched_paths_are_404_json_and_never_forwarded() {
     );
     let metrics = env.gw.metrics().await;
     assert_eq!(
-        metric(
-            &metrics,
-            "scopegate_requests_total",
-            &[("route", "unmatched"), ("method", "GET"), ("status", "404")]
-        ),
+        requests_total(&metrics, "unmatched", "GET", "404"),
         6.0,
         "404s not counted under route=\"unmatched\""
     );
@@ -223,11 +219,7 @@ async fn path_tricks_are_400_and_never_forwarded() {
         "/public/%2",
     ];
     for trick in tricks {
-        let reply = raw(
-            env.gw.addr,
-            &format!("GET {trick} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n"),
-        )
-        .await;
+        let reply = raw_request(env.gw.addr, "GET", trick).await;
         assert_eq!(
             reply.status, 400,
             "{trick:?} was not refused: {}",
@@ -250,11 +242,7 @@ async fn encoded_unreserved_characters_cannot_dodge_a_protected_route() {
     let env = Env::start(TRICKS).await;
     // %61 is 'a': this is /admin/users and must get the admin route's policy.
     for path in ["/%61dmin/users", "/adm%69n/users", "/%41dmin/users"] {
-        let reply = raw(
-            env.gw.addr,
-            &format!("GET {path} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n"),
-        )
-        .await;
+        let reply = raw_request(env.gw.addr, "GET", path).await;
         if path.contains("%41") {
             // %41 is 'A': /Admin is a different path (paths are case-sensitive).
             assert_eq!(reply.status, 404, "{path}: {}", reply.raw);
@@ -290,11 +278,7 @@ async fn path_parameters_cannot_dodge_a_protected_route() {
         "/admin;jsessionid=1/users",
         "/admin;/users",
     ] {
-        let reply = raw(
-            env.gw.addr,
-            &format!("GET {path} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n"),
-        )
-        .await;
+        let reply = raw_request(env.gw.addr, "GET", path).await;
         assert_eq!(
             reply.status, 401,
             "{path} dodged the admin route: {}",

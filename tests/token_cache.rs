@@ -24,6 +24,12 @@ fn yaml(leeway: &str, cache: u64) -> String {
         )
 }
 
+/// A 401 `invalid_token` whose body mentions `why`.
+fn assert_invalid_token_for(reply: &Reply, why: &str) {
+    assert_json_error(reply, 401, "invalid_token");
+    assert!(reply.text().contains(why), "{}", reply.text());
+}
+
 #[tokio::test]
 async fn a_cached_token_is_refused_once_it_expires() {
     let env = Env::start_yaml(&yaml("0s", 1000)).await;
@@ -34,8 +40,7 @@ async fn a_cached_token_is_refused_once_it_expires() {
     // expiry would drop the entry: the cache must not keep it.
     env.gw.advance(Duration::from_secs(3));
     let later = env.get_bearer("/api/x", &token).await;
-    assert_json_error(&later, 401, "invalid_token");
-    assert!(later.text().contains("expired"), "{}", later.text());
+    assert_invalid_token_for(&later, "expired");
 }
 
 #[tokio::test]
@@ -54,8 +59,7 @@ async fn a_reload_that_stops_trusting_the_audience_refuses_cached_tokens() {
     );
     env.gw.apply(&narrowed).await;
     let reply = env.get_bearer("/api/x", &token).await;
-    assert_json_error(&reply, 401, "invalid_token");
-    assert!(reply.text().contains("aud"), "{}", reply.text());
+    assert_invalid_token_for(&reply, "aud");
 }
 
 #[tokio::test]

@@ -596,9 +596,20 @@ pub struct Running {
     pub clock: Clock,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
+    /// The store [`Running::fresh`] made, dropped after the gateway.
+    store: Option<TestStore>,
 }
 
 impl Running {
+    /// A fresh store of `backend` and the gateway on it with the default [`Options`]; the
+    /// store lives as long as the gateway.
+    pub async fn fresh(backend: Backend) -> Running {
+        let store = TestStore::new(backend).await;
+        let mut running = Running::start(&store.url, &Options::default()).await;
+        running.store = Some(store);
+        running
+    }
+
     /// Starts the real gateway (config → issuer → Gateway → serve) on 127.0.0.1:0, on a
     /// [`Clock::manual`] of its own.
     pub async fn start(store: &str, options: &Options) -> Running {
@@ -658,6 +669,7 @@ impl Running {
             clock,
             stop: Some(tx),
             server: Some(server),
+            store: None,
         })
     }
 
@@ -680,23 +692,14 @@ impl Running {
         post_form(&self.url("/oauth/token"), params, basic).await
     }
 
+    /// [`Running::login`] as alice.
+    pub async fn alice(&self, scope: &str) -> Value {
+        self.login("alice", ALICE_PASSWORD, scope).await
+    }
+
     /// A password-grant token for a user through the public `cli` client.
     pub async fn login(&self, user: &str, password: &str, scope: &str) -> Value {
-        let answer = self
-            .token(
-                &[
-                    ("grant_type", "password"),
-                    ("client_id", "cli"),
-                    ("username", user),
-                    ("password", password),
-                    ("audience", CONTACTS),
-                    ("scope", scope),
-                ],
-                None,
-            )
-            .await;
-        assert_eq!(answer.status, 200, "{:?}", answer.json);
-        answer.json
+        login_at(&self.base, user, password, scope).await
     }
 
     pub async fn machine_token(&self) -> Value {
@@ -708,6 +711,19 @@ impl Running {
             .await;
         assert_eq!(answer.status, 200, "{:?}", answer.json);
         answer.json
+    }
+
+    /// The access token of [`Running::machine_token`].
+    pub async fn machine_access_token(&self) -> String {
+        let tokens = self.machine_token().await;
+        tokens["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// Applies the config of `options` on `store` (same port) to the running gateway.
+    pub async fn apply_options(&self, store: &str, options: &Options) {
+        let yaml = config_yaml(self.addr.port(), store, options);
+        let config = Config::from_yaml_with_env(&yaml, |_| None).unwrap();
+        self.gateway.apply(config).await.unwrap();
     }
 
     pub async fn jwks(&self) -> Value {
@@ -795,6 +811,79 @@ pub fn form_encode(params: &[(&str, &str)]) -> String {
         .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
         .collect::<Vec<_>>()
         .join("&")
+}
+
+/// `grant_type=password` for `user` through the public `cli` client, at the token
+/// endpoint of the gateway at `base` (`http://addr`).
+pub async fn cli_login(
+    base: &str,
+    user: &str,
+    password: &str,
+    audience: &str,
+    scope: &str,
+) -> Answer {
+    let params = [
+        ("grant_type", "password"),
+        ("client_id", "cli"),
+        ("username", user),
+        ("password", password),
+        ("audience", audience),
+        ("scope", scope),
+    ];
+    post_form(&format!("{base}/oauth/token"), &params, None).await
+}
+
+/// [`cli_login`] to the contacts API that must pass: the token response.
+pub async fn login_at(base: &str, user: &str, password: &str, scope: &str) -> Value {
+    let answer = cli_login(base, user, password, CONTACTS, scope).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    answer.json
+}
+
+/// `grant_type=refresh_token` through the public `cli` client, at the token endpoint of
+/// the gateway at `base` (`http://addr`).
+pub async fn cli_refresh(base: &str, refresh_token: &str) -> Answer {
+    let params = [
+        ("grant_type", "refresh_token"),
+        ("client_id", "cli"),
+        ("refresh_token", refresh_token),
+    ];
+    post_form(&format!("{base}/oauth/token"), &params, None).await
+}
+
+/// POST /oauth/introspect at the gateway at `base` as the confidential `client`; asserts
+/// the 200 and returns the answer's JSON.
+pub async fn introspect_as(base: &str, token: &str, client: (&str, &str)) -> Value {
+    let url = format!("{base}/oauth/introspect");
+    let answer = post_form(&url, &[("token", token)], Some(client)).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    answer.json
+}
+
+/// Asserts each `(member, value)` of the JSON object `json`.
+pub fn assert_members(json: &Value, expected: &[(&str, &str)]) {
+    for (member, value) in expected {
+        assert_eq!(json[*member], *value, "{member} in {json}");
+    }
+}
+
+/// What a page's (first) form posts: its hidden fields, plus `fields` (which win over
+/// hidden ones of the same name).
+pub fn form_fields(html: &str, fields: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut params: Vec<(String, String)> = hidden_fields(html)
+        .into_iter()
+        .filter(|(n, _)| !fields.iter().any(|(f, _)| f == n))
+        .collect();
+    params.extend(fields.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+    params
+}
+
+/// Owned pairs as the `&str` pairs a form takes.
+pub fn as_pairs(params: &[(String, String)]) -> Vec<(&str, &str)> {
+    params
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect()
 }
 
 pub fn basic(id: &str, secret: &str) -> String {
@@ -979,21 +1068,13 @@ impl Browser {
     pub async fn submit(&mut self, base: &str, page: &Answer, fields: &[(&str, &str)]) -> Answer {
         let html = page.text();
         let action = form_action(&html).expect("the page has a form");
-        let mut params: Vec<(String, String)> = hidden_fields(&html)
-            .into_iter()
-            .filter(|(n, _)| !fields.iter().any(|(f, _)| f == n))
-            .collect();
-        params.extend(fields.iter().map(|(n, v)| (n.to_string(), v.to_string())));
-        let borrowed: Vec<(&str, &str)> = params
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
+        let params = form_fields(&html, fields);
         let url = if action.starts_with("http") {
             action
         } else {
             format!("{base}{action}")
         };
-        self.post(&url, &borrowed).await
+        self.post(&url, &as_pairs(&params)).await
     }
 
     /// The sign-in: submit the page's form with a username and password.

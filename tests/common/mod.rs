@@ -107,39 +107,33 @@ impl Key {
     }
 }
 
-fn shared_key(cell: &'static OnceLock<Key>, alg: Alg, kid: &str) -> &'static Key {
-    cell.get_or_init(|| Key::generate(alg, kid))
+/// Keys generated once per test binary and shared: `name => (alg, kid)`, each a
+/// `pub fn name() -> &'static Key`.
+macro_rules! shared_keys {
+    ($($(#[$doc:meta])* $name:ident => ($alg:ident, $kid:literal);)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name() -> &'static Key {
+                static K: OnceLock<Key> = OnceLock::new();
+                K.get_or_init(|| Key::generate(Alg::$alg, $kid))
+            }
+        )*
+    };
 }
 
-/// RS256 key `rsa-1` (published by default; its JWK says `alg: RS256`).
-pub fn rsa() -> &'static Key {
-    static K: OnceLock<Key> = OnceLock::new();
-    shared_key(&K, Alg::RS256, "rsa-1")
-}
-/// RS256 key `rsa-2` (not published by default: the rotation target).
-pub fn rsa2() -> &'static Key {
-    static K: OnceLock<Key> = OnceLock::new();
-    shared_key(&K, Alg::RS256, "rsa-2")
-}
-/// ES256 key `ec-1` (published by default).
-pub fn ec() -> &'static Key {
-    static K: OnceLock<Key> = OnceLock::new();
-    shared_key(&K, Alg::ES256, "ec-1")
-}
-/// EdDSA key `ed-1` (published by default).
-pub fn ed() -> &'static Key {
-    static K: OnceLock<Key> = OnceLock::new();
-    shared_key(&K, Alg::EdDSA, "ed-1")
-}
-/// PS256 key `ps-1` (published by default).
-pub fn ps() -> &'static Key {
-    static K: OnceLock<Key> = OnceLock::new();
-    shared_key(&K, Alg::PS256, "ps-1")
-}
-/// An RSA key nobody publishes: the attacker's.
-pub fn rogue_rsa() -> &'static Key {
-    static K: OnceLock<Key> = OnceLock::new();
-    shared_key(&K, Alg::RS256, "rogue")
+shared_keys! {
+    /// RS256 key `rsa-1` (published by default; its JWK says `alg: RS256`).
+    rsa => (RS256, "rsa-1");
+    /// RS256 key `rsa-2` (not published by default: the rotation target).
+    rsa2 => (RS256, "rsa-2");
+    /// ES256 key `ec-1` (published by default).
+    ec => (ES256, "ec-1");
+    /// EdDSA key `ed-1` (published by default).
+    ed => (EdDSA, "ed-1");
+    /// PS256 key `ps-1` (published by default).
+    ps => (PS256, "ps-1");
+    /// An RSA key nobody publishes: the attacker's.
+    rogue_rsa => (RS256, "rogue");
 }
 
 /// The keys an [`Issuer`] publishes unless told otherwise.
@@ -880,6 +874,21 @@ impl Env {
     }
 
     /// GET `path` with `Authorization: Bearer <token>`.
+    /// Asserts that the upstream saw nothing and that `times` requests were counted as
+    /// `scopegate_requests_total{route="unmatched", method, status}`.
+    pub async fn assert_unforwarded(&self, method: &str, status: &str, times: f64) {
+        assert_eq!(self.upstream.count(), 0, "{:#?}", self.upstream.seen());
+        let metrics = self.gw.metrics().await;
+        let counted = requests_total(&metrics, "unmatched", method, status);
+        assert_eq!(counted, times, "{metrics}");
+    }
+
+    /// GET `path` with a token `key` signs for the default claims.
+    pub async fn get_signed(&self, path: &str, key: &Key) -> Reply {
+        let token = key.token(&self.claims(json!({})));
+        self.get_bearer(path, &token).await
+    }
+
     pub async fn get_bearer(&self, path: &str, token: &str) -> Reply {
         let auth = format!("Bearer {token}");
         get(self.gw.addr, path, &[("authorization", &auth)]).await
@@ -1039,6 +1048,14 @@ impl RawReply {
 
 /// Writes `request` verbatim (it should carry `Connection: close`) and reads until the
 /// server closes. For request targets and header spellings no client library sends.
+/// `METHOD target` over HTTP/1.1 to `Host: gateway.test`, `Connection: close`, as raw
+/// bytes (so targets no client library would send reach the gateway as written).
+pub async fn raw_request(addr: SocketAddr, method: &str, target: &str) -> RawReply {
+    let request =
+        format!("{method} {target} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n");
+    raw(addr, &request).await
+}
+
 pub async fn raw(addr: SocketAddr, request: &str) -> RawReply {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request.as_bytes()).await.expect("write");
@@ -1151,6 +1168,41 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 /// `scopegate_auth_failures_total{route, reason}`.
+/// `scopegate_requests_total{route, method, status}` in a scrape (0 when absent).
+pub fn requests_total(text: &str, route: &str, method: &str, status: &str) -> f64 {
+    metric(
+        text,
+        "scopegate_requests_total",
+        &[("route", route), ("method", method), ("status", status)],
+    )
+}
+
+/// One route without authentication: `name` on `prefix/*`, to the test upstream (a
+/// `routes` list for [`Env::start`]).
+pub fn open_route(name: &str, prefix: &str) -> String {
+    format!(
+        "  - name: {name}\n    match: {{ path: {prefix}/* }}\n    upstream: \"@upstream@\"\n    auth: none\n"
+    )
+}
+
+/// Three routes by scope: `read` (`/api/read/*`) needs read:contacts, `both`
+/// (`/api/both/*`) read:contacts and write:contacts, `one-of` (`/api/one-of/*`)
+/// write:contacts or admin.
+pub const SCOPE_ROUTES: &str = r#"
+  - name: read
+    match: { path: /api/read/* }
+    upstream: "@upstream@"
+    scopes: [read:contacts]
+  - name: both
+    match: { path: /api/both/* }
+    upstream: "@upstream@"
+    scopes: [read:contacts, write:contacts]
+  - name: one-of
+    match: { path: /api/one-of/* }
+    upstream: "@upstream@"
+    any_scopes: [write:contacts, admin]
+"#;
+
 pub fn auth_failures(text: &str, route: &str, reason: &str) -> f64 {
     metric(
         text,
