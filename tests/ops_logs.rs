@@ -1277,7 +1277,7 @@ async fn no_secret_in_the_log_through_the_token_endpoint_grants() {
     let web = ("web", setup.web_secret.as_str());
 
     // --- client_credentials: client_secret_basic, then client_secret_post with a scope.
-    let (machine, machine_write) = run.machine_tokens().await;
+    run.machine_tokens().await;
 
     // --- password: a confidential client (Basic) and a public one.
     let alice = run.alice_by_web("password-web").await;
