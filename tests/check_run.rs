@@ -31,10 +31,8 @@ fn scopegate(command: &str, path: &Path, env: &[(&str, &str)]) -> Output {
         .env_remove("SCOPEGATE_KEY_ENCRYPTION_KEY")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (name, value) in env {
-        cmd.env(name, value);
-    }
+        .stderr(Stdio::piped())
+        .envs(env.iter().copied());
     let mut child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

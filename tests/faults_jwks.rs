@@ -18,15 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use common::{Env, Key, ec, eventually, rogue_rsa};
+use common::{API_ROUTE, Env, Key, ec, eventually, rogue_rsa};
 use serde_json::json;
-
-const ROUTES: &str = r#"
-  - name: api
-    match: { path: /api/* }
-    upstream: "@upstream@"
-    scopes: [read:contacts]
-"#;
 
 const UP: u8 = 0;
 const DOWN: u8 = 1;
@@ -59,7 +52,7 @@ fn claims(env: &Env) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jwks_server_down_and_back_under_load() {
-    let env = Arc::new(Env::start(ROUTES).await);
+    let env = Arc::new(Env::start(API_ROUTE).await);
     let phase = Arc::new(AtomicU8::new(UP));
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicU8::new(0));

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::issuer::{CONTACTS, M2M_SECRET, TempDir, post_form};
-use common::process::Process;
+use common::issuer::{CONTACTS, M2M_SECRET, TempDir, machine_token_at, post_form};
+use common::process::{LISTEN_ANY, Process};
 use common::{AUD, Issuer, Upstream, default_keys, ec, eventually, metric, rsa};
 use serde_json::json;
 
@@ -24,10 +24,7 @@ const CLIENTS: usize = 8;
 fn config(issuer: &Issuer, upstream: &Upstream, store: &str, route: &str) -> String {
     let (alice, _) = common::issuer::hashes();
     format!(
-        r#"server:
-  listen: 127.0.0.1:0
-  admin_listen: 127.0.0.1:0
-log: {{ format: json, level: warn }}
+        r#"{LISTEN_ANY}log: {{ format: json, level: warn }}
 trust:
   issuers:
     - issuer: "{iss}"
@@ -90,14 +87,7 @@ async fn sighup_storm_under_load_fails_no_request() {
             == 200
     })
     .await;
-    let machine = post_form(
-        &process.url("/oauth/token"),
-        &[("grant_type", "client_credentials"), ("audience", CONTACTS)],
-        Some(("m2m", M2M_SECRET)),
-    )
-    .await;
-    assert_eq!(machine.status, 200, "{:?}", machine.json);
-    let machine = machine.json["access_token"].as_str().unwrap().to_string();
+    let machine = machine_token_at(&process.url(""), M2M_SECRET).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));

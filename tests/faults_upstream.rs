@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use common::{Gw, Issuer, default_keys, eventually, render, rsa, standard_yaml};
+use common::{API_ROUTE, Gw, Issuer, default_keys, eventually, render, rsa, standard_yaml};
 use http::Response;
 use http_body_util::Full;
 use hyper::service::service_fn;
@@ -117,19 +117,12 @@ impl Drop for Open {
 /// in one phase and ended in another.
 const SWITCHING: u8 = 9;
 
-const ROUTES: &str = r#"
-  - name: api
-    match: { path: /api/* }
-    upstream: "@upstream@"
-    scopes: [read:contacts]
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upstream_down_and_back_under_load() {
     let issuer = Issuer::start(&default_keys()).await;
     let upstream = Arc::new(Switchable::start().await);
     let yaml = render(
-        &standard_yaml(ROUTES),
+        &standard_yaml(API_ROUTE),
         &[
             ("issuer", &issuer.url),
             ("upstream", &format!("http://{}", upstream.addr)),

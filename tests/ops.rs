@@ -63,6 +63,11 @@ impl std::ops::Deref for Gateway {
     }
 }
 
+/// A 200 with `body`, as a service answers.
+fn ok_text(body: &'static [u8]) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    Ok(Response::new(Full::new(Bytes::from_static(body))))
+}
+
 /// Accepts connections on `listener` until accepting fails, each served by `serve` in a
 /// task of its own.
 fn accept_each<F, Fut>(listener: TcpListener, serve: F)
@@ -96,9 +101,7 @@ async fn slow_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()
                         .and_then(|v| v.parse().ok())
                         .unwrap_or(0);
                     tokio::time::sleep(Duration::from_millis(ms)).await;
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
-                        b"ok",
-                    ))))
+                    ok_text(b"ok")
                 }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -355,11 +358,7 @@ async fn tls_upstream(dir: &std::path::Path) -> (SocketAddr, PathBuf) {
             let Ok(stream) = acceptor.accept(stream).await else {
                 return;
             };
-            let service = service_fn(|_req: Request<Incoming>| async {
-                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
-                    b"secure",
-                ))))
-            });
+            let service = service_fn(|_req: Request<Incoming>| async { ok_text(b"secure") });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;

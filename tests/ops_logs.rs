@@ -50,7 +50,7 @@ use common::issuer::{
     SPA_HTTPS_CALLBACK, SPA_LOGOUT, TempDir, WEBAPP_CALLBACK, WEBAPP_LOGOUT, as_pairs, claims_of,
     form_action, form_fields, hidden_fields, pkce,
 };
-use common::process::Process;
+use common::process::{LISTEN_ANY, Process};
 use common::{AUD, ps, rogue_rsa, rsa};
 
 /// Form parameters whose values are secrets, on any endpoint.
@@ -1027,10 +1027,7 @@ struct Setup {
 fn config(setup: &Setup) -> String {
     let (alice_hash, bob_hash) = common::issuer::hashes();
     format!(
-        r#"server:
-  listen: 127.0.0.1:0
-  admin_listen: 127.0.0.1:0
-  shutdown_grace: 5s
+        r#"{LISTEN_ANY}  shutdown_grace: 5s
 log: {{ format: json, level: info }}
 trust:
   leeway: 5s

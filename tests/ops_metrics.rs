@@ -16,7 +16,7 @@ use serde_json::json;
 
 use common::eventually;
 use common::issuer::{CONTACTS, TempDir};
-use common::process::Process;
+use common::process::{LISTEN_ANY, Process};
 use common::{AUD, rsa};
 
 /// Every metric family of the contract (README, Metrics): name, type, label names.
@@ -67,10 +67,7 @@ const FAMILIES: &[(&str, SampleType, &[&str])] = &[
 
 fn config(external: &str, upstream: &str, store: &str, extra_route: &str) -> String {
     format!(
-        r#"server:
-  listen: 127.0.0.1:0
-  admin_listen: 127.0.0.1:0
-log: {{ format: json, level: info }}
+        r#"{LISTEN_ANY}log: {{ format: json, level: info }}
 trust:
   leeway: 5s
   issuers:

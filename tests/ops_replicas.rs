@@ -20,9 +20,10 @@ use serde_json::{Value, json};
 
 use common::eventually;
 use common::issuer::{
-    ALICE_PASSWORD, Answer, CONTACTS, TempDir, cli_refresh, introspect_as, login_at, post_form,
+    ALICE_PASSWORD, Answer, CONTACTS, TempDir, cli_refresh, introspect_as, login_at,
+    machine_token_at,
 };
-use common::process::Process;
+use common::process::{LISTEN_ANY, Process};
 use common::rogue_rsa;
 
 const ISSUER: &str = "https://issuer.scopegate.test/";
@@ -32,10 +33,7 @@ const RS_SECRET: &str = "rs-replica-secret";
 fn config(store: &str) -> String {
     let (alice_hash, _) = common::issuer::hashes();
     format!(
-        r#"server:
-  listen: 127.0.0.1:0
-  admin_listen: 127.0.0.1:0
-log: {{ format: json, level: info }}
+        r#"{LISTEN_ANY}log: {{ format: json, level: info }}
 routes:
   - name: contacts
     match: {{ path: /api/contacts/* }}
@@ -119,14 +117,7 @@ fn kid_of(token: &str) -> String {
 }
 
 async fn machine_token(process: &Process) -> String {
-    let answer = post_form(
-        &process.url("/oauth/token"),
-        &[("grant_type", "client_credentials"), ("audience", CONTACTS)],
-        Some(("m2m", M2M_SECRET)),
-    )
-    .await;
-    assert_eq!(answer.status, 200, "{:?}", answer.json);
-    answer.json["access_token"].as_str().unwrap().to_string()
+    machine_token_at(&process.url(""), M2M_SECRET).await
 }
 
 async fn refresh(process: &Process, token: &str) -> Answer {

@@ -833,6 +833,16 @@ pub async fn cli_login(
     post_form(&format!("{base}/oauth/token"), &params, None).await
 }
 
+/// A machine token (client_credentials of `m2m` with `m2m_secret`, by Basic) to the
+/// contacts API from the gateway at `base` (`http://addr`); asserts the 200.
+pub async fn machine_token_at(base: &str, m2m_secret: &str) -> String {
+    let params = [("grant_type", "client_credentials"), ("audience", CONTACTS)];
+    let url = format!("{base}/oauth/token");
+    let answer = post_form(&url, &params, Some(("m2m", m2m_secret))).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    answer.json["access_token"].as_str().unwrap().to_string()
+}
+
 /// [`cli_login`] to the contacts API that must pass: the token response.
 pub async fn login_at(base: &str, user: &str, password: &str, scope: &str) -> Value {
     let answer = cli_login(base, user, password, CONTACTS, scope).await;

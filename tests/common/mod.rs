@@ -455,14 +455,18 @@ pub struct Seen {
     pub body: Bytes,
 }
 
+/// The values of header `name` (as spelt) in a list of (name, value) pairs.
+fn values_of<'h>(headers: &'h [(String, String)], name: &str) -> impl Iterator<Item = &'h str> {
+    headers
+        .iter()
+        .filter(move |(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
 impl Seen {
     /// Every value of `name` (lower case).
     pub fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        values_of(&self.headers, name).collect()
     }
 
     /// The only value of `name`; panics if there are several.
@@ -1039,10 +1043,7 @@ pub struct RawReply {
 
 impl RawReply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        values_of(&self.headers, name).next()
     }
 }
 
@@ -1184,6 +1185,14 @@ pub fn open_route(name: &str, prefix: &str) -> String {
         "  - name: {name}\n    match: {{ path: {prefix}/* }}\n    upstream: \"@upstream@\"\n    auth: none\n"
     )
 }
+
+/// One route, `api` on `/api/*` to the test upstream, that needs read:contacts.
+pub const API_ROUTE: &str = r#"
+  - name: api
+    match: { path: /api/* }
+    upstream: "@upstream@"
+    scopes: [read:contacts]
+"#;
 
 /// Three routes by scope: `read` (`/api/read/*`) needs read:contacts, `both`
 /// (`/api/both/*`) read:contacts and write:contacts, `one-of` (`/api/one-of/*`)

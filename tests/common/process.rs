@@ -15,6 +15,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// The start of a config for [`Process::start`]: the `server:` map with both listeners
+/// on ephemeral ports (more `server:` keys may follow, indented).
+pub const LISTEN_ANY: &str = "server:\n  listen: 127.0.0.1:0\n  admin_listen: 127.0.0.1:0\n";
+
 /// A running `scopegate run`.
 pub struct Process {
     child: Option<Child>,
