@@ -792,7 +792,34 @@ async fn session_implicit_and_logout(run: &Run) {
     str_of(&fragment, "access_token");
     assert_eq!(nonce_of(&fragment), implicit_nonce);
 
-    // --- form_post: a code, then implicit tokens, in the page's form.
+    form_post(run, &mut browser, &implicit).await;
+
+    // --- prompt=none without a session: login_required.
+    let mut params = code_request("spa", SPA_CALLBACK, &challenge, &nonce);
+    params.push(("prompt", "none"));
+    let silent = run
+        .browse(
+            "prompt-none-no-session",
+            &mut Browser::default(),
+            "GET",
+            &authorize(&params),
+            None,
+            303,
+        )
+        .await;
+    silent_refusal(&silent);
+
+    let id_token = str_of(&session_tokens, "id_token");
+    logout(run, &mut browser, id_token, &params).await;
+}
+
+/// `response_mode=form_post`: a code, then the implicit tokens, in the page's form.
+async fn form_post(run: &Run, browser: &mut Browser, implicit: &[(&str, &str)]) {
+    let spa = ("spa", None);
+    let implicit_nonce = implicit
+        .iter()
+        .find_map(|&(name, value)| (name == "nonce").then_some(value))
+        .expect("the implicit request carries a nonce");
     let (verifier, challenge) = pkce();
     let nonce = format!("nonce-form-post-{}", random_hex(4));
     let mut params = code_request("spa", SPA_HTTPS_CALLBACK, &challenge, &nonce);
@@ -800,7 +827,7 @@ async fn session_implicit_and_logout(run: &Run) {
     let page = run
         .browse(
             "form-post-code",
-            &mut browser,
+            browser,
             "GET",
             &authorize(&params),
             None,
@@ -829,7 +856,7 @@ async fn session_implicit_and_logout(run: &Run) {
     let page = run
         .browse(
             "form-post-implicit",
-            &mut browser,
+            browser,
             "GET",
             &authorize(&params),
             None,
@@ -839,35 +866,22 @@ async fn session_implicit_and_logout(run: &Run) {
     let fields = json!(fields_of(&page));
     str_of(&fields, "access_token");
     assert_eq!(nonce_of(&fields), implicit_nonce);
+}
 
-    // --- prompt=none without a session: login_required.
-    let mut params = code_request("spa", SPA_CALLBACK, &challenge, &nonce);
-    params.push(("prompt", "none"));
-    let silent = run
-        .browse(
-            "prompt-none-no-session",
-            &mut Browser::default(),
-            "GET",
-            &authorize(&params),
-            None,
-            303,
-        )
-        .await;
-    silent_refusal(&silent);
-
-    // --- logout to a registered URI (the client named by an ID token hint): the
-    // session ends here and in the store.
+/// Logout to a registered URI (the client named by an ID token hint): the session ends
+/// here and in the store, so `prompt=none` with the old cookie is refused.
+async fn logout(run: &Run, browser: &mut Browser, id_token: &str, params: &[(&str, &str)]) {
     let session = browser.cookies["scopegate_session"].clone();
     let logout = format!(
         "/logout?{}",
         common::issuer::form_encode(&[
-            ("id_token_hint", str_of(&session_tokens, "id_token")),
+            ("id_token_hint", id_token),
             ("post_logout_redirect_uri", SPA_LOGOUT),
             ("state", "st-bye"),
         ])
     );
     let out = run
-        .browse("logout", &mut browser, "GET", &logout, None, 303)
+        .browse("logout", browser, "GET", &logout, None, 303)
         .await;
     let redirect = Redirect::of(&out);
     assert_eq!(redirect.base, SPA_LOGOUT);
@@ -880,7 +894,7 @@ async fn session_implicit_and_logout(run: &Run) {
             "prompt-none-after-logout",
             &mut stale,
             "GET",
-            &authorize(&params),
+            &authorize(params),
             None,
             303,
         )

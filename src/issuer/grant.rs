@@ -54,6 +54,9 @@ pub struct TokenResponse {
     pub issued_token_type: Option<&'static str>,
 }
 
+/// What a grant ends in: the token response, or the OAuth error the client is sent.
+pub(super) type Issued = Result<TokenResponse, OAuthError>;
+
 impl TokenResponse {
     /// A bearer access token with its scope, and nothing else.
     fn bearer(access: AccessToken, scope: String) -> TokenResponse {

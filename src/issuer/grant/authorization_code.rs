@@ -7,7 +7,7 @@
 
 use subtle::ConstantTimeEq;
 
-use super::{Extras, TokenResponse, issue_for_user, stored_api};
+use super::{Extras, Issued, issue_for_user, stored_api};
 use crate::error::OAuthError;
 use crate::issuer::Issuer;
 use crate::issuer::form::Form;
@@ -15,11 +15,7 @@ use crate::issuer::mint::{self, Granted};
 use crate::issuer::model::{Api, Client};
 use crate::issuer::store::{CodeIssue, CodeRecord, secret_hash};
 
-pub(super) async fn grant(
-    issuer: &Issuer,
-    client: &Client,
-    form: &Form,
-) -> Result<TokenResponse, OAuthError> {
+pub(super) async fn grant(issuer: &Issuer, client: &Client, form: &Form) -> Issued {
     let model = &issuer.model;
     let code = form.require("code")?;
     let redirect_uri = form.require("redirect_uri")?;

@@ -2,18 +2,14 @@
 //! scopes = requested ∩ the client's grants for the API (all of them when none are
 //! requested).
 
-use super::{TokenResponse, api_scopes};
+use super::{Issued, TokenResponse, api_scopes};
 use crate::error::{OAuthCode, OAuthError};
 use crate::issuer::Issuer;
 use crate::issuer::form::Form;
 use crate::issuer::mint::{self, Subject};
 use crate::issuer::model::Client;
 
-pub(super) fn grant(
-    issuer: &Issuer,
-    client: &Client,
-    form: &Form,
-) -> Result<TokenResponse, OAuthError> {
+pub(super) fn grant(issuer: &Issuer, client: &Client, form: &Form) -> Issued {
     if client.is_public() {
         return Err(OAuthError::new(
             OAuthCode::UnauthorizedClient,

@@ -3,18 +3,14 @@
 //! or the code expires (`expired_token`). Polling faster than the interval is
 //! `slow_down`, and the interval grows by 5 seconds (§3.5).
 
-use super::{Extras, TokenResponse, issue_for_user, stored_api};
+use super::{Extras, Issued, TokenResponse, issue_for_user, stored_api};
 use crate::error::{OAuthCode, OAuthError};
 use crate::issuer::form::Form;
 use crate::issuer::model::Client;
 use crate::issuer::store::{DeviceRecord, DeviceStatus, secret_hash};
 use crate::issuer::{Issuer, mint};
 
-pub(super) async fn grant(
-    issuer: &Issuer,
-    client: &Client,
-    form: &Form,
-) -> Result<TokenResponse, OAuthError> {
+pub(super) async fn grant(issuer: &Issuer, client: &Client, form: &Form) -> Issued {
     let device_code = form.require("device_code")?;
     let hash = secret_hash(device_code);
     let Some(record) = issuer.core.store.find_device(&hash).await? else {

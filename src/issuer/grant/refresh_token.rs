@@ -2,18 +2,14 @@
 //! revokes its whole family. `scope` may narrow (never widen) what the family was
 //! granted; the new refresh token keeps the family's grant.
 
-use super::{Extras, TokenResponse, issue_for_user, stored_api};
+use super::{Extras, Issued, issue_for_user, stored_api};
 use crate::error::{OAuthCode, OAuthError};
 use crate::issuer::form::Form;
 use crate::issuer::model::{Api, Client, User};
 use crate::issuer::store::{RefreshRecord, Rotation, secret_hash};
 use crate::issuer::{Issuer, mint};
 
-pub(super) async fn grant(
-    issuer: &Issuer,
-    client: &Client,
-    form: &Form,
-) -> Result<TokenResponse, OAuthError> {
+pub(super) async fn grant(issuer: &Issuer, client: &Client, form: &Form) -> Issued {
     let model = &issuer.model;
     let presented = form.require("refresh_token")?;
     let requested = mint::requested_scopes(form.get("scope"))?;

@@ -3,18 +3,14 @@
 //! defined by that API ∩ granted by the user's roles. Forged, expired, revoked or
 //! foreign subject tokens are `invalid_grant`.
 
-use super::{ACCESS_TOKEN_TYPE, TokenResponse, api_scopes};
+use super::{ACCESS_TOKEN_TYPE, Issued, TokenResponse, api_scopes};
 use crate::error::OAuthError;
 use crate::issuer::Issuer;
 use crate::issuer::form::Form;
 use crate::issuer::mint::{self, Subject};
 use crate::issuer::model::{Api, Client};
 
-pub(super) async fn grant(
-    issuer: &Issuer,
-    client: &Client,
-    form: &Form,
-) -> Result<TokenResponse, OAuthError> {
+pub(super) async fn grant(issuer: &Issuer, client: &Client, form: &Form) -> Issued {
     let model = &issuer.model;
     let (subject_token, api) = validate(issuer, form)?;
     let requested = mint::requested_scopes(form.get("scope"))?;
