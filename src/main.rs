@@ -2,7 +2,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use scopegate::state::{Builtin, Gateway, Shared, State};
 #[derive(Parser)]
 #[command(
     name = "scopegate",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SCOPEGATE_COMMIT"), ")"),
     about = "An API gateway that enforces OAuth 2.0 access tokens"
 )]
 struct Cli {
@@ -99,19 +99,36 @@ fn check(path: &Path) -> Result<(), String> {
 }
 
 fn hash_password() -> Result<(), String> {
-    let mut input = String::new();
-    std::io::stdin()
-        .read_to_string(&mut input)
-        .map_err(|err| format!("cannot read the password from stdin: {err}"))?;
-    let password = input
-        .strip_suffix("\r\n")
-        .or_else(|| input.strip_suffix('\n'))
-        .unwrap_or(&input);
+    let password = if std::io::stdin().is_terminal() {
+        read_password_at_the_terminal()?
+    } else {
+        let mut input = String::new();
+        std::io::stdin()
+            .read_to_string(&mut input)
+            .map_err(|err| format!("cannot read the password from stdin: {err}"))?;
+        let line = input
+            .strip_suffix("\r\n")
+            .or_else(|| input.strip_suffix('\n'));
+        line.unwrap_or(&input).to_owned()
+    };
     if password.is_empty() {
         return Err("empty password".into());
     }
-    println!("{}", scopegate::config::hash_password(password)?);
+    println!("{}", scopegate::config::hash_password(&password)?);
     Ok(())
+}
+
+/// Asks twice without echo, so a typo is not hashed.
+fn read_password_at_the_terminal() -> Result<String, String> {
+    let ask = |prompt: &str| {
+        rpassword::prompt_password(prompt)
+            .map_err(|err| format!("cannot read the password from the terminal: {err}"))
+    };
+    let password = ask("Password: ")?;
+    if ask("Password (again): ")? != password {
+        return Err("the two passwords differ".into());
+    }
+    Ok(password)
 }
 
 fn run(path: &Path) -> Result<(), String> {
@@ -157,6 +174,7 @@ async fn serve(config: Config, path: &Path, loaded: Option<Vec<u8>>) -> Result<(
         admin_listen = %bound(&admin_listener, admin_listen),
         config = %path.display(),
         version = env!("CARGO_PKG_VERSION"),
+        commit = env!("SCOPEGATE_COMMIT"),
         "scopegate serving"
     );
 

@@ -17,6 +17,9 @@ const LATENCY_BUCKETS: [f64; 16] = [
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// The standard `process_*` series (CPU, RSS, open and maximum descriptors, start
+    /// time), unprefixed as every Prometheus client library exports them.
+    process: Registry,
     pub requests_total: IntCounterVec,
     pub request_duration_seconds: HistogramVec,
     pub upstream_duration_seconds: HistogramVec,
@@ -101,9 +104,9 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new(
                         "build_info",
-                        "Always 1; the version label says which build.",
+                        "Always 1; the version and commit labels say which build.",
                     ),
-                    &["version"],
+                    &["version", "commit"],
                 )?,
             )?,
             in_flight_requests: gauge("in_flight_requests", "Requests being handled now.")?,
@@ -112,10 +115,11 @@ impl Metrics {
                 "Client connections open on the proxy listener.",
             )?,
             registry,
+            process: process_registry()?,
         };
         metrics
             .build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("SCOPEGATE_COMMIT")])
             .set(1);
         for result in ["success", "error"] {
             metrics.config_reloads_total.with_label_values(&[result]);
@@ -126,12 +130,23 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::with_capacity(16 * 1024);
-        let families = self.registry.gather();
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
         if let Err(err) = TextEncoder::new().encode(&families, &mut out) {
             tracing::error!(error = %err, "encoding metrics failed");
         }
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// A registry holding the process collector (read from `/proc/self` at each scrape).
+fn process_registry() -> prometheus::Result<Registry> {
+    let registry = Registry::new();
+    #[cfg(target_os = "linux")]
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    Ok(registry)
 }
 
 /// Registers `metric` and hands it back.

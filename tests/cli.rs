@@ -136,3 +136,109 @@ fn hash_password_prints_a_verifiable_argon2id_hash() {
             .is_err()
     );
 }
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let out = bin().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let commit = env!("SCOPEGATE_COMMIT");
+    assert!(!commit.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("scopegate {} (commit {commit})", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// A terminal session through `script(1)`'s pseudo-terminal: each answer is typed only
+/// after its prompt appeared, and the terminal shows prompts, never the password.
+struct Terminal {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    output: std::sync::mpsc::Receiver<Vec<u8>>,
+    seen: String,
+}
+
+impl Terminal {
+    fn run(command: &str) -> Terminal {
+        let mut child = Command::new("script")
+            .args(["-qec", command, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("script(1) from util-linux");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, output) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut buf) {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Terminal {
+            child,
+            stdin,
+            output,
+            seen: String::new(),
+        }
+    }
+
+    /// Waits until the terminal has shown `text` (a hang guard, not a timing assertion).
+    fn wait_for(&mut self, text: &str) {
+        while !self.seen.contains(text) {
+            let chunk = self
+                .output
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("never saw {text:?} in {:?}", self.seen));
+            self.seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn finish(mut self) -> (bool, String) {
+        drop(self.stdin);
+        let status = self.child.wait().unwrap();
+        while let Ok(chunk) = self.output.recv_timeout(std::time::Duration::from_secs(30)) {
+            self.seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        (status.success(), self.seen)
+    }
+}
+
+#[test]
+fn hash_password_at_a_terminal_asks_twice_without_echo() {
+    let command = format!("{} hash-password", env!("CARGO_BIN_EXE_scopegate"));
+    let mut terminal = Terminal::run(&command);
+    terminal.wait_for("Password: ");
+    terminal.type_line("tr0ub4dor&3");
+    terminal.wait_for("Password (again): ");
+    terminal.type_line("tr0ub4dor&3");
+    let (ok, shown) = terminal.finish();
+    assert!(ok, "{shown}");
+    assert!(shown.contains("$argon2id$"), "{shown}");
+    assert!(
+        !shown.contains("tr0ub4dor"),
+        "the password was echoed: {shown}"
+    );
+
+    let mut terminal = Terminal::run(&command);
+    terminal.wait_for("Password: ");
+    terminal.type_line("first-try");
+    terminal.wait_for("Password (again): ");
+    terminal.type_line("second-try");
+    let (ok, shown) = terminal.finish();
+    assert!(!ok, "{shown}");
+    assert!(shown.contains("the two passwords differ"), "{shown}");
+    assert!(
+        !shown.contains("$argon2id$") && !shown.contains("-try"),
+        "{shown}"
+    );
+}

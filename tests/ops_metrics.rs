@@ -2,7 +2,7 @@
 //! two reloads (one good, one refused), then the exposition is parsed with
 //! `prometheus-parse`. Every family the README names must be there with its type and its
 //! label names; histograms must have sub-millisecond buckets (and reach seconds);
-//! `build_info{version}` is 1; `in_flight_requests` is a gauge; the counters count what
+//! `build_info{version,commit}` is 1; the `process_*` series are there; `in_flight_requests` is a gauge; the counters count what
 //! the test did. `prometheus-parse` skips lines it cannot read, so the test also checks
 //! that every line of the exposition is a `# HELP`, a `# TYPE` or a sample it reads,
 //! with a number for a value, of a family with a `# TYPE`.
@@ -61,8 +61,21 @@ const FAMILIES: &[(&str, SampleType, &[&str])] = &[
         SampleType::Counter,
         &["result"],
     ),
-    ("scopegate_build_info", SampleType::Gauge, &["version"]),
+    (
+        "scopegate_build_info",
+        SampleType::Gauge,
+        &["version", "commit"],
+    ),
     ("scopegate_in_flight_requests", SampleType::Gauge, &[]),
+    ("scopegate_open_connections", SampleType::Gauge, &[]),
+    // The standard process series, unprefixed.
+    ("process_cpu_seconds_total", SampleType::Counter, &[]),
+    ("process_resident_memory_bytes", SampleType::Gauge, &[]),
+    ("process_virtual_memory_bytes", SampleType::Gauge, &[]),
+    ("process_open_fds", SampleType::Gauge, &[]),
+    ("process_max_fds", SampleType::Gauge, &[]),
+    ("process_start_time_seconds", SampleType::Gauge, &[]),
+    ("process_threads", SampleType::Gauge, &[]),
 ];
 
 fn config(external: &str, upstream: &str, store: &str, extra_route: &str) -> String {
@@ -171,7 +184,7 @@ fn every_line_parses(text: &str) -> BTreeMap<String, SampleType> {
     typed
 }
 
-/// Every family DESIGN.md names is there with its type and label names; histograms have
+/// Every family the README documents is there with its type and label names; histograms have
 /// sub-millisecond buckets, reach seconds, end in `+Inf` and are cumulative.
 fn every_family_of_the_contract(text: &str, typed: &BTreeMap<String, SampleType>, scrape: &Scrape) {
     for (name, kind, labels) in FAMILIES {
@@ -308,11 +321,24 @@ async fn metrics_parse_as_prometheus_text_with_every_family_of_the_contract() {
     every_family_of_the_contract(&text, &typed, &scrape);
 
     // What the traffic must show.
-    let version = env!("CARGO_PKG_VERSION");
-    assert_eq!(
-        value(&scrape, "scopegate_build_info", &[("version", version)]),
-        Some(1.0)
-    );
+    let build = [
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("commit", env!("SCOPEGATE_COMMIT")),
+    ];
+    assert_eq!(value(&scrape, "scopegate_build_info", &build), Some(1.0));
+    // The process series read this process: it holds memory, descriptors and threads.
+    for name in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_threads",
+        "process_start_time_seconds",
+    ] {
+        assert!(
+            value(&scrape, name, &[]).is_some_and(|v| v > 0.0),
+            "{name} is positive"
+        );
+    }
     assert!(value(&scrape, "scopegate_in_flight_requests", &[]).is_some_and(|v| v >= 0.0));
     assert_eq!(
         value(
