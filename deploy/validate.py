@@ -36,7 +36,7 @@ METRICS = {
     "scopegate_tokens_issued_total": {"grant_type"},
     "scopegate_token_errors_total": {"grant_type", "error"},
     "scopegate_config_reloads_total": {"result"},
-    "scopegate_build_info": {"version"},
+    "scopegate_build_info": {"version", "commit"},
     "scopegate_in_flight_requests": set(),
 }
 HISTOGRAMS = {"scopegate_request_duration_seconds", "scopegate_upstream_duration_seconds"}
