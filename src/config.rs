@@ -9,6 +9,7 @@ mod duration;
 mod env;
 pub mod issuer;
 pub mod route;
+pub mod source;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -33,6 +34,10 @@ pub struct Config {
     pub forward: ForwardConfig,
     pub routes: Vec<RouteConfig>,
     pub issuer: Option<IssuerConfig>,
+    /// The file this config was read from (hash, load time, redacted document), for the
+    /// admin `/config` page; `None` for a config built in code.
+    #[serde(skip)]
+    pub source: Option<std::sync::Arc<source::Source>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -353,7 +358,7 @@ impl Config {
             message,
         })?;
         let deserializer = serde_norway::Deserializer::from_str(&expanded);
-        let config: Config = match serde_path_to_error::deserialize(deserializer) {
+        let mut config: Config = match serde_path_to_error::deserialize(deserializer) {
             Ok(config) => config,
             Err(err) => {
                 let path = err.path().to_string();
@@ -381,6 +386,7 @@ impl Config {
             }
         };
         config.validate()?;
+        config.source = Some(std::sync::Arc::new(source::Source::of(text)));
         Ok(config)
     }
 

@@ -456,6 +456,18 @@ fn admin(gateway: &Gateway, request: &Request<Incoming>) -> Response<Body> {
                 "text/plain",
             ),
         },
+        "/config" => match gateway.state().config.source.as_deref() {
+            Some(source) => text(
+                StatusCode::OK,
+                source.to_json().to_string(),
+                "application/json",
+            ),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "this config was not loaded from a file\n".into(),
+                "text/plain",
+            ),
+        },
         "/metrics" => text(
             StatusCode::OK,
             gateway.metrics.render(),

@@ -431,3 +431,58 @@ async fn sighup_reloads_the_tls_certificate() {
         "a client trusting only the old certificate must now fail"
     );
 }
+
+fn sha256_hex(text: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The admin `/config` page: the demo config as written (secrets and `${VAR}` values
+/// hidden), the SHA-256 of the file and its load time; a reload changes both.
+#[tokio::test]
+async fn admin_config_shows_the_running_config_redacted_with_its_hash() {
+    let dir = TempDir::new("ops-config");
+    let demo = include_str!("../gateway.yaml")
+        .replace("listen: 127.0.0.1:8080", "listen: 127.0.0.1:0")
+        .replace("format: pretty", "format: json")
+        .replace("admin_listen: 127.0.0.1:9100", "admin_listen: 127.0.0.1:0")
+        .replace(
+            "store: sqlite://scopegate.db",
+            &format!("store: sqlite://{}/demo.db", dir.path().display()),
+        );
+    assert!(demo.contains("127.0.0.1:0") && demo.contains("format: json"));
+    let process = Process::start(dir.path(), &demo, &[("DEMO_M2M_SECRET", "m2m-from-env")]);
+    process.wait_ready().await;
+
+    let (status, body) = get(&process.admin_url("/config")).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["sha256"], sha256_hex(&demo));
+    let loaded = page["loaded_at"].as_str().unwrap();
+    assert!(loaded.len() == 20 && loaded.ends_with('Z'), "{loaded}");
+    assert!(page["loaded_at_unix"].as_u64().unwrap() > 1_700_000_000);
+    let config = &page["config"];
+    assert_eq!(config["routes"][0]["name"], "public");
+    assert_eq!(config["issuer"]["clients"][1]["client_id"], "contacts-m2m");
+    assert_eq!(
+        config["issuer"]["clients"][1]["client_secret"],
+        "[redacted]"
+    );
+    assert_eq!(config["issuer"]["users"][0]["password_hash"], "[redacted]");
+    for secret in ["m2m-from-env", "demo-m2m-secret", "$argon2id$"] {
+        assert!(!body.contains(secret), "{secret} shows on /config");
+    }
+
+    let changed = demo.replace("name: public", "name: public-v2");
+    process.rewrite(&changed);
+    process.signal("HUP");
+    eventually("/config shows the reloaded file", async || {
+        get(&process.admin_url("/config"))
+            .await
+            .is_ok_and(|(_, body)| body.contains(&sha256_hex(&changed)))
+    })
+    .await;
+    let (_, body) = get(&process.admin_url("/config")).await.unwrap();
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["config"]["routes"][0]["name"], "public-v2");
+}
