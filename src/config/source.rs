@@ -54,14 +54,13 @@ impl Source {
 }
 
 /// Whether a key names a secret: client secrets, passwords and their hashes, and any
-/// key a future section calls `*secret*`, `*password*`, `*token*` or `*private*`.
+/// key a later section calls `*secret*`, `*password*` or `*private*`. (Not `*token*`:
+/// `issuer.tokens`, `token_cache_size` and `forward.token` are settings.)
 fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["secret", "password", "token", "private"]
+    ["secret", "password", "private"]
         .iter()
         .any(|word| key.contains(word))
-        // `forward.token: strip|keep` and `upstream_token: {..}` are choices, not secrets.
-        && !matches!(key.as_str(), "token" | "upstream_token")
 }
 
 /// Replaces secrets in place: values under secret keys, and the password of any URL
@@ -142,7 +141,8 @@ mod tests {
         let source = Source::of(
             "issuer:\n  store: postgres://gw:hunter2@db:5432/scopegate?sslmode=require\n  \
              clients:\n    - client_id: web\n      client_secret: s3cr3t-value\n  users:\n    \
-             - username: alice\n      password_hash: $argon2id$v=19$abc\nforward:\n  token: keep\n\
+             - username: alice\n      password_hash: $argon2id$v=19$abc\n  tokens: { access_ttl: 1h }\n\
+             forward:\n  token: keep\n\
              trust:\n  issuers:\n    - issuer: https://idp.example.com/\n      \
              introspection: { url: https://idp/introspect, client_secret: \"${S}\" }\n",
         );
@@ -158,6 +158,7 @@ mod tests {
         assert_eq!(doc["issuer"]["clients"][0]["client_id"], "web");
         assert_eq!(doc["issuer"]["users"][0]["username"], "alice");
         assert_eq!(doc["forward"]["token"], "keep");
+        assert_eq!(doc["issuer"]["tokens"]["access_ttl"], "1h");
         assert_eq!(
             doc["trust"]["issuers"][0]["issuer"],
             "https://idp.example.com/"
