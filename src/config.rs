@@ -204,6 +204,10 @@ pub struct TrustedIssuerConfig {
     pub jwks_min_refresh: Dur,
     #[serde(default)]
     pub clients: Option<Vec<String>>,
+    /// Claims read as scopes, in order, their scopes joined (e.g. `[scp, roles]` for
+    /// Microsoft Entra ID). Unset: `scope`, or `scp` when the token has no `scope`.
+    #[serde(default)]
+    pub scope_claims: Option<Vec<String>>,
 }
 
 pub fn default_algorithms() -> Vec<Alg> {
@@ -536,6 +540,25 @@ impl TrustedIssuerConfig {
                 format!("{at}.clients"),
                 "an empty allowlist would refuse every token; remove the key to allow any client",
             ));
+        }
+        if let Some(names) = &self.scope_claims {
+            let at = format!("{at}.scope_claims");
+            if names.is_empty() {
+                return Err(ConfigError::at(
+                    at,
+                    "list at least one claim; remove the key to read `scope` (else `scp`)",
+                ));
+            }
+            let mut seen = HashSet::new();
+            for (index, name) in names.iter().enumerate() {
+                if name.is_empty() || !seen.insert(name) {
+                    let what = if name.is_empty() { "empty" } else { "repeated" };
+                    return Err(ConfigError::at(
+                        format!("{at}[{index}]"),
+                        format!("{what} claim name"),
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -255,6 +255,7 @@ impl Issuer {
             jwks_ttl: Dur::secs(60),
             jwks_min_refresh: Dur::secs(1),
             clients: None,
+            scope_claims: None,
         }
     }
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
 
-use crate::claims::{AuthFailure, Identity, Reason, scope_tokens};
+use crate::claims::{AuthFailure, Identity, Reason, has_word, scope_tokens};
 use crate::clock::Clock;
 use crate::error::ProxyError;
 use crate::http::AuthorizationError;
@@ -310,7 +310,7 @@ impl Verifier {
         };
         Ok(Identity {
             subject,
-            scopes: scopes_of(&claims)?,
+            scopes: scopes_of(&claims, issuer.config.scope_claims.as_deref())?,
             client_id: client.map(|c| header_value(c, "client_id")).transpose()?,
             issuer: issuer.issuer_header.clone(),
             issuer_index,
@@ -430,31 +430,51 @@ fn string_or_list(claims: &Map<String, Value>, name: &str) -> Result<Vec<Box<str
     }
 }
 
-/// Scopes from `scope` (string or list), else `scp`, as one space-separated value. Only
-/// U+0020 separates scopes; a piece that is not a valid scope-token is dropped (see
-/// [`scope_tokens`]).
-fn scopes_of(claims: &Map<String, Value>) -> Result<HeaderValue, AuthFailure> {
-    let name = if claims.contains_key("scope") {
+/// The granted scopes as one space-separated value: from the issuer's `scope_claims` in
+/// order (each a string or a list of strings, missing ones skipped, repeats dropped), or
+/// by default from `scope`, else `scp`. Only U+0020 separates scopes; a piece that is not
+/// a valid scope-token is dropped (see [`scope_tokens`]).
+fn scopes_of(
+    claims: &Map<String, Value>,
+    scope_claims: Option<&[String]>,
+) -> Result<HeaderValue, AuthFailure> {
+    let default = [if claims.contains_key("scope") {
         "scope"
     } else {
         "scp"
+    }];
+    let names: Vec<&str> = match scope_claims {
+        Some(names) => names.iter().map(String::as_str).collect(),
+        None => default.to_vec(),
     };
-    let joined = match claims.get(name) {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => scope_tokens(s).collect::<Vec<_>>().join(" "),
-        Some(Value::Array(_)) => string_or_list(claims, name)?
-            .iter()
-            .flat_map(|s| scope_tokens(s))
-            .collect::<Vec<_>>()
-            .join(" "),
-        Some(_) => {
-            return Err(fail(
-                Reason::Malformed,
-                format!("{name} must be a string or a list of strings"),
-            ));
+    let mut joined = String::new();
+    for name in &names {
+        let lists;
+        let words: Box<dyn Iterator<Item = &str>> = match claims.get(*name) {
+            None | Some(Value::Null) => continue,
+            Some(Value::String(s)) => Box::new(scope_tokens(s)),
+            Some(Value::Array(_)) => {
+                lists = string_or_list(claims, name)?;
+                Box::new(lists.iter().flat_map(|s| scope_tokens(s)))
+            }
+            Some(_) => {
+                return Err(fail(
+                    Reason::Malformed,
+                    format!("{name} must be a string or a list of strings"),
+                ));
+            }
+        };
+        for word in words {
+            if names.len() > 1 && has_word(&joined, word) {
+                continue;
+            }
+            if !joined.is_empty() {
+                joined.push(' ');
+            }
+            joined.push_str(word);
         }
-    };
-    header_value(&joined, name)
+    }
+    header_value(&joined, names.first().copied().unwrap_or("scope"))
 }
 
 fn header_value(text: &str, claim: &str) -> Result<HeaderValue, AuthFailure> {
