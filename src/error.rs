@@ -35,6 +35,9 @@ pub enum ProxyError {
     HeadersTooLarge,
     BadGateway,
     GatewayTimeout,
+    /// The token's issuer has no keys loaded yet: 503 `temporarily_unavailable` with
+    /// `Retry-After` (a 401 would tell the client its token is bad).
+    IssuerUnavailable(AuthFailure),
     /// A request feature Scopegate does not implement (a transfer coding other than
     /// `chunked`): 501.
     NotImplemented(String),
@@ -52,6 +55,7 @@ impl ProxyError {
             ProxyError::BadGateway => StatusCode::BAD_GATEWAY,
             ProxyError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::IssuerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -59,7 +63,9 @@ impl ProxyError {
     pub fn reason(&self) -> Option<Reason> {
         match self {
             ProxyError::MissingToken => Some(Reason::MissingToken),
-            ProxyError::InvalidToken(failure) => Some(failure.reason),
+            ProxyError::InvalidToken(failure) | ProxyError::IssuerUnavailable(failure) => {
+                Some(failure.reason)
+            }
             ProxyError::InsufficientScope { .. } => Some(Reason::InsufficientScope),
             _ => None,
         }
@@ -92,6 +98,9 @@ impl ProxyError {
                 "the upstream did not answer in time".into(),
             ),
             ProxyError::NotImplemented(why) => ("not_implemented", why.clone()),
+            ProxyError::IssuerUnavailable(failure) => {
+                ("temporarily_unavailable", failure.description.clone())
+            }
         }
     }
 
@@ -110,6 +119,9 @@ impl ProxyError {
         let headers = response.headers_mut();
         if let Some(challenge) = challenge {
             challenge.set(headers);
+        }
+        if let ProxyError::IssuerUnavailable(failure) = &self {
+            set_retry_after(headers, failure.retry_after.unwrap_or(1));
         }
         if let ProxyError::MethodNotAllowed(allow) = &self
             && let Ok(value) = HeaderValue::from_str(allow)

@@ -218,7 +218,10 @@ impl<'a> Exchange<'a> {
                     .verifier
                     .verify(token)
                     .await
-                    .map_err(ProxyError::InvalidToken)?;
+                    .map_err(|failure| match failure.reason {
+                        Reason::IssuerUnavailable => ProxyError::IssuerUnavailable(failure),
+                        _ => ProxyError::InvalidToken(failure),
+                    })?;
                 self.outcome.authenticated = true;
                 Ok(Some(identity))
             }
