@@ -219,6 +219,8 @@ pub struct ForwardConfig {
     pub client_id: String,
     pub issuer: String,
     pub claims: BTreeMap<String, String>,
+    /// What becomes of the caller's bearer token on the way upstream.
+    pub token: TokenForward,
 }
 
 impl Default for ForwardConfig {
@@ -229,8 +231,19 @@ impl Default for ForwardConfig {
             client_id: "x-auth-client-id".into(),
             issuer: "x-auth-issuer".into(),
             claims: BTreeMap::new(),
+            token: TokenForward::Strip,
         }
     }
+}
+
+/// `forward.token`: `strip` (the default) removes an `Authorization: Bearer` header
+/// before the upstream, which gets the verified identity instead; `keep` sends it on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenForward {
+    #[default]
+    Strip,
+    Keep,
 }
 
 #[derive(Debug, Clone, Deserialize)]
