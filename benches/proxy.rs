@@ -148,12 +148,17 @@ fn bench_verify(c: &mut Criterion) {
                 path: Pattern::parse("/x").unwrap(),
                 methods: None,
             },
-            upstream: scopegate::config::UpstreamTarget::Echo,
+            upstream: scopegate::config::UpstreamList::one(scopegate::config::UpstreamTarget::Echo),
             strip_prefix: None,
             auth: Default::default(),
             audience: Some("https://api.example.com".into()),
             scopes: vec!["read:contacts".into()],
             any_scopes: Vec::new(),
+            balance: Default::default(),
+            health: None,
+            rate_limit: None,
+            max_body: None,
+            timeouts: Default::default(),
         };
         let policy = scopegate::pipeline::authz::Policy::from_route(&route);
         group.bench_function(format!("{alg}_cached"), |b| {

@@ -35,6 +35,8 @@ pub enum ProxyError {
     HeadersTooLarge,
     BadGateway,
     GatewayTimeout,
+    /// The request body is larger than the route's `max_body`: 413.
+    PayloadTooLarge,
     /// The token's issuer has no keys loaded yet: 503 `temporarily_unavailable` with
     /// `Retry-After` (a 401 would tell the client its token is bad).
     IssuerUnavailable(AuthFailure),
@@ -56,6 +58,7 @@ impl ProxyError {
             ProxyError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::IssuerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -101,6 +104,10 @@ impl ProxyError {
             ProxyError::IssuerUnavailable(failure) => {
                 ("temporarily_unavailable", failure.description.clone())
             }
+            ProxyError::PayloadTooLarge => (
+                "payload_too_large",
+                "the request body is larger than this route accepts".into(),
+            ),
         }
     }
 

@@ -14,6 +14,7 @@ pub mod access;
 pub mod authn;
 pub mod authz;
 pub mod forward;
+pub mod limit;
 pub mod request;
 pub mod router;
 
@@ -34,7 +35,7 @@ use crate::error::ProxyError;
 use crate::flood::Flood;
 use crate::http::{Body, BoxError, ConnInfo, full};
 use crate::issuer::{Endpoint, Issuer};
-use crate::upstream::{UpstreamError, Upstreams};
+use crate::upstream::{UpstreamBody, UpstreamError, Upstreams};
 use authn::Verifier;
 use authz::Policy;
 use forward::{ForwardHeaders, Origin};
@@ -56,6 +57,8 @@ pub struct Route {
     pub policy: Policy,
     pub target: Target,
     pub strip_prefix: Option<Box<str>>,
+    /// Body size, timeouts.
+    pub limits: limit::RouteLimits,
 }
 
 /// Where a route's requests go.
@@ -280,6 +283,7 @@ impl<'a> Exchange<'a> {
             identity,
             &origin,
         );
+        route.limits.check_declared(&headers)?;
         let target = match upstream {
             UpstreamTarget::Echo => return Ok(echo(&parts.method, &path_and_query, &headers)),
             UpstreamTarget::Http(target) => target,
@@ -288,20 +292,31 @@ impl<'a> Exchange<'a> {
         parts.headers = headers;
         parts.version = Version::HTTP_11;
         parts.extensions = http::Extensions::new();
-        self.exchange_upstream(route, Request::from_parts(parts, body))
+        let (body, tripped) = route.limits.body(body);
+        self.exchange_upstream(route, Request::from_parts(parts, body), tripped)
             .await
     }
 
-    /// Sends the rewritten request and relays the answer (or 502/504).
+    /// Sends the rewritten request and relays the answer (or 502/504, or 413 when the
+    /// body went past `max_body` on the way).
     async fn exchange_upstream(
         &mut self,
         route: &Route,
-        request: Request<Incoming>,
+        request: Request<UpstreamBody>,
+        tripped: Option<Arc<std::sync::atomic::AtomicBool>>,
     ) -> Result<Response<Body>, ProxyError> {
         let request_id = self.context.request_id;
         let started = Instant::now();
-        let result = self.pipeline.upstreams.send(request).await;
+        let result = self
+            .pipeline
+            .upstreams
+            .send(request, route.limits.response_timeout)
+            .await;
         self.outcome.upstream_seconds = Some(started.elapsed().as_secs_f64());
+        if result.is_err() && tripped.is_some_and(|t| t.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            return Err(ProxyError::PayloadTooLarge);
+        }
         match result {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();

@@ -288,6 +288,7 @@ fn compile_routes(config: &Config) -> (Vec<Route>, Router, Vec<String>) {
                 policy: Policy::open(),
                 target: Target::Issuer(endpoint),
                 strip_prefix: None,
+                limits: Default::default(),
             });
         }
     }
@@ -300,8 +301,9 @@ fn compile_routes(config: &Config) -> (Vec<Route>, Router, Vec<String>) {
             path: route.matcher.path.to_string(),
             methods,
             policy: Policy::from_route(route),
-            target: Target::Upstream(route.upstream.clone()),
+            target: Target::Upstream(route.upstream.first().clone()),
             strip_prefix: route.strip_prefix.as_deref().map(Into::into),
+            limits: crate::pipeline::limit::RouteLimits::from_route(route),
         });
     }
     let notes = shadow_notes(config, &reserved, &routes[reserved.len()..]);

@@ -1,0 +1,62 @@
+//! A route's limits on the request path: the request body size (`max_body`: 413
+//! `payload_too_large`, from `Content-Length` before anything is sent, else while the
+//! body streams) and the upstream response timeout (`timeouts.upstream_response`).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use http::HeaderMap;
+use http::header::CONTENT_LENGTH;
+use hyper::body::Incoming;
+
+use crate::config::RouteConfig;
+use crate::error::ProxyError;
+use crate::http::limit::LimitedBody;
+use crate::upstream::UpstreamBody;
+
+/// A route's limits, compiled once.
+#[derive(Debug, Default)]
+pub struct RouteLimits {
+    /// `max_body` in bytes.
+    pub max_body: Option<u64>,
+    /// `timeouts.upstream_response`; `None` takes the server's.
+    pub response_timeout: Option<Duration>,
+}
+
+impl RouteLimits {
+    pub fn from_route(config: &RouteConfig) -> RouteLimits {
+        RouteLimits {
+            max_body: config.max_body.map(|size| size.bytes()),
+            response_timeout: config.timeouts.upstream_response.map(|d| d.get()),
+        }
+    }
+
+    /// Refuses a declared `Content-Length` over `max_body` before anything is sent.
+    pub fn check_declared(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
+        let Some(max) = self.max_body else {
+            return Ok(());
+        };
+        // hyper has refused a malformed or conflicting Content-Length already.
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match declared {
+            Some(length) if length > max => Err(ProxyError::PayloadTooLarge),
+            _ => Ok(()),
+        }
+    }
+
+    /// The client's body for the upstream, cut off past `max_body`; the flag turns true
+    /// if it was.
+    pub fn body(&self, body: Incoming) -> (UpstreamBody, Option<Arc<AtomicBool>>) {
+        match self.max_body {
+            None => (UpstreamBody::Client(body), None),
+            Some(max) => {
+                let (limited, tripped) = LimitedBody::new(body, max);
+                (UpstreamBody::Limited(limited), Some(tripped))
+            }
+        }
+    }
+}
