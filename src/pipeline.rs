@@ -15,6 +15,7 @@ pub mod authn;
 pub mod authz;
 pub mod forward;
 pub mod limit;
+pub mod redirect;
 pub mod request;
 pub mod router;
 
@@ -321,6 +322,9 @@ impl<'a> Exchange<'a> {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 forward::downstream(&mut parts, request_id)?;
+                if let Some(redirects) = &route.limits.redirects {
+                    redirects.rewrite(&mut parts.headers);
+                }
                 Ok(Response::from_parts(
                     parts,
                     body.map_err(BoxError::from).boxed_unsync(),

@@ -180,3 +180,32 @@ fn limits_are_checked_at_load() {
         assert!(err.message.contains(says), "{extra}: {err}");
     }
 }
+
+#[tokio::test]
+async fn locations_go_back_under_strip_prefix() {
+    let backend = common::backend::Backend::start("orders").await;
+    let yaml = standard_yaml(&format!(
+        r#"
+  - name: orders
+    match: {{ path: /api/orders/* }}
+    upstream: "{}/v1"
+    strip_prefix: /api
+    auth: none
+"#,
+        backend.url
+    ));
+    let env = Env::start_yaml(&yaml).await;
+    let absolute = format!("{}/v1/orders/8", backend.url);
+    for (sent, expected) in [
+        ("/v1/orders/7", "/api/orders/7"),
+        (absolute.as_str(), "/api/orders/8"),
+        ("https://elsewhere.example/x", "https://elsewhere.example/x"),
+        ("/other", "/other"),
+    ] {
+        let reply = env.get("/api/orders/1", &[("x-test-location", sent)]).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.header("location"), Some(expected), "{sent}");
+        assert_eq!(reply.header("content-location"), Some(expected), "{sent}");
+    }
+    assert_eq!(backend.hits(), 4);
+}

@@ -1,6 +1,7 @@
-//! A route's limits on the request path: the request body size (`max_body`: 413
-//! `payload_too_large`, from `Content-Length` before anything is sent, else while the
-//! body streams) and the upstream response timeout (`timeouts.upstream_response`).
+//! A route's limits and forwarding choices on the request path: the request body size
+//! (`max_body`: 413 `payload_too_large`, from `Content-Length` before anything is sent,
+//! else while the body streams), the upstream response timeout
+//! (`timeouts.upstream_response`) and the `Location` rewriting of its answers.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -10,6 +11,7 @@ use http::HeaderMap;
 use http::header::CONTENT_LENGTH;
 use hyper::body::Incoming;
 
+use super::redirect::Redirects;
 use crate::config::RouteConfig;
 use crate::error::ProxyError;
 use crate::http::limit::LimitedBody;
@@ -22,6 +24,8 @@ pub struct RouteLimits {
     pub max_body: Option<u64>,
     /// `timeouts.upstream_response`; `None` takes the server's.
     pub response_timeout: Option<Duration>,
+    /// `Location` / `Content-Location` back under `strip_prefix`.
+    pub redirects: Option<Redirects>,
 }
 
 impl RouteLimits {
@@ -29,6 +33,7 @@ impl RouteLimits {
         RouteLimits {
             max_body: config.max_body.map(|size| size.bytes()),
             response_timeout: config.timeouts.upstream_response.map(|d| d.get()),
+            redirects: Redirects::new(config.upstream.targets(), config.strip_prefix.as_deref()),
         }
     }
 
