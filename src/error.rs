@@ -37,6 +37,13 @@ pub enum ProxyError {
     GatewayTimeout,
     /// The request body is larger than the route's `max_body`: 413.
     PayloadTooLarge,
+    /// The caller's bucket is empty: 429 with `Retry-After` and the `RateLimit-Policy` /
+    /// `RateLimit` header values.
+    RateLimited {
+        retry_after: u64,
+        policy: HeaderValue,
+        state: HeaderValue,
+    },
     /// The token's issuer has no keys loaded yet: 503 `temporarily_unavailable` with
     /// `Retry-After` (a 401 would tell the client its token is bad).
     IssuerUnavailable(AuthFailure),
@@ -59,6 +66,7 @@ impl ProxyError {
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::IssuerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -108,6 +116,10 @@ impl ProxyError {
                 "payload_too_large",
                 "the request body is larger than this route accepts".into(),
             ),
+            ProxyError::RateLimited { .. } => (
+                "rate_limited",
+                "too many requests for this route; try again after Retry-After seconds".into(),
+            ),
         }
     }
 
@@ -129,6 +141,16 @@ impl ProxyError {
         }
         if let ProxyError::IssuerUnavailable(failure) = &self {
             set_retry_after(headers, failure.retry_after.unwrap_or(1));
+        }
+        if let ProxyError::RateLimited {
+            retry_after,
+            policy,
+            state,
+        } = &self
+        {
+            set_retry_after(headers, *retry_after);
+            headers.insert("ratelimit-policy", policy.clone());
+            headers.insert("ratelimit", state.clone());
         }
         if let ProxyError::MethodNotAllowed(allow) = &self
             && let Ok(value) = HeaderValue::from_str(allow)

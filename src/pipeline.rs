@@ -15,6 +15,7 @@ pub mod authn;
 pub mod authz;
 pub mod forward;
 pub mod limit;
+pub mod ratelimit;
 pub mod redirect;
 pub mod request;
 pub mod router;
@@ -183,9 +184,20 @@ impl<'a> Exchange<'a> {
         if let Some(identity) = &identity {
             route.policy.authorize(identity)?;
         }
+        let quota = match &route.limits.rate_limit {
+            Some(limit) => {
+                Some(limit.admit(identity.as_deref(), self.context.conn, request.headers())?)
+            }
+            None => None,
+        };
         let path_and_query = route.upstream_path(&path, request.uri().query());
-        self.forward(route, request, path_and_query, identity.as_deref())
-            .await
+        let mut response = self
+            .forward(route, request, path_and_query, identity.as_deref())
+            .await?;
+        if let Some(quota) = quota {
+            quota.apply(response.headers_mut());
+        }
+        Ok(response)
     }
 
     /// The route for the normalized path and the method; 404 or 405 when there is none.

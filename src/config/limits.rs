@@ -202,6 +202,12 @@ impl RateLimitConfig {
                 "must be at least 1ms",
             ));
         }
+        if self.per.get().as_nanos() / u128::from(self.requests) == 0 {
+            return Err(ConfigError::at(
+                format!("{at}.rate_limit.requests"),
+                "more than one request per nanosecond cannot be timed; raise per",
+            ));
+        }
         if self.requests.checked_add(self.burst).is_none() {
             return Err(ConfigError::at(
                 format!("{at}.rate_limit.burst"),

@@ -11,10 +11,13 @@ use http::HeaderMap;
 use http::header::CONTENT_LENGTH;
 use hyper::body::Incoming;
 
+use super::ratelimit::RateLimit;
 use super::redirect::Redirects;
-use crate::config::RouteConfig;
+use crate::clock::Clock;
+use crate::config::{Cidr, RouteConfig};
 use crate::error::ProxyError;
 use crate::http::limit::LimitedBody;
+use crate::metrics::Metrics;
 use crate::upstream::UpstreamBody;
 
 /// A route's limits, compiled once.
@@ -26,15 +29,43 @@ pub struct RouteLimits {
     pub response_timeout: Option<Duration>,
     /// `Location` / `Content-Location` back under `strip_prefix`.
     pub redirects: Option<Redirects>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// What compiling a route's limits needs beside the route.
+pub struct RouteContext<'a> {
+    pub clock: &'a Clock,
+    pub metrics: &'a Metrics,
+    pub trusted_proxies: Arc<[Cidr]>,
+    /// The claims the verifier reads into `Identity::mapped`, in order.
+    pub claim_names: &'a [Box<str>],
 }
 
 impl RouteLimits {
-    pub fn from_route(config: &RouteConfig) -> RouteLimits {
-        RouteLimits {
+    pub fn from_route(
+        config: &RouteConfig,
+        context: &RouteContext<'_>,
+    ) -> Result<RouteLimits, String> {
+        let rate_limit = match &config.rate_limit {
+            None => None,
+            Some(limit) => Some(RateLimit::new(
+                &config.name,
+                limit,
+                |claim| context.claim_names.iter().position(|n| &**n == claim),
+                context.trusted_proxies.clone(),
+                context.clock.clone(),
+                context
+                    .metrics
+                    .rate_limited_total
+                    .with_label_values(&[config.name.as_str()]),
+            )?),
+        };
+        Ok(RouteLimits {
+            rate_limit,
             max_body: config.max_body.map(|size| size.bytes()),
             response_timeout: config.timeouts.upstream_response.map(|d| d.get()),
             redirects: Redirects::new(config.upstream.targets(), config.strip_prefix.as_deref()),
-        }
+        })
     }
 
     /// Refuses a declared `Content-Length` over `max_body` before anything is sent.
