@@ -31,6 +31,7 @@ pub struct Metrics {
     pub open_connections: IntGauge,
     pub rate_limited_total: IntCounterVec,
     pub upstream_endpoint_healthy: IntGaugeVec,
+    pub upstream_connect_failures_total: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -127,6 +128,11 @@ impl Metrics {
                     ),
                     &["route", "endpoint"],
                 )?,
+            )?,
+            upstream_connect_failures_total: counter(
+                "upstream_connect_failures_total",
+                "Connections to an endpoint of an upstream set that failed, by route and endpoint.",
+                &["route", "endpoint"],
             )?,
             registry,
         };

@@ -320,11 +320,12 @@ impl<'a> Exchange<'a> {
     ) -> Result<Response<Body>, ProxyError> {
         let request_id = self.context.request_id;
         let started = Instant::now();
-        let result = self
-            .pipeline
-            .upstreams
-            .send(request, route.limits.response_timeout)
-            .await;
+        let upstreams = &self.pipeline.upstreams;
+        let timeout = route.limits.response_timeout;
+        let result = match &route.limits.endpoints {
+            Some(set) => set.send(upstreams, request, timeout).await,
+            None => upstreams.send(request, timeout).await,
+        };
         self.outcome.upstream_seconds = Some(started.elapsed().as_secs_f64());
         if result.is_err() && tripped.is_some_and(|t| t.load(std::sync::atomic::Ordering::Relaxed))
         {

@@ -152,6 +152,11 @@ impl State {
         for issuer in &self.fresh {
             issuer.spawn_refresher();
         }
+        for route in &self.pipeline.routes {
+            if let Some(set) = &route.limits.endpoints {
+                crate::upstream::health::spawn(set, &self.pipeline.upstreams);
+            }
+        }
     }
 
     /// True once every trusted issuer has keys and the built-in issuer's store answers.

@@ -2,6 +2,9 @@
 //! there (HTTP/1.1, keep-alive, rustls for `https://`), and the timeouts that turn a dead
 //! or slow upstream into 502 or 504. Also the small client that fetches JWKS documents.
 
+pub mod health;
+pub mod set;
+
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -19,6 +19,7 @@ use crate::error::ProxyError;
 use crate::http::limit::LimitedBody;
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamBody;
+use crate::upstream::set::EndpointSet;
 
 /// A route's limits, compiled once.
 #[derive(Debug, Default)]
@@ -30,6 +31,8 @@ pub struct RouteLimits {
     /// `Location` / `Content-Location` back under `strip_prefix`.
     pub redirects: Option<Redirects>,
     pub rate_limit: Option<RateLimit>,
+    /// Several endpoints (or one with health checks); `None` sends to the one URL.
+    pub endpoints: Option<Arc<EndpointSet>>,
 }
 
 /// What compiling a route's limits needs beside the route.
@@ -60,7 +63,21 @@ impl RouteLimits {
                     .with_label_values(&[config.name.as_str()]),
             )?),
         };
+        let targets = config.upstream.targets();
+        let endpoints = if targets.len() > 1 || config.health.is_some() {
+            Some(Arc::new(EndpointSet::new(
+                &config.name,
+                targets,
+                config.balance,
+                config.health.clone(),
+                context.clock.clone(),
+                context.metrics,
+            )?))
+        } else {
+            None
+        };
         Ok(RouteLimits {
+            endpoints,
             rate_limit,
             max_body: config.max_body.map(|size| size.bytes()),
             response_timeout: config.timeouts.upstream_response.map(|d| d.get()),
