@@ -281,11 +281,117 @@ fn bench_pipeline(c: &mut Criterion) {
     });
 }
 
+/// Tiny upstreams on their own thread (so the gateway has the bench thread to itself):
+/// `count` listeners on 127.0.0.1:0 answering 200 "ok".
+fn ok_upstreams(count: usize) -> Vec<std::net::SocketAddr> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let mut addrs = Vec::new();
+            for _ in 0..count {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addrs.push(listener.local_addr().unwrap());
+                tokio::spawn(async move {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        tokio::spawn(async move {
+                            let service = hyper::service::service_fn(|_request| async {
+                                Ok::<_, std::convert::Infallible>(http::Response::new(
+                                    http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                                ))
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                });
+            }
+            tx.send(addrs).unwrap();
+            std::future::pending::<()>().await
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// The A/B of upstream sets: one request at a time through the whole gateway to a real
+/// upstream on loopback, on a one-URL route (`one`) and on a route with three endpoints
+/// and a rate limit that is never hit (`set`), in two interleaved rounds.
+/// `cargo bench --bench proxy -- upstream_set`
+fn bench_upstream_set(c: &mut Criterion) {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+
+    let addrs = ok_upstreams(3);
+    let yaml = format!(
+        "routes:\n  - {{ name: one, match: {{ path: /one }}, upstream: http://{a}, auth: none }}\n  - name: set\n    match: {{ path: /set }}\n    upstream: [http://{a}, http://{b}, http://{c}]\n    auth: none\n    rate_limit: {{ key: ip, requests: 1000000000, per: 1s }}\n  - {{ name: set-only, match: {{ path: /set-only }}, upstream: [http://{a}, http://{b}, http://{c}], auth: none }}\n  - {{ name: limit-only, match: {{ path: /limit-only }}, upstream: http://{a}, auth: none, rate_limit: {{ key: ip, requests: 1000000000, per: 1s }} }}\n",
+        a = addrs[0],
+        b = addrs[1],
+        c = addrs[2]
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let gateway = runtime.block_on(async {
+        scopegate::Gateway::start(scopegate::config::Config::from_yaml(&yaml).unwrap(), None)
+            .await
+            .unwrap()
+    });
+    let conn = std::sync::Arc::new(ConnInfo::new("127.0.0.1:50000".parse().unwrap(), false));
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    runtime.spawn(async move {
+        let service = hyper::service::service_fn(move |request| {
+            let gateway = gateway.clone();
+            let conn = conn.clone();
+            async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, &conn).await) }
+        });
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(server_io), service)
+            .await
+    });
+    let mut sender = runtime.block_on(async {
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        sender
+    });
+    let mut group = c.benchmark_group("upstream_set");
+    // Interleaved: A, B, A, B, so a neighbour's load falls on both.
+    // `set-only` and `limit-only` tell the two costs apart.
+    let paths = ["/one", "/set", "/set-only", "/limit-only"];
+    for (round, path) in [1, 2].into_iter().flat_map(|r| paths.map(|p| (r, p))) {
+        group.bench_function(format!("{}-{round}", &path[1..]), |b| {
+            b.iter(|| {
+                runtime.block_on(async {
+                    sender.ready().await.unwrap();
+                    let request = http::Request::get(path)
+                        .header(http::header::HOST, "bench.example")
+                        .body(Empty::<bytes::Bytes>::new())
+                        .unwrap();
+                    let response = sender.send_request(request).await.unwrap();
+                    assert_eq!(response.status(), http::StatusCode::OK);
+                    response.into_body().collect().await.unwrap()
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_router,
     bench_verify,
     bench_headers,
-    bench_pipeline
+    bench_pipeline,
+    bench_upstream_set
 );
 criterion_main!(benches);

@@ -205,7 +205,12 @@ impl RateLimit {
         headers: &HeaderMap,
     ) -> Result<Key, ProxyError> {
         let ip = || {
-            let ip = client_ip(conn.remote.ip(), headers, &self.trusted_proxies);
+            let peer = conn.remote.ip();
+            let ip = client_ip(peer, headers, &self.trusted_proxies);
+            if ip == peer {
+                // Prepared once per connection.
+                return conn.client_ip.clone();
+            }
             HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| conn.client_ip.clone())
         };
         let identity = match (&self.kind, identity) {
