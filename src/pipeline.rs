@@ -37,6 +37,7 @@ use crate::error::ProxyError;
 use crate::flood::Flood;
 use crate::http::{Body, BoxError, ConnInfo, full};
 use crate::issuer::{Endpoint, Issuer};
+use crate::upstream::set::Tracked;
 use crate::upstream::{UpstreamBody, UpstreamError, Upstreams};
 use authn::Verifier;
 use authz::Policy;
@@ -323,8 +324,14 @@ impl<'a> Exchange<'a> {
         let upstreams = &self.pipeline.upstreams;
         let timeout = route.limits.response_timeout;
         let result = match &route.limits.endpoints {
-            Some(set) => set.send(upstreams, request, timeout).await,
-            None => upstreams.send(request, timeout).await,
+            Some(set) => set
+                .send(upstreams, request, timeout)
+                .await
+                .map(|(response, in_flight)| (response, Some(in_flight))),
+            None => upstreams
+                .send(request, timeout)
+                .await
+                .map(|response| (response, None)),
         };
         self.outcome.upstream_seconds = Some(started.elapsed().as_secs_f64());
         if result.is_err() && tripped.is_some_and(|t| t.load(std::sync::atomic::Ordering::Relaxed))
@@ -332,16 +339,19 @@ impl<'a> Exchange<'a> {
             return Err(ProxyError::PayloadTooLarge);
         }
         match result {
-            Ok(response) => {
+            Ok((response, in_flight)) => {
                 let (mut parts, body) = response.into_parts();
                 forward::downstream(&mut parts, request_id)?;
                 if let Some(redirects) = &route.limits.redirects {
                     redirects.rewrite(&mut parts.headers);
                 }
-                Ok(Response::from_parts(
-                    parts,
-                    body.map_err(BoxError::from).boxed_unsync(),
-                ))
+                let body = body.map_err(BoxError::from);
+                let body = match in_flight {
+                    // An endpoint of a set: in flight until the answer has streamed.
+                    Some(in_flight) => Tracked::new(body, in_flight).boxed_unsync(),
+                    None => body.boxed_unsync(),
+                };
+                Ok(Response::from_parts(parts, body))
             }
             Err(err) => {
                 // `route` again: at `log.level: warn` the request span is off. One line a

@@ -195,3 +195,36 @@ fn an_endpoint_list_with_a_bad_url_is_a_config_error_naming_it() {
         scopegate::config::Config::from_yaml(&yaml(upstream, "")).unwrap();
     }
 }
+
+#[tokio::test]
+async fn least_request_counts_a_request_until_its_answer_has_streamed() {
+    let b = Backend::start("b").await;
+    let routes = format!(
+        "  - name: orders\n    match: {{ path: /orders/* }}\n    upstream: [\"@upstream@\", \"{}\"]\n    auth: none\n    balance: least_request\n",
+        b.url
+    );
+    let env = Env::start(&routes).await;
+    // The first request goes to the first endpoint (nothing in flight anywhere); its
+    // answer head arrives, its body is held open by the upstream.
+    let request = http::Request::get("/orders/slow")
+        .header("x-test-mode", "stream-down")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let held = send_streaming(env.gw.addr, request).await;
+    assert_eq!(held.status(), 200);
+    assert_eq!(env.upstream.count(), 1);
+    // While that answer streams, every request goes to the idle endpoint.
+    for _ in 0..4 {
+        assert_eq!(env.get("/orders/1", &[]).await.text(), "b");
+    }
+    assert_eq!(env.upstream.count(), 1, "{:?}", env.upstream.seen());
+    env.upstream.release();
+    let body = collect(held).await;
+    assert_eq!(body.text(), "first-chunk;second-chunk");
+    // Both idle again: the first endpoint takes requests again.
+    eventually("the first endpoint takes requests again", || async {
+        env.get("/orders/1", &[]).await;
+        env.upstream.count() > 1
+    })
+    .await;
+}

@@ -9,7 +9,10 @@
 //! an idempotent one (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) is tried once more on
 //! another endpoint.
 
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,7 +40,8 @@ pub struct Endpoint {
     pub host: HeaderValue,
     /// `host:port`, the metric label.
     pub label: String,
-    in_flight: AtomicUsize,
+    /// Requests sent to it whose answer has not ended yet.
+    in_flight: Arc<AtomicUsize>,
     connect_failures: AtomicU32,
     /// Passive ejection ends at this time, Unix ms by the set's clock (0: not ejected).
     ejected_until: AtomicI64,
@@ -124,7 +128,7 @@ impl EndpointSet {
                 authority: http.authority.clone(),
                 host: http.host.clone(),
                 label,
-                in_flight: AtomicUsize::new(0),
+                in_flight: Arc::new(AtomicUsize::new(0)),
                 connect_failures: AtomicU32::new(0),
                 ejected_until: AtomicI64::new(0),
                 checked_healthy: AtomicBool::new(true),
@@ -178,13 +182,14 @@ impl EndpointSet {
     }
 
     /// Sends `request` to one endpoint; a connect failure of an idempotent request is
-    /// tried once on another.
+    /// tried once on another. The request counts as in flight on its endpoint until the
+    /// returned [`InFlight`] is dropped (keep it with the answer's body).
     pub async fn send(
         &self,
         upstreams: &Upstreams,
         request: Request<UpstreamBody>,
         response_timeout: Option<Duration>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<(Response<Incoming>, InFlight), UpstreamError> {
         let first = self.pick(None);
         let failed = match self
             .send_to(first, upstreams, request, response_timeout)
@@ -224,7 +229,7 @@ impl EndpointSet {
         upstreams: &Upstreams,
         mut request: Request<UpstreamBody>,
         response_timeout: Option<Duration>,
-    ) -> Result<Response<Incoming>, Failed> {
+    ) -> Result<(Response<Incoming>, InFlight), Failed> {
         let endpoint = &self.endpoints[index];
         let path = request
             .uri()
@@ -243,15 +248,15 @@ impl EndpointSet {
             .headers_mut()
             .insert(http::header::HOST, endpoint.host.clone());
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight(endpoint.in_flight.clone());
         let result = upstreams.try_send(request, response_timeout).await;
-        endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
         match &result {
             Err(Failed {
                 unsent: Some(_), ..
             }) => self.connect_failed(endpoint),
             _ => endpoint.connect_failures.store(0, Ordering::Relaxed),
         }
-        result
+        result.map(|response| (response, in_flight))
     }
 
     fn connect_failed(&self, endpoint: &Endpoint) {
@@ -284,6 +289,57 @@ impl EndpointSet {
         uri.path_and_query =
             PathAndQuery::from_maybe_shared(Bytes::from(format!("{}{path}", self.base_path))).ok();
         Uri::from_parts(uri).ok()
+    }
+}
+
+/// One request counted in its endpoint's in-flight number (for `least_request`) until
+/// dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An answer body that keeps its request in flight until it ends or is dropped.
+pub struct Tracked<B> {
+    body: B,
+    in_flight: Option<InFlight>,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(body: B, in_flight: InFlight) -> Tracked<B> {
+        Tracked {
+            body,
+            in_flight: Some(in_flight),
+        }
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(None | Some(Err(_))) = polled {
+            this.in_flight = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -345,9 +401,12 @@ mod tests {
     fn least_request_takes_the_least_busy() {
         let set = set(Balance::LeastRequest);
         set.endpoints[0].in_flight.store(5, Ordering::Relaxed);
-        set.endpoints[2].in_flight.store(1, Ordering::Relaxed);
+        let _busy = InFlight(set.endpoints[2].in_flight.clone());
+        set.endpoints[2].in_flight.store(2, Ordering::Relaxed);
         assert!((0..6).all(|_| set.pick(None) == 1));
         set.endpoints[1].in_flight.store(9, Ordering::Relaxed);
         assert!((0..6).all(|_| set.pick(None) == 2));
+        drop(_busy);
+        assert_eq!(set.endpoints[2].in_flight.load(Ordering::Relaxed), 1);
     }
 }
