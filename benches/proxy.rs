@@ -148,12 +148,17 @@ fn bench_verify(c: &mut Criterion) {
                 path: Pattern::parse("/x").unwrap(),
                 methods: None,
             },
-            upstream: scopegate::config::UpstreamTarget::Echo,
+            upstream: scopegate::config::UpstreamList::one(scopegate::config::UpstreamTarget::Echo),
             strip_prefix: None,
             auth: Default::default(),
             audience: Some("https://api.example.com".into()),
             scopes: vec!["read:contacts".into()],
             any_scopes: Vec::new(),
+            balance: Default::default(),
+            health: None,
+            rate_limit: None,
+            max_body: None,
+            timeouts: Default::default(),
         };
         let policy = scopegate::pipeline::authz::Policy::from_route(&route);
         group.bench_function(format!("{alg}_cached"), |b| {
@@ -276,11 +281,156 @@ fn bench_pipeline(c: &mut Criterion) {
     });
 }
 
+/// Tiny upstreams on their own thread (so the gateway has the bench thread to itself):
+/// `count` listeners on 127.0.0.1:0 answering 200 "ok".
+fn ok_upstreams(count: usize) -> Vec<std::net::SocketAddr> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let mut addrs = Vec::new();
+            for _ in 0..count {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addrs.push(listener.local_addr().unwrap());
+                tokio::spawn(async move {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        tokio::spawn(async move {
+                            let service = hyper::service::service_fn(|_request| async {
+                                Ok::<_, std::convert::Infallible>(http::Response::new(
+                                    http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                                ))
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                });
+            }
+            tx.send(addrs).unwrap();
+            std::future::pending::<()>().await
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// The A/B of upstream sets: one request at a time through the whole gateway to a real
+/// upstream on loopback, on a one-URL route (`one`) and on a route with three endpoints
+/// and a rate limit that is never hit (`set`), in two interleaved rounds.
+/// `cargo bench --bench proxy -- upstream_set`
+fn bench_upstream_set(c: &mut Criterion) {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+
+    let addrs = ok_upstreams(3);
+    let yaml = format!(
+        "routes:\n  - {{ name: one, match: {{ path: /one }}, upstream: http://{a}, auth: none }}\n  - name: set\n    match: {{ path: /set }}\n    upstream: [http://{a}, http://{b}, http://{c}]\n    auth: none\n    rate_limit: {{ key: ip, requests: 1000000000, per: 1s }}\n  - {{ name: set-only, match: {{ path: /set-only }}, upstream: [http://{a}, http://{b}, http://{c}], auth: none }}\n  - {{ name: limit-only, match: {{ path: /limit-only }}, upstream: http://{a}, auth: none, rate_limit: {{ key: ip, requests: 1000000000, per: 1s }} }}\n",
+        a = addrs[0],
+        b = addrs[1],
+        c = addrs[2]
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let gateway = runtime.block_on(async {
+        scopegate::Gateway::start(scopegate::config::Config::from_yaml(&yaml).unwrap(), None)
+            .await
+            .unwrap()
+    });
+    let conn = std::sync::Arc::new(ConnInfo::new("127.0.0.1:50000".parse().unwrap(), false));
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    runtime.spawn(async move {
+        let service = hyper::service::service_fn(move |request| {
+            let gateway = gateway.clone();
+            let conn = conn.clone();
+            async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, &conn).await) }
+        });
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(server_io), service)
+            .await
+    });
+    let mut sender = runtime.block_on(async {
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        sender
+    });
+    let mut group = c.benchmark_group("upstream_set");
+    // Interleaved: A, B, A, B, so a neighbour's load falls on both.
+    // `set-only` and `limit-only` tell the two costs apart. Five short interleaved rounds:
+    // on a shared machine a neighbour's load drifts, and the per-round ratio is what
+    // holds still.
+    group
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    let paths = ["/one", "/set", "/set-only", "/limit-only"];
+    for (round, path) in (1..=5).flat_map(|r| paths.map(|p| (r, p))) {
+        group.bench_function(format!("{}-{round}", &path[1..]), |b| {
+            b.iter(|| {
+                runtime.block_on(async {
+                    sender.ready().await.unwrap();
+                    let request = http::Request::get(path)
+                        .header(http::header::HOST, "bench.example")
+                        .body(Empty::<bytes::Bytes>::new())
+                        .unwrap();
+                    let response = sender.send_request(request).await.unwrap();
+                    assert_eq!(response.status(), http::StatusCode::OK);
+                    response.into_body().collect().await.unwrap()
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+/// What a rate limit adds to a request that passes it: the bucket check by client
+/// address and the two answer headers.
+fn bench_rate_limit(c: &mut Criterion) {
+    use scopegate::config::{RateLimitConfig, RateLimitKey};
+    use scopegate::pipeline::ratelimit::RateLimit;
+
+    let config = RateLimitConfig {
+        key: RateLimitKey::Ip,
+        requests: 1_000_000_000,
+        per: Dur::secs(1),
+        burst: 0,
+    };
+    let counter = prometheus::IntCounter::new("x", "x").unwrap();
+    let limit = RateLimit::new(
+        "r",
+        &config,
+        |_| None,
+        Arc::from([]),
+        Clock::system(),
+        counter,
+    )
+    .unwrap();
+    let conn = ConnInfo::new("127.0.0.1:50000".parse().unwrap(), false);
+    let headers = HeaderMap::new();
+    c.bench_function("rate_limit_admit", |b| {
+        b.iter(|| {
+            let mut out = HeaderMap::new();
+            limit.admit(None, &conn, &headers).unwrap().apply(&mut out);
+            out
+        })
+    });
+}
+
 criterion_group!(
     benches,
+    bench_rate_limit,
     bench_router,
     bench_verify,
     bench_headers,
-    bench_pipeline
+    bench_pipeline,
+    bench_upstream_set
 );
 criterion_main!(benches);

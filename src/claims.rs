@@ -23,9 +23,17 @@ pub enum Reason {
     InsufficientScope,
     /// `azp`/`client_id` not in the issuer's `clients` allowlist.
     UnknownClient,
+    /// The token's issuer is trusted but its keys were never fetched yet (answered 503,
+    /// not 401: the token may well be good).
+    IssuerUnavailable,
+    /// The token lacks the claim the route's rate limit is keyed on.
+    MissingClaim,
 }
 
 impl Reason {
+    /// The reasons a token is refused for itself (every reason but
+    /// [`Reason::IssuerUnavailable`] and [`Reason::MissingClaim`], which depend on the
+    /// gateway's state and a route's rate limit).
     pub const ALL: [Reason; 12] = [
         Reason::MissingToken,
         Reason::Malformed,
@@ -55,6 +63,8 @@ impl Reason {
             Reason::WrongType => "wrong_type",
             Reason::InsufficientScope => "insufficient_scope",
             Reason::UnknownClient => "unknown_client",
+            Reason::IssuerUnavailable => "issuer_unavailable",
+            Reason::MissingClaim => "missing_claim",
         }
     }
 }
@@ -71,6 +81,8 @@ impl fmt::Display for Reason {
 pub struct AuthFailure {
     pub reason: Reason,
     pub description: String,
+    /// Seconds to wait before trying again, for [`Reason::IssuerUnavailable`].
+    pub retry_after: Option<u64>,
 }
 
 impl AuthFailure {
@@ -78,6 +90,7 @@ impl AuthFailure {
         AuthFailure {
             reason,
             description: description.into(),
+            retry_after: None,
         }
     }
 }

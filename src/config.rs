@@ -6,9 +6,12 @@
 //! parser knows it, the line.
 
 mod duration;
+pub mod endpoints;
 mod env;
 pub mod issuer;
+pub mod limits;
 pub mod route;
+mod size;
 pub mod source;
 
 use std::collections::{BTreeMap, HashSet};
@@ -19,8 +22,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use duration::Dur;
+pub use endpoints::UpstreamList;
 pub use issuer::{IssuerConfig, hash_password};
+pub use limits::{Balance, Cidr, HealthConfig, RateLimitConfig, RateLimitKey, RouteTimeouts};
 pub use route::{Pattern, UpstreamTarget};
+pub use size::Size;
 
 use crate::jose::Alg;
 
@@ -67,6 +73,10 @@ pub struct ServerConfig {
     /// a signature).
     #[serde(default = "default_token_cache")]
     pub token_cache_size: u64,
+    /// Peers whose `x-forwarded-for` is believed: the entry such a peer added names the
+    /// client (for `rate_limit.key: ip`).
+    #[serde(default)]
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -95,6 +105,7 @@ impl Default for ServerConfig {
             upstream_ca_file: None,
             max_connections: 0,
             token_cache_size: default_token_cache(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -228,6 +239,8 @@ pub struct ForwardConfig {
     pub client_id: String,
     pub issuer: String,
     pub claims: BTreeMap<String, String>,
+    /// What becomes of the caller's bearer token on the way upstream.
+    pub token: TokenForward,
 }
 
 impl Default for ForwardConfig {
@@ -238,8 +251,19 @@ impl Default for ForwardConfig {
             client_id: "x-auth-client-id".into(),
             issuer: "x-auth-issuer".into(),
             claims: BTreeMap::new(),
+            token: TokenForward::Strip,
         }
     }
+}
+
+/// `forward.token`: `strip` (the default) removes an `Authorization: Bearer` header
+/// before the upstream, which gets the verified identity instead; `keep` sends it on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenForward {
+    #[default]
+    Strip,
+    Keep,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -248,7 +272,8 @@ pub struct RouteConfig {
     pub name: String,
     #[serde(rename = "match")]
     pub matcher: MatchConfig,
-    pub upstream: UpstreamTarget,
+    /// One URL or a list of endpoints.
+    pub upstream: UpstreamList,
     #[serde(default)]
     pub strip_prefix: Option<String>,
     #[serde(default)]
@@ -259,6 +284,17 @@ pub struct RouteConfig {
     pub scopes: Vec<String>,
     #[serde(default)]
     pub any_scopes: Vec<String>,
+    // Limits and upstream choices (checked in `limits.rs`).
+    #[serde(default)]
+    pub balance: Balance,
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    #[serde(default)]
+    pub max_body: Option<Size>,
+    #[serde(default)]
+    pub timeouts: RouteTimeouts,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -707,6 +743,30 @@ impl RouteConfig {
             && audience.is_empty()
         {
             return Err(ConfigError::at(format!("{at}.audience"), "empty audience"));
+        }
+        self.validate_limits(at)
+    }
+
+    fn validate_limits(&self, at: &str) -> Result<(), ConfigError> {
+        if let Some(limit) = &self.rate_limit {
+            limit.validate(at, self.auth)?;
+        }
+        if let Some(health) = &self.health {
+            if *self.upstream.first() == UpstreamTarget::Echo {
+                return Err(ConfigError::at(
+                    format!("{at}.health"),
+                    "builtin:echo has no endpoints to check",
+                ));
+            }
+            health.validate(at)?;
+        }
+        if let Some(timeout) = self.timeouts.upstream_response
+            && timeout.get().is_zero()
+        {
+            return Err(ConfigError::at(
+                format!("{at}.timeouts.upstream_response"),
+                "must be greater than zero",
+            ));
         }
         Ok(())
     }

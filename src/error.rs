@@ -35,6 +35,18 @@ pub enum ProxyError {
     HeadersTooLarge,
     BadGateway,
     GatewayTimeout,
+    /// The request body is larger than the route's `max_body`: 413.
+    PayloadTooLarge,
+    /// The caller's bucket is empty: 429 with `Retry-After` and the `RateLimit-Policy` /
+    /// `RateLimit` header values.
+    RateLimited {
+        retry_after: u64,
+        policy: HeaderValue,
+        state: HeaderValue,
+    },
+    /// The token's issuer has no keys loaded yet: 503 `temporarily_unavailable` with
+    /// `Retry-After` (a 401 would tell the client its token is bad).
+    IssuerUnavailable(AuthFailure),
     /// A request feature Scopegate does not implement (a transfer coding other than
     /// `chunked`): 501.
     NotImplemented(String),
@@ -52,6 +64,9 @@ impl ProxyError {
             ProxyError::BadGateway => StatusCode::BAD_GATEWAY,
             ProxyError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::IssuerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -59,7 +74,9 @@ impl ProxyError {
     pub fn reason(&self) -> Option<Reason> {
         match self {
             ProxyError::MissingToken => Some(Reason::MissingToken),
-            ProxyError::InvalidToken(failure) => Some(failure.reason),
+            ProxyError::InvalidToken(failure) | ProxyError::IssuerUnavailable(failure) => {
+                Some(failure.reason)
+            }
             ProxyError::InsufficientScope { .. } => Some(Reason::InsufficientScope),
             _ => None,
         }
@@ -92,6 +109,17 @@ impl ProxyError {
                 "the upstream did not answer in time".into(),
             ),
             ProxyError::NotImplemented(why) => ("not_implemented", why.clone()),
+            ProxyError::IssuerUnavailable(failure) => {
+                ("temporarily_unavailable", failure.description.clone())
+            }
+            ProxyError::PayloadTooLarge => (
+                "payload_too_large",
+                "the request body is larger than this route accepts".into(),
+            ),
+            ProxyError::RateLimited { .. } => (
+                "rate_limited",
+                "too many requests for this route; try again after Retry-After seconds".into(),
+            ),
         }
     }
 
@@ -110,6 +138,19 @@ impl ProxyError {
         let headers = response.headers_mut();
         if let Some(challenge) = challenge {
             challenge.set(headers);
+        }
+        if let ProxyError::IssuerUnavailable(failure) = &self {
+            set_retry_after(headers, failure.retry_after.unwrap_or(1));
+        }
+        if let ProxyError::RateLimited {
+            retry_after,
+            policy,
+            state,
+        } = &self
+        {
+            set_retry_after(headers, *retry_after);
+            headers.insert("ratelimit-policy", policy.clone());
+            headers.insert("ratelimit", state.clone());
         }
         if let ProxyError::MethodNotAllowed(allow) = &self
             && let Ok(value) = HeaderValue::from_str(allow)

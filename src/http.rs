@@ -3,6 +3,7 @@
 //! header-name rules and the request-path normal form ([`path`]). Depends on nothing else
 //! in the crate, so every layer above can use it.
 
+pub mod limit;
 pub mod path;
 
 use std::convert::Infallible;

@@ -119,6 +119,17 @@ impl KeySet {
     }
 }
 
+/// The wait before the next try at keys that were never loaded: 250 ms after the first
+/// failure, doubling, at most [`FIRST_LOAD_MAX_BACKOFF`].
+fn first_load_backoff(failures: u32) -> Duration {
+    Duration::from_millis(250)
+        .saturating_mul(1u32 << failures.min(8))
+        .min(FIRST_LOAD_MAX_BACKOFF)
+}
+
+/// Keys never loaded are retried at least this often.
+pub const FIRST_LOAD_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
 /// A trusted issuer: its acceptance rules and its live keys.
 pub struct TrustedIssuer {
     pub config: TrustedIssuerConfig,
@@ -135,6 +146,9 @@ pub struct TrustedIssuer {
     /// fetch ran while it waited, and takes that outcome.
     completed: AtomicU64,
     loaded: AtomicBool,
+    /// Until the first load: when the refresher tries again, Unix milliseconds by `clock`
+    /// (for the `Retry-After` of the 503 that tokens get meanwhile).
+    retry_at: AtomicI64,
     /// Times `jwks_min_refresh` and the `jwks_ttl` refresh; tests advance it.
     clock: Clock,
 }
@@ -171,6 +185,7 @@ impl TrustedIssuer {
             fetches: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             loaded: AtomicBool::new(false),
+            retry_at: AtomicI64::new(0),
             clock,
         }))
     }
@@ -202,6 +217,19 @@ impl TrustedIssuer {
     /// True once keys have been loaded at least once.
     pub fn is_loaded(&self) -> bool {
         self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Seconds until the next attempt to load keys that were never loaded (1 to 5): the
+    /// `Retry-After` of the 503 its tokens get meanwhile.
+    pub fn retry_after_secs(&self) -> u64 {
+        let left = self
+            .retry_at
+            .load(Ordering::Acquire)
+            .saturating_sub(self.clock.unix_millis());
+        u64::try_from(left.max(0))
+            .unwrap_or(0)
+            .div_ceil(1000)
+            .clamp(1, 5)
     }
 
     /// Fetch attempts so far (tests count them).
@@ -330,12 +358,15 @@ impl TrustedIssuer {
     }
 
     /// Loads keys now and then every `jwks_ttl` by the issuer's clock, retrying sooner
-    /// after failures; stops when the issuer is dropped (config reload).
+    /// after failures; stops when the issuer is dropped (config reload). Keys that were
+    /// never loaded (the identity provider is not up yet) are retried with a short
+    /// backoff, 250 ms doubling up to 5 s, whatever `jwks_min_refresh` says.
     pub fn spawn_refresher(self: &Arc<Self>) {
         let weak: Weak<TrustedIssuer> = Arc::downgrade(self);
         let clock = self.clock.clone();
         tokio::spawn(async move {
             let mut wait = Duration::ZERO;
+            let mut first_load_failures = 0u32;
             loop {
                 clock.sleep(wait).await;
                 let Some(issuer) = weak.upgrade() else { break };
@@ -346,6 +377,15 @@ impl TrustedIssuer {
                 let ttl = issuer.config.jwks_ttl.get();
                 wait = if ok {
                     ttl
+                } else if !issuer.is_loaded() {
+                    let backoff = first_load_backoff(first_load_failures);
+                    first_load_failures = first_load_failures.saturating_add(1);
+                    let millis = i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX);
+                    issuer.retry_at.store(
+                        clock.unix_millis().saturating_add(millis),
+                        Ordering::Release,
+                    );
+                    backoff
                 } else {
                     issuer
                         .config
@@ -355,5 +395,20 @@ impl TrustedIssuer {
                 };
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_never_loaded_are_retried_within_five_seconds() {
+        let waits: Vec<u64> = (0..10)
+            .map(|n| first_load_backoff(n).as_millis() as u64)
+            .collect();
+        assert_eq!(waits[..6], [250, 500, 1000, 2000, 4000, 5000]);
+        assert!(waits.iter().all(|&w| w <= 5000));
+        assert_eq!(first_load_backoff(u32::MAX), FIRST_LOAD_MAX_BACKOFF);
     }
 }

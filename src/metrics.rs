@@ -32,6 +32,9 @@ pub struct Metrics {
     pub in_flight_requests: IntGauge,
     /// Client connections open on the proxy listener.
     pub open_connections: IntGauge,
+    pub rate_limited_total: IntCounterVec,
+    pub upstream_endpoint_healthy: IntGaugeVec,
+    pub upstream_connect_failures_total: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -113,6 +116,26 @@ impl Metrics {
             open_connections: gauge(
                 "open_connections",
                 "Client connections open on the proxy listener.",
+            )?,
+            rate_limited_total: counter(
+                "rate_limited_total",
+                "Requests refused with 429 by the route's rate limit, by route.",
+                &["route"],
+            )?,
+            upstream_endpoint_healthy: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "upstream_endpoint_healthy",
+                        "1 while an upstream endpoint takes traffic, 0 while ejected or failing its health checks.",
+                    ),
+                    &["route", "endpoint"],
+                )?,
+            )?,
+            upstream_connect_failures_total: counter(
+                "upstream_connect_failures_total",
+                "Connections to an endpoint of an upstream set that failed, by route and endpoint.",
+                &["route", "endpoint"],
             )?,
             registry,
             process: process_registry()?,

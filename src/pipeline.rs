@@ -14,6 +14,9 @@ pub mod access;
 pub mod authn;
 pub mod authz;
 pub mod forward;
+pub mod limit;
+pub mod ratelimit;
+pub mod redirect;
 pub mod request;
 pub mod router;
 
@@ -34,7 +37,8 @@ use crate::error::ProxyError;
 use crate::flood::Flood;
 use crate::http::{Body, BoxError, ConnInfo, full};
 use crate::issuer::{Endpoint, Issuer};
-use crate::upstream::{UpstreamError, Upstreams};
+use crate::upstream::set::Tracked;
+use crate::upstream::{UpstreamBody, UpstreamError, Upstreams};
 use authn::Verifier;
 use authz::Policy;
 use forward::{ForwardHeaders, Origin};
@@ -56,6 +60,8 @@ pub struct Route {
     pub policy: Policy,
     pub target: Target,
     pub strip_prefix: Option<Box<str>>,
+    /// Body size, timeouts.
+    pub limits: limit::RouteLimits,
 }
 
 /// Where a route's requests go.
@@ -179,9 +185,20 @@ impl<'a> Exchange<'a> {
         if let Some(identity) = &identity {
             route.policy.authorize(identity)?;
         }
+        let quota = match &route.limits.rate_limit {
+            Some(limit) => {
+                Some(limit.admit(identity.as_deref(), self.context.conn, request.headers())?)
+            }
+            None => None,
+        };
         let path_and_query = route.upstream_path(&path, request.uri().query());
-        self.forward(route, request, path_and_query, identity.as_deref())
-            .await
+        let mut response = self
+            .forward(route, request, path_and_query, identity.as_deref())
+            .await?;
+        if let Some(quota) = quota {
+            quota.apply(response.headers_mut());
+        }
+        Ok(response)
     }
 
     /// The route for the normalized path and the method; 404 or 405 when there is none.
@@ -218,7 +235,10 @@ impl<'a> Exchange<'a> {
                     .verifier
                     .verify(token)
                     .await
-                    .map_err(ProxyError::InvalidToken)?;
+                    .map_err(|failure| match failure.reason {
+                        Reason::IssuerUnavailable => ProxyError::IssuerUnavailable(failure),
+                        _ => ProxyError::InvalidToken(failure),
+                    })?;
                 self.outcome.authenticated = true;
                 Ok(Some(identity))
             }
@@ -277,6 +297,7 @@ impl<'a> Exchange<'a> {
             identity,
             &origin,
         );
+        route.limits.check_declared(&headers)?;
         let target = match upstream {
             UpstreamTarget::Echo => return Ok(echo(&parts.method, &path_and_query, &headers)),
             UpstreamTarget::Http(target) => target,
@@ -285,28 +306,52 @@ impl<'a> Exchange<'a> {
         parts.headers = headers;
         parts.version = Version::HTTP_11;
         parts.extensions = http::Extensions::new();
-        self.exchange_upstream(route, Request::from_parts(parts, body))
+        let (body, tripped) = route.limits.body(body);
+        self.exchange_upstream(route, Request::from_parts(parts, body), tripped)
             .await
     }
 
-    /// Sends the rewritten request and relays the answer (or 502/504).
+    /// Sends the rewritten request and relays the answer (or 502/504, or 413 when the
+    /// body went past `max_body` on the way).
     async fn exchange_upstream(
         &mut self,
         route: &Route,
-        request: Request<Incoming>,
+        request: Request<UpstreamBody>,
+        tripped: Option<Arc<std::sync::atomic::AtomicBool>>,
     ) -> Result<Response<Body>, ProxyError> {
         let request_id = self.context.request_id;
         let started = Instant::now();
-        let result = self.pipeline.upstreams.send(request).await;
+        let upstreams = &self.pipeline.upstreams;
+        let timeout = route.limits.response_timeout;
+        let result = match &route.limits.endpoints {
+            Some(set) => set
+                .send(upstreams, request, timeout)
+                .await
+                .map(|(response, in_flight)| (response, Some(in_flight))),
+            None => upstreams
+                .send(request, timeout)
+                .await
+                .map(|response| (response, None)),
+        };
         self.outcome.upstream_seconds = Some(started.elapsed().as_secs_f64());
+        if result.is_err() && tripped.is_some_and(|t| t.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            return Err(ProxyError::PayloadTooLarge);
+        }
         match result {
-            Ok(response) => {
+            Ok((response, in_flight)) => {
                 let (mut parts, body) = response.into_parts();
                 forward::downstream(&mut parts, request_id)?;
-                Ok(Response::from_parts(
-                    parts,
-                    body.map_err(BoxError::from).boxed_unsync(),
-                ))
+                if let Some(redirects) = &route.limits.redirects {
+                    redirects.rewrite(&mut parts.headers);
+                }
+                let body = body.map_err(BoxError::from);
+                let body = match in_flight {
+                    // An endpoint of a set: in flight until the answer has streamed.
+                    Some(in_flight) => Tracked::new(body, in_flight).boxed_unsync(),
+                    None => body.boxed_unsync(),
+                };
+                Ok(Response::from_parts(parts, body))
             }
             Err(err) => {
                 // `route` again: at `log.level: warn` the request span is off. One line a

@@ -15,7 +15,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::clock::Clock;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, RateLimitConfig, RateLimitKey};
 use crate::http::{Body, ConnInfo};
 use crate::issuer::{Endpoint, Issuer};
 use crate::jwks::{KeySource, TrustedIssuer};
@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::authn::Verifier;
 use crate::pipeline::authz::Policy;
 use crate::pipeline::forward::ForwardHeaders;
+use crate::pipeline::limit::{RouteContext, RouteLimits};
 use crate::pipeline::router::{MethodSet, Pattern, Router};
 use crate::pipeline::{ISSUER_ROUTE, Pipeline, Route, Target};
 use crate::upstream::{Fetcher, Upstreams};
@@ -114,17 +115,13 @@ impl State {
             issuers,
             fresh,
         } = Parts::compile(&config, shared, previous, builtin.as_ref())?;
-        let (routes, router, notes) = compile_routes(&config);
+        let claim_names = claim_names(&config);
+        let (routes, router, notes) = compile_routes(&config, shared, &claim_names)?;
         let verifier = Verifier::new(
             issuers,
             config.trust.leeway.get(),
             config.server.limits.max_token_bytes,
-            config
-                .forward
-                .claims
-                .keys()
-                .map(|k| k.as_str().into())
-                .collect(),
+            claim_names,
             config.server.token_cache_size,
             shared.clock.clone(),
         );
@@ -154,6 +151,11 @@ impl State {
     pub fn start(&self) {
         for issuer in &self.fresh {
             issuer.spawn_refresher();
+        }
+        for route in &self.pipeline.routes {
+            if let Some(set) = &route.limits.endpoints {
+                crate::upstream::health::spawn(set, &self.pipeline.upstreams);
+            }
         }
     }
 
@@ -261,9 +263,36 @@ fn keep<T>(errors: &mut Vec<ConfigError>, result: Result<T, ConfigError>) -> Opt
     result.map_err(|err| errors.push(err)).ok()
 }
 
+/// The claims read from every verified token into `Identity::mapped`: the
+/// `forward.claims` (in their order, which `ForwardHeaders` zips with), then those that
+/// rate limits count by.
+fn claim_names(config: &Config) -> Vec<Box<str>> {
+    let mut names: Vec<Box<str>> = config
+        .forward
+        .claims
+        .keys()
+        .map(|k| k.as_str().into())
+        .collect();
+    for route in &config.routes {
+        if let Some(RateLimitConfig {
+            key: RateLimitKey::Claim(claim),
+            ..
+        }) = &route.rate_limit
+            && !names.iter().any(|n| **n == **claim)
+        {
+            names.push(claim.as_str().into());
+        }
+    }
+    names
+}
+
 /// The config's routes behind the built-in issuer's endpoints (which reserve their
 /// paths), compiled into one router; notes name the routes that lose paths to them.
-fn compile_routes(config: &Config) -> (Vec<Route>, Router, Vec<String>) {
+fn compile_routes(
+    config: &Config,
+    shared: &Shared,
+    claim_names: &[Box<str>],
+) -> Result<(Vec<Route>, Router, Vec<String>), Vec<ConfigError>> {
     let mut routes = Vec::new();
     let mut reserved = Vec::new();
     if let Some(issuer) = config.issuer.as_ref().filter(|i| i.enabled) {
@@ -288,11 +317,26 @@ fn compile_routes(config: &Config) -> (Vec<Route>, Router, Vec<String>) {
                 policy: Policy::open(),
                 target: Target::Issuer(endpoint),
                 strip_prefix: None,
+                limits: Default::default(),
             });
         }
     }
+    let context = RouteContext {
+        clock: &shared.clock,
+        metrics: &shared.metrics,
+        trusted_proxies: config.server.trusted_proxies.as_slice().into(),
+        claim_names,
+    };
+    let mut errors = Vec::new();
     let mut compiled = Vec::with_capacity(config.routes.len());
-    for route in &config.routes {
+    for (index, route) in config.routes.iter().enumerate() {
+        let limits = match RouteLimits::from_route(route, &context) {
+            Ok(limits) => limits,
+            Err(err) => {
+                errors.push(ConfigError::at(format!("routes[{index}]"), err));
+                continue;
+            }
+        };
         let methods = MethodSet::from_names(route.matcher.methods.as_deref());
         compiled.push((route.matcher.path.clone(), methods));
         routes.push(Route {
@@ -300,12 +344,16 @@ fn compile_routes(config: &Config) -> (Vec<Route>, Router, Vec<String>) {
             path: route.matcher.path.to_string(),
             methods,
             policy: Policy::from_route(route),
-            target: Target::Upstream(route.upstream.clone()),
+            target: Target::Upstream(route.upstream.first().clone()),
             strip_prefix: route.strip_prefix.as_deref().map(Into::into),
+            limits,
         });
     }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
     let notes = shadow_notes(config, &reserved, &routes[reserved.len()..]);
-    (routes, Router::with_reserved(&reserved, &compiled), notes)
+    Ok((routes, Router::with_reserved(&reserved, &compiled), notes))
 }
 
 /// Config routes whose paths include issuer endpoints (which are matched first).

@@ -2,6 +2,9 @@
 //! there (HTTP/1.1, keep-alive, rustls for `https://`), and the timeouts that turn a dead
 //! or slow upstream into 502 or 504. Also the small client that fetches JWKS documents.
 
+pub mod health;
+pub mod set;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +21,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 use tower_service::Service;
+
+use crate::http::BoxError;
+use crate::http::limit::LimitedBody;
 
 type Connector = HttpsConnector<HttpConnector>;
 
@@ -74,22 +80,27 @@ impl std::fmt::Debug for Upstreams {
     }
 }
 
-/// The body sent upstream: the client's, streamed, or nothing (a replayed request).
+/// The body sent upstream: the client's, streamed (with the route's `max_body`, if it
+/// has one), or nothing (a replayed request).
 pub enum UpstreamBody {
     Client(Incoming),
+    Limited(LimitedBody<Incoming>),
     Empty,
 }
 
 impl http_body::Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            UpstreamBody::Client(body) => std::pin::Pin::new(body).poll_frame(cx),
+            UpstreamBody::Client(body) => std::pin::Pin::new(body)
+                .poll_frame(cx)
+                .map_err(BoxError::from),
+            UpstreamBody::Limited(body) => std::pin::Pin::new(body).poll_frame(cx),
             UpstreamBody::Empty => std::task::Poll::Ready(None),
         }
     }
@@ -97,6 +108,7 @@ impl http_body::Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Client(body) => body.is_end_stream(),
+            UpstreamBody::Limited(body) => body.is_end_stream(),
             UpstreamBody::Empty => true,
         }
     }
@@ -104,9 +116,17 @@ impl http_body::Body for UpstreamBody {
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
             UpstreamBody::Client(body) => body.size_hint(),
+            UpstreamBody::Limited(body) => body.size_hint(),
             UpstreamBody::Empty => http_body::SizeHint::with_exact(0),
         }
     }
+}
+
+/// A failed exchange; `unsent` holds the request when it never left (no connection could
+/// be made), so it may go to another endpoint.
+pub struct Failed {
+    pub error: UpstreamError,
+    pub unsent: Option<Request<UpstreamBody>>,
 }
 
 /// The connection ended (closed or reset) before the upstream answered anything.
@@ -166,38 +186,66 @@ impl Upstreams {
         }
     }
 
-    /// Sends a prepared request (absolute URI); waits at most the response timeout for
-    /// its head. The body then streams with no overall deadline (downloads may be long).
+    /// Sends a prepared request (absolute URI); waits at most the response timeout (the
+    /// route's, else the server's) for its head. The body then streams with no overall
+    /// deadline (downloads may be long).
     pub async fn send(
         &self,
-        mut request: Request<Incoming>,
+        request: Request<UpstreamBody>,
+        response_timeout: Option<Duration>,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        self.try_send(request, response_timeout)
+            .await
+            .map_err(|failed| failed.error)
+    }
+
+    /// [`Upstreams::send`], handing back a request that never left. Its target is then
+    /// in origin form (path and query only).
+    pub async fn try_send(
+        &self,
+        mut request: Request<UpstreamBody>,
+        response_timeout: Option<Duration>,
+    ) -> Result<Response<Incoming>, Failed> {
         let uri = std::mem::take(request.uri_mut()).into_parts();
-        let authority = uri
-            .authority
-            .ok_or_else(|| UpstreamError::Exchange("the upstream URI has no authority".into()))?;
+        let lost = |error| Failed {
+            error,
+            unsent: None,
+        };
+        let authority = uri.authority.ok_or_else(|| {
+            lost(UpstreamError::Exchange(
+                "the upstream URI has no authority".into(),
+            ))
+        })?;
         let key: PoolKey = (uri.scheme == Some(Scheme::HTTPS), authority);
         // HTTP/1.1 to an origin server: origin-form request target.
         let mut origin = http::uri::Parts::default();
         origin.path_and_query = uri.path_and_query;
-        *request.uri_mut() =
-            Uri::from_parts(origin).map_err(|err| UpstreamError::Exchange(err.to_string()))?;
-        tokio::time::timeout(self.response_timeout, self.exchange(key, request))
+        *request.uri_mut() = Uri::from_parts(origin)
+            .map_err(|err| lost(UpstreamError::Exchange(err.to_string())))?;
+        let timeout = response_timeout.unwrap_or(self.response_timeout);
+        tokio::time::timeout(timeout, self.exchange(key, request))
             .await
-            .map_err(|_| UpstreamError::Timeout)?
+            .map_err(|_| lost(UpstreamError::Timeout))?
     }
 
     async fn exchange(
         &self,
         key: PoolKey,
-        request: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut request = request.map(UpstreamBody::Client);
+        mut request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, Failed> {
         let mut stale_retries = 0;
         loop {
             let (mut sender, reused) = match self.checkout(&key) {
                 Some(sender) if stale_retries < MAX_STALE_RETRIES => (sender, true),
-                _ => (self.connect(&key).await?, false),
+                _ => match self.connect(&key).await {
+                    Ok(sender) => (sender, false),
+                    Err(error) => {
+                        return Err(Failed {
+                            error,
+                            unsent: Some(request),
+                        });
+                    }
+                },
             };
             // A reused connection may have been closed by the upstream a moment ago; a
             // request without a body and with a safe method can then be sent again. Keep
@@ -224,7 +272,12 @@ impl Upstreams {
                         stale_retries += 1;
                         request = copy;
                     }
-                    _ => return Err(UpstreamError::Exchange(error_chain(err.error()))),
+                    _ => {
+                        return Err(Failed {
+                            error: UpstreamError::Exchange(error_chain(err.error())),
+                            unsent: None,
+                        });
+                    }
                 },
             }
         }

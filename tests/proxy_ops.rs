@@ -235,9 +235,11 @@ async fn a_discovery_document_for_another_issuer_is_refused() {
         env.issuer.discovery_hits() > 0
     })
     .await;
+    // Keys never loaded: 503 temporarily_unavailable (the token itself may be good).
     let token = env.token(json!({}));
     let reply = env.get_bearer("/api/x", &token).await;
-    assert_invalid_token(&reply, &token);
+    assert_json_error(&reply, 503, "temporarily_unavailable");
+    assert!(reply.header("retry-after").is_some(), "{reply:?}");
     assert_eq!(
         env.issuer.jwks_hits(),
         0,
@@ -439,7 +441,13 @@ async fn an_issuer_down_from_the_start_is_not_ready_until_it_comes_up() {
         let env = Env::with_issuer(issuer, &standard_yaml(ROUTES)).await;
         let token = env.token(json!({}));
         let reply = env.get_bearer("/api/x", &token).await;
-        assert_invalid_token(&reply, &token);
+        assert_json_error(&reply, 503, "temporarily_unavailable");
+        let retry: u64 = reply
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("503 without a numeric Retry-After: {reply:?}"));
+        assert!((1..=5).contains(&retry), "Retry-After {retry}");
+        assert!(reply.header("www-authenticate").is_none(), "{reply:?}");
         assert_eq!(env.upstream.count(), 0);
         let ready = get(env.gw.admin, "/readyz", &[]).await;
         assert_eq!(
@@ -565,4 +573,41 @@ async fn metrics_count_requests_and_auth_failures_with_bounded_labels() {
             "unexpected route label {route:?} in {line}"
         );
     }
+}
+
+/// An identity provider that comes up after the gateway: its keys are tried again within
+/// 5 s even with a `jwks_min_refresh` of an hour, and the 503s stop then.
+#[tokio::test]
+async fn keys_never_fetched_are_retried_within_seconds_whatever_min_refresh_says() {
+    let issuer = Issuer::start_down(&default_keys()).await;
+    let yaml = with_min_refresh("1h").replace("jwks_ttl: 10m", "jwks_ttl: 2h");
+    let env = Env::with_issuer(issuer, &yaml).await;
+    eventually("the first fetch failed", || async {
+        env.gw.fetch_count() >= 1
+    })
+    .await;
+    let token = env.token(json!({}));
+    let reply = env.get_bearer("/api/x", &token).await;
+    assert_json_error(&reply, 503, "temporarily_unavailable");
+    let metrics = env.gw.metrics().await;
+    assert_eq!(
+        auth_failures(&metrics, "read", "issuer_unavailable"),
+        1.0,
+        "{metrics}"
+    );
+
+    env.issuer.come_up().await;
+    let fetches = env.gw.fetch_count();
+    // Five seconds of the gateway's clock at a time: far less than jwks_min_refresh.
+    eventually("the keys are fetched again within 5 s", || async {
+        env.gw.advance(Duration::from_secs(5));
+        env.gw.fetch_count() > fetches && env.issuer.jwks_hits() > 0
+    })
+    .await;
+    let gw = &env.gw;
+    eventually("the token verifies", || {
+        let token = env.token(json!({}));
+        async move { gw_get(gw, &token).await == StatusCode::OK }
+    })
+    .await;
 }

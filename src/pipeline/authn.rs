@@ -150,10 +150,12 @@ async fn verify_signature(
             ));
         }
         KeyMatch::Unknown if keys.generation == 0 => {
-            return Err(fail(
-                Reason::UnknownKey,
-                "the issuer's keys are not available yet",
-            ));
+            let mut failure = fail(
+                Reason::IssuerUnavailable,
+                "the token's issuer has not published its keys to this gateway yet; try again shortly",
+            );
+            failure.retry_after = Some(issuer.retry_after_secs());
+            return Err(failure);
         }
         KeyMatch::Unknown => {
             return Err(fail(

@@ -6,7 +6,8 @@
 //! `x-forwarded-for/-proto/-host`, `x-request-id` and the upstream's `Host` are set. A
 //! client naming an identity header in `Connection` only removes its own copy: the
 //! verified one is added after the removal. Several `Cookie` fields (as HTTP/2 clients
-//! send them) become one, joined with `; `.
+//! send them) become one, joined with `; `. A bearer `Authorization` goes too, unless
+//! `forward.token: keep`.
 //!
 //! Downstream: an unsolicited 1xx or a transfer coding other than `chunked` is a 502; a
 //! `Content-Length` beside `Transfer-Encoding` goes; hop-by-hop headers go,
@@ -16,7 +17,7 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue};
 
 use crate::claims::Identity;
-use crate::config::ForwardConfig;
+use crate::config::{ForwardConfig, TokenForward};
 use crate::error::ProxyError;
 use crate::http::{is_hop_by_hop, normalize_header_name as normalize_name};
 
@@ -44,6 +45,8 @@ pub struct ForwardHeaders {
     claims: Vec<HeaderName>,
     /// Every identity header name, normalised, for stripping client copies.
     strip: Vec<String>,
+    /// `forward.token: strip`: a bearer `Authorization` does not go upstream.
+    strip_token: bool,
 }
 
 impl ForwardHeaders {
@@ -64,6 +67,7 @@ impl ForwardHeaders {
                 .map(|name| parse(name))
                 .collect::<Result<_, _>>()?,
             strip: config.header_names().map(normalize_name).collect(),
+            strip_token: config.token == TokenForward::Strip,
         })
     }
 
@@ -106,6 +110,9 @@ pub fn upstream_headers(
         .collect();
     for name in &doomed {
         headers.remove(name);
+    }
+    if forward.strip_token && carries_bearer(&headers) {
+        headers.remove(header::AUTHORIZATION);
     }
     join_cookies(&mut headers);
 
@@ -163,6 +170,18 @@ pub fn upstream_headers(
         }
     }
     headers
+}
+
+/// An `Authorization` field with the Bearer scheme (any case): the caller's token, which
+/// `forward.token: strip` keeps from the upstream. Other schemes (an upstream's own Basic
+/// credentials) are not the gateway's business and pass.
+fn carries_bearer(headers: &HeaderMap) -> bool {
+    headers.get_all(header::AUTHORIZATION).iter().any(|value| {
+        let bytes = value.as_bytes();
+        bytes.len() >= 6
+            && bytes[..6].eq_ignore_ascii_case(b"bearer")
+            && bytes.get(6).is_none_or(|&b| b == b' ')
+    })
 }
 
 /// Joins several `Cookie` fields into one with `; ` (RFC 9113 §8.2.3): HTTP/2 clients
@@ -394,6 +413,39 @@ mod tests {
         client.insert("x-secret", HeaderValue::from_static("1"));
         let out = upstream_headers(&forward(), client, None, &origin);
         assert!(!out.contains_key("x-secret"), "non-ASCII hid x-secret");
+    }
+
+    #[test]
+    fn bearer_tokens_stay_unless_kept_and_other_schemes_pass() {
+        let id = HeaderValue::from_static("rid");
+        let origin = Origin {
+            client_ip: HeaderValue::from_static("10.0.0.1"),
+            proto: "http",
+            host: None,
+            request_id: &id,
+            upstream_host: None,
+        };
+        let with = |value: &'static str| {
+            let mut client = HeaderMap::new();
+            client.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
+            client
+        };
+        let strip = forward();
+        let keep = ForwardHeaders::new(&ForwardConfig {
+            token: TokenForward::Keep,
+            ..ForwardConfig::default()
+        })
+        .unwrap();
+        for bearer in ["Bearer a.b.c", "bearer a.b.c", "BEARER", "Bearer"] {
+            let out = upstream_headers(&strip, with(bearer), None, &origin);
+            assert!(!out.contains_key(header::AUTHORIZATION), "{bearer}");
+            let out = upstream_headers(&keep, with(bearer), None, &origin);
+            assert_eq!(out[header::AUTHORIZATION], bearer);
+        }
+        for other in ["Basic dXNlcjpwYXNz", "Bearerx abc"] {
+            let out = upstream_headers(&strip, with(other), None, &origin);
+            assert_eq!(out[header::AUTHORIZATION], other);
+        }
     }
 
     #[test]

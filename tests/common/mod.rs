@@ -15,6 +15,8 @@
 //! This file is compiled into every test binary; not every binary uses every helper.
 #![allow(dead_code)]
 
+/// Named endpoints for upstream sets: health answers, Location echoes, up and down.
+pub mod backend;
 /// Throwaway stores (SQLite, PostgreSQL) and a gateway running the built-in issuer.
 pub mod issuer;
 /// The real `scopegate` binary as a child process, its stderr captured.
