@@ -154,6 +154,9 @@ fn bench_verify(c: &mut Criterion) {
             audience: Some("https://api.example.com".into()),
             scopes: vec!["read:contacts".into()],
             any_scopes: Vec::new(),
+            cors: None,
+            protocol: Default::default(),
+            websocket: false,
         };
         let policy = scopegate::pipeline::authz::Policy::from_route(&route);
         group.bench_function(format!("{alg}_cached"), |b| {

@@ -5,9 +5,11 @@
 //! Errors name the file, the key path (`routes[2].match.path`) and, where the YAML
 //! parser knows it, the line.
 
+pub mod cors;
 mod duration;
 mod env;
 pub mod issuer;
+pub mod protocol;
 pub mod route;
 
 use std::collections::{BTreeMap, HashSet};
@@ -17,8 +19,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use cors::{CorsBlock, CorsSetting};
 pub use duration::Dur;
 pub use issuer::{IssuerConfig, hash_password};
+pub use protocol::Protocol;
 pub use route::{Pattern, UpstreamTarget};
 
 use crate::jose::Alg;
@@ -33,6 +37,8 @@ pub struct Config {
     pub forward: ForwardConfig,
     pub routes: Vec<RouteConfig>,
     pub issuer: Option<IssuerConfig>,
+    /// Browser cross-origin settings of every route (`routes[].cors` overrides).
+    pub cors: Option<CorsSetting>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -250,6 +256,13 @@ pub struct RouteConfig {
     pub scopes: Vec<String>,
     #[serde(default)]
     pub any_scopes: Vec<String>,
+    // Browsers and protocols: CORS, the upstream's HTTP version, WebSocket.
+    #[serde(default)]
+    pub cors: Option<CorsSetting>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub websocket: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -430,6 +443,7 @@ impl Config {
                 ));
             }
         }
+        cors::validate(self)?;
         if let Some(issuer) = &self.issuer {
             issuer.validate(self)?;
         }
@@ -679,6 +693,7 @@ impl RouteConfig {
         {
             return Err(ConfigError::at(format!("{at}.audience"), "empty audience"));
         }
+        protocol::validate(self, at)?;
         Ok(())
     }
 

@@ -29,6 +29,11 @@ pub struct Metrics {
     pub in_flight_requests: IntGauge,
     /// Client connections open on the proxy listener.
     pub open_connections: IntGauge,
+    /// Requests refused for their protocol (CORS, upgrades, gRPC), by route and reason.
+    pub requests_refused_total: IntCounterVec,
+    /// WebSocket connections relayed, by route; `open_websockets` are open now.
+    pub websocket_connections_total: IntCounterVec,
+    pub open_websockets: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -111,6 +116,17 @@ impl Metrics {
                 "open_connections",
                 "Client connections open on the proxy listener.",
             )?,
+            requests_refused_total: counter(
+                "requests_refused_total",
+                "Requests refused for their protocol (CORS, upgrades, gRPC), by route and reason.",
+                &["route", "reason"],
+            )?,
+            websocket_connections_total: counter(
+                "websocket_connections_total",
+                "WebSocket connections relayed to an upstream, by route.",
+                &["route"],
+            )?,
+            open_websockets: gauge("open_websockets", "WebSocket connections open now.")?,
             registry,
         };
         metrics

@@ -13,9 +13,13 @@
 pub mod access;
 pub mod authn;
 pub mod authz;
+pub mod cors;
 pub mod forward;
+pub mod grpc;
 pub mod request;
 pub mod router;
+pub mod upgrade;
+pub mod web;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -29,8 +33,8 @@ use hyper::body::Incoming;
 
 use crate::claims::{Identity, Reason};
 use crate::config::route::HttpTarget;
-use crate::config::{AuthMode, UpstreamTarget};
-use crate::error::ProxyError;
+use crate::config::{AuthMode, Protocol, UpstreamTarget};
+use crate::error::{ProxyError, Refusal};
 use crate::flood::Flood;
 use crate::http::{Body, BoxError, ConnInfo, full};
 use crate::issuer::{Endpoint, Issuer};
@@ -56,6 +60,8 @@ pub struct Route {
     pub policy: Policy,
     pub target: Target,
     pub strip_prefix: Option<Box<str>>,
+    /// CORS, WebSocket and the upstream's HTTP version.
+    pub web: web::RouteWeb,
 }
 
 /// Where a route's requests go.
@@ -125,6 +131,10 @@ pub struct Outcome {
     pub authenticated: bool,
     /// Time spent waiting for the upstream's answer head.
     pub upstream_seconds: Option<f64>,
+    /// Why the request was refused, when it was refused for its protocol.
+    pub refusal: Option<Refusal>,
+    /// A WebSocket connection to relay once the `101` is sent.
+    pub tunnel: Option<upgrade::Tunnel>,
 }
 
 /// What one request carries beside itself.
@@ -142,18 +152,31 @@ pub async fn handle(
     request: Request<Incoming>,
     context: &Context<'_>,
 ) -> (Response<Body>, Outcome) {
+    let version = request.version();
     let mut exchange = Exchange {
         pipeline,
         context,
         outcome: Outcome::default(),
+        cors: None,
+        // gRPC clients speak HTTP/2 only; an HTTP/1.1 request is never looked at.
+        grpc: version == Version::HTTP_2 && grpc::is_grpc(request.headers()),
+        version,
     };
-    let response = match exchange.run(request).await {
+    let mut response = match exchange.run(request).await {
         Ok(response) => response,
         Err(err) => {
             exchange.outcome.reason = err.reason();
-            err.into_response()
+            exchange.outcome.refusal = err.refusal();
+            if exchange.grpc {
+                grpc::answer(err)
+            } else {
+                err.into_response()
+            }
         }
     };
+    if let Some(cors) = &exchange.cors {
+        cors.apply(response.headers_mut());
+    }
     (response, exchange.outcome)
 }
 
@@ -162,6 +185,12 @@ struct Exchange<'a> {
     pipeline: &'a Pipeline,
     context: &'a Context<'a>,
     outcome: Outcome,
+    /// The CORS headers of the answer, for a route with CORS.
+    cors: Option<cors::Answer<'a>>,
+    /// A gRPC request: errors are answered as gRPC statuses.
+    grpc: bool,
+    /// The client's HTTP version, which every answer keeps.
+    version: Version,
 }
 
 impl<'a> Exchange<'a> {
@@ -171,15 +200,24 @@ impl<'a> Exchange<'a> {
         check_header_size(&request, self.pipeline.max_header_bytes)?;
         let path = router::normalize_path(request.uri().path())
             .map_err(|err| ProxyError::BadRequest(err.to_string()))?;
+        if let Some(answer) = self.preflight(&path, &request)? {
+            return Ok(answer);
+        }
         let route = self.route(&path, request.method())?;
         if let Target::Issuer(endpoint) = route.target {
             return self.issuer(endpoint, request).await;
         }
+        let websocket = self.protocol(route, &request)?;
         let identity = self.authenticate(route, &request).await?;
         if let Some(identity) = &identity {
             route.policy.authorize(identity)?;
         }
         let path_and_query = route.upstream_path(&path, request.uri().query());
+        if websocket {
+            return self
+                .websocket(route, request, path_and_query, identity.as_deref())
+                .await;
+        }
         self.forward(route, request, path_and_query, identity.as_deref())
             .await
     }
@@ -297,12 +335,18 @@ impl<'a> Exchange<'a> {
     ) -> Result<Response<Body>, ProxyError> {
         let request_id = self.context.request_id;
         let started = Instant::now();
-        let result = self.pipeline.upstreams.send(request).await;
+        let result = match route.web.protocol {
+            Protocol::Http1 => self.pipeline.upstreams.send(request).await,
+            protocol => self.pipeline.upstreams.send_h2(request, protocol).await,
+        };
         self.outcome.upstream_seconds = Some(started.elapsed().as_secs_f64());
         match result {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 forward::downstream(&mut parts, request_id)?;
+                // The client's version, whatever the upstream's: an HTTP/1.0 upstream
+                // must not turn an HTTP/1.1 client's answer into a closing HTTP/1.0 one.
+                parts.version = self.version;
                 Ok(Response::from_parts(
                     parts,
                     body.map_err(BoxError::from).boxed_unsync(),

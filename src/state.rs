@@ -24,6 +24,7 @@ use crate::pipeline::authn::Verifier;
 use crate::pipeline::authz::Policy;
 use crate::pipeline::forward::ForwardHeaders;
 use crate::pipeline::router::{MethodSet, Pattern, Router};
+use crate::pipeline::web::RouteWeb;
 use crate::pipeline::{ISSUER_ROUTE, Pipeline, Route, Target};
 use crate::upstream::{Fetcher, Upstreams};
 
@@ -288,6 +289,7 @@ fn compile_routes(config: &Config) -> (Vec<Route>, Router, Vec<String>) {
                 policy: Policy::open(),
                 target: Target::Issuer(endpoint),
                 strip_prefix: None,
+                web: Default::default(),
             });
         }
     }
@@ -302,6 +304,7 @@ fn compile_routes(config: &Config) -> (Vec<Route>, Router, Vec<String>) {
             policy: Policy::from_route(route),
             target: Target::Upstream(route.upstream.clone()),
             strip_prefix: route.strip_prefix.as_deref().map(Into::into),
+            web: RouteWeb::compile(config, route, methods),
         });
     }
     let notes = shadow_notes(config, &reserved, &routes[reserved.len()..]);
