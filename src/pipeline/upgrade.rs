@@ -7,8 +7,9 @@
 //! are joined: bytes are relayed both ways, unread, until either side closes or the
 //! listener's shutdown grace runs out. Any other answer is relayed as an answer.
 //!
-//! `Upgrade` elsewhere: `h2c` (what `curl --http2` offers over cleartext) is ignored,
-//! as RFC 9110 §7.8 allows; a WebSocket handshake on a route without `websocket: true`
+//! `Upgrade` elsewhere: without `Connection: upgrade` it asks nothing and is dropped
+//! with the other hop-by-hop headers; `h2c` (what `curl --http2` offers over cleartext)
+//! is ignored, as RFC 9110 §7.8 allows; a WebSocket handshake on a route without `websocket: true`
 //! and an upgrade to any other protocol are refused with 400 and a counted reason.
 
 use http::header::{CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
@@ -31,6 +32,17 @@ pub fn check<B>(websocket: bool, request: &Request<B>) -> Result<bool, ProxyErro
     let Some(upgrade) = request.headers().get(UPGRADE) else {
         return Ok(false);
     };
+    let headers = request.headers();
+    let connection_upgrade = headers.get_all(CONNECTION).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    if !connection_upgrade {
+        // Not an upgrade request (RFC 9110 §7.8): a stray hop-by-hop header, dropped.
+        return Ok(false);
+    }
     let mut asks_websocket = false;
     for protocol in upgrade.as_bytes().split(|&b| b == b',') {
         let name = protocol.trim_ascii();
@@ -47,16 +59,8 @@ pub fn check<B>(websocket: bool, request: &Request<B>) -> Result<bool, ProxyErro
     if !websocket {
         return Err(ProxyError::Refused(Refusal::WebsocketNotEnabled));
     }
-    let headers = request.headers();
-    let connection_upgrade = headers.get_all(CONNECTION).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
-    });
     let handshake = request.method() == Method::GET
         && request.version() == Version::HTTP_11
-        && connection_upgrade
         && headers.get_all(UPGRADE).iter().count() == 1
         && headers
             .get(SEC_WEBSOCKET_KEY)
@@ -221,9 +225,12 @@ mod tests {
             check(false, &request(&HANDSHAKE)).unwrap_err(),
             ProxyError::Refused(Refusal::WebsocketNotEnabled)
         );
-        assert!(!check(false, &request(&[("upgrade", "h2c")])).unwrap());
+        let upgrade = |protocol| request(&[("upgrade", protocol), ("connection", "upgrade")]);
+        assert!(!check(false, &upgrade("h2c")).unwrap());
+        // Without `Connection: upgrade`, `Upgrade` asks nothing.
+        assert!(!check(false, &request(&[("upgrade", "websocket")])).unwrap());
         assert_eq!(
-            check(true, &request(&[("upgrade", "foo/1")])).unwrap_err(),
+            check(true, &upgrade("foo/1")).unwrap_err(),
             ProxyError::Refused(Refusal::UpgradeUnsupported)
         );
         assert_eq!(
