@@ -214,8 +214,8 @@ impl<'a> Exchange<'a> {
         }
         let path_and_query = route.upstream_path(&path, request.uri().query());
         if websocket {
-            return self
-                .websocket(route, request, path_and_query, identity.as_deref())
+            // Boxed: the rare path's state stays out of every request's future.
+            return Box::pin(self.websocket(route, request, path_and_query, identity.as_deref()))
                 .await;
         }
         self.forward(route, request, path_and_query, identity.as_deref())
@@ -337,7 +337,7 @@ impl<'a> Exchange<'a> {
         let started = Instant::now();
         let result = match route.web.protocol {
             Protocol::Http1 => self.pipeline.upstreams.send(request).await,
-            protocol => self.pipeline.upstreams.send_h2(request, protocol).await,
+            protocol => Box::pin(self.pipeline.upstreams.send_h2(request, protocol)).await,
         };
         self.outcome.upstream_seconds = Some(started.elapsed().as_secs_f64());
         match result {
