@@ -97,6 +97,7 @@ fn fixture(alg: Alg) -> Fixture {
         jwks_ttl: Dur::secs(600),
         jwks_min_refresh: Dur::secs(30),
         clients: None,
+        scope_claims: None,
     };
     let fetcher = Fetcher::new(tls_client_config(None).unwrap());
     let make = |cache| {
@@ -159,6 +160,9 @@ fn bench_verify(c: &mut Criterion) {
             rate_limit: None,
             max_body: None,
             timeouts: Default::default(),
+            cors: None,
+            protocol: Default::default(),
+            websocket: false,
         };
         let policy = scopegate::pipeline::authz::Policy::from_route(&route);
         group.bench_function(format!("{alg}_cached"), |b| {

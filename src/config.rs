@@ -5,11 +5,13 @@
 //! Errors name the file, the key path (`routes[2].match.path`) and, where the YAML
 //! parser knows it, the line.
 
+pub mod cors;
 mod duration;
 pub mod endpoints;
 mod env;
 pub mod issuer;
 pub mod limits;
+pub mod protocol;
 pub mod route;
 mod size;
 pub mod source;
@@ -21,10 +23,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use cors::{CorsBlock, CorsSetting};
 pub use duration::Dur;
 pub use endpoints::UpstreamList;
 pub use issuer::{IssuerConfig, hash_password};
 pub use limits::{Balance, Cidr, HealthConfig, RateLimitConfig, RateLimitKey, RouteTimeouts};
+pub use protocol::Protocol;
 pub use route::{Pattern, UpstreamTarget};
 pub use size::Size;
 
@@ -44,6 +48,8 @@ pub struct Config {
     /// admin `/config` page; `None` for a config built in code.
     #[serde(skip)]
     pub source: Option<std::sync::Arc<source::Source>>,
+    /// Browser cross-origin settings of every route (`routes[].cors` overrides).
+    pub cors: Option<CorsSetting>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -295,6 +301,13 @@ pub struct RouteConfig {
     pub max_body: Option<Size>,
     #[serde(default)]
     pub timeouts: RouteTimeouts,
+    // Browsers and protocols: CORS, the upstream's HTTP version, WebSocket.
+    #[serde(default)]
+    pub cors: Option<CorsSetting>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub websocket: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -476,6 +489,7 @@ impl Config {
                 ));
             }
         }
+        cors::validate(self)?;
         if let Some(issuer) = &self.issuer {
             issuer.validate(self)?;
         }
@@ -744,6 +758,7 @@ impl RouteConfig {
         {
             return Err(ConfigError::at(format!("{at}.audience"), "empty audience"));
         }
+        protocol::validate(self, at)?;
         self.validate_limits(at)
     }
 

@@ -50,6 +50,103 @@ pub enum ProxyError {
     /// A request feature Scopegate does not implement (a transfer coding other than
     /// `chunked`): 501.
     NotImplemented(String),
+    /// Refused for what it asks of the protocol (CORS, upgrades, gRPC); counted by reason.
+    Refused(Refusal),
+}
+
+/// Why a request was refused for its protocol rather than its token: the
+/// `requests_refused_total` reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `Origin` is not `scheme://host[:port]` (or `null`), or there are several.
+    OriginMalformed,
+    /// A CORS preflight from an origin the route does not allow.
+    OriginNotAllowed,
+    /// A CORS preflight for a method the route's CORS block does not allow.
+    MethodNotAllowed,
+    /// A CORS preflight for request headers the route's CORS block does not allow.
+    HeadersNotAllowed,
+    /// `Upgrade` to a protocol the gateway does not relay.
+    UpgradeUnsupported,
+    /// A WebSocket handshake on a route without `websocket: true`.
+    WebsocketNotEnabled,
+    /// A WebSocket handshake that is not one (not a GET over HTTP/1.1, no key...).
+    WebsocketMalformed,
+    /// A gRPC request on a route whose upstream is not spoken to over HTTP/2.
+    GrpcNeedsH2,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 8] = [
+        Refusal::OriginMalformed,
+        Refusal::OriginNotAllowed,
+        Refusal::MethodNotAllowed,
+        Refusal::HeadersNotAllowed,
+        Refusal::UpgradeUnsupported,
+        Refusal::WebsocketNotEnabled,
+        Refusal::WebsocketMalformed,
+        Refusal::GrpcNeedsH2,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::OriginMalformed => "cors_origin_malformed",
+            Refusal::OriginNotAllowed => "cors_origin_not_allowed",
+            Refusal::MethodNotAllowed => "cors_method_not_allowed",
+            Refusal::HeadersNotAllowed => "cors_headers_not_allowed",
+            Refusal::UpgradeUnsupported => "upgrade_unsupported",
+            Refusal::WebsocketNotEnabled => "websocket_not_enabled",
+            Refusal::WebsocketMalformed => "websocket_malformed",
+            Refusal::GrpcNeedsH2 => "grpc_needs_h2",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Refusal::OriginNotAllowed | Refusal::MethodNotAllowed | Refusal::HeadersNotAllowed => {
+                StatusCode::FORBIDDEN
+            }
+            Refusal::GrpcNeedsH2 => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn code_and_description(self) -> (&'static str, &'static str) {
+        match self {
+            Refusal::OriginMalformed => (
+                "invalid_request",
+                "the Origin header is not one origin of the form scheme://host[:port]",
+            ),
+            Refusal::OriginNotAllowed => (
+                "cors_refused",
+                "this origin may not call this route from a browser",
+            ),
+            Refusal::MethodNotAllowed => (
+                "cors_refused",
+                "the preflight asks for a method this route does not allow cross-origin",
+            ),
+            Refusal::HeadersNotAllowed => (
+                "cors_refused",
+                "the preflight asks for request headers this route does not allow cross-origin",
+            ),
+            Refusal::UpgradeUnsupported => (
+                "invalid_request",
+                "the gateway does not upgrade connections to this protocol",
+            ),
+            Refusal::WebsocketNotEnabled => (
+                "invalid_request",
+                "this route does not take WebSocket connections",
+            ),
+            Refusal::WebsocketMalformed => (
+                "invalid_request",
+                "a WebSocket handshake is a GET over HTTP/1.1 with Connection: upgrade, Sec-WebSocket-Key and Sec-WebSocket-Version",
+            ),
+            Refusal::GrpcNeedsH2 => (
+                "unsupported_media_type",
+                "gRPC needs HTTP/2 to the upstream; this route's protocol is http1",
+            ),
+        }
+    }
 }
 
 impl ProxyError {
@@ -67,6 +164,7 @@ impl ProxyError {
             ProxyError::IssuerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Refused(refusal) => refusal.status(),
         }
     }
 
@@ -82,7 +180,16 @@ impl ProxyError {
         }
     }
 
-    fn code_and_description(&self) -> (&'static str, String) {
+    /// The protocol refusal to count, if this is one.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            ProxyError::Refused(refusal) => Some(*refusal),
+            _ => None,
+        }
+    }
+
+    /// The JSON `error` code and the `error_description` of the answer.
+    pub fn code_and_description(&self) -> (&'static str, String) {
         match self {
             ProxyError::MissingToken => (
                 "unauthorized",
@@ -120,6 +227,10 @@ impl ProxyError {
                 "rate_limited",
                 "too many requests for this route; try again after Retry-After seconds".into(),
             ),
+            ProxyError::Refused(refusal) => {
+                let (code, description) = refusal.code_and_description();
+                (code, description.into())
+            }
         }
     }
 

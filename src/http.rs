@@ -36,6 +36,31 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The peer's IP as a header value, for `x-forwarded-for`.
     pub client_ip: HeaderValue,
+    /// What a connection upgraded off this one (a WebSocket) keeps of it.
+    pub lease: Lease,
+}
+
+/// What an upgraded connection (a WebSocket) keeps of the HTTP connection it came on: a
+/// share of its listener slot (so a draining listener waits for it) and the signal that
+/// closes it once the shutdown grace is over.
+#[derive(Debug, Clone, Default)]
+pub struct Lease {
+    pub slot: Option<std::sync::Arc<tokio::sync::OwnedSemaphorePermit>>,
+    /// Turns true when the connection must close.
+    pub closing: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+impl Lease {
+    /// Resolves once the connection must close; never without a signal.
+    pub async fn closed(&mut self) {
+        match &mut self.closing {
+            // An error: the listener is gone, so close too.
+            Some(closing) => {
+                let _ = closing.wait_for(|closing| *closing).await;
+            }
+            None => std::future::pending().await,
+        }
+    }
 }
 
 impl ConnInfo {
@@ -46,6 +71,7 @@ impl ConnInfo {
             remote,
             tls,
             client_ip,
+            lease: Lease::default(),
         }
     }
 }

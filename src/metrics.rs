@@ -35,6 +35,11 @@ pub struct Metrics {
     pub rate_limited_total: IntCounterVec,
     pub upstream_endpoint_healthy: IntGaugeVec,
     pub upstream_connect_failures_total: IntCounterVec,
+    /// Requests refused for their protocol (CORS, upgrades, gRPC), by route and reason.
+    pub requests_refused_total: IntCounterVec,
+    /// WebSocket connections relayed, by route; `open_websockets` are open now.
+    pub websocket_connections_total: IntCounterVec,
+    pub open_websockets: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -137,6 +142,17 @@ impl Metrics {
                 "Connections to an endpoint of an upstream set that failed, by route and endpoint.",
                 &["route", "endpoint"],
             )?,
+            requests_refused_total: counter(
+                "requests_refused_total",
+                "Requests refused for their protocol (CORS, upgrades, gRPC), by route and reason.",
+                &["route", "reason"],
+            )?,
+            websocket_connections_total: counter(
+                "websocket_connections_total",
+                "WebSocket connections relayed to an upstream, by route.",
+                &["route"],
+            )?,
+            open_websockets: gauge("open_websockets", "WebSocket connections open now.")?,
             registry,
             process: process_registry()?,
         };

@@ -13,12 +13,16 @@
 pub mod access;
 pub mod authn;
 pub mod authz;
+pub mod cors;
 pub mod forward;
 pub mod limit;
 pub mod ratelimit;
 pub mod redirect;
+pub mod grpc;
 pub mod request;
 pub mod router;
+pub mod upgrade;
+pub mod web;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -32,8 +36,8 @@ use hyper::body::Incoming;
 
 use crate::claims::{Identity, Reason};
 use crate::config::route::HttpTarget;
-use crate::config::{AuthMode, UpstreamTarget};
-use crate::error::ProxyError;
+use crate::config::{AuthMode, Protocol, UpstreamTarget};
+use crate::error::{ProxyError, Refusal};
 use crate::flood::Flood;
 use crate::http::{Body, BoxError, ConnInfo, full};
 use crate::issuer::{Endpoint, Issuer};
@@ -62,6 +66,8 @@ pub struct Route {
     pub strip_prefix: Option<Box<str>>,
     /// Body size, timeouts.
     pub limits: limit::RouteLimits,
+    /// CORS, WebSocket and the upstream's HTTP version.
+    pub web: web::RouteWeb,
 }
 
 /// Where a route's requests go.
@@ -131,6 +137,10 @@ pub struct Outcome {
     pub authenticated: bool,
     /// Time spent waiting for the upstream's answer head.
     pub upstream_seconds: Option<f64>,
+    /// Why the request was refused, when it was refused for its protocol.
+    pub refusal: Option<Refusal>,
+    /// A WebSocket connection to relay once the `101` is sent.
+    pub tunnel: Option<upgrade::Tunnel>,
 }
 
 /// What one request carries beside itself.
@@ -148,18 +158,31 @@ pub async fn handle(
     request: Request<Incoming>,
     context: &Context<'_>,
 ) -> (Response<Body>, Outcome) {
+    let version = request.version();
     let mut exchange = Exchange {
         pipeline,
         context,
         outcome: Outcome::default(),
+        cors: None,
+        // gRPC clients speak HTTP/2 only; an HTTP/1.1 request is never looked at.
+        grpc: version == Version::HTTP_2 && grpc::is_grpc(request.headers()),
+        version,
     };
-    let response = match exchange.run(request).await {
+    let mut response = match exchange.run(request).await {
         Ok(response) => response,
         Err(err) => {
             exchange.outcome.reason = err.reason();
-            err.into_response()
+            exchange.outcome.refusal = err.refusal();
+            if exchange.grpc {
+                grpc::answer(err)
+            } else {
+                err.into_response()
+            }
         }
     };
+    if let Some(cors) = &exchange.cors {
+        cors.apply(response.headers_mut());
+    }
     (response, exchange.outcome)
 }
 
@@ -168,6 +191,12 @@ struct Exchange<'a> {
     pipeline: &'a Pipeline,
     context: &'a Context<'a>,
     outcome: Outcome,
+    /// The CORS headers of the answer, for a route with CORS.
+    cors: Option<cors::Answer<'a>>,
+    /// A gRPC request: errors are answered as gRPC statuses.
+    grpc: bool,
+    /// The client's HTTP version, which every answer keeps.
+    version: Version,
 }
 
 impl<'a> Exchange<'a> {
@@ -177,10 +206,14 @@ impl<'a> Exchange<'a> {
         check_header_size(&request, self.pipeline.max_header_bytes)?;
         let path = router::normalize_path(request.uri().path())
             .map_err(|err| ProxyError::BadRequest(err.to_string()))?;
+        if let Some(answer) = self.preflight(&path, &request)? {
+            return Ok(answer);
+        }
         let route = self.route(&path, request.method())?;
         if let Target::Issuer(endpoint) = route.target {
             return self.issuer(endpoint, request).await;
         }
+        let websocket = self.protocol(route, &request)?;
         let identity = self.authenticate(route, &request).await?;
         if let Some(identity) = &identity {
             route.policy.authorize(identity)?;
@@ -192,6 +225,11 @@ impl<'a> Exchange<'a> {
             None => None,
         };
         let path_and_query = route.upstream_path(&path, request.uri().query());
+        if websocket {
+            // Boxed: the rare path's state stays out of every request's future.
+            return Box::pin(self.websocket(route, request, path_and_query, identity.as_deref()))
+                .await;
+        }
         let mut response = self
             .forward(route, request, path_and_query, identity.as_deref())
             .await?;
@@ -323,13 +361,18 @@ impl<'a> Exchange<'a> {
         let started = Instant::now();
         let upstreams = &self.pipeline.upstreams;
         let timeout = route.limits.response_timeout;
-        let result = match &route.limits.endpoints {
-            Some(set) => set
+        let result = match (&route.limits.endpoints, route.web.protocol) {
+            (Some(set), Protocol::Http1) => set
                 .send(upstreams, request, timeout)
                 .await
                 .map(|(response, in_flight)| (response, Some(in_flight))),
-            None => upstreams
+            (None, Protocol::Http1) => upstreams
                 .send(request, timeout)
+                .await
+                .map(|response| (response, None)),
+            // HTTP/2 multiplexes on one connection per upstream: to the route's first
+            // endpoint (a set's balancing applies to HTTP/1.1 routes).
+            (_, protocol) => Box::pin(upstreams.send_h2(request, protocol, timeout))
                 .await
                 .map(|response| (response, None)),
         };
@@ -345,6 +388,9 @@ impl<'a> Exchange<'a> {
                 if let Some(redirects) = &route.limits.redirects {
                     redirects.rewrite(&mut parts.headers);
                 }
+                // The client's version, whatever the upstream's: an HTTP/1.0 upstream
+                // must not turn an HTTP/1.1 client's answer into a closing HTTP/1.0 one.
+                parts.version = self.version;
                 let body = body.map_err(BoxError::from);
                 let body = match in_flight {
                     // An endpoint of a set: in flight until the answer has streamed.

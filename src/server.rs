@@ -29,7 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::config::ServerConfig;
 use crate::flood::Flood;
-use crate::http::{Body, ConnInfo, full};
+use crate::http::{Body, ConnInfo, Lease, full};
 use crate::state::Gateway;
 
 /// A connection that never started a request gets this long to close cleanly after it
@@ -183,7 +183,7 @@ async fn drive<I, S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let connection = builder.serve_connection(io, service);
+    let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     let mut check = Instant::now() + limits.first_request;
     let mut closing = false;
@@ -280,6 +280,8 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(max));
     tracing::debug!(max_connections = max, "proxy listener");
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Turns true once the grace is over: upgraded connections (WebSockets) close then.
+    let (close_tx, close_rx) = watch::channel(false);
     accept_loop(
         &listener,
         "proxy",
@@ -290,9 +292,12 @@ pub async fn serve(
             let gateway = gateway.clone();
             let builder = builder.clone();
             let stop = stop_rx.clone();
+            let lease = Lease {
+                slot: Some(Arc::new(permit)),
+                closing: Some(close_rx.clone()),
+            };
             tokio::spawn(async move {
-                let _permit = permit;
-                serve_client(&gateway, &builder, stream, remote, stop).await;
+                serve_client(&gateway, &builder, stream, remote, stop, lease).await;
             });
         },
     )
@@ -305,6 +310,7 @@ pub async fn serve(
         _ = permits.acquire_many(all) => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
     }
+    let _ = close_tx.send(true);
     Ok(())
 }
 
@@ -315,6 +321,7 @@ async fn serve_client(
     stream: TcpStream,
     remote: std::net::SocketAddr,
     stop: watch::Receiver<bool>,
+    lease: Lease,
 ) {
     let state = gateway.state();
     let tls = state.tls.clone();
@@ -326,7 +333,10 @@ async fn serve_client(
     gateway.metrics.open_connections.inc();
     let _open = OpenConnection(&gateway.metrics.open_connections);
     let activity = Activity::new();
-    let conn = Arc::new(ConnInfo::new(remote, tls.is_some()));
+    let conn = Arc::new(ConnInfo {
+        lease,
+        ..ConnInfo::new(remote, tls.is_some())
+    });
     let service = {
         let gateway = gateway.clone();
         let activity = activity.clone();

@@ -25,6 +25,7 @@ use crate::pipeline::authz::Policy;
 use crate::pipeline::forward::ForwardHeaders;
 use crate::pipeline::limit::{RouteContext, RouteLimits};
 use crate::pipeline::router::{MethodSet, Pattern, Router};
+use crate::pipeline::web::RouteWeb;
 use crate::pipeline::{ISSUER_ROUTE, Pipeline, Route, Target};
 use crate::upstream::{Fetcher, Upstreams};
 
@@ -318,6 +319,7 @@ fn compile_routes(
                 target: Target::Issuer(endpoint),
                 strip_prefix: None,
                 limits: Default::default(),
+                web: Default::default(),
             });
         }
     }
@@ -347,6 +349,7 @@ fn compile_routes(
             target: Target::Upstream(route.upstream.first().clone()),
             strip_prefix: route.strip_prefix.as_deref().map(Into::into),
             limits,
+            web: RouteWeb::compile(config, route, methods),
         });
     }
     if !errors.is_empty() {

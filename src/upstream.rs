@@ -1,6 +1,10 @@
 //! Upstreams: where a route sends its traffic, the pooled hyper-util client that takes it
 //! there (HTTP/1.1, keep-alive, rustls for `https://`), and the timeouts that turn a dead
 //! or slow upstream into 502 or 504. Also the small client that fetches JWKS documents.
+//! HTTP/2 upstreams are in [`h2`], upgraded (WebSocket) exchanges in [`tunnel`].
+
+pub mod h2;
+pub mod tunnel;
 
 pub mod health;
 pub mod set;
@@ -70,6 +74,8 @@ pub struct Upstreams {
     handshake: http1::Builder,
     idle: Mutex<HashMap<PoolKey, Vec<Idle>, foldhash::fast::RandomState>>,
     response_timeout: Duration,
+    /// HTTP/2 upstreams (`protocol: h2c | h2 | auto`).
+    h2: h2::H2Pool,
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -179,6 +185,7 @@ impl Upstreams {
         response_timeout: Duration,
     ) -> Upstreams {
         Upstreams {
+            h2: h2::H2Pool::new(tls.clone(), connect_timeout),
             connector: connector(tls, connect_timeout),
             handshake: http1::Builder::new(),
             idle: Mutex::new(HashMap::default()),

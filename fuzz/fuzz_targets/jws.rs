@@ -71,6 +71,7 @@ fn fixture() -> &'static Fixture {
             jwks_ttl: Dur::secs(600),
             jwks_min_refresh: Dur::secs(3600),
             clients: Some(vec!["web".into(), "cli".into()]),
+            scope_claims: None,
         };
         let fetcher = Fetcher::new(tls_client_config(None).expect("tls"));
         let make = |cache_size| {

@@ -57,7 +57,7 @@ pub async fn serve(
         request_id: &request_id,
         span: &span,
     };
-    let (mut response, outcome) = if span.is_disabled() {
+    let (mut response, mut outcome) = if span.is_disabled() {
         super::handle(pipeline, request, &context).await
     } else {
         super::handle(pipeline, request, &context)
@@ -65,6 +65,15 @@ pub async fn serve(
             .await
     };
 
+    if let Some(tunnel) = outcome.tunnel.take() {
+        tunnel.spawn(metrics.open_websockets.clone(), conn.lease.clone());
+        if let Some(route) = outcome.route.as_deref() {
+            metrics
+                .websocket_connections_total
+                .with_label_values(&[route])
+                .inc();
+        }
+    }
     let status = response.status();
     let elapsed = started.elapsed().as_secs_f64();
     record(metrics, &outcome, method, status, elapsed);
@@ -95,6 +104,12 @@ fn record(metrics: &Metrics, outcome: &Outcome, method: &str, status: StatusCode
         metrics
             .auth_failures_total
             .with_label_values(&[route, reason.label()])
+            .inc();
+    }
+    if let Some(refusal) = outcome.refusal {
+        metrics
+            .requests_refused_total
+            .with_label_values(&[route, refusal.label()])
             .inc();
     }
 }
