@@ -235,7 +235,7 @@ mod tests {
                 .contains("scopegate_requests_total{method=\"GET\",route=\"r\",status=\"200\"} 1")
         );
         assert!(!b.render().contains("scopegate_requests_total{"));
-        assert!(b.render().contains("scopegate_build_info{version="));
+        assert!(b.render().contains("scopegate_build_info{commit="));
         assert!(b.render().contains("scopegate_in_flight_requests 0"));
     }
 }

@@ -785,6 +785,44 @@ async fn scopes_match_whole_words_only() {
     assert_json_error(&reply, 403, "insufficient_scope");
 }
 
+/// `scope_claims: [scp, roles]` (Microsoft Entra ID): both claims are read, strings or
+/// lists, in order, repeats dropped; `scope` is then ignored.
+#[tokio::test]
+async fn scope_claims_name_the_claims_read_as_scopes() {
+    let template = standard_yaml(&routes()).replace(
+        "      jwks_min_refresh: 200ms\n",
+        "      jwks_min_refresh: 200ms\n      scope_claims: [scp, roles]\n",
+    );
+    assert!(template.contains("scope_claims:"), "template edit failed");
+    let env = Env::start_yaml(&template).await;
+    let cases = [
+        (
+            json!({ "scope": null, "scp": "profile", "roles": ["read:contacts"] }),
+            "profile read:contacts",
+        ),
+        (
+            json!({ "scope": null, "scp": ["read:contacts"], "roles": "read:contacts admin" }),
+            "read:contacts admin",
+        ),
+        (
+            json!({ "scope": null, "roles": ["read:contacts"] }),
+            "read:contacts",
+        ),
+    ];
+    for (extra, forwarded) in cases {
+        let token = env.token(extra.clone());
+        let seen = expect_ok(&env, "/api/read/x", &token, &format!("claims {extra}")).await;
+        assert_eq!(seen.one("x-auth-scopes"), Some(forwarded), "claims {extra}");
+    }
+    // `scope` is not one of the named claims: it grants nothing here.
+    let token = env.token(json!({ "scope": "read:contacts" }));
+    let reply = env.get_bearer("/api/read/x", &token).await;
+    assert_json_error(&reply, 403, "insufficient_scope");
+    // A named claim of the wrong type is a malformed token, not an empty grant.
+    let token = env.token(json!({ "scope": null, "roles": 7 }));
+    expect_refused(&env, &token, "malformed", "roles: 7").await;
+}
+
 #[tokio::test]
 async fn the_clients_allowlist_checks_azp_or_client_id() {
     let template = standard_yaml(&routes()).replace(
