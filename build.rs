@@ -22,17 +22,17 @@ fn git_commit() -> Option<String> {
         let text = String::from_utf8(output.stdout).ok()?;
         output.status.success().then(|| text.trim().to_owned())
     };
-    let head = git(&["rev-parse", "--git-path", "HEAD"])?;
-    println!("cargo:rerun-if-changed={head}");
+    // Only files that exist: a missing one would make Cargo run this script (and rebuild
+    // the crate) on every build.
+    let watch = |path: Option<String>| {
+        if let Some(path) = path.filter(|path| std::path::Path::new(path).exists()) {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    };
+    watch(git(&["rev-parse", "--git-path", "HEAD"]));
     if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-        println!(
-            "cargo:rerun-if-changed={}",
-            git(&["rev-parse", "--git-path", &branch])?
-        );
+        watch(git(&["rev-parse", "--git-path", &branch]));
     }
-    println!(
-        "cargo:rerun-if-changed={}",
-        git(&["rev-parse", "--git-path", "packed-refs"])?
-    );
+    watch(git(&["rev-parse", "--git-path", "packed-refs"]));
     git(&["rev-parse", "--short=12", "HEAD"])
 }
