@@ -156,12 +156,18 @@ struct Terminal {
     stdin: std::process::ChildStdin,
     output: std::sync::mpsc::Receiver<Vec<u8>>,
     seen: String,
+    /// Where the shell inside the pseudoterminal writes its `tty` name.
+    tty_file: PathBuf,
 }
 
 impl Terminal {
-    fn run(command: &str) -> Terminal {
+    fn run(name: &str, command: &str) -> Terminal {
+        let tty_file =
+            std::env::temp_dir().join(format!("scopegate-cli-{}-{name}.tty", std::process::id()));
+        let _ = std::fs::remove_file(&tty_file);
+        let shell = format!("tty > {}; exec {command}", tty_file.display());
         let mut child = Command::new("script")
-            .args(["-qec", command, "/dev/null"])
+            .args(["-qec", &shell, "/dev/null"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -182,7 +188,29 @@ impl Terminal {
             stdin,
             output,
             seen: String::new(),
+            tty_file,
         }
+    }
+
+    /// Waits until the program has turned echo off on its terminal. A prompt is
+    /// printed before the terminal mode changes, so typing on the prompt alone
+    /// races the program (a person never types that fast; a test does).
+    fn wait_for_echo_off(&mut self) {
+        for _ in 0..3000 {
+            let tty = std::fs::read_to_string(&self.tty_file).unwrap_or_default();
+            let tty = tty.trim();
+            if tty.starts_with("/dev/") {
+                let modes = Command::new("stty").args(["-F", tty, "-a"]).output();
+                if let Ok(modes) = modes {
+                    let modes = String::from_utf8_lossy(&modes.stdout).into_owned();
+                    if modes.split_whitespace().any(|mode| mode == "-echo") {
+                        return;
+                    }
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("echo never turned off; the terminal showed {:?}", self.seen);
     }
 
     /// Waits until the terminal has shown `text` (a hang guard, not a timing assertion).
@@ -206,6 +234,7 @@ impl Terminal {
     fn finish(mut self) -> (bool, String) {
         drop(self.stdin);
         let status = self.child.wait().unwrap();
+        let _ = std::fs::remove_file(&self.tty_file);
         while let Ok(chunk) = self.output.recv_timeout(std::time::Duration::from_secs(30)) {
             self.seen.push_str(&String::from_utf8_lossy(&chunk));
         }
@@ -216,10 +245,12 @@ impl Terminal {
 #[test]
 fn hash_password_at_a_terminal_asks_twice_without_echo() {
     let command = format!("{} hash-password", env!("CARGO_BIN_EXE_scopegate"));
-    let mut terminal = Terminal::run(&command);
+    let mut terminal = Terminal::run("same", &command);
     terminal.wait_for("Password: ");
+    terminal.wait_for_echo_off();
     terminal.type_line("tr0ub4dor&3");
     terminal.wait_for("Password (again): ");
+    terminal.wait_for_echo_off();
     terminal.type_line("tr0ub4dor&3");
     let (ok, shown) = terminal.finish();
     assert!(ok, "{shown}");
@@ -229,10 +260,12 @@ fn hash_password_at_a_terminal_asks_twice_without_echo() {
         "the password was echoed: {shown}"
     );
 
-    let mut terminal = Terminal::run(&command);
+    let mut terminal = Terminal::run("differ", &command);
     terminal.wait_for("Password: ");
+    terminal.wait_for_echo_off();
     terminal.type_line("first-try");
     terminal.wait_for("Password (again): ");
+    terminal.wait_for_echo_off();
     terminal.type_line("second-try");
     let (ok, shown) = terminal.finish();
     assert!(!ok, "{shown}");
