@@ -28,12 +28,14 @@ pub enum Reason {
     IssuerUnavailable,
     /// The token lacks the claim the route's rate limit is keyed on.
     MissingClaim,
+    /// The built-in issuer revoked the token (its `jti` is in the deny-set).
+    Revoked,
 }
 
 impl Reason {
     /// The reasons a token is refused for itself (every reason but
-    /// [`Reason::IssuerUnavailable`] and [`Reason::MissingClaim`], which depend on the
-    /// gateway's state and a route's rate limit).
+    /// [`Reason::IssuerUnavailable`], [`Reason::MissingClaim`] and [`Reason::Revoked`],
+    /// which depend on the gateway's state, a route's rate limit and the issuer).
     pub const ALL: [Reason; 12] = [
         Reason::MissingToken,
         Reason::Malformed,
@@ -65,6 +67,7 @@ impl Reason {
             Reason::UnknownClient => "unknown_client",
             Reason::IssuerUnavailable => "issuer_unavailable",
             Reason::MissingClaim => "missing_claim",
+            Reason::Revoked => "revoked",
         }
     }
 }
@@ -117,6 +120,8 @@ pub struct Identity {
     pub kid: Option<Box<str>>,
     pub alg: crate::jose::Alg,
     pub key: [u8; 32],
+    /// The token's `jti`, for the deny-set of revoked tokens.
+    pub jti: Option<Box<str>>,
 }
 
 impl Identity {

@@ -191,6 +191,7 @@ impl Issuer {
         });
         spawn_housekeeping(Arc::downgrade(&core), config.throttle.window);
         spawn_store_probe(Arc::downgrade(&core));
+        spawn_revocation_follower(Arc::downgrade(&core));
         tracing::info!(
             issuer = %config.url,
             store = %crate::config::issuer::redact_url(&config.store),
@@ -432,6 +433,23 @@ fn spawn_housekeeping(core: Weak<Core>, throttle_window: Dur) {
                 tracing::warn!(error = %err, "issuer store: purging expired rows failed");
             }
         }
+    });
+}
+
+/// Keeps the store's deny-set equal to `revoked_tokens` (other replicas' revocations
+/// included) and the `revoked_tokens` gauge equal to its size, until the issuer core is
+/// dropped.
+fn spawn_revocation_follower(core: Weak<Core>) {
+    let Some(strong) = core.upgrade() else { return };
+    let store = strong.store.clone();
+    let gauge = strong.metrics.revoked_tokens.clone();
+    drop(strong);
+    tokio::spawn(async move {
+        let running = |held: usize| {
+            gauge.set(held as i64);
+            core.strong_count() > 0
+        };
+        store.follow_revocations(running).await;
     });
 }
 

@@ -23,6 +23,7 @@ pub mod jwks;
 pub mod metrics;
 pub mod pipeline;
 pub mod reload;
+pub mod revoked;
 pub mod server;
 pub mod state;
 pub mod telemetry;

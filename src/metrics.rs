@@ -40,6 +40,9 @@ pub struct Metrics {
     /// WebSocket connections relayed, by route; `open_websockets` are open now.
     pub websocket_connections_total: IntCounterVec,
     pub open_websockets: IntGauge,
+    /// Revoked access tokens of the built-in issuer held in the deny-set (until they
+    /// expire).
+    pub revoked_tokens: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -153,6 +156,10 @@ impl Metrics {
                 &["route"],
             )?,
             open_websockets: gauge("open_websockets", "WebSocket connections open now.")?,
+            revoked_tokens: gauge(
+                "revoked_tokens",
+                "Revoked access tokens held in the deny-set until they expire.",
+            )?,
             registry,
             process: process_registry()?,
         };

@@ -20,7 +20,7 @@ use crate::http::{Body, ConnInfo};
 use crate::issuer::{Endpoint, Issuer};
 use crate::jwks::{KeySource, TrustedIssuer};
 use crate::metrics::Metrics;
-use crate::pipeline::authn::Verifier;
+use crate::pipeline::authn::{Revocations, Verifier};
 use crate::pipeline::authz::Policy;
 use crate::pipeline::forward::ForwardHeaders;
 use crate::pipeline::limit::{RouteContext, RouteLimits};
@@ -118,6 +118,11 @@ impl State {
         } = Parts::compile(&config, shared, previous, builtin.as_ref())?;
         let claim_names = claim_names(&config);
         let (routes, router, notes) = compile_routes(&config, shared, &claim_names)?;
+        // The built-in issuer is the last trusted issuer; its revocations are honoured.
+        let revocations = builtin.as_ref().map(|issuer| Revocations {
+            issuer_index: issuers.len() - 1,
+            store: issuer.core.store.clone(),
+        });
         let verifier = Verifier::new(
             issuers,
             config.trust.leeway.get(),
@@ -125,7 +130,8 @@ impl State {
             claim_names,
             config.server.token_cache_size,
             shared.clock.clone(),
-        );
+        )
+        .with_revocations(revocations);
         Ok(State {
             pipeline: Pipeline {
                 routes,

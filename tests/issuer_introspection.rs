@@ -212,7 +212,99 @@ async fn foreign_and_expired_tokens_are_inactive(backend: Backend) {
     gw.stop().await;
 }
 
+/// The sample with `name` and labels containing `labels` in the gateway's metrics.
+fn metric(gw: &Running, name: &str, labels: &str) -> Option<f64> {
+    let text = gw.gateway.metrics.render();
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| line.starts_with(name) && line.contains(labels))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// Every revocation reaches the proxy at once, cached tokens included (RFC 7009 §2.1:
+/// revoking a refresh token also revokes the access tokens of its family).
+async fn revocation_reaches_the_proxy_at_once_with_the_family_tokens(backend: Backend) {
+    let gw = Running::fresh(backend).await;
+    let api = gw.url("/api/contacts/1");
+    let refused_as_revoked = async |token: &str| {
+        let answer = get(&api, Some(token)).await;
+        assert_eq!(answer.status, 401, "{}", answer.text());
+        assert!(
+            answer.header("www-authenticate").contains("revoked"),
+            "{}",
+            answer.header("www-authenticate")
+        );
+    };
+
+    // An access token, used (so the proxy has it cached), then revoked.
+    let (at, _) = alice(&gw).await;
+    assert_eq!(get(&api, Some(&at)).await.status, 200);
+    let revoked = post_form(
+        &gw.url("/oauth/revoke"),
+        &[("token", at.as_str()), ("client_id", "cli")],
+        None,
+    )
+    .await;
+    assert_eq!(revoked.status, 200);
+    refused_as_revoked(&at).await;
+    assert_eq!(
+        metric(&gw, "scopegate_auth_failures_total", "reason=\"revoked\""),
+        Some(1.0)
+    );
+
+    // A refresh token revoked: the access tokens of its family go too — the first one
+    // and one a refresh gave — at the proxy, at introspection and at /userinfo.
+    let (first, rt) = alice(&gw).await;
+    let rotated = refresh(&gw, &rt).await;
+    let second = rotated.json["access_token"].as_str().unwrap().to_string();
+    let rt2 = rotated.json["refresh_token"].as_str().unwrap().to_string();
+    for token in [&first, &second] {
+        assert_eq!(get(&api, Some(token)).await.status, 200);
+        assert_eq!(get(&gw.url("/userinfo"), Some(token)).await.status, 200);
+    }
+    let revoke = post_form(
+        &gw.url("/oauth/revoke"),
+        &[("token", rt2.as_str()), ("client_id", "cli")],
+        None,
+    )
+    .await;
+    assert_eq!(revoke.status, 200);
+    for token in [&first, &second] {
+        refused_as_revoked(token).await;
+        assert_eq!(get(&gw.url("/userinfo"), Some(token)).await.status, 401);
+        let answer = introspect(&gw, token, Some(("m2m", M2M_SECRET))).await;
+        assert_eq!(answer.json, json!({"active": false}));
+    }
+
+    // A spent refresh token presented again revokes its family's access tokens too.
+    let (third, rt3) = alice(&gw).await;
+    assert_eq!(get(&api, Some(&third)).await.status, 200);
+    let rotated = refresh(&gw, &rt3).await;
+    let fourth = rotated.json["access_token"].as_str().unwrap().to_string();
+    assert_eq!(refresh(&gw, &rt3).await.error(), "invalid_grant");
+    refused_as_revoked(&third).await;
+    refused_as_revoked(&fourth).await;
+
+    // Others' tokens are untouched; the deny-set holds the five revoked tokens until
+    // they expire, then forgets them.
+    let (other, _) = alice(&gw).await;
+    assert_eq!(get(&api, Some(&other)).await.status, 200);
+    let held = || metric(&gw, "scopegate_revoked_tokens", "");
+    common::eventually("the revoked_tokens gauge counts the deny-set", async || {
+        held() == Some(5.0)
+    })
+    .await;
+    gw.clock.advance(Duration::from_secs(3 * 3600));
+    common::eventually("expired revocations are forgotten", async || {
+        held() == Some(0.0)
+    })
+    .await;
+    gw.stop().await;
+}
+
 both_backends!(
+    revocation_reaches_the_proxy_at_once_with_the_family_tokens,
     introspection_needs_a_confidential_client_and_describes_the_token,
     userinfo_answers_by_scope,
     revocation_shows_at_once_and_ends_the_refresh_family,

@@ -222,6 +222,13 @@ async fn issue_for_user(
                 Some(id) => id,
                 None => mint::random_token(16)?,
             };
+            // The family's first access token goes with it: revoking the family (RFC
+            // 7009 §2.1, reuse, a replayed code) revokes this one too.
+            issuer
+                .core
+                .store
+                .record_family_access(&family_id, &access.jti, access.expires_at)
+                .await?;
             let token =
                 mint::refresh_token(issuer, client, user, api, &scope, auth_time, family_id);
             Some(token.await?)

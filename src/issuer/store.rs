@@ -51,7 +51,7 @@ mod devices;
 mod keys;
 mod migrations;
 mod refresh;
-mod revocations;
+pub mod revocations;
 mod sessions;
 mod throttle;
 
@@ -175,6 +175,10 @@ pub struct Store {
     clock: Clock,
     /// The last probe's verdict (see [`Store::probe`]); shared by clones.
     reachable: Arc<AtomicBool>,
+    /// The revoked `jti`s, in memory (see [`revocations`]); shared by clones.
+    denied: Arc<crate::revoked::DenySet>,
+    /// PostgreSQL: where to listen for other replicas' revocations.
+    listen_url: Option<String>,
 }
 
 impl std::fmt::Debug for Store {
@@ -221,6 +225,8 @@ impl Store {
             backend,
             clock,
             reachable: Arc::new(AtomicBool::new(true)),
+            denied: Arc::default(),
+            listen_url: (backend == Backend::Postgres).then(|| connect_url.clone()),
         };
         if backend == Backend::Sqlite && max > 1 {
             // WAL lets readers work beside the one writer; the mode sticks to the file.

@@ -26,8 +26,10 @@ use crate::claims::{AuthFailure, Identity, Reason, has_word, scope_tokens};
 use crate::clock::Clock;
 use crate::error::ProxyError;
 use crate::http::AuthorizationError;
+use crate::issuer::store::Store;
 use crate::jose::{Alg, Jws};
 use crate::jwks::{KeyMatch, TrustedIssuer};
+use crate::revoked::Presence;
 
 /// Everything needed to verify tokens, built once per config.
 pub struct Verifier {
@@ -39,6 +41,16 @@ pub struct Verifier {
     claim_names: Vec<Box<str>>,
     clock: Clock,
     cache: Option<moka::sync::Cache<Box<str>, Arc<Identity>, foldhash::fast::RandomState>>,
+    revocations: Option<Revocations>,
+}
+
+/// Where the built-in issuer's revocations are found: its deny-set (in memory, kept
+/// equal to the store), and the store itself for when the set overflowed.
+#[derive(Debug, Clone)]
+pub struct Revocations {
+    /// The index of the built-in issuer among the trusted issuers.
+    pub issuer_index: usize,
+    pub store: Store,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -251,7 +263,14 @@ impl Verifier {
             claim_names,
             clock,
             cache,
+            revocations: None,
         }
+    }
+
+    /// Honours the built-in issuer's revocations (its deny-set) on every request.
+    pub fn with_revocations(mut self, revocations: Option<Revocations>) -> Verifier {
+        self.revocations = revocations;
+        self
     }
 
     pub fn issuers(&self) -> &[Arc<TrustedIssuer>] {
@@ -267,17 +286,52 @@ impl Verifier {
             ));
         }
         let Some(cache) = &self.cache else {
-            return self.verify_uncached(token).await.map(Arc::new);
+            let identity = Arc::new(self.verify_uncached(token).await?);
+            self.check_revocation(&identity).await?;
+            return Ok(identity);
         };
         if let Some(identity) = cache.get(token) {
             if self.still_valid(&identity) {
+                self.check_revocation(&identity).await?;
                 return Ok(identity);
             }
             cache.invalidate(token);
         }
         let identity = Arc::new(self.verify_uncached(token).await?);
+        self.check_revocation(&identity).await?;
         cache.insert(token.into(), identity.clone());
         Ok(identity)
+    }
+
+    /// Refuses a token of the built-in issuer that was revoked: the deny-set answers
+    /// (one atomic load while it is empty); only an overflowed set sends the question
+    /// to the store, and a store that cannot answer refuses (fail closed).
+    async fn check_revocation(&self, identity: &Identity) -> Result<(), AuthFailure> {
+        let Some(revocations) = &self.revocations else {
+            return Ok(());
+        };
+        if identity.issuer_index != revocations.issuer_index {
+            return Ok(());
+        }
+        let Some(jti) = identity.jti.as_deref() else {
+            return Ok(());
+        };
+        let revoked = match revocations.store.deny_set().check(jti) {
+            Presence::Clear => false,
+            Presence::Revoked => true,
+            Presence::Unknown => revocations.store.is_revoked(jti).await.map_err(|_| {
+                let mut failure = fail(
+                    Reason::IssuerUnavailable,
+                    "the issuer cannot say whether the token was revoked; try again shortly",
+                );
+                failure.retry_after = Some(2);
+                failure
+            })?,
+        };
+        if revoked {
+            return Err(fail(Reason::Revoked, "the token has been revoked"));
+        }
+        Ok(())
     }
 
     /// The checks a cached identity must pass again: not expired, key still published.
@@ -322,6 +376,10 @@ impl Verifier {
             kid: header.kid,
             alg: header.alg,
             key,
+            jti: match claims.get("jti") {
+                Some(Value::String(jti)) => Some(jti.as_str().into()),
+                _ => None,
+            },
         })
     }
 

@@ -4,6 +4,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::refresh::revoke_family_in;
 use super::{Result, Store};
 
 /// An authorization code (redeemed by the code grant).
@@ -135,33 +136,22 @@ impl Store {
         let jti: Option<String> = row.try_get(0)?;
         let until: Option<i64> = row.try_get(1)?;
         let family: Option<String> = row.try_get(2)?;
+        let mut revoked = Vec::new();
         if let (Some(jti), Some(until)) = (jti, until) {
             sqlx::query(
                 "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
             )
-            .bind(jti)
+            .bind(&jti)
             .bind(until)
             .execute(&mut *tx)
             .await?;
+            revoked.push((jti, until));
         }
         if let Some(family) = family {
-            sqlx::query(
-                "UPDATE refresh_families SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
-            )
-            .bind(now)
-            .bind(&family)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO revoked_tokens (jti, expires_at)
-                 SELECT jti, expires_at FROM family_access_tokens WHERE family_id = $1
-                 ON CONFLICT (jti) DO NOTHING",
-            )
-            .bind(&family)
-            .execute(&mut *tx)
-            .await?;
+            revoked.extend(revoke_family_in(&mut tx, &family, now).await?.1);
         }
         tx.commit().await?;
+        self.announce(&revoked).await;
         Ok(true)
     }
 

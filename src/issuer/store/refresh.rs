@@ -3,6 +3,7 @@
 
 use sqlx::Row;
 
+use super::revocations::Revoked;
 use super::{Result, Store};
 
 /// A refresh-token family: one login, all its rotations.
@@ -157,14 +158,9 @@ impl Store {
         }
         let used: Option<i64> = row.try_get(1)?;
         if used.is_some() {
-            sqlx::query(
-                "UPDATE refresh_families SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
-            )
-            .bind(now)
-            .bind(&family_id)
-            .execute(&mut *tx)
-            .await?;
+            let (_, revoked) = revoke_family_in(&mut tx, &family_id, now).await?;
             tx.commit().await?;
+            self.announce(&revoked).await;
             return Ok(Rotation::Reused);
         }
         tx.rollback().await?;
@@ -189,13 +185,53 @@ impl Store {
         self.run(insert).await
     }
 
-    /// Revokes a whole family. True if it was active.
+    /// Revokes a whole family and the access tokens it gave (RFC 7009 §2.1), at once
+    /// for the proxy too. True if it was active.
     pub async fn revoke_family(&self, family_id: &str, now: i64) -> Result<bool> {
-        let update = sqlx::query(
-            "UPDATE refresh_families SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(family_id);
-        self.changed_one(update).await
+        let mut tx = self.pool.begin().await?;
+        let (was_active, revoked) = revoke_family_in(&mut tx, family_id, now).await?;
+        tx.commit().await?;
+        self.announce(&revoked).await;
+        Ok(was_active)
     }
+}
+
+/// Revokes a family inside `tx`, with every access token recorded for it
+/// (`family_access_tokens`): whether it was active, and those tokens (to announce once
+/// committed).
+pub(super) async fn revoke_family_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    family_id: &str,
+    now: i64,
+) -> Result<(bool, Vec<Revoked>)> {
+    let was_active = sqlx::query(
+        "UPDATE refresh_families SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(family_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1;
+    sqlx::query(
+        "INSERT INTO revoked_tokens (jti, expires_at)
+         SELECT jti, expires_at FROM family_access_tokens WHERE family_id = $1 AND expires_at > $2
+         ON CONFLICT (jti) DO NOTHING",
+    )
+    .bind(family_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    let rows = sqlx::query(
+        "SELECT jti, expires_at FROM family_access_tokens WHERE family_id = $1 AND expires_at > $2",
+    )
+    .bind(family_id)
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await?;
+    let revoked = rows
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<Vec<Revoked>>>()?;
+    Ok((was_active, revoked))
 }
