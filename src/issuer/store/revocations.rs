@@ -203,10 +203,10 @@ mod tests {
         let many: Vec<Revoked> = (0..1000)
             .map(|i| (format!("jti-{i:026}"), 1_900_000_000))
             .collect();
-        let payloads = payloads(&many);
-        assert!(payloads.len() > 1);
-        assert!(payloads.iter().all(|p| p.len() <= PAYLOAD_BYTES));
-        let lines: usize = payloads.iter().map(|p| p.lines().count()).sum();
+        let chunks = payloads(&many);
+        assert!(chunks.len() > 1);
+        assert!(chunks.iter().all(|p| p.len() <= PAYLOAD_BYTES));
+        let lines: usize = chunks.iter().map(|p| p.lines().count()).sum();
         assert_eq!(lines, 1000);
         assert!(payloads(&[]).is_empty());
     }
