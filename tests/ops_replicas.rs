@@ -267,3 +267,70 @@ async fn two_processes_on_one_postgres_store_act_as_one_issuer() {
     assert!(logged(&log_a, "issuer signing key generated"), "{log_a}");
     assert!(logged(&log_b, "issuer signing key changed"), "{log_b}");
 }
+
+/// A token revoked at replica A is refused by replica B's proxy, though B had it cached:
+/// A announces the revocation (PostgreSQL NOTIFY), B applies it to its deny-set. The
+/// same for the access tokens of a refresh family revoked at A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_at_one_replica_is_refused_at_the_other() {
+    let database = common::issuer::postgres_database().await;
+    let config = config(&database);
+    let (dir_a, dir_b) = (TempDir::new("revoke-a"), TempDir::new("revoke-b"));
+    let a = Process::start(dir_a.path(), &config, &[]);
+    a.wait_ready().await;
+    let b = Process::start(dir_b.path(), &config, &[]);
+    b.wait_ready().await;
+
+    let login = login_at(
+        &a.url(""),
+        "alice",
+        ALICE_PASSWORD,
+        "read:contacts offline_access",
+    )
+    .await;
+    let access = login["access_token"].as_str().unwrap().to_string();
+    let family = login["refresh_token"].as_str().unwrap().to_string();
+    let machine = machine_token(&a).await;
+    for token in [&access, &machine] {
+        assert_eq!(contacts(&b, token).await, 200, "B accepts (and caches) it");
+    }
+
+    let revoke = common::issuer::post_form(
+        &a.url("/oauth/revoke"),
+        &[("token", machine.as_str())],
+        Some(("m2m", M2M_SECRET)),
+    )
+    .await;
+    assert_eq!(revoke.status, 200);
+    let revoked_at = std::time::Instant::now();
+    eventually("B refuses the token revoked at A", async || {
+        contacts(&b, &machine).await == 401
+    })
+    .await;
+    eprintln!(
+        "B refused the revoked token after {:?}",
+        revoked_at.elapsed()
+    );
+    assert_eq!(contacts(&a, &machine).await, 401);
+
+    let revoke = common::issuer::post_form(
+        &a.url("/oauth/revoke"),
+        &[("token", family.as_str()), ("client_id", "cli")],
+        None,
+    )
+    .await;
+    assert_eq!(revoke.status, 200);
+    eventually(
+        "B refuses the access token of the family revoked at A",
+        async || contacts(&b, &access).await == 401,
+    )
+    .await;
+
+    let (status_a, _) = a.stop().await;
+    let (status_b, log_b) = b.stop().await;
+    assert_eq!((status_a.code(), status_b.code()), (Some(0), Some(0)));
+    assert!(
+        !log_b.contains("cannot listen"),
+        "B listened for revocations:\n{log_b}"
+    );
+}
