@@ -98,6 +98,7 @@ fn fixture(alg: Alg) -> Fixture {
         jwks_min_refresh: Dur::secs(30),
         clients: None,
         scope_claims: None,
+        introspection: None,
     };
     let fetcher = Fetcher::new(tls_client_config(None).unwrap());
     let make = |cache| {

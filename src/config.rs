@@ -225,6 +225,38 @@ pub struct TrustedIssuerConfig {
     /// Microsoft Entra ID). Unset: `scope`, or `scp` when the token has no `scope`.
     #[serde(default)]
     pub scope_claims: Option<Vec<String>>,
+    /// RFC 7662 token introspection: for opaque tokens, and for every token on routes
+    /// with `revocation: strict`.
+    #[serde(default)]
+    pub introspection: Option<IntrospectionConfig>,
+}
+
+/// `trust.issuers[].introspection`: the issuer's RFC 7662 endpoint and the gateway's
+/// client credentials for it (HTTP Basic).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    pub url: String,
+    pub client_id: String,
+    pub client_secret: String,
+    /// How long an answer is reused (never past the token's `exp`).
+    #[serde(default = "default_introspection_cache_ttl")]
+    pub cache_ttl: Dur,
+}
+
+fn default_introspection_cache_ttl() -> Dur {
+    Dur::secs(30)
+}
+
+/// `routes[].revocation`: `normal` trusts a verified JWT until it expires (the built-in
+/// issuer's revocations are honoured at once regardless); `strict` also asks the
+/// issuer's introspection endpoint about every token (answers cached for `cache_ttl`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Revocation {
+    #[default]
+    Normal,
+    Strict,
 }
 
 pub fn default_algorithms() -> Vec<Alg> {
@@ -308,6 +340,8 @@ pub struct RouteConfig {
     pub protocol: Protocol,
     #[serde(default)]
     pub websocket: bool,
+    #[serde(default)]
+    pub revocation: Revocation,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -488,10 +522,36 @@ impl Config {
                     ),
                 ));
             }
+            if route.revocation == Revocation::Strict {
+                self.validate_strict(&at, route)?;
+            }
         }
         cors::validate(self)?;
         if let Some(issuer) = &self.issuer {
             issuer.validate(self)?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// `revocation: strict` needs tokens whose revocation can be checked: an issuer
+    /// with `introspection`, or the built-in issuer.
+    fn validate_strict(&self, at: &str, route: &RouteConfig) -> Result<(), ConfigError> {
+        let at = format!("{at}.revocation");
+        if route.auth == AuthMode::None {
+            return Err(ConfigError::at(
+                at,
+                "revocation: strict needs tokens; this route has auth: none",
+            ));
+        }
+        let checkable = self.trust.issuers.iter().any(|i| i.introspection.is_some())
+            || self.issuer.as_ref().is_some_and(|i| i.enabled);
+        if !checkable {
+            return Err(ConfigError::at(
+                at,
+                "revocation: strict needs a trusted issuer with `introspection` (or the built-in issuer)",
+            ));
         }
         Ok(())
     }
@@ -591,6 +651,9 @@ impl TrustedIssuerConfig {
                 "an empty allowlist would refuse every token; remove the key to allow any client",
             ));
         }
+        if let Some(introspection) = &self.introspection {
+            introspection.validate(&format!("{at}.introspection"))?;
+        }
         if let Some(names) = &self.scope_claims {
             let at = format!("{at}.scope_claims");
             if names.is_empty() {
@@ -609,6 +672,25 @@ impl TrustedIssuerConfig {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl IntrospectionConfig {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        check_url(&self.url, &format!("{at}.url"))?;
+        if self.client_id.is_empty() || self.client_id.contains(':') {
+            return Err(ConfigError::at(
+                format!("{at}.client_id"),
+                "a client id, not empty and without ':' (it is sent with HTTP Basic)",
+            ));
+        }
+        if self.client_secret.is_empty() {
+            return Err(ConfigError::at(
+                format!("{at}.client_secret"),
+                "the secret the gateway authenticates with (e.g. \"${INTROSPECTION_SECRET}\")",
+            ));
         }
         Ok(())
     }

@@ -257,6 +257,7 @@ impl Issuer {
             jwks_min_refresh: Dur::secs(1),
             clients: None,
             scope_claims: None,
+            introspection: None,
         }
     }
 

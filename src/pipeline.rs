@@ -16,6 +16,7 @@ pub mod authz;
 pub mod cors;
 pub mod forward;
 pub mod grpc;
+pub mod introspect;
 pub mod limit;
 pub mod ratelimit;
 pub mod redirect;
@@ -271,7 +272,7 @@ impl<'a> Exchange<'a> {
                 let identity = self
                     .pipeline
                     .verifier
-                    .verify(token)
+                    .verify_for_route(token, route.policy.strict)
                     .await
                     .map_err(|failure| match failure.reason {
                         Reason::IssuerUnavailable => ProxyError::IssuerUnavailable(failure),

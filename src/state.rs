@@ -131,7 +131,9 @@ impl State {
             config.server.token_cache_size,
             shared.clock.clone(),
         )
-        .with_revocations(revocations);
+        .with_revocations(revocations)
+        .with_introspection(&shared.fetcher)
+        .map_err(|err| vec![ConfigError::at("trust.issuers", err)])?;
         Ok(State {
             pipeline: Pipeline {
                 routes,

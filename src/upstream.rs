@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
@@ -387,10 +387,13 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// A GET-only client for JWKS and discovery documents, with a size cap and a deadline.
+const USER_AGENT: &str = concat!("scopegate/", env!("CARGO_PKG_VERSION"));
+
+/// A client for the gateway's own requests (JWKS and discovery documents, token
+/// introspection), with a size cap and a deadline.
 #[derive(Clone)]
 pub struct Fetcher {
-    client: Client<Connector, Empty<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
     timeout: Duration,
     max_bytes: usize,
 }
@@ -418,12 +421,34 @@ impl Fetcher {
     pub async fn get(&self, uri: &Uri) -> Result<Bytes, String> {
         let request = Request::get(uri.clone())
             .header(http::header::ACCEPT, "application/json")
-            .header(
-                http::header::USER_AGENT,
-                concat!("scopegate/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(Empty::new())
+            .header(http::header::USER_AGENT, USER_AGENT)
+            .body(Full::default())
             .map_err(|err| err.to_string())?;
+        self.fetch(request).await
+    }
+
+    /// POSTs a form (`application/x-www-form-urlencoded`) with `authorization` and
+    /// returns the body of a 200 answer.
+    pub async fn post_form(
+        &self,
+        uri: &Uri,
+        authorization: &http::HeaderValue,
+        form: String,
+    ) -> Result<Bytes, String> {
+        let request = Request::post(uri.clone())
+            .header(http::header::ACCEPT, "application/json")
+            .header(http::header::USER_AGENT, USER_AGENT)
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(http::header::AUTHORIZATION, authorization)
+            .body(Full::new(Bytes::from(form)))
+            .map_err(|err| err.to_string())?;
+        self.fetch(request).await
+    }
+
+    async fn fetch(&self, request: Request<Full<Bytes>>) -> Result<Bytes, String> {
         let work = async {
             let response = self
                 .client

@@ -72,6 +72,7 @@ fn fixture() -> &'static Fixture {
             jwks_min_refresh: Dur::secs(3600),
             clients: Some(vec!["web".into(), "cli".into()]),
             scope_claims: None,
+            introspection: None,
         };
         let fetcher = Fetcher::new(tls_client_config(None).expect("tls"));
         let make = |cache_size| {

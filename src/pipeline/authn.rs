@@ -29,7 +29,9 @@ use crate::http::AuthorizationError;
 use crate::issuer::store::Store;
 use crate::jose::{Alg, Jws};
 use crate::jwks::{KeyMatch, TrustedIssuer};
+use crate::pipeline::introspect::{Introspected, Introspector};
 use crate::revoked::Presence;
+use crate::upstream::Fetcher;
 
 /// Everything needed to verify tokens, built once per config.
 pub struct Verifier {
@@ -42,6 +44,8 @@ pub struct Verifier {
     clock: Clock,
     cache: Option<moka::sync::Cache<Box<str>, Arc<Identity>, foldhash::fast::RandomState>>,
     revocations: Option<Revocations>,
+    /// By issuer index: the issuer's introspection endpoint, when configured.
+    introspectors: Vec<Option<Introspector>>,
 }
 
 /// Where the built-in issuer's revocations are found: its deny-set (in memory, kept
@@ -223,6 +227,26 @@ fn checked_client<'c>(
     Ok(client)
 }
 
+/// The `key` of an identity an opaque token proves (no key verified it).
+const OPAQUE: [u8; 32] = [0; 32];
+
+/// Repeated introspection warnings: one a second (an endpoint down fails every request).
+static INTROSPECTION_DOWN: crate::flood::Flood =
+    crate::flood::Flood::per(std::time::Duration::from_secs(1));
+
+/// An introspection endpoint that could not answer: 503, try again shortly.
+fn unavailable(err: String) -> AuthFailure {
+    if let Some(suppressed) = INTROSPECTION_DOWN.pass() {
+        tracing::warn!(error = %err, suppressed, "token introspection failed");
+    }
+    let mut failure = fail(
+        Reason::IssuerUnavailable,
+        "the token's issuer cannot be asked about it right now; try again shortly",
+    );
+    failure.retry_after = Some(2);
+    failure
+}
+
 fn malformed(description: &str) -> ProxyError {
     ProxyError::InvalidToken(AuthFailure::new(Reason::Malformed, description))
 }
@@ -264,7 +288,145 @@ impl Verifier {
             clock,
             cache,
             revocations: None,
+            introspectors: Vec::new(),
         }
+    }
+
+    /// Introspects at the issuers that have `introspection` configured (opaque tokens,
+    /// strict routes), through `fetcher`.
+    pub fn with_introspection(mut self, fetcher: &Fetcher) -> Result<Verifier, String> {
+        self.introspectors = self
+            .issuers
+            .iter()
+            .map(|issuer| {
+                issuer
+                    .config
+                    .introspection
+                    .as_ref()
+                    .map(|config| Introspector::new(config, fetcher.clone(), self.clock.clone()))
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(self)
+    }
+
+    /// [`Verifier::verify`], and on a `strict` route the token's issuer must also say,
+    /// by introspection, that the token is still active (the built-in issuer's deny-set
+    /// says so for its own tokens).
+    pub async fn verify_for_route(
+        &self,
+        token: &str,
+        strict: bool,
+    ) -> Result<Arc<Identity>, AuthFailure> {
+        let identity = self.verify(token).await?;
+        if !strict || identity.key == OPAQUE {
+            // Not strict, or an opaque token: introspection just vouched for it.
+            return Ok(identity);
+        }
+        let builtin = self
+            .revocations
+            .as_ref()
+            .is_some_and(|r| r.issuer_index == identity.issuer_index);
+        if builtin {
+            return Ok(identity);
+        }
+        let Some(introspector) = self.introspector(identity.issuer_index) else {
+            return Err(fail(
+                Reason::WrongIssuer,
+                "this route checks every token for revocation, and the token's issuer offers no introspection",
+            ));
+        };
+        let answer = introspector.introspect(token).await.map_err(unavailable)?;
+        if !answer.active {
+            return Err(fail(
+                Reason::Revoked,
+                "the issuer says the token is no longer active",
+            ));
+        }
+        Ok(identity)
+    }
+
+    fn introspector(&self, issuer_index: usize) -> Option<&Introspector> {
+        self.introspectors.get(issuer_index)?.as_ref()
+    }
+
+    /// An opaque (not JWS) token: the first issuer whose introspection says it is
+    /// active vouches for it; refused when none does.
+    async fn verify_opaque(&self, token: &str) -> Result<Arc<Identity>, AuthFailure> {
+        let mut unanswered = None;
+        for (index, introspector) in self.introspectors.iter().enumerate() {
+            let Some(introspector) = introspector else {
+                continue;
+            };
+            match introspector.introspect(token).await {
+                Ok(answer) if answer.active => {
+                    return answer
+                        .identity
+                        .get_or_init(|| self.opaque_identity(index, &answer).map(Arc::new))
+                        .clone();
+                }
+                Ok(_) => {}
+                Err(err) => unanswered = Some(err),
+            }
+        }
+        match unanswered {
+            Some(err) => Err(unavailable(err)),
+            None => Err(fail(
+                Reason::Revoked,
+                "the issuer says the token is not active",
+            )),
+        }
+    }
+
+    /// The identity an active introspection answer describes, checked like a JWT's
+    /// claims: `iss` (when given) is the issuer's, `aud` names one of its audiences,
+    /// `sub` is present, the client is allowed.
+    fn opaque_identity(
+        &self,
+        issuer_index: usize,
+        answer: &Introspected,
+    ) -> Result<Identity, AuthFailure> {
+        let issuer = &self.issuers[issuer_index];
+        let claims = &answer.claims;
+        if claims
+            .get("iss")
+            .is_some_and(|iss| iss.as_str() != Some(issuer.issuer()))
+        {
+            return Err(fail(
+                Reason::WrongIssuer,
+                "the introspection answer names another issuer",
+            ));
+        }
+        let audiences = checked_audiences(issuer, claims)?;
+        let client = checked_client(issuer, claims)?;
+        let subject = match claims.get("sub") {
+            Some(Value::String(sub)) if !sub.is_empty() => header_value(sub, "sub")?,
+            _ => {
+                return Err(fail(
+                    Reason::Malformed,
+                    "the introspection answer has no sub",
+                ));
+            }
+        };
+        Ok(Identity {
+            subject,
+            scopes: scopes_of(claims, issuer.config.scope_claims.as_deref())?,
+            client_id: client.map(|c| header_value(c, "client_id")).transpose()?,
+            issuer: issuer.issuer_header.clone(),
+            issuer_index,
+            audiences,
+            expires_at: claims
+                .get("exp")
+                .and_then(Value::as_f64)
+                .unwrap_or(answer.until),
+            mapped: self.mapped_claims(claims)?,
+            kid: None,
+            // Unused for an opaque token (never in the verified-token cache, which is
+            // where `alg` and `key` matter).
+            alg: issuer.config.algorithms[0],
+            key: OPAQUE,
+            jti: None,
+        })
     }
 
     /// Honours the built-in issuer's revocations (its deny-set) on every request.
@@ -284,6 +446,11 @@ impl Verifier {
                 Reason::Malformed,
                 format!("the token is larger than {} bytes", self.max_token_bytes),
             ));
+        }
+        if token.bytes().filter(|&b| b == b'.').count() != 2
+            && self.introspectors.iter().any(Option::is_some)
+        {
+            return self.verify_opaque(token).await;
         }
         let Some(cache) = &self.cache else {
             let identity = Arc::new(self.verify_uncached(token).await?);

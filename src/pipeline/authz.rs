@@ -9,6 +9,8 @@ use crate::error::ProxyError;
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub auth: AuthMode,
+    /// `revocation: strict`: every token confirmed active by its issuer.
+    pub strict: bool,
     pub audience: Option<Box<str>>,
     pub scopes: Vec<Box<str>>,
     pub any_scopes: Vec<Box<str>>,
@@ -22,6 +24,7 @@ impl Policy {
     pub fn open() -> Policy {
         Policy {
             auth: AuthMode::None,
+            strict: false,
             audience: None,
             scopes: Vec::new(),
             any_scopes: Vec::new(),
@@ -33,6 +36,7 @@ impl Policy {
     pub fn from_route(route: &RouteConfig) -> Policy {
         Policy {
             auth: route.auth,
+            strict: route.revocation == crate::config::Revocation::Strict,
             audience: route.audience.as_deref().map(Into::into),
             scopes: route.scopes.iter().map(|s| s.as_str().into()).collect(),
             any_scopes: route.any_scopes.iter().map(|s| s.as_str().into()).collect(),

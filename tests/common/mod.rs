@@ -287,9 +287,16 @@ struct IssuerShared {
     discovery_hits: AtomicU64,
     jwks_hits: AtomicU64,
     other_hits: AtomicU64,
+    /// RFC 7662 answers by token (`/introspect`); unknown tokens are inactive.
+    introspection: Mutex<std::collections::HashMap<String, Value>>,
+    introspect_hits: AtomicU64,
 }
 
-/// An OIDC issuer's discovery document and JWKS, served on a real port.
+/// The client `/introspect` accepts (HTTP Basic).
+pub const INTROSPECTION_CLIENT: (&str, &str) = ("gateway", "gw-secret/+=");
+
+/// An OIDC issuer's discovery document and JWKS (and an RFC 7662 introspection
+/// endpoint, `/introspect`), served on a real port.
 pub struct Issuer {
     /// The issuer identifier (`iss`), `http://127.0.0.1:PORT/`.
     pub url: String,
@@ -321,6 +328,8 @@ impl Issuer {
                 discovery_hits: AtomicU64::new(0),
                 jwks_hits: AtomicU64::new(0),
                 other_hits: AtomicU64::new(0),
+                introspection: Mutex::default(),
+                introspect_hits: AtomicU64::new(0),
             }),
             url,
             addr,
@@ -395,6 +404,113 @@ impl Issuer {
     pub fn claims(&self, extra: Value) -> Value {
         claims_for(&self.url, extra)
     }
+
+    /// What `/introspect` answers for `token` from now on.
+    pub fn set_introspection(&self, token: &str, answer: Value) {
+        self.shared
+            .introspection
+            .lock()
+            .expect("lock")
+            .insert(token.to_string(), answer);
+    }
+
+    pub fn introspect_url(&self) -> String {
+        format!("{}introspect", self.url)
+    }
+
+    /// Introspection requests answered (with the right client credentials).
+    pub fn introspect_hits(&self) -> u64 {
+        self.shared.introspect_hits.load(Ordering::SeqCst)
+    }
+}
+
+/// `/introspect`: needs [`INTROSPECTION_CLIENT`] by HTTP Basic (form-encoded, RFC 6749
+/// §2.3.1) and a form with `token`.
+async fn introspect_handle(
+    shared: &IssuerShared,
+    request: Request<Incoming>,
+) -> Response<TestBody> {
+    let (id, secret) = INTROSPECTION_CLIENT;
+    let expected = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{id}:{}", form_value_encode(secret))
+        )
+    );
+    let authorized = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+    let form_typed = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == b"application/x-www-form-urlencoded");
+    if request.method() != Method::POST || !authorized || !form_typed {
+        return response(
+            StatusCode::UNAUTHORIZED,
+            "application/json",
+            r#"{"error":"invalid_client"}"#,
+        );
+    }
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let form = String::from_utf8_lossy(&body).into_owned();
+    let token = form
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))
+        .map(percent_decode)
+        .unwrap_or_default();
+    shared.introspect_hits.fetch_add(1, Ordering::SeqCst);
+    let answer = shared
+        .introspection
+        .lock()
+        .expect("lock")
+        .get(&token)
+        .cloned()
+        .unwrap_or_else(|| json!({ "active": false }));
+    response(StatusCode::OK, "application/json", answer.to_string())
+}
+
+fn form_value_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn issuer_handle(
@@ -419,6 +535,8 @@ async fn issuer_handle(
         )
     };
     match request.uri().path() {
+        "/introspect" if failing => fail(),
+        "/introspect" => introspect_handle(&shared, request).await,
         "/.well-known/openid-configuration" => {
             if failing {
                 return fail();
