@@ -164,6 +164,7 @@ fn bench_verify(c: &mut Criterion) {
             cors: None,
             protocol: Default::default(),
             websocket: false,
+            revocation: Default::default(),
         };
         let policy = scopegate::pipeline::authz::Policy::from_route(&route);
         group.bench_function(format!("{alg}_cached"), |b| {
