@@ -165,6 +165,7 @@ fn bench_verify(c: &mut Criterion) {
             protocol: Default::default(),
             websocket: false,
             revocation: Default::default(),
+            upstream_token: None,
         };
         let policy = scopegate::pipeline::authz::Policy::from_route(&route);
         group.bench_function(format!("{alg}_cached"), |b| {

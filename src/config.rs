@@ -342,6 +342,20 @@ pub struct RouteConfig {
     pub websocket: bool,
     #[serde(default)]
     pub revocation: Revocation,
+    /// A token minted by the built-in issuer for the upstream replaces the caller's.
+    #[serde(default)]
+    pub upstream_token: Option<UpstreamTokenConfig>,
+}
+
+/// `routes[].upstream_token`: the upstream receives, as `Authorization: Bearer`, a token
+/// the built-in issuer mints for `audience` (an API it defines), with the `scopes` the
+/// caller holds among these, `act: {sub: "scopegate"}`, living no longer than the
+/// caller's token.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTokenConfig {
+    pub audience: String,
+    pub scopes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -525,6 +539,9 @@ impl Config {
             if route.revocation == Revocation::Strict {
                 self.validate_strict(&at, route)?;
             }
+            if let Some(upstream_token) = &route.upstream_token {
+                self.validate_upstream_token(&at, route, upstream_token)?;
+            }
         }
         cors::validate(self)?;
         if let Some(issuer) = &self.issuer {
@@ -535,6 +552,63 @@ impl Config {
 }
 
 impl Config {
+    /// `upstream_token` is minted by the built-in issuer, for one of its APIs, with
+    /// scopes that API defines, for a route that verifies a token.
+    fn validate_upstream_token(
+        &self,
+        at: &str,
+        route: &RouteConfig,
+        upstream_token: &UpstreamTokenConfig,
+    ) -> Result<(), ConfigError> {
+        let at = format!("{at}.upstream_token");
+        let issuer = self.issuer.as_ref().filter(|i| i.enabled).ok_or_else(|| {
+            ConfigError::at(
+                &at,
+                "upstream tokens are minted by the built-in issuer; enable `issuer:`",
+            )
+        })?;
+        if route.auth != AuthMode::Required {
+            return Err(ConfigError::at(
+                &at,
+                "an upstream token is made from the caller's token: the route needs auth: required",
+            ));
+        }
+        if route.websocket {
+            return Err(ConfigError::at(
+                &at,
+                "upstream tokens are not sent on WebSocket routes",
+            ));
+        }
+        let Some(api) = issuer
+            .apis
+            .iter()
+            .find(|api| api.identifier == upstream_token.audience)
+        else {
+            return Err(ConfigError::at(
+                format!("{at}.audience"),
+                format!(
+                    "{:?} is not an API of the built-in issuer (issuer.apis[].identifier)",
+                    upstream_token.audience
+                ),
+            ));
+        };
+        if upstream_token.scopes.is_empty() {
+            return Err(ConfigError::at(
+                format!("{at}.scopes"),
+                "list the scopes the upstream token may carry",
+            ));
+        }
+        for (index, scope) in upstream_token.scopes.iter().enumerate() {
+            if !api.scopes.iter().any(|defined| defined.value == *scope) {
+                return Err(ConfigError::at(
+                    format!("{at}.scopes[{index}]"),
+                    format!("{scope:?} is not a scope of API {:?}", api.identifier),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// `revocation: strict` needs tokens whose revocation can be checked: an issuer
     /// with `introspection`, or the built-in issuer.
     fn validate_strict(&self, at: &str, route: &RouteConfig) -> Result<(), ConfigError> {

@@ -52,6 +52,9 @@ pub enum ProxyError {
     NotImplemented(String),
     /// Refused for what it asks of the protocol (CORS, upgrades, gRPC); counted by reason.
     Refused(Refusal),
+    /// The route's `upstream_token` could not be minted: 503 `temporarily_unavailable`
+    /// with `Retry-After` (the caller's own token is never forwarded instead).
+    UpstreamTokenFailed(String),
 }
 
 /// Why a request was refused for its protocol rather than its token: the
@@ -161,7 +164,9 @@ impl ProxyError {
             ProxyError::BadGateway => StatusCode::BAD_GATEWAY,
             ProxyError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            ProxyError::IssuerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::IssuerUnavailable(_) | ProxyError::UpstreamTokenFailed(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Refused(refusal) => refusal.status(),
@@ -219,6 +224,7 @@ impl ProxyError {
             ProxyError::IssuerUnavailable(failure) => {
                 ("temporarily_unavailable", failure.description.clone())
             }
+            ProxyError::UpstreamTokenFailed(why) => ("temporarily_unavailable", why.clone()),
             ProxyError::PayloadTooLarge => (
                 "payload_too_large",
                 "the request body is larger than this route accepts".into(),
@@ -252,6 +258,9 @@ impl ProxyError {
         }
         if let ProxyError::IssuerUnavailable(failure) = &self {
             set_retry_after(headers, failure.retry_after.unwrap_or(1));
+        }
+        if let ProxyError::UpstreamTokenFailed(_) = &self {
+            set_retry_after(headers, 2);
         }
         if let ProxyError::RateLimited {
             retry_after,

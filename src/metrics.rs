@@ -43,6 +43,9 @@ pub struct Metrics {
     /// Revoked access tokens of the built-in issuer held in the deny-set (until they
     /// expire).
     pub revoked_tokens: IntGauge,
+    /// Upstream tokens (`routes[].upstream_token`) by route and result: `hit` (cached),
+    /// `minted`, `failed`.
+    pub upstream_token_total: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -156,6 +159,11 @@ impl Metrics {
                 &["route"],
             )?,
             open_websockets: gauge("open_websockets", "WebSocket connections open now.")?,
+            upstream_token_total: counter(
+                "upstream_token_total",
+                "Tokens obtained for upstreams on callers' behalf, by route and result (hit, minted, failed).",
+                &["route", "result"],
+            )?,
             revoked_tokens: gauge(
                 "revoked_tokens",
                 "Revoked access tokens held in the deny-set until they expire.",

@@ -23,6 +23,7 @@ pub mod redirect;
 pub mod request;
 pub mod router;
 pub mod upgrade;
+pub mod upstream_token;
 pub mod web;
 
 use std::borrow::Cow;
@@ -69,6 +70,8 @@ pub struct Route {
     pub limits: limit::RouteLimits,
     /// CORS, WebSocket and the upstream's HTTP version.
     pub web: web::RouteWeb,
+    /// A token minted for the upstream in place of the caller's.
+    pub upstream_token: Option<upstream_token::UpstreamToken>,
 }
 
 /// Where a route's requests go.
@@ -225,6 +228,14 @@ impl<'a> Exchange<'a> {
             }
             None => None,
         };
+        let upstream_authorization = match (&route.upstream_token, &identity) {
+            (Some(upstream_token), Some(identity)) => {
+                let token = authn::bearer_token(request.headers())?.unwrap_or("");
+                let issuer = self.pipeline.issuer.as_deref();
+                Some(upstream_token.authorization(issuer, token, identity)?)
+            }
+            _ => None,
+        };
         let path_and_query = route.upstream_path(&path, request.uri().query());
         if websocket {
             // Boxed: the rare path's state stays out of every request's future.
@@ -232,7 +243,13 @@ impl<'a> Exchange<'a> {
                 .await;
         }
         let mut response = self
-            .forward(route, request, path_and_query, identity.as_deref())
+            .forward(
+                route,
+                request,
+                path_and_query,
+                identity.as_deref(),
+                upstream_authorization,
+            )
             .await?;
         if let Some(quota) = quota {
             quota.apply(response.headers_mut());
@@ -310,6 +327,7 @@ impl<'a> Exchange<'a> {
         request: Request<Incoming>,
         path_and_query: String,
         identity: Option<&Identity>,
+        upstream_authorization: Option<HeaderValue>,
     ) -> Result<Response<Body>, ProxyError> {
         let Target::Upstream(upstream) = &route.target else {
             return Err(ProxyError::NotFound);
@@ -330,12 +348,15 @@ impl<'a> Exchange<'a> {
                 UpstreamTarget::Echo => None,
             },
         };
-        let headers = forward::upstream_headers(
+        let mut headers = forward::upstream_headers(
             &self.pipeline.forward,
             std::mem::take(&mut parts.headers),
             identity,
             &origin,
         );
+        if let Some(authorization) = upstream_authorization {
+            headers.insert(http::header::AUTHORIZATION, authorization);
+        }
         route.limits.check_declared(&headers)?;
         let target = match upstream {
             UpstreamTarget::Echo => return Ok(echo(&parts.method, &path_and_query, &headers)),

@@ -25,6 +25,7 @@ use crate::pipeline::authz::Policy;
 use crate::pipeline::forward::ForwardHeaders;
 use crate::pipeline::limit::{RouteContext, RouteLimits};
 use crate::pipeline::router::{MethodSet, Pattern, Router};
+use crate::pipeline::upstream_token::UpstreamToken;
 use crate::pipeline::web::RouteWeb;
 use crate::pipeline::{ISSUER_ROUTE, Pipeline, Route, Target};
 use crate::upstream::{Fetcher, Upstreams};
@@ -328,6 +329,7 @@ fn compile_routes(
                 strip_prefix: None,
                 limits: Default::default(),
                 web: Default::default(),
+                upstream_token: None,
             });
         }
     }
@@ -358,6 +360,14 @@ fn compile_routes(
             strip_prefix: route.strip_prefix.as_deref().map(Into::into),
             limits,
             web: RouteWeb::compile(config, route, methods),
+            upstream_token: route.upstream_token.as_ref().map(|upstream_token| {
+                UpstreamToken::new(
+                    &route.name,
+                    upstream_token,
+                    shared.clock.clone(),
+                    &shared.metrics,
+                )
+            }),
         });
     }
     if !errors.is_empty() {
