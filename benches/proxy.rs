@@ -1,5 +1,6 @@
 //! Hot-path micro-benchmarks: route lookup over 1,000 routes, token verification
-//! (verified-token cache hit, and the uncached path that checks a signature), the
+//! (verified-token cache hit — also with the built-in issuer's deny-set, empty and
+//! holding 10,000 revoked tokens — and the uncached path that checks a signature), the
 //! upstream header rewrite, and one whole request through `Gateway::handle` (HTTP/1.1
 //! over an in-memory pipe, route `builtin:echo`) with logging as chosen by
 //! `SCOPEGATE_BENCH_LOG`: `none` (no subscriber), `json-warn` (the JSON subscriber with
@@ -16,10 +17,11 @@ use http::{HeaderMap, HeaderValue, Method};
 use scopegate::clock::Clock;
 use scopegate::config::{Dur, ForwardConfig, TrustedIssuerConfig};
 use scopegate::http::ConnInfo;
+use scopegate::issuer::store::Store;
 use scopegate::jose::{Alg, SigningKey, sign_compact};
 use scopegate::jwks::{KeySource, LocalJwks, TrustedIssuer};
 use scopegate::metrics::Metrics;
-use scopegate::pipeline::authn::Verifier;
+use scopegate::pipeline::authn::{Revocations, Verifier};
 use scopegate::pipeline::forward::{ForwardHeaders, Origin, upstream_headers};
 use scopegate::pipeline::router::{MethodSet, Pattern, Router};
 use scopegate::tls::tls_client_config;
@@ -74,6 +76,10 @@ struct Fixture {
     token: String,
     cached: Verifier,
     uncached: Verifier,
+    /// Cached, honouring revocations of this issuer: an empty deny-set, and one holding
+    /// 10,000 other revoked tokens.
+    deny_empty: Verifier,
+    deny_10k: Verifier,
 }
 
 fn fixture(alg: Alg) -> Fixture {
@@ -132,9 +138,25 @@ fn fixture(alg: Alg) -> Fixture {
     });
     let header = format!(r#"{{"alg":"{alg}","typ":"at+jwt","kid":"bench"}}"#);
     let token = sign_compact(&key, alg, header.as_bytes(), claims.to_string().as_bytes()).unwrap();
+    let revocations = |held: usize| {
+        let store = runtime
+            .block_on(Store::open("sqlite::memory:", Clock::system()))
+            .unwrap();
+        for i in 0..held {
+            store
+                .deny_set()
+                .insert(&format!("revoked-{i}"), now + 3600, now);
+        }
+        Some(Revocations {
+            issuer_index: 0,
+            store,
+        })
+    };
     Fixture {
         cached: make(10_000),
         uncached: make(0),
+        deny_empty: make(10_000).with_revocations(revocations(0)),
+        deny_10k: make(10_000).with_revocations(revocations(10_000)),
         runtime,
         token,
     }
@@ -174,6 +196,17 @@ fn bench_verify(c: &mut Criterion) {
                 policy.authorize(&identity).unwrap();
             })
         });
+        for (name, verifier) in [
+            ("cached_denyset_empty", &f.deny_empty),
+            ("cached_denyset_10k", &f.deny_10k),
+        ] {
+            group.bench_function(format!("{alg}_{name}"), |b| {
+                b.iter(|| {
+                    let identity = f.runtime.block_on(verifier.verify(&f.token)).unwrap();
+                    policy.authorize(&identity).unwrap();
+                })
+            });
+        }
         group.bench_function(format!("{alg}_uncached"), |b| {
             b.iter(|| {
                 let identity = f.runtime.block_on(f.uncached.verify(&f.token)).unwrap();
