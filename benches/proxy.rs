@@ -238,6 +238,7 @@ fn bench_headers(c: &mut Criterion) {
     }
     let id = HeaderValue::from_static("0123456789abcdef");
     let upstream = HeaderValue::from_static("127.0.0.1:9001");
+    let trace = scopegate::http::trace::Trace::from_headers(&client);
     c.bench_function("header_rewrite", |b| {
         b.iter(|| {
             let origin = Origin {
@@ -246,6 +247,7 @@ fn bench_headers(c: &mut Criterion) {
                 host: Some(HeaderValue::from_static("api.example.com")),
                 request_id: &id,
                 upstream_host: Some(&upstream),
+                trace: &trace,
             };
             upstream_headers(&forward, client.clone(), None, &origin)
         })

@@ -5,6 +5,7 @@
 
 pub mod limit;
 pub mod path;
+pub mod trace;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -154,6 +154,8 @@ pub struct Context<'a> {
     pub request_id: &'a HeaderValue,
     /// The request's span (disabled when the level filter says so).
     pub span: &'a tracing::Span,
+    /// The request's place in a W3C trace.
+    pub trace: &'a crate::http::trace::Trace,
 }
 
 /// Handles one request end to end. Never fails: every error becomes an answer.
@@ -333,21 +335,13 @@ impl<'a> Exchange<'a> {
             return Err(ProxyError::NotFound);
         };
         let (mut parts, body) = request.into_parts();
-        let request_id = self.context.request_id;
-        let origin = Origin {
-            client_ip: self.context.conn.client_ip.clone(),
-            proto: if self.context.conn.tls {
-                "https"
-            } else {
-                "http"
-            },
-            host: request_host(&parts),
-            request_id,
-            upstream_host: match upstream {
+        let origin = self.origin(
+            &parts,
+            match upstream {
                 UpstreamTarget::Http(target) => Some(&target.host),
                 UpstreamTarget::Echo => None,
             },
-        };
+        );
         let mut headers = forward::upstream_headers(
             &self.pipeline.forward,
             std::mem::take(&mut parts.headers),
@@ -369,6 +363,29 @@ impl<'a> Exchange<'a> {
         let (body, tripped) = route.limits.body(body);
         self.exchange_upstream(route, Request::from_parts(parts, body), tripped)
             .await
+    }
+
+    /// Where the request came from and where it goes, for the upstream's headers.
+    fn origin<'h>(
+        &self,
+        parts: &http::request::Parts,
+        upstream_host: Option<&'h HeaderValue>,
+    ) -> Origin<'h>
+    where
+        'a: 'h,
+    {
+        Origin {
+            client_ip: self.context.conn.client_ip.clone(),
+            proto: if self.context.conn.tls {
+                "https"
+            } else {
+                "http"
+            },
+            host: request_host(parts),
+            request_id: self.context.request_id,
+            upstream_host,
+            trace: self.context.trace,
+        }
     }
 
     /// Sends the rewritten request and relays the answer (or 502/504, or 413 when the

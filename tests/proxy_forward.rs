@@ -716,3 +716,48 @@ async fn an_upstream_that_never_accepts_is_504_after_upstream_connect() {
     let metrics = env.gw.metrics().await;
     assert_eq!(requests_total(&metrics, "hole", "GET", "504"), 1.0);
 }
+
+/// W3C Trace Context: the caller's trace continues upstream with this hop's span id;
+/// without one (or with a malformed one) the gateway starts a trace, and a `tracestate`
+/// without a usable `traceparent` is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_continues_upstream_with_the_gateways_span() {
+    let env = Env::start(ROUTES).await;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let reply = env
+        .get(
+            "/open/a",
+            &[("traceparent", parent), ("tracestate", "vendor=opaque")],
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    let seen = env.upstream.last();
+    let sent = seen.one("traceparent").expect("a traceparent upstream");
+    assert_eq!(sent.len(), 55, "{sent}");
+    assert!(
+        sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{sent}"
+    );
+    assert!(sent.ends_with("-01"), "{sent}");
+    assert_ne!(
+        &sent[36..52],
+        "00f067aa0ba902b7",
+        "the gateway's own span id"
+    );
+    assert_eq!(seen.one("tracestate"), Some("vendor=opaque"));
+
+    for headers in [
+        vec![],
+        vec![
+            ("traceparent", "00-not-a-trace-01"),
+            ("tracestate", "vendor=opaque"),
+        ],
+    ] {
+        assert_eq!(env.get("/open/b", &headers).await.status, 200);
+        let seen = env.upstream.last();
+        let started = seen.one("traceparent").expect("a new trace");
+        assert_eq!(started.len(), 55, "{started}");
+        assert!(!started.contains("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(seen.one("tracestate"), None);
+    }
+}

@@ -3,7 +3,8 @@
 //! the request metrics and the access line.
 //!
 //! Each request runs inside one `tracing` span, `request` (target `scopegate::access`,
-//! level INFO): `request_id` and `method` from the start, `route` once matched, and at
+//! level INFO): `request_id`, `trace_id` (W3C, continued or started) and `method` from
+//! the start, `route` once matched, and at
 //! the end `status`, `latency_ms`, `upstream_ms` (when an upstream was called), `auth`
 //! (`ok`: a token was verified; `none`: no token was checked; `refused`) and `reason`
 //! (the `auth_failures_total` reason, when refused). Events logged while the request is
@@ -21,6 +22,7 @@ use tracing::field::{Empty, Value};
 use super::forward::{self, X_REQUEST_ID};
 use super::{Context, Outcome, Pipeline};
 use crate::claims::Reason;
+use crate::http::trace::Trace;
 use crate::http::{Body, ConnInfo};
 use crate::metrics::{Metrics, method_label};
 
@@ -40,10 +42,12 @@ pub async fn serve(
         _ => forward::new_request_id(),
     };
     let method = method_label(request.method());
+    let trace = Trace::from_headers(request.headers());
     let span = tracing::info_span!(
         target: "scopegate::access",
         "request",
         request_id = request_id.to_str().unwrap_or(""),
+        trace_id = trace.trace_id(),
         method,
         route = Empty,
         status = Empty,
@@ -56,6 +60,7 @@ pub async fn serve(
         conn,
         request_id: &request_id,
         span: &span,
+        trace: &trace,
     };
     let (mut response, mut outcome) = if span.is_disabled() {
         super::handle(pipeline, request, &context).await

@@ -85,6 +85,8 @@ pub struct Origin<'a> {
     pub request_id: &'a HeaderValue,
     /// `Host` for the upstream; `None` keeps the client's (builtin:echo).
     pub upstream_host: Option<&'a HeaderValue>,
+    /// This hop of the W3C trace: the upstream's `traceparent`.
+    pub trace: &'a crate::http::trace::Trace,
 }
 
 /// Rewrites the client's headers, in place, into the headers sent upstream.
@@ -144,6 +146,7 @@ pub fn upstream_headers(
         }
     }
     headers.insert(X_REQUEST_ID.clone(), origin.request_id.clone());
+    origin.trace.apply(&mut headers);
     match (origin.upstream_host, &origin.host) {
         (Some(upstream), _) => {
             headers.insert(header::HOST, upstream.clone());
@@ -368,6 +371,7 @@ mod tests {
             host: Some(HeaderValue::from_static("gw")),
             request_id: &id,
             upstream_host: None,
+            trace: &crate::http::trace::Trace::from_headers(&HeaderMap::new()),
         };
         let out = upstream_headers(&forward(), client, None, &origin);
         for name in out.keys() {
@@ -399,6 +403,7 @@ mod tests {
             host: None,
             request_id: &id,
             upstream_host: Some(&id),
+            trace: &crate::http::trace::Trace::from_headers(&HeaderMap::new()),
         };
         let out = upstream_headers(&forward(), client, None, &origin);
         for gone in ["connection", "x-secret", "keep-alive", "te"] {
@@ -424,6 +429,7 @@ mod tests {
             host: None,
             request_id: &id,
             upstream_host: None,
+            trace: &crate::http::trace::Trace::from_headers(&HeaderMap::new()),
         };
         let with = |value: &'static str| {
             let mut client = HeaderMap::new();

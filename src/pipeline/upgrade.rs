@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::forward::{self, Origin};
+use super::forward;
 use super::{Exchange, Route, Target, upstream_uri};
 use crate::claims::Identity;
 use crate::config::UpstreamTarget;
@@ -138,17 +138,7 @@ impl Exchange<'_> {
         let client = hyper::upgrade::on(&mut request);
         let (mut parts, body) = request.into_parts();
         let request_id = self.context.request_id;
-        let origin = Origin {
-            client_ip: self.context.conn.client_ip.clone(),
-            proto: if self.context.conn.tls {
-                "https"
-            } else {
-                "http"
-            },
-            host: super::request_host(&parts),
-            request_id,
-            upstream_host: Some(&target.host),
-        };
+        let origin = self.origin(&parts, Some(&target.host));
         let mut headers = forward::upstream_headers(
             &self.pipeline.forward,
             std::mem::take(&mut parts.headers),

@@ -1,0 +1,209 @@
+//! W3C Trace Context (`traceparent`, version `00`): the gateway is one hop of a trace.
+//! It keeps the caller's trace id and sampling flag, gives the upstream its own span id
+//! as the parent, and starts a new trace when the caller sent none (or a malformed
+//! one). `tracestate` travels on untouched with a valid `traceparent`, and is dropped
+//! with an invalid one, as the specification asks.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// This hop's place in a trace: the `traceparent` the upstream receives.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    /// `00-<trace id>-<span id>-<flags>`: 55 bytes of lower-case hex and dashes.
+    traceparent: HeaderValue,
+    /// The caller sent a usable `traceparent` (else this hop started the trace).
+    pub continued: bool,
+}
+
+impl Trace {
+    /// Continues the trace `headers` carry, or starts one.
+    pub fn from_headers(headers: &HeaderMap) -> Trace {
+        let mut span_id = [0u8; 8];
+        random(&mut span_id);
+        let parent = headers
+            .get(&TRACEPARENT)
+            .filter(|_| headers.get_all(&TRACEPARENT).iter().count() == 1)
+            .and_then(|value| parse(value.as_bytes()));
+        let (trace_id, flags, continued) = match parent {
+            Some((trace_id, flags)) => (trace_id, flags, true),
+            None => {
+                let mut trace_id = [0u8; 16];
+                random(&mut trace_id);
+                // Sampled: with no sampler of its own, the gateway records what it starts.
+                (trace_id, 0x01, false)
+            }
+        };
+        let mut text = Vec::with_capacity(55);
+        text.extend_from_slice(b"00-");
+        hex(&trace_id, &mut text);
+        text.push(b'-');
+        hex(&span_id, &mut text);
+        text.push(b'-');
+        hex(&[flags], &mut text);
+        Trace {
+            // Only hex digits and dashes: always a valid header value.
+            traceparent: HeaderValue::from_bytes(&text)
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
+            continued,
+        }
+    }
+
+    /// The value sent upstream.
+    pub fn traceparent(&self) -> &HeaderValue {
+        &self.traceparent
+    }
+
+    /// The 32 hex digits of the trace id (for logs).
+    pub fn trace_id(&self) -> &str {
+        self.traceparent
+            .to_str()
+            .ok()
+            .and_then(|text| text.get(3..35))
+            .unwrap_or("")
+    }
+
+    /// Sets `traceparent` on the upstream's headers; drops a `tracestate` that came
+    /// without a usable `traceparent`.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        if !self.continued {
+            headers.remove(&TRACESTATE);
+        }
+        headers.insert(TRACEPARENT.clone(), self.traceparent.clone());
+    }
+}
+
+/// The trace id and flags of a `traceparent`, if it is well formed: version `00` is
+/// exactly `00-<32 hex>-<16 hex>-<2 hex>`; a later version may append `-...` fields;
+/// version `ff` and all-zero ids are invalid; hex is lower case.
+fn parse(value: &[u8]) -> Option<([u8; 16], u8)> {
+    if value.len() < 55 {
+        return None;
+    }
+    let version = unhex::<1>(&value[0..2])?[0];
+    if version == 0xff || (version == 0 && value.len() != 55) {
+        return None;
+    }
+    if value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+        return None;
+    }
+    if value.len() > 55 && value[55] != b'-' {
+        return None;
+    }
+    let trace_id = unhex::<16>(&value[3..35])?;
+    let parent_id = unhex::<8>(&value[36..52])?;
+    let flags = unhex::<1>(&value[53..55])?[0];
+    if trace_id == [0; 16] || parent_id == [0; 8] {
+        return None;
+    }
+    Some((trace_id, flags))
+}
+
+fn unhex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; N];
+    for (i, pair) in text.chunks_exact(2).enumerate() {
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}
+
+fn hex(bytes: &[u8], out: &mut Vec<u8>) {
+    for byte in bytes {
+        out.push(b"0123456789abcdef"[usize::from(byte >> 4)]);
+        out.push(b"0123456789abcdef"[usize::from(byte & 15)]);
+    }
+}
+
+fn random(bytes: &mut [u8]) {
+    if aws_lc_rs::rand::fill(bytes).is_err() || bytes.iter().all(|&b| b == 0) {
+        // Ids only correlate; never all zeros (which W3C calls invalid).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(1)
+            .max(1);
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = (nanos >> (8 * (i % 16))) as u8;
+        }
+        bytes[0] |= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(TRACEPARENT.clone(), HeaderValue::from_str(value).unwrap());
+        }
+        headers
+    }
+
+    const GOOD: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_valid_parent_is_continued_with_a_new_span_id() {
+        let trace = Trace::from_headers(&with(&[GOOD]));
+        assert!(trace.continued);
+        assert_eq!(trace.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let sent = trace.traceparent().to_str().unwrap();
+        assert_eq!(sent.len(), 55);
+        assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(sent.ends_with("-01"));
+        assert_ne!(&sent[36..52], "00f067aa0ba902b7", "this hop's own span id");
+        // Unsampled stays unsampled.
+        let unsampled = GOOD.replace("-01", "-00");
+        let trace = Trace::from_headers(&with(&[&unsampled]));
+        assert!(trace.traceparent().to_str().unwrap().ends_with("-00"));
+        // A later version with more fields is read for what version 00 defines.
+        let future = format!("cc{}-what-ever", &GOOD[2..]);
+        assert!(Trace::from_headers(&with(&[&future])).continued);
+    }
+
+    #[test]
+    fn malformed_parents_start_a_new_trace() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            let trace = Trace::from_headers(&with(&[bad]));
+            assert!(!trace.continued, "{bad:?}");
+            assert_eq!(trace.trace_id().len(), 32);
+            assert_ne!(trace.trace_id(), "00000000000000000000000000000000");
+        }
+        // Two traceparent headers: which one? Neither.
+        assert!(!Trace::from_headers(&with(&[GOOD, GOOD])).continued);
+        assert!(!Trace::from_headers(&HeaderMap::new()).continued);
+    }
+
+    #[test]
+    fn tracestate_goes_only_with_a_usable_parent() {
+        let mut headers = with(&[GOOD]);
+        headers.insert(TRACESTATE.clone(), HeaderValue::from_static("vendor=1"));
+        let mut sent = headers.clone();
+        Trace::from_headers(&headers).apply(&mut sent);
+        assert_eq!(sent[&TRACESTATE], "vendor=1");
+        let mut orphan = HeaderMap::new();
+        orphan.insert(TRACESTATE.clone(), HeaderValue::from_static("vendor=1"));
+        let mut sent = orphan.clone();
+        Trace::from_headers(&orphan).apply(&mut sent);
+        assert!(!sent.contains_key(&TRACESTATE));
+        assert_eq!(sent.get_all(&TRACEPARENT).iter().count(), 1);
+    }
+}
