@@ -27,7 +27,11 @@ fn the_committed_schema_is_what_scopegate_schema_prints() {
         .arg("schema")
         .output()
         .expect("scopegate runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed = String::from_utf8(out.stdout).expect("UTF-8");
     assert!(
         printed == read("docs/gateway.schema.json"),
@@ -164,7 +168,10 @@ fn every_key_is_in_the_reference_and_every_row_is_a_key() {
     let mut problems = Vec::new();
     for key in &keys {
         let Some(cells) = rows.get(&key.path) else {
-            problems.push(format!("`{}` has no row in docs/configuration.md", key.path));
+            problems.push(format!(
+                "`{}` has no row in docs/configuration.md",
+                key.path
+            ));
             continue;
         };
         // | key | type | default | what it does |
@@ -281,8 +288,14 @@ fn the_schema_refuses_what_the_loader_refuses() {
     let (schemas, index) = validator();
     for (text, why) in [
         ("server: { lisen: 127.0.0.1:8080 }", "an unknown key"),
-        ("server: { timeouts: { idle: 30 } }", "a duration without a unit"),
-        ("routes: [{ name: a, match: { path: /a } }]", "a route without an upstream"),
+        (
+            "server: { timeouts: { idle: 30 } }",
+            "a duration without a unit",
+        ),
+        (
+            "routes: [{ name: a, match: { path: /a } }]",
+            "a route without an upstream",
+        ),
         (
             "routes: [{ name: a, match: { path: a }, upstream: builtin:echo }]",
             "a path without a leading slash",

@@ -34,7 +34,10 @@ fn check(name: &str) -> String {
         "{name}: check failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.starts_with("NAME"), "{name}: no route table: {stdout}");
+    assert!(
+        stdout.starts_with("NAME"),
+        "{name}: no route table: {stdout}"
+    );
     stdout
 }
 
@@ -52,7 +55,10 @@ fn routes(table: &str) -> Vec<&str> {
 fn auth0() {
     let table = check("auth0.yaml");
     assert_eq!(routes(&table), ["orders-read", "orders-write", "health"]);
-    assert!(table.contains("[aud https://orders.example.com]"), "{table}");
+    assert!(
+        table.contains("[aud https://orders.example.com]"),
+        "{table}"
+    );
     assert!(table.contains("1 trusted issuer(s)"), "{table}");
 }
 
@@ -77,7 +83,10 @@ fn keycloak() {
 fn entra_id() {
     let table = check("entra-id.yaml");
     assert_eq!(routes(&table), ["orders-read", "orders-write"]);
-    assert!(table.contains("one of (Orders.Read Orders.Sync)"), "{table}");
+    assert!(
+        table.contains("one of (Orders.Read Orders.Sync)"),
+        "{table}"
+    );
     // v1 and v2 issuers.
     assert!(table.contains("2 trusted issuer(s)"), "{table}");
 }
@@ -86,7 +95,10 @@ fn entra_id() {
 fn google() {
     let table = check("google.yaml");
     assert_eq!(routes(&table), ["orders"]);
-    assert!(table.contains("[aud https://orders.example.com]"), "{table}");
+    assert!(
+        table.contains("[aud https://orders.example.com]"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -104,7 +116,13 @@ fn every_recipe_is_tested() {
     let mut names: Vec<String> =
         std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"))
             .expect("examples/")
-            .map(|entry| entry.expect("an entry").file_name().to_string_lossy().into_owned())
+            .map(|entry| {
+                entry
+                    .expect("an entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .filter(|name| name.ends_with(".yaml"))
             .collect();
     names.sort();
