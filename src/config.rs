@@ -13,6 +13,7 @@ pub mod issuer;
 pub mod limits;
 pub mod protocol;
 pub mod route;
+pub mod schema;
 mod size;
 pub mod source;
 
@@ -21,7 +22,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 pub use cors::{CorsBlock, CorsSetting};
 pub use duration::Dur;
@@ -35,7 +37,7 @@ pub use size::Size;
 use crate::jose::Alg;
 
 /// The whole of `gateway.yaml`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
@@ -52,7 +54,7 @@ pub struct Config {
     pub cors: Option<CorsSetting>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     #[serde(default = "default_listen")]
@@ -116,14 +118,14 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     pub upstream_connect: Dur,
@@ -145,7 +147,7 @@ impl Default for Timeouts {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_header_bytes: usize,
@@ -161,7 +163,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -177,14 +179,14 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Pretty,
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrustConfig {
     #[serde(default = "default_leeway")]
@@ -206,7 +208,7 @@ impl Default for TrustConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrustedIssuerConfig {
     pub issuer: String,
@@ -233,7 +235,7 @@ pub struct TrustedIssuerConfig {
 
 /// `trust.issuers[].introspection`: the issuer's RFC 7662 endpoint and the gateway's
 /// client credentials for it (HTTP Basic).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionConfig {
     pub url: String,
@@ -251,7 +253,7 @@ fn default_introspection_cache_ttl() -> Dur {
 /// `routes[].revocation`: `normal` trusts a verified JWT until it expires (the built-in
 /// issuer's revocations are honoured at once regardless); `strict` also asks the
 /// issuer's introspection endpoint about every token (answers cached for `cache_ttl`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Revocation {
     #[default]
@@ -269,7 +271,7 @@ fn default_jwks_min_refresh() -> Dur {
     Dur::secs(30)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ForwardConfig {
     pub subject: String,
@@ -296,7 +298,7 @@ impl Default for ForwardConfig {
 
 /// `forward.token`: `strip` (the default) removes an `Authorization: Bearer` header
 /// before the upstream, which gets the verified identity instead; `keep` sends it on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenForward {
     #[default]
@@ -304,7 +306,7 @@ pub enum TokenForward {
     Keep,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: String,
@@ -351,14 +353,14 @@ pub struct RouteConfig {
 /// the built-in issuer mints for `audience` (an API it defines), with the `scopes` the
 /// caller holds among these, `act: {sub: "scopegate"}`, living no longer than the
 /// caller's token.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTokenConfig {
     pub audience: String,
     pub scopes: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     pub path: Pattern,
@@ -366,7 +368,7 @@ pub struct MatchConfig {
     pub methods: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     #[default]

@@ -1,4 +1,4 @@
-//! The `scopegate` command: `run` (the default), `check`, `hash-password`.
+//! The `scopegate` command: `run` (the default), `check`, `schema`, `hash-password`.
 
 #![forbid(unsafe_code)]
 
@@ -39,6 +39,8 @@ enum Command {
     Run,
     /// Validate the configuration and print the route table.
     Check,
+    /// Print the JSON Schema of the configuration file (docs/gateway.schema.json).
+    Schema,
     /// Read a password on stdin and print an argon2id PHC string.
     HashPassword,
 }
@@ -48,6 +50,10 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config),
         Command::Check => check(&cli.config),
+        Command::Schema => {
+            print!("{}", scopegate::config::schema::schema_text());
+            Ok(())
+        }
         Command::HashPassword => hash_password(),
     };
     match result {

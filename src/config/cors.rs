@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
@@ -20,7 +21,7 @@ pub enum CorsSetting {
 }
 
 /// The keys of a `cors` block; each may be left out.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CorsBlock {
     /// Exact origins (`https://app.example.com`), or `["*"]` (never with credentials).

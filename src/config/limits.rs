@@ -6,12 +6,13 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::{AuthMode, ConfigError, Dur};
 
 /// `routes[].timeouts`: overrides of the server's timeouts for one route.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteTimeouts {
     /// From sending the request to the upstream's answer head.
@@ -21,7 +22,7 @@ pub struct RouteTimeouts {
 
 /// `routes[].rate_limit`: a token bucket per key holding `requests + burst`, refilled at
 /// `requests` per `per`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub key: RateLimitKey,
@@ -75,7 +76,7 @@ impl fmt::Display for RateLimitKey {
 }
 
 /// `routes[].balance`: how a request picks one of several upstream endpoints.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     /// Each healthy endpoint in turn.
@@ -86,7 +87,7 @@ pub enum Balance {
 }
 
 /// `routes[].health`: active health checks of every endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     /// GET this path (with the upstream URL's base path before it); 2xx is healthy.
