@@ -370,6 +370,10 @@ pub enum OAuthCode {
     UnsupportedResponseType,
     /// `/authorize` with `prompt=none` and no session (OpenID Connect Core §3.1.2.6).
     LoginRequired,
+    /// `/authorize` with a `request` object / a `request_uri`, neither supported (OpenID
+    /// Connect Core §6.1, §6.2; §3.1.2.6).
+    RequestNotSupported,
+    RequestUriNotSupported,
     /// Device flow polling (RFC 8628 §3.5).
     AuthorizationPending,
     SlowDown,
@@ -392,6 +396,8 @@ impl OAuthCode {
             OAuthCode::TemporarilyUnavailable => "temporarily_unavailable",
             OAuthCode::UnsupportedResponseType => "unsupported_response_type",
             OAuthCode::LoginRequired => "login_required",
+            OAuthCode::RequestNotSupported => "request_not_supported",
+            OAuthCode::RequestUriNotSupported => "request_uri_not_supported",
             OAuthCode::AuthorizationPending => "authorization_pending",
             OAuthCode::SlowDown => "slow_down",
             OAuthCode::ExpiredToken => "expired_token",

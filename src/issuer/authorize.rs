@@ -183,13 +183,18 @@ async fn authorize(
         Err(err) => return fail(issuer, redirect(&request, err), Vec::new()),
     };
     let now = issuer.now();
+    // OpenID Connect Core §3.1.2.1: `max_age=0` is `prompt=login` (auth_time has only
+    // whole seconds, so "signed in 0 s ago" would otherwise pass within the same
+    // second); else the sign-in must be at most `max_age` seconds old (an auth_time
+    // ahead of the clock counts as now).
+    let fresh_sign_in = request.prompt_login || request.max_age == Some(0);
     let session = session.filter(|s| {
         request
             .max_age
-            .is_none_or(|max_age| now - s.auth_time <= max_age)
+            .is_none_or(|max_age| (now - s.auth_time).max(0) <= max_age)
     });
     match session {
-        Some(session) if !request.prompt_login => {
+        Some(session) if !fresh_sign_in => {
             respond(
                 issuer,
                 &request,
@@ -260,6 +265,7 @@ fn parse<'m>(issuer: &'m Issuer, params: &Form) -> Result<AuthRequest<'m>, Failu
     // From here on, errors go back to the client.
     let (response, reply) = response_type(client, redirect_uri, params)?;
     let back = |err: OAuthError| Failure::Redirect(Box::new(reply.clone()), err);
+    unsupported_request_objects(params).map_err(back)?;
     let (prompt_login, prompt_none) = prompt(params).map_err(back)?;
     let max_age = max_age(params).map_err(back)?;
     let scope: Vec<String> = mint::requested_scopes(params.get("scope"))
@@ -387,6 +393,26 @@ fn response_type(
         ));
     }
     Ok((response, reply))
+}
+
+/// Request objects are not supported: a `request` (by value) or `request_uri` (by
+/// reference) is refused rather than ignored, since the object may hold parameters
+/// that differ from the query's (OpenID Connect Core §6.1, §6.2; discovery says
+/// `request_parameter_supported: false`, `request_uri_parameter_supported: false`).
+fn unsupported_request_objects(params: &Form) -> Result<(), OAuthError> {
+    if params.get("request").is_some() {
+        return Err(OAuthError::new(
+            OAuthCode::RequestNotSupported,
+            "request objects (the request parameter) are not supported",
+        ));
+    }
+    if params.get("request_uri").is_some() {
+        return Err(OAuthError::new(
+            OAuthCode::RequestUriNotSupported,
+            "request objects by reference (request_uri) are not supported",
+        ));
+    }
+    Ok(())
 }
 
 /// `prompt`: (sign in again, never show a page). `consent` is accepted and means
