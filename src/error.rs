@@ -480,6 +480,12 @@ impl OAuthError {
         }
     }
 
+    /// The `error_description` as sent: within RFC 6749 §5.2's characters
+    /// ([`crate::http::error_description_text`]).
+    pub fn error_description(&self) -> String {
+        crate::http::error_description_text(&self.description)
+    }
+
     /// RFC 6749 §5.2 JSON with `Cache-Control: no-store` and `Pragma: no-cache`;
     /// `invalid_client` is 401 with a `WWW-Authenticate: Basic` challenge.
     pub fn into_response(self) -> Response<Body> {
@@ -513,6 +519,21 @@ fn quoted(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 6749 §5.2: error_description holds only %x20-21 / %x23-5B / %x5D-7E.
+    #[test]
+    fn rfc_6749_5_2_error_description_characters() {
+        let err = OAuthError::invalid_request("parameter \"sc\\ope\" is bad: é\u{7f}\t");
+        let allowed = |c: char| matches!(c, '\x20'..='\x21' | '\x23'..='\x5b' | '\x5d'..='\x7e');
+        assert!(err.error_description().chars().all(allowed));
+        assert_eq!(err.error_description(), "parameter 'sc'ope' is bad: ???");
+        // The JSON body is made by json_error, which sanitises the same way.
+        assert_eq!(
+            crate::http::error_description_text("a\"b"),
+            "a'b",
+            "json_error and redirects share the one sanitiser"
+        );
+    }
 
     #[test]
     fn challenges_follow_rfc_6750() {

@@ -186,6 +186,9 @@ pub enum Subject<'a> {
     /// `client_credentials`: `sub` is `<client_id>@clients`.
     Machine,
     User(&'a User),
+    /// Another client's machine identity (`<client_id>@clients`), kept through a token
+    /// exchange by a different client.
+    MachineOf(&'a str),
 }
 
 #[derive(Serialize)]
@@ -346,6 +349,10 @@ pub fn access_token(
             machine_sub.as_str()
         }
         Subject::User(user) => user.subject.as_str(),
+        Subject::MachineOf(client_id) => {
+            machine_sub = format!("{client_id}@clients");
+            machine_sub.as_str()
+        }
     };
     let aud = match api {
         Some(api) if openid => Aud::Two([&api.identifier, &model.userinfo_url]),
