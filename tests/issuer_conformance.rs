@@ -466,3 +466,101 @@ async fn login_throttle_keys_on_the_client_behind_trusted_proxies() {
     let other = password_from(&gw, "198.51.100.9", "alice", ALICE_PASSWORD).await;
     assert_eq!(other.status, 200, "{:?}", other.json);
 }
+
+// ---------------------------------------------------------------------------------------
+// RFC 8707 §2: several resource parameters.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc_8707_2_several_resources() {
+    let gw = Running::fresh(Backend::Sqlite).await;
+    let password = |resources: &[&'static str], scope: &'static str| {
+        let mut params = vec![
+            ("grant_type", "password"),
+            ("client_id", "cli"),
+            ("username", "alice"),
+            ("password", ALICE_PASSWORD),
+            ("scope", scope),
+        ];
+        params.extend(resources.iter().map(|r| ("resource", *r)));
+        let url = gw.url("/oauth/token");
+        async move { post_form(&url, &params, None).await }
+    };
+    let both = password(&[CONTACTS, CALENDAR], "openid read:contacts read:calendar").await;
+    assert_eq!(both.status, 200, "{:?}", both.json);
+    assert_eq!(both.json["scope"], "openid read:contacts read:calendar");
+    let access = both.json["access_token"].as_str().unwrap();
+    let aud = claims_of(access)["aud"].clone();
+    assert_eq!(
+        aud,
+        serde_json::json!([CONTACTS, CALENDAR, userinfo_of(&gw)]),
+        "{aud}"
+    );
+    assert!(both.json["id_token"].is_string());
+    // The proxy takes it at both APIs.
+    assert_eq!(
+        get(&gw.url("/api/contacts/1"), Some(access)).await.status,
+        200
+    );
+    assert_eq!(
+        get(&gw.url("/api/calendar/1"), Some(access)).await.status,
+        200
+    );
+
+    // Unknown resource, scopes that fit none of them, a refresh token: invalid_target.
+    let unknown = password(&[CONTACTS, "https://nowhere.example.com"], "read:contacts").await;
+    assert_eq!(unknown.error(), "invalid_target", "{:?}", unknown.json);
+    let misfit = password(&[CONTACTS, CALENDAR], "read:contacts read:short").await;
+    assert_eq!(misfit.error(), "invalid_target", "{:?}", misfit.json);
+    let offline = password(&[CONTACTS, CALENDAR], "read:contacts offline_access").await;
+    assert_eq!(offline.error(), "invalid_target", "{:?}", offline.json);
+    // The same resource twice is one resource.
+    let twice = password(&[CONTACTS, CONTACTS], "read:contacts").await;
+    assert_eq!(twice.status, 200, "{:?}", twice.json);
+    assert_eq!(
+        claims_of(twice.json["access_token"].as_str().unwrap())["aud"],
+        CONTACTS
+    );
+
+    // client_credentials: a grant is needed at each API.
+    let machine = gw
+        .token(
+            &[
+                ("grant_type", "client_credentials"),
+                ("resource", CONTACTS),
+                ("resource", CALENDAR),
+            ],
+            Some(("m2m", M2M_SECRET)),
+        )
+        .await;
+    assert_eq!(machine.error(), "access_denied", "{:?}", machine.json);
+
+    // /authorize: invalid_target to the client, not "sent more than once".
+    let mut browser = Browser::new(&gw);
+    let (_, challenge) = pkce();
+    let mut params = spa_code_request(
+        &challenge,
+        &[("resource", CONTACTS), ("resource", CALENDAR)],
+    );
+    params.retain(|(n, _)| *n != "audience");
+    let answer = browser.get(&authorize_url(&gw, &params)).await;
+    let location = answer.header("location").to_string();
+    assert!(location.contains("error=invalid_target"), "{location}");
+    // Any other parameter twice is still refused (RFC 6749 §3.1).
+    let dup = gw
+        .token(
+            &[
+                ("grant_type", "client_credentials"),
+                ("audience", CONTACTS),
+                ("audience", CALENDAR),
+            ],
+            Some(("m2m", M2M_SECRET)),
+        )
+        .await;
+    assert_eq!(dup.error(), "invalid_request");
+    assert!(
+        dup.json["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("more than once")
+    );
+}
