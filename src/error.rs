@@ -379,6 +379,10 @@ pub enum OAuthCode {
     UnsupportedResponseType,
     /// `/authorize` with `prompt=none` and no session (OpenID Connect Core §3.1.2.6).
     LoginRequired,
+    /// `/authorize` with a `request` object / a `request_uri`, neither supported (OpenID
+    /// Connect Core §6.1, §6.2; §3.1.2.6).
+    RequestNotSupported,
+    RequestUriNotSupported,
     /// Device flow polling (RFC 8628 §3.5).
     AuthorizationPending,
     SlowDown,
@@ -401,6 +405,8 @@ impl OAuthCode {
             OAuthCode::TemporarilyUnavailable => "temporarily_unavailable",
             OAuthCode::UnsupportedResponseType => "unsupported_response_type",
             OAuthCode::LoginRequired => "login_required",
+            OAuthCode::RequestNotSupported => "request_not_supported",
+            OAuthCode::RequestUriNotSupported => "request_uri_not_supported",
             OAuthCode::AuthorizationPending => "authorization_pending",
             OAuthCode::SlowDown => "slow_down",
             OAuthCode::ExpiredToken => "expired_token",
@@ -483,6 +489,12 @@ impl OAuthError {
         }
     }
 
+    /// The `error_description` as sent: within RFC 6749 §5.2's characters
+    /// ([`crate::http::error_description_text`]).
+    pub fn error_description(&self) -> String {
+        crate::http::error_description_text(&self.description)
+    }
+
     /// RFC 6749 §5.2 JSON with `Cache-Control: no-store` and `Pragma: no-cache`;
     /// `invalid_client` is 401 with a `WWW-Authenticate: Basic` challenge.
     pub fn into_response(self) -> Response<Body> {
@@ -516,6 +528,21 @@ fn quoted(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 6749 §5.2: error_description holds only %x20-21 / %x23-5B / %x5D-7E.
+    #[test]
+    fn rfc_6749_5_2_error_description_characters() {
+        let err = OAuthError::invalid_request("parameter \"sc\\ope\" is bad: é\u{7f}\t");
+        let allowed = |c: char| matches!(c, '\x20'..='\x21' | '\x23'..='\x5b' | '\x5d'..='\x7e');
+        assert!(err.error_description().chars().all(allowed));
+        assert_eq!(err.error_description(), "parameter 'sc'ope' is bad: ???");
+        // The JSON body is made by json_error, which sanitises the same way.
+        assert_eq!(
+            crate::http::error_description_text("a\"b"),
+            "a'b",
+            "json_error and redirects share the one sanitiser"
+        );
+    }
 
     #[test]
     fn challenges_follow_rfc_6750() {

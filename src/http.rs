@@ -101,8 +101,28 @@ pub const NO_CACHE: (HeaderName, &str) = (PRAGMA, "no-cache");
 
 /// A JSON `{error, error_description}` answer with `Cache-Control: no-store`.
 pub fn json_error(status: StatusCode, error: &str, description: &str) -> Response<Body> {
+    let description = error_description_text(description);
     let body = serde_json::json!({ "error": error, "error_description": description });
     with_headers(status, body.to_string(), &[JSON, NO_STORE])
+}
+
+/// `error_description` text within RFC 6749 §5.2's characters (`%x20-21 / %x23-5B /
+/// %x5D-7E`): `"` and `\` become `'`, anything else outside printable ASCII (controls,
+/// non-ASCII) becomes `?`. Every OAuth error goes through here, in a JSON body or a
+/// redirect.
+///
+/// ```
+/// use scopegate::http::error_description_text;
+/// assert_eq!(error_description_text("scope \"a\\b\" é\n"), "scope 'a'b' ??");
+/// ```
+pub fn error_description_text(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            ' '..='~' => c,
+            _ => '?',
+        })
+        .collect()
 }
 
 /// A 200 JSON answer that carries credentials or token state: `Cache-Control: no-store`,

@@ -278,7 +278,9 @@ impl Issuer {
     }
 
     /// Answers a request for one of the issuer's endpoints (the router has checked its
-    /// method); `conn` says who asks (throttling) and whether over TLS (`Secure` cookies).
+    /// method); `conn` says who asks (throttling: `conn.remote` is the client, which the
+    /// pipeline has resolved through `server.trusted_proxies`) and whether over TLS
+    /// (`Secure` cookies).
     pub async fn serve<B>(
         &self,
         endpoint: Endpoint,

@@ -128,6 +128,9 @@ pub struct Pipeline {
     pub max_header_bytes: usize,
     /// The built-in issuer, when `issuer.enabled` (and not just checked).
     pub issuer: Option<Arc<Issuer>>,
+    /// `server.trusted_proxies`: whose `x-forwarded-for` names the client (the issuer's
+    /// sign-in throttle keys on that client, as `rate_limit.key: ip` does).
+    pub trusted_proxies: Arc<[crate::config::limits::Cidr]>,
 }
 
 /// What happened to a request, for metrics and the access line.
@@ -312,7 +315,18 @@ impl<'a> Exchange<'a> {
         request: Request<Incoming>,
     ) -> Result<Response<Body>, ProxyError> {
         match &self.pipeline.issuer {
-            Some(issuer) => Ok(issuer.serve(endpoint, request, self.context.conn).await),
+            Some(issuer) => {
+                // Who asks, for the issuer's throttles: the client behind a trusted
+                // proxy, resolved as for rate limits.
+                let mut conn = self.context.conn.clone();
+                let client = ratelimit::client_ip(
+                    conn.remote.ip(),
+                    request.headers(),
+                    &self.pipeline.trusted_proxies,
+                );
+                conn.remote.set_ip(client);
+                Ok(issuer.serve(endpoint, request, &conn).await)
+            }
             // Compiled for `check` only; never served.
             None => {
                 tracing::error!(?endpoint, "issuer endpoint routed without an issuer");

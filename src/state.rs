@@ -148,6 +148,7 @@ impl State {
                 ),
                 max_header_bytes: config.server.limits.max_header_bytes,
                 issuer: builtin,
+                trusted_proxies: config.server.trusted_proxies.as_slice().into(),
             },
             tls,
             fresh,
@@ -307,8 +308,13 @@ fn compile_routes(
     let mut reserved = Vec::new();
     if let Some(issuer) = config.issuer.as_ref().filter(|i| i.enabled) {
         let base = issuer.base_path();
-        for endpoint in Endpoint::ALL {
-            let path = format!("{base}{}", endpoint.path());
+        let paths = Endpoint::ALL.into_iter().flat_map(|endpoint| {
+            endpoint
+                .route_paths(&base)
+                .into_iter()
+                .map(move |p| (endpoint, p))
+        });
+        for (endpoint, path) in paths {
             let names: Vec<String> = endpoint.methods().iter().map(|m| m.to_string()).collect();
             let methods = MethodSet::from_names(Some(&names));
             match Pattern::parse(&path) {
@@ -564,7 +570,7 @@ fn route_table(config: &Config, notes: &[String]) -> String {
         let base = issuer.base_path();
         let endpoints: Vec<String> = Endpoint::ALL
             .iter()
-            .map(|e| format!("{base}{}", e.path()))
+            .flat_map(|e| e.route_paths(&base))
             .collect();
         out.push_str(&format!(
             "built-in issuer {}: {} (matched before routes)\n",

@@ -1072,6 +1072,8 @@ issuer:
   url: https://issuer.scopegate.test/
   store: "sqlite://{store}/issuer.db"
   throttle: {{ max_failures: 4, window: 10m }}
+  # Reuse right after a rotation must revoke the family (no grace window).
+  refresh_grace: 0s
   # No poll waits for the interval (an approved or denied code answers at once); a
   # second poll right after the first is slow_down.
   device: {{ interval: 5s, ttl: 1m }}

@@ -43,6 +43,8 @@ routes:
 issuer:
   url: {ISSUER}
   store: "{store}"
+  # Reuse right after a rotation must revoke the family (no grace window).
+  refresh_grace: 0s
   apis:
     - identifier: {CONTACTS}
       scopes: [{{ value: read:contacts }}]

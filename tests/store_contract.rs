@@ -99,6 +99,52 @@ async fn keys_rotate_once(backend: Backend) {
     assert_eq!(store.load_keys().await.unwrap().len(), 1);
 }
 
+/// `issuer.refresh_grace` at the store: a token spent at or after `grace_since` rotates
+/// again (a sibling in its family); spent before, it is reuse and revokes the family.
+async fn refresh_grace_at_the_store(backend: Backend) {
+    let (store, _test) = open(backend).await;
+    let t = now();
+    store
+        .create_family(&family("fg"), &secret_hash("g-1"), t + 100)
+        .await
+        .unwrap();
+    let rotate = |old: &'static str, new: &'static str, at: i64, since: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .rotate_refresh_with_grace(&secret_hash(old), &secret_hash(new), t + 100, at, since)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(rotate("g-1", "g-2", t, t - 5).await, Rotation::Rotated);
+    // The loser of a race, 3 s later, within a 5 s window: a pair of its own.
+    assert_eq!(rotate("g-1", "g-3", t + 3, t - 2).await, Rotation::Rotated);
+    for token in ["g-2", "g-3"] {
+        let found = store
+            .find_refresh(&secret_hash(token))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!found.used && !found.family_revoked, "{token}");
+    }
+    let spent = store
+        .find_refresh(&secret_hash("g-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(spent.used_at, Some(t));
+    // After the window: reuse, and the family is revoked.
+    assert_eq!(rotate("g-1", "g-4", t + 10, t + 5).await, Rotation::Reused);
+    let after = store
+        .find_refresh(&secret_hash("g-2"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(after.family_revoked);
+    assert_eq!(rotate("g-2", "g-5", t + 11, t + 6).await, Rotation::Invalid);
+}
+
 async fn refresh_rotation_and_reuse(backend: Backend) {
     let (store, _test) = open(backend).await;
     let t = now();
@@ -502,6 +548,7 @@ both_backends!(
     migrations_are_idempotent,
     keys_rotate_once,
     refresh_rotation_and_reuse,
+    refresh_grace_at_the_store,
     parallel_refresh_rotation_has_one_winner,
     codes_are_redeemed_once,
     device_codes_flow,

@@ -30,6 +30,12 @@ pub struct IssuerConfig {
     #[serde(default)]
     pub keys: KeysConfig,
     #[serde(default)]
+    pub session: SessionConfig,
+    /// How long after a refresh token is spent a parallel redemption of it still gets a
+    /// valid pair instead of revoking its family (`0s`: never).
+    #[serde(default = "default_refresh_grace")]
+    pub refresh_grace: Dur,
+    #[serde(default)]
     pub tokens: TokensConfig,
     #[serde(default)]
     pub apis: Vec<ApiConfig>,
@@ -41,6 +47,26 @@ pub struct IssuerConfig {
     pub users: Vec<UserConfig>,
     #[serde(default)]
     pub claims: Option<ClaimsConfig>,
+}
+
+fn default_refresh_grace() -> Dur {
+    Dur::secs(5)
+}
+
+/// `issuer.session`: the browser session at the issuer.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// How long a session lasts after sign-in (absolute, not sliding).
+    pub lifetime: Dur,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            lifetime: Dur::secs(24 * 3600),
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -431,10 +457,23 @@ impl IssuerConfig {
             ("issuer.device.ttl", self.device.ttl),
             ("issuer.keys.rotate_after", self.keys.rotate_after),
             ("issuer.throttle.window", self.throttle.window),
+            ("issuer.session.lifetime", self.session.lifetime),
         ] {
             if value.get() < std::time::Duration::from_secs(1) {
                 return Err(ConfigError::at(key, "must be at least 1s"));
             }
+        }
+        if self.session.lifetime.get() > std::time::Duration::from_secs(400 * 86_400) {
+            return Err(ConfigError::at(
+                "issuer.session.lifetime",
+                "must be at most 400d (browsers cap cookie lifetimes there)",
+            ));
+        }
+        if self.refresh_grace.get() > std::time::Duration::from_secs(60) {
+            return Err(ConfigError::at(
+                "issuer.refresh_grace",
+                "must be at most 60s (a longer window lets a stolen refresh token be replayed)",
+            ));
         }
         if self.keys.rotate_after.get() <= self.tokens.access_ttl.get() {
             return Err(ConfigError::at(

@@ -39,7 +39,7 @@ use crate::http::{Body, ConnInfo};
 pub const PENDING_FIELD: &str = "pending_request";
 
 /// The parameters of an authorization request that are carried through the sign-in page.
-const PARAMS: [&str; 15] = [
+const PARAMS: [&str; 16] = [
     "client_id",
     "redirect_uri",
     "response_type",
@@ -55,6 +55,7 @@ const PARAMS: [&str; 15] = [
     "max_age",
     "login_hint",
     "display",
+    "id_token_hint",
 ];
 
 /// How the answer travels to the client.
@@ -131,6 +132,8 @@ struct AuthRequest<'m> {
     prompt_none: bool,
     max_age: Option<i64>,
     login_hint: Option<String>,
+    /// The `sub` of a good `id_token_hint`: only that user's session may answer.
+    hinted_subject: Option<String>,
     /// The request's parameters, form-encoded: the sign-in form's `pending_request`.
     pending: String,
 }
@@ -183,13 +186,26 @@ async fn authorize(
         Err(err) => return fail(issuer, redirect(&request, err), Vec::new()),
     };
     let now = issuer.now();
+    // OpenID Connect Core §3.1.2.1: `max_age=0` is `prompt=login` (auth_time has only
+    // whole seconds, so "signed in 0 s ago" would otherwise pass within the same
+    // second); else the sign-in must be at most `max_age` seconds old (an auth_time
+    // ahead of the clock counts as now).
+    let fresh_sign_in = request.prompt_login || request.max_age == Some(0);
     let session = session.filter(|s| {
         request
             .max_age
-            .is_none_or(|max_age| now - s.auth_time <= max_age)
+            .is_none_or(|max_age| (now - s.auth_time).max(0) <= max_age)
+    });
+    // An id_token_hint naming another user: this session may not answer for it
+    // (prompt=none → login_required; else the sign-in page).
+    let session = session.filter(|s| {
+        request
+            .hinted_subject
+            .as_deref()
+            .is_none_or(|sub| sub == s.user.subject)
     });
     match session {
-        Some(session) if !request.prompt_login => {
+        Some(session) if !fresh_sign_in => {
             respond(
                 issuer,
                 &request,
@@ -260,8 +276,10 @@ fn parse<'m>(issuer: &'m Issuer, params: &Form) -> Result<AuthRequest<'m>, Failu
     // From here on, errors go back to the client.
     let (response, reply) = response_type(client, redirect_uri, params)?;
     let back = |err: OAuthError| Failure::Redirect(Box::new(reply.clone()), err);
+    unsupported_request_objects(params).map_err(back)?;
     let (prompt_login, prompt_none) = prompt(params).map_err(back)?;
     let max_age = max_age(params).map_err(back)?;
+    let hinted_subject = id_token_hint(issuer, params).map_err(back)?;
     let scope: Vec<String> = mint::requested_scopes(params.get("scope"))
         .map_err(back)?
         .into_iter()
@@ -287,6 +305,7 @@ fn parse<'m>(issuer: &'m Issuer, params: &Form) -> Result<AuthRequest<'m>, Failu
         prompt_none,
         max_age,
         login_hint: params.get("login_hint").map(str::to_string),
+        hinted_subject,
         pending: form::encode(params.pairs().filter(|(name, _)| PARAMS.contains(name))),
     })
 }
@@ -389,6 +408,26 @@ fn response_type(
     Ok((response, reply))
 }
 
+/// Request objects are not supported: a `request` (by value) or `request_uri` (by
+/// reference) is refused rather than ignored, since the object may hold parameters
+/// that differ from the query's (OpenID Connect Core §6.1, §6.2; discovery says
+/// `request_parameter_supported: false`, `request_uri_parameter_supported: false`).
+fn unsupported_request_objects(params: &Form) -> Result<(), OAuthError> {
+    if params.get("request").is_some() {
+        return Err(OAuthError::new(
+            OAuthCode::RequestNotSupported,
+            "request objects (the request parameter) are not supported",
+        ));
+    }
+    if params.get("request_uri").is_some() {
+        return Err(OAuthError::new(
+            OAuthCode::RequestUriNotSupported,
+            "request objects by reference (request_uri) are not supported",
+        ));
+    }
+    Ok(())
+}
+
 /// `prompt`: (sign in again, never show a page). `consent` is accepted and means
 /// nothing: clients are first-party.
 fn prompt(params: &Form) -> Result<(bool, bool), OAuthError> {
@@ -415,6 +454,33 @@ fn prompt(params: &Form) -> Result<(bool, bool), OAuthError> {
         ));
     }
     Ok((prompt_login, prompt_none))
+}
+
+/// `id_token_hint` (OpenID Connect Core §3.1.2.1): an ID token this issuer signed (any
+/// of its published keys, `iss` ours; an expired one is still a good hint), whose `sub`
+/// is returned. Anything else is `invalid_request`.
+fn id_token_hint(issuer: &Issuer, params: &Form) -> Result<Option<String>, OAuthError> {
+    let Some(hint) = params.get("id_token_hint") else {
+        return Ok(None);
+    };
+    let refused =
+        || OAuthError::invalid_request("id_token_hint is not an ID token from this issuer");
+    let own = issuer
+        .core
+        .keys
+        .published()
+        .verify(hint)
+        .ok_or_else(refused)?;
+    if own.at_jwt {
+        return Err(refused());
+    }
+    let claim = |name: &str| own.claims.get(name).and_then(serde_json::Value::as_str);
+    if claim("iss") != Some(issuer.model.issuer.as_str()) {
+        return Err(refused());
+    }
+    claim("sub")
+        .map(|sub| Some(sub.to_string()))
+        .ok_or_else(refused)
 }
 
 fn max_age(params: &Form) -> Result<Option<i64>, OAuthError> {
@@ -695,7 +761,7 @@ fn fail(issuer: &Issuer, failure: Failure, cookies: Vec<HeaderValue>) -> Respons
         }
         Failure::Redirect(reply, err) => {
             let mut params = vec![("error", err.code.as_str().to_string())];
-            params.push(("error_description", err.description.to_string()));
+            params.push(("error_description", err.error_description()));
             deliver(issuer, &reply, params, cookies)
         }
     }

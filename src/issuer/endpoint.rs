@@ -50,6 +50,38 @@ impl Endpoint {
         }
     }
 
+    /// Every path it is served at, for an issuer URL whose path is `base` (no trailing
+    /// slash; empty at the root): `base` + [`Endpoint::path`], and for the metadata
+    /// documents also the RFC 8414 §3.1 path-inserted form: for the issuer
+    /// `https://h/tenant/`, `/.well-known/oauth-authorization-server/tenant` (and with the
+    /// trailing slash), likewise for `openid-configuration` (RFC 8414 §5).
+    ///
+    /// ```
+    /// use scopegate::issuer::Endpoint;
+    /// assert_eq!(
+    ///     Endpoint::OAuthMetadata.route_paths("/tenant"),
+    ///     [
+    ///         "/tenant/.well-known/oauth-authorization-server",
+    ///         "/.well-known/oauth-authorization-server/tenant",
+    ///         "/.well-known/oauth-authorization-server/tenant/",
+    ///     ]
+    /// );
+    /// assert_eq!(Endpoint::OAuthMetadata.route_paths(""), ["/.well-known/oauth-authorization-server"]);
+    /// assert_eq!(Endpoint::Token.route_paths("/tenant"), ["/tenant/oauth/token"]);
+    /// ```
+    pub fn route_paths(self, base: &str) -> Vec<String> {
+        let mut paths = vec![format!("{base}{}", self.path())];
+        if matches!(
+            self,
+            Endpoint::OAuthMetadata | Endpoint::OpenidConfiguration
+        ) && !base.is_empty()
+        {
+            paths.push(format!("{}{base}", self.path()));
+            paths.push(format!("{}{base}/", self.path()));
+        }
+        paths
+    }
+
     /// The methods it takes. Pages with effects (a code, a sign-out) take GET and POST,
     /// never HEAD.
     pub fn methods(self) -> &'static [&'static str] {

@@ -1,6 +1,7 @@
 //! `application/x-www-form-urlencoded` request bodies, strictly: the media type is
 //! checked, the size is capped, every name and value must decode to UTF-8, and a
-//! parameter sent twice is refused (RFC 6749 §3.1). Empty values count as absent.
+//! parameter sent twice is refused (RFC 6749 §3.1) — except `resource`, which RFC 8707
+//! §2 lets a client repeat (read with [`Form::get_all`]). Empty values count as absent.
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -8,6 +9,9 @@ use http_body_util::{BodyExt, Limited};
 
 use crate::error::OAuthError;
 use crate::http::{percent_byte, percent_encoded};
+
+/// The one parameter that may be sent more than once (RFC 8707 §2).
+const REPEATABLE: &str = "resource";
 
 /// The largest form body the issuer reads.
 pub const MAX_FORM_BYTES: usize = 16 * 1024;
@@ -28,6 +32,8 @@ impl Form {
     /// assert_eq!(form.get("username"), Some("a@b.c"));
     /// assert_eq!(form.get("scope"), None); // empty counts as absent
     /// assert!(Form::parse(b"scope=a&scope=b").is_err()); // sent twice
+    /// let form = Form::parse(b"resource=https%3A%2F%2Fa&resource=https%3A%2F%2Fb").unwrap();
+    /// assert_eq!(form.get_all("resource").collect::<Vec<_>>(), ["https://a", "https://b"]);
     /// ```
     pub fn parse(body: &[u8]) -> Result<Form, OAuthError> {
         let mut pairs: Vec<(String, String)> = Vec::new();
@@ -41,7 +47,7 @@ impl Form {
             };
             let name = decode(name)?;
             let value = decode(value)?;
-            if pairs.iter().any(|(n, _)| *n == name) {
+            if name != REPEATABLE && pairs.iter().any(|(n, _)| *n == name) {
                 return Err(OAuthError::invalid_request(format!(
                     "parameter {:?} is sent more than once",
                     shorten(&name)
@@ -57,6 +63,15 @@ impl Form {
         self.pairs
             .iter()
             .find(|(n, v)| n == name && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every (non-empty) value of a parameter, in the order sent: several only for
+    /// `resource`.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.pairs
+            .iter()
+            .filter(move |(n, v)| n == name && !v.is_empty())
             .map(|(_, v)| v.as_str())
     }
 
@@ -195,6 +210,10 @@ mod tests {
         assert_eq!(form.get("password"), Some("p q&"));
         assert_eq!(form.get("scope"), None);
         assert!(Form::parse(b"a=1&a=2").is_err());
+        // RFC 8707 §2: resource may be repeated, and nothing else.
+        let form = Form::parse(b"resource=x&resource=y&scope=s").unwrap();
+        assert_eq!(form.get_all("resource").collect::<Vec<_>>(), ["x", "y"]);
+        assert!(Form::parse(b"resource=x&audience=a&audience=b").is_err());
         assert!(Form::parse(b"a=%zz").is_err());
         assert!(Form::parse(b"a=%ff").is_err());
         assert!(Form::parse(b"a=%4").is_err());

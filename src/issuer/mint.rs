@@ -64,7 +64,14 @@ pub fn resolve_audience<'m>(
     form: &super::form::Form,
 ) -> Result<Option<&'m Api>, OAuthError> {
     let audience = form.get("audience");
-    let resource = form.get("resource");
+    let resources = distinct_resources(form);
+    if resources.len() > 1 {
+        return Err(OAuthError::new(
+            crate::error::OAuthCode::InvalidTarget,
+            "several resources in one request are supported by the password and client_credentials grants only",
+        ));
+    }
+    let resource = resources.first().copied();
     if let (Some(a), Some(r)) = (audience, resource)
         && a != r
     {
@@ -81,6 +88,67 @@ pub fn resolve_audience<'m>(
             "no API has this identifier (audience)",
         )
     })
+}
+
+/// The `resource` values of a request, duplicates dropped.
+fn distinct_resources(form: &super::form::Form) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for resource in form.get_all("resource") {
+        if !out.contains(&resource) {
+            out.push(resource);
+        }
+    }
+    out
+}
+
+/// The APIs a request names: several `resource`s (RFC 8707 §2), each a known API
+/// (else `invalid_target`), `audience` if sent being one of them; or what
+/// [`resolve_audience`] finds (none, or one).
+pub fn resolve_audiences<'m>(
+    model: &'m Model,
+    form: &super::form::Form,
+) -> Result<Vec<&'m Api>, OAuthError> {
+    let resources = distinct_resources(form);
+    if resources.len() <= 1 {
+        return Ok(resolve_audience(model, form)?.into_iter().collect());
+    }
+    if let Some(audience) = form.get("audience")
+        && !resources.contains(&audience)
+    {
+        return Err(OAuthError::invalid_request(
+            "audience and resource name different APIs",
+        ));
+    }
+    resources
+        .into_iter()
+        .map(|id| {
+            model.apis.get(id).ok_or_else(|| {
+                OAuthError::new(
+                    crate::error::OAuthCode::InvalidTarget,
+                    "no API has this identifier (resource)",
+                )
+            })
+        })
+        .collect()
+}
+
+/// With several APIs (RFC 8707 §2): every requested scope other than the OpenID and
+/// `offline_access` ones must be defined by at least one of them, else `invalid_target`
+/// (the scopes do not fit the resources).
+pub fn check_scopes_across(apis: &[&Api], requested: &[&str]) -> Result<(), OAuthError> {
+    let known = |scope: &str| {
+        OIDC_SCOPES.contains(&scope)
+            || scope == OFFLINE_ACCESS
+            || apis.iter().any(|a| a.scopes.iter().any(|s| s == scope))
+    };
+    if requested.iter().all(|s| known(s)) {
+        Ok(())
+    } else {
+        Err(OAuthError::new(
+            crate::error::OAuthCode::InvalidTarget,
+            "a requested scope is defined by none of the requested resources",
+        ))
+    }
 }
 
 /// The API a request names explicitly (`audience` or `resource`), without falling back
@@ -186,6 +254,9 @@ pub enum Subject<'a> {
     /// `client_credentials`: `sub` is `<client_id>@clients`.
     Machine,
     User(&'a User),
+    /// Another client's machine identity (`<client_id>@clients`), kept through a token
+    /// exchange by a different client.
+    MachineOf(&'a str),
 }
 
 #[derive(Serialize)]
@@ -193,6 +264,7 @@ pub enum Subject<'a> {
 enum Aud<'a> {
     One(&'a str),
     Two([&'a str; 2]),
+    Many(Vec<&'a str>),
 }
 
 #[derive(Serialize)]
@@ -332,13 +404,54 @@ pub fn access_token(
     openid: bool,
     jti: Option<String>,
 ) -> Result<AccessToken, OAuthError> {
+    let model = &issuer.model;
+    let aud = match api {
+        Some(api) if openid => Aud::Two([&api.identifier, &model.userinfo_url]),
+        Some(api) => Aud::One(&api.identifier),
+        None => Aud::One(&model.userinfo_url),
+    };
+    let ttl = access_ttl(model, api);
+    sign_access(issuer, client, subject, aud, ttl, scope, jti)
+}
+
+/// [`access_token`] good for several APIs at once (RFC 8707 §2): `aud` is their
+/// identifiers (and `/userinfo` with `openid`); the lifetime the shortest of theirs.
+pub fn access_token_for_apis(
+    issuer: &Issuer,
+    client: &Client,
+    subject: Subject<'_>,
+    apis: &[&Api],
+    scope: &str,
+    openid: bool,
+) -> Result<AccessToken, OAuthError> {
+    let model = &issuer.model;
+    let mut auds: Vec<&str> = apis.iter().map(|a| a.identifier.as_str()).collect();
+    if openid {
+        auds.push(&model.userinfo_url);
+    }
+    let ttl = apis
+        .iter()
+        .map(|a| access_ttl(model, Some(a)))
+        .min()
+        .unwrap_or_else(|| access_ttl(model, None));
+    sign_access(issuer, client, subject, Aud::Many(auds), ttl, scope, None)
+}
+
+fn sign_access(
+    issuer: &Issuer,
+    client: &Client,
+    subject: Subject<'_>,
+    aud: Aud<'_>,
+    ttl: u64,
+    scope: &str,
+    jti: Option<String>,
+) -> Result<AccessToken, OAuthError> {
     let jti = match jti {
         Some(jti) => jti,
         None => random_token(16)?,
     };
     let model = &issuer.model;
     let now = issuer.now();
-    let ttl = access_ttl(model, api);
     let machine_sub;
     let sub = match subject {
         Subject::Machine => {
@@ -346,11 +459,10 @@ pub fn access_token(
             machine_sub.as_str()
         }
         Subject::User(user) => user.subject.as_str(),
-    };
-    let aud = match api {
-        Some(api) if openid => Aud::Two([&api.identifier, &model.userinfo_url]),
-        Some(api) => Aud::One(&api.identifier),
-        None => Aud::One(&model.userinfo_url),
+        Subject::MachineOf(client_id) => {
+            machine_sub = format!("{client_id}@clients");
+            machine_sub.as_str()
+        }
     };
     let claims = AccessClaims {
         iss: &model.issuer,

@@ -2,7 +2,7 @@
 //!
 //! - **Session**: after a successful sign-in, `scopegate_session` holds 256 random bits;
 //!   the store keeps only their SHA-256 with the subject, `auth_time` and expiry
-//!   ([`SESSION_TTL`]). `HttpOnly`, `SameSite=Lax`, `Path=` the issuer's path, and
+//!   (`issuer.session.lifetime`, default 24h). `HttpOnly`, `SameSite=Lax`, `Path=` the issuer's path, and
 //!   `Secure` when the request came over TLS or the issuer URL is https. Signing in
 //!   always starts a new session (no fixation); `/logout` deletes it.
 //! - **CSRF**: every page with a form sets `scopegate_csrf` (random, per browser, before
@@ -29,8 +29,6 @@ pub const SESSION_COOKIE: &str = "scopegate_session";
 pub const CSRF_COOKIE: &str = "scopegate_csrf";
 /// The hidden form field that carries the CSRF token.
 pub const CSRF_FIELD: &str = "csrf_token";
-/// How long a session lasts after sign-in (absolute, not sliding).
-pub const SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// The value of the cookie `name`, if the request has exactly one such cookie.
 ///
@@ -237,7 +235,7 @@ pub async fn start(
     }
     let id = random_token(32)?;
     let now = issuer.now();
-    let ttl = SESSION_TTL.as_secs();
+    let ttl = issuer.config().session.lifetime.get().as_secs();
     store
         .insert_session(&SessionRecord {
             session_hash: secret_hash(&id),

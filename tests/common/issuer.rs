@@ -445,6 +445,9 @@ pub struct Options {
     /// `issuer.device.ttl` and `issuer.device.interval`.
     pub device_ttl: &'static str,
     pub device_interval: &'static str,
+    /// More keys for `server:` and for `issuer:`, each a line indented two spaces.
+    pub server_extra: &'static str,
+    pub issuer_extra: &'static str,
 }
 
 impl Default for Options {
@@ -458,6 +461,8 @@ impl Default for Options {
             issuer_url: None,
             device_ttl: "10m",
             device_interval: "5s",
+            server_extra: "",
+            issuer_extra: "",
         }
     }
 }
@@ -470,6 +475,7 @@ pub fn config_yaml(port: u16, store: &str, options: &Options) -> String {
 server:
   listen: 127.0.0.1:{port}
   admin_listen: 127.0.0.1:1
+{server_extra}
 forward:
   claims: {{ "https://contacts.example.com/roles": x-auth-roles }}
 routes:
@@ -505,6 +511,7 @@ issuer:
   throttle: {{ max_failures: {max_failures}, window: 10m }}
   login: {{ title: {BRAND} }}
   device: {{ interval: {device_interval}, ttl: {device_ttl} }}
+{issuer_extra}
   apis:
     - identifier: {CONTACTS}
       scopes:
@@ -575,6 +582,8 @@ issuer:
         access_ttl = options.access_ttl,
         device_ttl = options.device_ttl,
         device_interval = options.device_interval,
+        server_extra = options.server_extra,
+        issuer_extra = options.issuer_extra,
         url = options
             .issuer_url
             .clone()

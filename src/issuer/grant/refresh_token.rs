@@ -1,5 +1,7 @@
 //! `refresh_token` (RFC 6749 §6): rotated on every use; a spent token presented again
-//! revokes its whole family. `scope` may narrow (never widen) what the family was
+//! revokes its whole family — unless within `issuer.refresh_grace` of being spent (two
+//! parallel refreshes of one token, e.g. two browser tabs): the loser then gets a valid
+//! pair of its own in the same family, and the family lives on. `scope` may narrow (never widen) what the family was
 //! granted; the new refresh token keeps the family's grant.
 
 use super::{Extras, Issued, issue_for_user, stored_api};
@@ -65,12 +67,23 @@ async fn find_unspent(
     if record.family_revoked || record.expires_at <= now {
         return Err(invalid());
     }
-    if record.used {
+    if record.used && !in_grace(issuer, record.used_at, now) {
         store.revoke_family(&record.family.id, now).await?;
         tracing::warn!(client_id = %client.client_id, "a spent refresh token was presented again; its family is revoked");
         return Err(invalid());
     }
     Ok(record)
+}
+
+/// The first moment a token spent then is still within `issuer.refresh_grace`
+/// (`i64::MAX` when there is no grace).
+fn grace_since(issuer: &Issuer, now: i64) -> i64 {
+    let grace = issuer.config().refresh_grace.get().as_secs() as i64;
+    if grace == 0 { i64::MAX } else { now - grace }
+}
+
+fn in_grace(issuer: &Issuer, used_at: Option<i64>, now: i64) -> bool {
+    used_at.is_some_and(|at| at >= grace_since(issuer, now))
 }
 
 /// The user and the API of the family, both still configured, the API the one the
@@ -149,7 +162,13 @@ async fn rotate(
         .record_family_access(&record.family.id, &jti, until)
         .await?;
     match store
-        .rotate_refresh(hash, &secret_hash(&token), expires_at, now)
+        .rotate_refresh_with_grace(
+            hash,
+            &secret_hash(&token),
+            expires_at,
+            now,
+            grace_since(issuer, now),
+        )
         .await?
     {
         Rotation::Rotated => Ok(Rotated { token, jti }),

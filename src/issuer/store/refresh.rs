@@ -27,6 +27,8 @@ pub struct RefreshRecord {
     pub created_at: i64,
     pub expires_at: i64,
     pub used: bool,
+    /// When it was spent, if it was.
+    pub used_at: Option<i64>,
 }
 
 /// What rotating a refresh token came to.
@@ -96,6 +98,7 @@ impl Store {
             created_at: row.try_get(1)?,
             expires_at: row.try_get(2)?,
             used: used.is_some(),
+            used_at: used,
             family: Family {
                 id: row.try_get(4)?,
                 client_id: row.try_get(5)?,
@@ -119,6 +122,23 @@ impl Store {
         new_expires_at: i64,
         now: i64,
     ) -> Result<Rotation> {
+        self.rotate_refresh_with_grace(old_hash, new_hash, new_expires_at, now, i64::MAX)
+            .await
+    }
+
+    /// [`Store::rotate_refresh`] with a grace window (`issuer.refresh_grace`): a token
+    /// spent at or after `grace_since` (a parallel redemption that lost the race), of an
+    /// unrevoked family and unexpired, gets `new_hash` stored in its family as well
+    /// ([`Rotation::Rotated`]) instead of revoking the family. Spent before that, it is
+    /// reuse, as ever.
+    pub async fn rotate_refresh_with_grace(
+        &self,
+        old_hash: &str,
+        new_hash: &str,
+        new_expires_at: i64,
+        now: i64,
+        grace_since: i64,
+    ) -> Result<Rotation> {
         let mut tx = self.pool.begin().await?;
         // The first statement writes, so SQLite takes its write lock at once (no
         // read-then-upgrade deadlock) and PostgreSQL locks the row.
@@ -132,17 +152,25 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let row =
-            sqlx::query("SELECT family_id, used_at FROM refresh_tokens WHERE token_hash = $1")
-                .bind(old_hash)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let row = sqlx::query(
+            "SELECT t.family_id, t.used_at, f.revoked_at, t.expires_at
+             FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id
+             WHERE t.token_hash = $1",
+        )
+        .bind(old_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some(row) = row else {
             tx.rollback().await?;
             return Ok(Rotation::Invalid);
         };
         let family_id: String = row.try_get(0)?;
-        if spent == 1 {
+        let used: Option<i64> = row.try_get(1)?;
+        let revoked: Option<i64> = row.try_get(2)?;
+        let expires_at: i64 = row.try_get(3)?;
+        let in_grace =
+            used.is_some_and(|at| at >= grace_since) && revoked.is_none() && expires_at > now;
+        if spent == 1 || in_grace {
             sqlx::query(
                 "INSERT INTO refresh_tokens (token_hash, family_id, created_at, expires_at, used_at)
                  VALUES ($1, $2, $3, $4, NULL)",
@@ -156,7 +184,6 @@ impl Store {
             tx.commit().await?;
             return Ok(Rotation::Rotated);
         }
-        let used: Option<i64> = row.try_get(1)?;
         if used.is_some() {
             let (_, revoked) = revoke_family_in(&mut tx, &family_id, now).await?;
             tx.commit().await?;
