@@ -54,7 +54,7 @@ fn default_refresh_grace() -> Dur {
 }
 
 /// `issuer.session`: the browser session at the issuer.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
     /// How long a session lasts after sign-in (absolute, not sliding).
