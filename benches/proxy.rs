@@ -188,6 +188,7 @@ fn bench_verify(c: &mut Criterion) {
             websocket: false,
             revocation: Default::default(),
             upstream_token: None,
+            dpop: Default::default(),
         };
         let policy = scopegate::pipeline::authz::Policy::from_route(&route);
         group.bench_function(format!("{alg}_cached"), |b| {

@@ -30,6 +30,8 @@ pub enum Reason {
     MissingClaim,
     /// The built-in issuer revoked the token (its `jti` is in the deny-set).
     Revoked,
+    /// A DPoP-bound token without a valid proof, or a DPoP route without a bound token.
+    DpopInvalid,
 }
 
 impl Reason {
@@ -68,6 +70,7 @@ impl Reason {
             Reason::IssuerUnavailable => "issuer_unavailable",
             Reason::MissingClaim => "missing_claim",
             Reason::Revoked => "revoked",
+            Reason::DpopInvalid => "dpop_invalid",
         }
     }
 }
@@ -122,6 +125,8 @@ pub struct Identity {
     pub key: [u8; 32],
     /// The token's `jti`, for the deny-set of revoked tokens.
     pub jti: Option<Box<str>>,
+    /// `cnf.jkt`: the thumbprint of the key the token is bound to (DPoP, RFC 9449).
+    pub dpop_jkt: Option<Box<str>>,
 }
 
 impl Identity {

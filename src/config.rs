@@ -347,6 +347,19 @@ pub struct RouteConfig {
     /// A token minted by the built-in issuer for the upstream replaces the caller's.
     #[serde(default)]
     pub upstream_token: Option<UpstreamTokenConfig>,
+    /// `required`: only DPoP-bound tokens, each with its proof (RFC 9449).
+    #[serde(default)]
+    pub dpop: DpopMode,
+}
+
+/// `routes[].dpop`: DPoP-bound tokens always need their proof; `required` also refuses
+/// tokens that are not bound (plain bearer tokens).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DpopMode {
+    #[default]
+    Allowed,
+    Required,
 }
 
 /// `routes[].upstream_token`: the upstream receives, as `Authorization: Bearer`, a token
@@ -540,6 +553,12 @@ impl Config {
             }
             if route.revocation == Revocation::Strict {
                 self.validate_strict(&at, route)?;
+            }
+            if route.dpop == DpopMode::Required && route.auth == AuthMode::None {
+                return Err(ConfigError::at(
+                    format!("{at}.dpop"),
+                    "dpop: required needs tokens; this route has auth: none",
+                ));
             }
             if let Some(upstream_token) = &route.upstream_token {
                 self.validate_upstream_token(&at, route, upstream_token)?;

@@ -245,6 +245,9 @@ impl ProxyError {
         let (code, description) = self.code_and_description();
         let challenge = match &self {
             ProxyError::MissingToken => Some(Challenge::Missing),
+            ProxyError::InvalidToken(failure) if failure.reason == Reason::DpopInvalid => {
+                Some(Challenge::InvalidDpop(&description))
+            }
             ProxyError::InvalidToken(_) => Some(Challenge::InvalidToken(&description)),
             ProxyError::InsufficientScope { required } => {
                 Some(Challenge::InsufficientScope(required))
@@ -281,7 +284,10 @@ impl ProxyError {
     }
 }
 
-/// An RFC 6750 §3 `WWW-Authenticate: Bearer` challenge.
+/// The algorithms a DPoP proof may use (every asymmetric algorithm Scopegate verifies).
+const DPOP_ALGS: &str = "ES256 ES384 EdDSA PS256 PS384 PS512 RS256 RS384 RS512";
+
+/// An RFC 6750 §3 `WWW-Authenticate: Bearer` challenge (RFC 9449's `DPoP` one for proofs).
 #[derive(Debug, Clone, Copy)]
 pub enum Challenge<'a> {
     /// No token: the realm only.
@@ -290,6 +296,9 @@ pub enum Challenge<'a> {
     InvalidToken(&'a str),
     /// `error="insufficient_scope"` with the scope needed.
     InsufficientScope(&'a str),
+    /// RFC 9449 §7.1: `WWW-Authenticate: DPoP` with `error="invalid_dpop_proof"` and the
+    /// proof algorithms accepted.
+    InvalidDpop(&'a str),
 }
 
 impl Challenge<'_> {
@@ -303,6 +312,10 @@ impl Challenge<'_> {
             Challenge::InsufficientScope(scope) => format!(
                 "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"{}\"",
                 quoted(scope)
+            ),
+            Challenge::InvalidDpop(description) => format!(
+                "DPoP realm=\"{REALM}\", algs=\"{DPOP_ALGS}\", error=\"invalid_dpop_proof\", error_description=\"{}\"",
+                quoted(description)
             ),
         };
         if let Ok(value) = HeaderValue::from_str(&text) {

@@ -206,12 +206,30 @@ pub enum AuthorizationError {
     Malformed(&'static str),
 }
 
+/// How an access token was presented in `Authorization`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenScheme {
+    Bearer,
+    /// RFC 9449: a DPoP-bound token, with a proof in the `DPoP` header.
+    Dpop,
+}
+
 /// Finds the bearer token in `Authorization` (scheme case-insensitive). `Ok(None)` when
 /// there is none or the scheme is not Bearer.
 ///
 /// Only the shape is checked here; the JWS parser refuses anything that is not
 /// base64url (spaces included).
 pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthorizationError> {
+    Ok(access_token(headers)?
+        .filter(|(scheme, _)| *scheme == TokenScheme::Bearer)
+        .map(|(_, token)| token))
+}
+
+/// Finds the access token in `Authorization` under the `Bearer` or `DPoP` scheme (case
+/// insensitive). `Ok(None)` when there is none or the scheme is another.
+pub fn access_token(
+    headers: &HeaderMap,
+) -> Result<Option<(TokenScheme, &str)>, AuthorizationError> {
     let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -221,9 +239,14 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthorizationEr
     }
     let bytes = value.as_bytes();
     let scheme_end = bytes.iter().position(|&b| b == b' ').unwrap_or(bytes.len());
-    if !bytes[..scheme_end].eq_ignore_ascii_case(b"bearer") {
+    let scheme = &bytes[..scheme_end];
+    let scheme = if scheme.eq_ignore_ascii_case(b"bearer") {
+        TokenScheme::Bearer
+    } else if scheme.eq_ignore_ascii_case(b"dpop") {
+        TokenScheme::Dpop
+    } else {
         return Ok(None);
-    }
+    };
     let token = std::str::from_utf8(&bytes[scheme_end..])
         .map_err(|_| {
             AuthorizationError::Malformed("the bearer token has characters a token cannot have")
@@ -234,7 +257,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthorizationEr
             "the Authorization header has an empty bearer token",
         ));
     }
-    Ok(Some(token))
+    Ok(Some((scheme, token)))
 }
 
 /// RFC 3986 `unreserved` or `sub-delims`: what a `reg-name` host or a path segment may

@@ -199,6 +199,12 @@ impl<'t> Jws<'t> {
         })
     }
 
+    /// The decoded protected header, as JSON bytes (for headers with members
+    /// [`Jws::header`] does not read, such as a DPoP proof's `jwk`).
+    pub fn header_json(&self) -> &[u8] {
+        &self.header_json
+    }
+
     pub fn header(&self) -> Result<Header<'_>, ParseError> {
         // A JOSE header is a JSON object (RFC 7515 §4). serde would also read a struct
         // from an array, field by field (`["RS256","kid"]`); refuse that shape here.

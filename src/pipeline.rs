@@ -14,6 +14,7 @@ pub mod access;
 pub mod authn;
 pub mod authz;
 pub mod cors;
+pub mod dpop;
 pub mod forward;
 pub mod grpc;
 pub mod introspect;
@@ -36,12 +37,12 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::claims::{Identity, Reason};
+use crate::claims::{AuthFailure, Identity, Reason};
 use crate::config::route::HttpTarget;
 use crate::config::{AuthMode, Protocol, UpstreamTarget};
 use crate::error::{ProxyError, Refusal};
 use crate::flood::Flood;
-use crate::http::{Body, BoxError, ConnInfo, full};
+use crate::http::{Body, BoxError, ConnInfo, TokenScheme, full};
 use crate::issuer::{Endpoint, Issuer};
 use crate::upstream::set::Tracked;
 use crate::upstream::{UpstreamBody, UpstreamError, Upstreams};
@@ -131,6 +132,8 @@ pub struct Pipeline {
     /// `server.trusted_proxies`: whose `x-forwarded-for` names the client (the issuer's
     /// sign-in throttle keys on that client, as `rate_limit.key: ip` does).
     pub trusted_proxies: Arc<[crate::config::limits::Cidr]>,
+    /// DPoP proof checks (with their replay cache, shared across reloads).
+    pub dpop: Arc<dpop::ProofChecker>,
 }
 
 /// What happened to a request, for metrics and the access line.
@@ -235,7 +238,10 @@ impl<'a> Exchange<'a> {
         };
         let upstream_authorization = match (&route.upstream_token, &identity) {
             (Some(upstream_token), Some(identity)) => {
-                let token = authn::bearer_token(request.headers())?.unwrap_or("");
+                let token = match authn::access_token(request.headers())? {
+                    Some((_, token)) => token,
+                    None => return Err(ProxyError::MissingToken),
+                };
                 let issuer = self.pipeline.issuer.as_deref();
                 Some(upstream_token.authorization(issuer, token, identity)?)
             }
@@ -279,8 +285,9 @@ impl<'a> Exchange<'a> {
         Ok(route)
     }
 
-    /// The route's bearer token, verified; `None` when the route needs no token or takes
-    /// a request without one.
+    /// The route's access token, verified; `None` when the route needs no token or takes
+    /// a request without one. A DPoP-bound token needs the `DPoP` scheme and a valid
+    /// proof; a `dpop: required` route takes only bound tokens.
     async fn authenticate(
         &mut self,
         route: &Route,
@@ -289,8 +296,8 @@ impl<'a> Exchange<'a> {
         if route.policy.auth == AuthMode::None {
             return Ok(None);
         }
-        match authn::bearer_token(request.headers())? {
-            Some(token) => {
+        match authn::access_token(request.headers())? {
+            Some((scheme, token)) => {
                 let identity = self
                     .pipeline
                     .verifier
@@ -300,11 +307,52 @@ impl<'a> Exchange<'a> {
                         Reason::IssuerUnavailable => ProxyError::IssuerUnavailable(failure),
                         _ => ProxyError::InvalidToken(failure),
                     })?;
+                self.check_dpop(route, request, scheme, token, &identity)
+                    .map_err(ProxyError::InvalidToken)?;
                 self.outcome.authenticated = true;
                 Ok(Some(identity))
             }
-            None if route.policy.auth == AuthMode::Optional => Ok(None),
+            None if route.policy.auth == AuthMode::Optional && !route.policy.dpop_required => {
+                Ok(None)
+            }
             None => Err(ProxyError::MissingToken),
+        }
+    }
+
+    /// RFC 9449 at the resource: the token's binding, the scheme it came with, and the
+    /// route's demand must agree, and a bound token's proof must hold.
+    fn check_dpop(
+        &self,
+        route: &Route,
+        request: &Request<Incoming>,
+        scheme: TokenScheme,
+        token: &str,
+        identity: &Identity,
+    ) -> Result<(), AuthFailure> {
+        let refuse = |why: &str| Err(AuthFailure::new(Reason::DpopInvalid, why));
+        match (identity.dpop_jkt.as_deref(), scheme) {
+            (Some(jkt), TokenScheme::Dpop) => {
+                let authority = request_authority(request);
+                self.pipeline.dpop.check(dpop::Request {
+                    headers: request.headers(),
+                    method: request.method(),
+                    authority: authority.as_deref().unwrap_or(""),
+                    path: request.uri().path(),
+                    token,
+                    jkt,
+                    leeway: self.pipeline.verifier.leeway(),
+                })
+            }
+            (Some(_), TokenScheme::Bearer) => {
+                refuse("this token is DPoP-bound: send it as Authorization: DPoP with a proof")
+            }
+            (None, TokenScheme::Dpop) => {
+                refuse("this token is not DPoP-bound: send it as Authorization: Bearer")
+            }
+            (None, TokenScheme::Bearer) if route.policy.dpop_required => {
+                refuse("this route takes only DPoP-bound tokens")
+            }
+            (None, TokenScheme::Bearer) => Ok(()),
         }
     }
 
@@ -478,6 +526,14 @@ fn upstream_uri(target: &HttpTarget, path_and_query: String) -> Result<Uri, Prox
     uri.path_and_query =
         Some(PathAndQuery::from_maybe_shared(Bytes::from(path_and_query)).map_err(|_| cannot())?);
     Uri::from_parts(uri).map_err(|_| cannot())
+}
+
+/// `host[:port]` the client addressed, for a DPoP proof's `htu`.
+fn request_authority(request: &Request<Incoming>) -> Option<String> {
+    match request.headers().get(http::header::HOST) {
+        Some(host) => host.to_str().ok().map(str::to_string),
+        None => request.uri().authority().map(|a| a.as_str().to_string()),
+    }
 }
 
 /// The `Host` the client asked for: its header, else the request target's authority.

@@ -22,6 +22,7 @@ use crate::jwks::{KeySource, TrustedIssuer};
 use crate::metrics::Metrics;
 use crate::pipeline::authn::{Revocations, Verifier};
 use crate::pipeline::authz::Policy;
+use crate::pipeline::dpop::ProofChecker;
 use crate::pipeline::forward::ForwardHeaders;
 use crate::pipeline::limit::{RouteContext, RouteLimits};
 use crate::pipeline::router::{MethodSet, Pattern, Router};
@@ -56,6 +57,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub fetcher: Fetcher,
     pub clock: Clock,
+    /// DPoP proofs seen (replay cache), kept across reloads.
+    pub dpop: Arc<ProofChecker>,
 }
 
 impl Shared {
@@ -63,6 +66,7 @@ impl Shared {
         Ok(Shared {
             metrics,
             fetcher: Fetcher::new(crate::tls::tls_client_config(None).map_err(|e| e.to_string())?),
+            dpop: Arc::new(ProofChecker::new(clock.clone())),
             clock,
         })
     }
@@ -149,6 +153,7 @@ impl State {
                 max_header_bytes: config.server.limits.max_header_bytes,
                 issuer: builtin,
                 trusted_proxies: config.server.trusted_proxies.as_slice().into(),
+                dpop: shared.dpop.clone(),
             },
             tls,
             fresh,

@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 use crate::claims::{AuthFailure, Identity, Reason, has_word, scope_tokens};
 use crate::clock::Clock;
 use crate::error::ProxyError;
-use crate::http::AuthorizationError;
+use crate::http::{AuthorizationError, TokenScheme};
 use crate::issuer::store::Store;
 use crate::jose::{Alg, Jws};
 use crate::jwks::{KeyMatch, TrustedIssuer};
@@ -88,10 +88,20 @@ impl moka::Expiry<Box<str>, Arc<Identity>> for UntilExpiry {
 /// Finds the bearer token in `Authorization`. `Ok(None)` when there is none or the
 /// scheme is not Bearer (which counts as no token).
 pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ProxyError> {
-    crate::http::bearer_token(headers).map_err(|err| match err {
+    crate::http::bearer_token(headers).map_err(authorization_error)
+}
+
+/// Finds the access token in `Authorization` under `Bearer` or `DPoP`. `Ok(None)` when
+/// there is none or the scheme is another (which counts as no token).
+pub fn access_token(headers: &HeaderMap) -> Result<Option<(TokenScheme, &str)>, ProxyError> {
+    crate::http::access_token(headers).map_err(authorization_error)
+}
+
+fn authorization_error(err: AuthorizationError) -> ProxyError {
+    match err {
         AuthorizationError::Duplicate => ProxyError::BadRequest(err.to_string()),
         AuthorizationError::Malformed(_) => malformed(&err.to_string()),
-    })
+    }
 }
 
 /// What the proxy reads from a token's JOSE header, checked: no `crit`, no embedded
@@ -225,6 +235,21 @@ fn checked_client<'c>(
         ));
     }
     Ok(client)
+}
+
+/// `cnf.jkt` (RFC 9449 §6): the thumbprint of the key a DPoP-bound token is bound to.
+/// A `cnf` that binds otherwise (`x5t#S256`, mTLS) cannot be honoured here: refused.
+fn bound_key(claims: &Map<String, Value>) -> Result<Option<Box<str>>, AuthFailure> {
+    let Some(cnf) = claims.get("cnf") else {
+        return Ok(None);
+    };
+    match cnf.get("jkt") {
+        Some(Value::String(jkt)) if !jkt.is_empty() => Ok(Some(jkt.as_str().into())),
+        _ => Err(fail(
+            Reason::Malformed,
+            "the token is bound (cnf) in a way this gateway cannot check; only DPoP's jkt is",
+        )),
+    }
 }
 
 /// The `key` of an identity an opaque token proves (no key verified it).
@@ -426,6 +451,7 @@ impl Verifier {
             alg: issuer.config.algorithms[0],
             key: OPAQUE,
             jti: None,
+            dpop_jkt: bound_key(claims)?,
         })
     }
 
@@ -433,6 +459,11 @@ impl Verifier {
     pub fn with_revocations(mut self, revocations: Option<Revocations>) -> Verifier {
         self.revocations = revocations;
         self
+    }
+
+    /// `trust.leeway`.
+    pub fn leeway(&self) -> Duration {
+        Duration::from_secs_f64(self.leeway)
     }
 
     pub fn issuers(&self) -> &[Arc<TrustedIssuer>] {
@@ -547,6 +578,7 @@ impl Verifier {
                 Some(Value::String(jti)) => Some(jti.as_str().into()),
                 _ => None,
             },
+            dpop_jkt: bound_key(&claims)?,
         })
     }
 

@@ -11,6 +11,8 @@ pub struct Policy {
     pub auth: AuthMode,
     /// `revocation: strict`: every token confirmed active by its issuer.
     pub strict: bool,
+    /// `dpop: required`: only DPoP-bound tokens.
+    pub dpop_required: bool,
     pub audience: Option<Box<str>>,
     pub scopes: Vec<Box<str>>,
     pub any_scopes: Vec<Box<str>>,
@@ -25,6 +27,7 @@ impl Policy {
         Policy {
             auth: AuthMode::None,
             strict: false,
+            dpop_required: false,
             audience: None,
             scopes: Vec::new(),
             any_scopes: Vec::new(),
@@ -37,6 +40,7 @@ impl Policy {
         Policy {
             auth: route.auth,
             strict: route.revocation == crate::config::Revocation::Strict,
+            dpop_required: route.dpop == crate::config::DpopMode::Required,
             audience: route.audience.as_deref().map(Into::into),
             scopes: route.scopes.iter().map(|s| s.as_str().into()).collect(),
             any_scopes: route.any_scopes.iter().map(|s| s.as_str().into()).collect(),

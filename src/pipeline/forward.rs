@@ -115,6 +115,8 @@ pub fn upstream_headers(
     }
     if forward.strip_token && carries_bearer(&headers) {
         headers.remove(header::AUTHORIZATION);
+        // The proof was for the gateway (its URL, this token): no use upstream.
+        headers.remove(&super::dpop::DPOP);
     }
     join_cookies(&mut headers);
 
@@ -178,12 +180,16 @@ pub fn upstream_headers(
 /// An `Authorization` field with the Bearer scheme (any case): the caller's token, which
 /// `forward.token: strip` keeps from the upstream. Other schemes (an upstream's own Basic
 /// credentials) are not the gateway's business and pass.
+/// `Authorization` holds an access token (`Bearer` or `DPoP` scheme).
 fn carries_bearer(headers: &HeaderMap) -> bool {
     headers.get_all(header::AUTHORIZATION).iter().any(|value| {
         let bytes = value.as_bytes();
-        bytes.len() >= 6
-            && bytes[..6].eq_ignore_ascii_case(b"bearer")
-            && bytes.get(6).is_none_or(|&b| b == b' ')
+        let scheme_is = |name: &[u8]| {
+            bytes.len() >= name.len()
+                && bytes[..name.len()].eq_ignore_ascii_case(name)
+                && bytes.get(name.len()).is_none_or(|&b| b == b' ')
+        };
+        scheme_is(b"bearer") || scheme_is(b"dpop")
     })
 }
 
