@@ -639,7 +639,9 @@ async fn no_token_or_another_scheme_is_401_unauthorized() {
         Some("Basic dXNlcjpwYXNz"),
         Some("Token abc"),
         Some("Bearerabc.def.ghi"),
-        Some("DPoP abc.def.ghi"),
+        // DPoP is a token scheme (tests/dpop.rs); a look-alike is not.
+        Some("DPoPabc.def.ghi"),
+        Some("Digest username=\"a\""),
     ] {
         let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", *a)).collect();
         let before = auth_failures(&env.gw.metrics().await, "open", "missing_token");

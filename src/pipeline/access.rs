@@ -139,8 +139,10 @@ fn close(
     elapsed: f64,
 ) {
     let status = status.as_u16();
-    let latency_ms = elapsed * 1000.0;
-    let upstream_ms = outcome.upstream_seconds.map(|s| s * 1000.0);
+    // Milliseconds to the microsecond: `0.417`, not `0.41736199999999997`.
+    let to_ms = |seconds: f64| (seconds * 1e6).round() / 1e3;
+    let latency_ms = to_ms(elapsed);
+    let upstream_ms = outcome.upstream_seconds.map(to_ms);
     let auth = auth(outcome);
     let reason = outcome.reason.map(Reason::label);
     if span.is_disabled() {
