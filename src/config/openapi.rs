@@ -222,9 +222,13 @@ impl super::Config {
             return Ok(());
         }
         let generated = generate(&self.openapi, &self.routes, base)?;
-        let trusted = !self.trust.issuers.is_empty() || self.issuer.as_ref().is_some_and(|i| i.enabled);
+        let trusted =
+            !self.trust.issuers.is_empty() || self.issuer.as_ref().is_some_and(|i| i.enabled);
         if !trusted
-            && let Some(route) = generated.routes.iter().find(|g| g.route.auth != AuthMode::None)
+            && let Some(route) = generated
+                .routes
+                .iter()
+                .find(|g| g.route.auth != AuthMode::None)
         {
             return Err(ConfigError::at(
                 format!("openapi[{}]", route.block),
@@ -243,16 +247,18 @@ impl super::Config {
 /// such as `{contact-id}` are fine in OpenAPI; the router only needs the segment).
 fn route_path(path: &str) -> String {
     path.split('/')
-        .map(|seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-            Some(name) if !name.is_empty() && !name.contains(['{', '}']) => {
-                let clean: String = name
-                    .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                    .collect();
-                format!("{{{clean}}}")
-            }
-            _ => seg.to_string(),
-        })
+        .map(
+            |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) if !name.is_empty() && !name.contains(['{', '}']) => {
+                    let clean: String = name
+                        .chars()
+                        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                        .collect();
+                    format!("{{{clean}}}")
+                }
+                _ => seg.to_string(),
+            },
+        )
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -351,11 +357,10 @@ fn access(doc: &Document, own: Option<&Vec<Requirement>>) -> Result<Access, Stri
 }
 
 fn is_token_scheme(doc: &Document, name: &str) -> Result<bool, String> {
-    let mut scheme = doc
-        .components
-        .security_schemes
-        .get(name)
-        .ok_or_else(|| format!("security scheme {name:?} is not in components.securitySchemes"))?;
+    let mut scheme =
+        doc.components.security_schemes.get(name).ok_or_else(|| {
+            format!("security scheme {name:?} is not in components.securitySchemes")
+        })?;
     if let Some(reference) = &scheme.reference {
         scheme = reference
             .strip_prefix("#/components/securitySchemes/")
@@ -498,7 +503,10 @@ mod tests {
         );
         assert_eq!(access_of("[{k: []}]"), Access::Token(vec![vec![]]));
         // One alternative without scopes: any token will do.
-        assert_eq!(access_of("[{o: [a]}, {i: []}]"), Access::Token(vec![vec![]]));
+        assert_eq!(
+            access_of("[{o: [a]}, {i: []}]"),
+            Access::Token(vec![vec![]])
+        );
     }
 
     #[test]
