@@ -204,7 +204,7 @@ pub(super) fn generate(
                     continue;
                 }
                 let route = make_route(block, name, &pattern, method, prefix);
-                let mut made = shape(route, access, &origin, &where_, &problem)?;
+                let mut made = shape(route, access, &origin);
                 made.block = index;
                 generated.routes.push(made);
             }
@@ -433,13 +433,7 @@ fn make_route(
 
 /// Puts `access` into the route: `scopes` for one alternative, `any_scopes` when each
 /// has one scope, else the alternatives themselves (the policy checks them).
-fn shape(
-    mut route: RouteConfig,
-    access: Access,
-    origin: &str,
-    where_: &str,
-    problem: &impl Fn(String) -> ConfigError,
-) -> Result<GeneratedRoute, ConfigError> {
+fn shape(mut route: RouteConfig, access: Access, origin: &str) -> GeneratedRoute {
     let mut alternatives = Vec::new();
     match access {
         Access::Open => {
@@ -455,15 +449,12 @@ fn shape(
         }
         Access::Token(sets) => alternatives = sets,
     }
-    if route.name.is_empty() {
-        return Err(problem(format!("{where_}: empty route name")));
-    }
-    Ok(GeneratedRoute {
+    GeneratedRoute {
         route,
         origin: origin.to_string(),
         alternatives,
         block: 0,
-    })
+    }
 }
 
 #[cfg(test)]
