@@ -507,6 +507,55 @@ mod tests {
         assert!(access(&d, Some(&own)).unwrap_err().contains("nope"));
     }
 
+    /// `gateway.yaml` text with one `openapi` block over `doc`, loaded from a temp folder.
+    fn load(gateway: &str, doc: &str) -> Result<super::super::Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!(
+            "scopegate-openapi-unit-{}-{}",
+            std::process::id(),
+            gateway.len() * 31 + doc.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("api.yaml"), doc).unwrap();
+        let result = super::super::Config::from_yaml_in(gateway, |_| None, &dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    const TRUST: &str =
+        "trust:\n  issuers:\n    - issuer: https://id.example.com/\n      audiences: [api]\n";
+
+    #[test]
+    fn blocks_are_checked_with_their_key_paths() {
+        let doc = "openapi: 3.0.3\npaths:\n  /a:\n    get: { operationId: a }\n";
+        let block = |extra: &str| {
+            format!("openapi:\n  - {{ file: api.yaml, upstream: builtin:echo{extra} }}\n")
+        };
+        // A token is needed, and no issuer is trusted.
+        let err = load(&block(""), doc).unwrap_err();
+        assert_eq!(err.path, "openapi[0]", "{err}");
+        let err = load(&format!("{TRUST}{}", block(", prefix: api/")), doc).unwrap_err();
+        assert_eq!(err.path, "openapi[0].prefix", "{err}");
+        let err = load(&format!("{TRUST}{}", block(", strip_prefix: true")), doc).unwrap_err();
+        assert_eq!(err.path, "openapi[0].strip_prefix", "{err}");
+        let twice = "openapi: 3.0.3\npaths:\n  /a:\n    get: { operationId: a }\n  /b:\n    get: { operationId: a }\n";
+        let err = load(&format!("{TRUST}{}", block("")), twice).unwrap_err();
+        assert_eq!(err.path, "openapi[0].file", "{err}");
+        assert!(err.message.contains("openapi:a"), "{err}");
+        let swagger = "swagger: '2.0'\nopenapi: 2.0.0\n";
+        let err = load(&format!("{TRUST}{}", block("")), swagger).unwrap_err();
+        assert!(err.message.contains("3.0 and 3.1"), "{err}");
+        let config = load(
+            &format!("{TRUST}{}", block(", prefix: /v1, strip_prefix: true")),
+            doc,
+        )
+        .unwrap();
+        let route = &config.openapi_routes.routes[0].route;
+        assert_eq!(route.name, "openapi:a");
+        assert_eq!(route.matcher.path.as_str(), "/v1/a");
+        assert_eq!(route.strip_prefix.as_deref(), Some("/v1"));
+        assert_eq!(route.auth, AuthMode::Required);
+    }
+
     #[test]
     fn parameter_names_become_router_parameters() {
         assert_eq!(route_path("/a/{contact-id}/b"), "/a/{contact_id}/b");
