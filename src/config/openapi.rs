@@ -69,6 +69,8 @@ pub struct Generated {
 
 // --- The parts of an OpenAPI document that routing reads ---
 
+/// Paths are read into a sorted map: generated routes (and the route table) come in path
+/// order, then method order, whatever the document's order.
 #[derive(Debug, Deserialize)]
 struct Document {
     openapi: String,
@@ -179,21 +181,21 @@ pub(super) fn generate(
             let pattern = Pattern::parse(&format!("{prefix}{}", route_path(path)))
                 .map_err(|err| problem(format!("paths.{path}: {err}")))?;
             for (method, op) in item.operations() {
-                let where_ = format!("paths.{path}.{}", method.to_ascii_lowercase());
+                let operation = format!("paths.{path}.{}", method.to_ascii_lowercase());
                 let access = access(&doc, op.security.as_ref())
-                    .map_err(|err| problem(format!("{where_}: {err}")))?;
+                    .map_err(|err| problem(format!("{operation}: {err}")))?;
                 let name = match &op.operation_id {
                     Some(id) => format!("openapi:{id}"),
                     None => format!("openapi:{method} {path}"),
                 };
                 if name.len() > 200 || !name.bytes().all(|b| (0x20..0x7f).contains(&b)) {
                     return Err(problem(format!(
-                        "{where_}: route name {name:?} must be at most 200 printable ASCII characters (it labels metrics and logs)"
+                        "{operation}: route name {name:?} must be at most 200 printable ASCII characters (it labels metrics and logs)"
                     )));
                 }
                 if !names.insert(name.clone()) {
                     return Err(problem(format!(
-                        "{where_}: route name {name:?} is used by another operation (operationIds must be unique)"
+                        "{operation}: route name {name:?} is used by another operation (operationIds must be unique)"
                     )));
                 }
                 if let Some(winner) = explicit.iter().find(|r| overlaps(r, &pattern, method)) {
