@@ -11,6 +11,7 @@ pub mod endpoints;
 mod env;
 pub mod issuer;
 pub mod limits;
+pub mod openapi;
 pub mod protocol;
 pub mod route;
 pub mod schema;
@@ -52,6 +53,11 @@ pub struct Config {
     pub source: Option<std::sync::Arc<source::Source>>,
     /// Browser cross-origin settings of every route (`routes[].cors` overrides).
     pub cors: Option<CorsSetting>,
+    /// Routes generated from OpenAPI documents (`src/config/openapi.rs`).
+    pub openapi: Vec<openapi::OpenApiConfig>,
+    /// What the `openapi` blocks generated, read at load.
+    #[serde(skip)]
+    pub openapi_routes: openapi::Generated,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -452,7 +458,8 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|err| {
             ConfigError::at("", format!("cannot read the config file: {err}")).in_file(path)
         })?;
-        Config::from_yaml_with_env(&text, |name| std::env::var(name).ok())
+        let base = path.parent().unwrap_or(Path::new(""));
+        Config::from_yaml_in(&text, |name| std::env::var(name).ok(), base)
             .map_err(|err| err.in_file(path))
     }
 
@@ -462,10 +469,20 @@ impl Config {
         Config::from_yaml_with_env(text, |name| std::env::var(name).ok())
     }
 
-    /// Parses and validates YAML text with an explicit environment.
+    /// Parses and validates YAML text with an explicit environment; `openapi[].file`
+    /// paths are relative to the current directory.
     pub fn from_yaml_with_env(
         text: &str,
         env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        Config::from_yaml_in(text, env, Path::new(""))
+    }
+
+    /// [`Config::from_yaml_with_env`] with `openapi[].file` relative to `base`.
+    pub fn from_yaml_in(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+        base: &Path,
     ) -> Result<Config, ConfigError> {
         let expanded = env::expand(text, env).map_err(|(line, message)| ConfigError {
             file: None,
@@ -502,6 +519,7 @@ impl Config {
             }
         };
         config.validate()?;
+        config.expand_openapi(base)?;
         config.source = Some(std::sync::Arc::new(source::Source::of(text)));
         Ok(config)
     }

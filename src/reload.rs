@@ -1,4 +1,5 @@
-//! Reload on config file change (notify), in addition to SIGHUP.
+//! Reload on config file change (notify), in addition to SIGHUP. The OpenAPI documents
+//! that `openapi:` generates routes from are watched the same way, as part of the config.
 //!
 //! The watcher looks at the file's directory, not the file: editors replace files by
 //! rename, and Kubernetes swaps ConfigMap mounts through a `..data` symlink. Only events
@@ -30,54 +31,94 @@ pub const MAX_DELAY: Duration = Duration::from_secs(1);
 /// The symlink Kubernetes swaps atomically when a mounted ConfigMap changes.
 const KUBERNETES_DATA: &str = "..data";
 
-/// True if `event` may have changed the file named `name` in the watched folder.
-fn concerns(event: &notify::Event, name: &OsString) -> bool {
+/// True if `event` may have changed a file named in `names` in a watched folder.
+fn concerns(event: &notify::Event, names: &[OsString]) -> bool {
     if matches!(event.kind, notify::EventKind::Access(_)) {
         return false;
     }
     // No path: a rescan or an overflow, after which anything may have changed.
     event.paths.is_empty()
         || event.paths.iter().any(|path| {
-            path.file_name()
-                .is_some_and(|file| file == name.as_os_str() || file == KUBERNETES_DATA)
+            path.file_name().is_some_and(|file| {
+                file == KUBERNETES_DATA || names.iter().any(|name| file == name.as_os_str())
+            })
         })
 }
 
-/// Starts watching `path`; reloads `gateway` when its content differs from the last
-/// content applied or refused, starting with `loaded` (the bytes the running config came
-/// from; `None`: the file as it is now). Keep the returned watcher alive for as long as
-/// reloads should happen.
+/// The bytes a reload compares: the config file's, then each OpenAPI document's (each
+/// behind its length, so moving bytes between files is a change). `None` when the
+/// config file cannot be read.
+fn fingerprint(config: Option<Vec<u8>>, documents: &[PathBuf]) -> Option<Vec<u8>> {
+    let mut bytes = config?;
+    for document in documents {
+        let content = std::fs::read(document).unwrap_or_default();
+        bytes.extend_from_slice(&(content.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&content);
+    }
+    Some(bytes)
+}
+
+/// The OpenAPI documents the running config was generated from.
+fn documents(gateway: &Gateway) -> Vec<PathBuf> {
+    gateway.state().config.openapi_routes.files.clone()
+}
+
+/// Starts watching `path` and the OpenAPI documents (`openapi[].file`) of the running
+/// config; reloads `gateway` when their content differs from the last content applied
+/// or refused, starting with `loaded` (the bytes the running config came from; `None`:
+/// the file as it is now). Keep the returned watcher alive for as long as reloads
+/// should happen. The folders watched are those of the files at start: a document
+/// added to `openapi:` in another folder later is read by every reload, but its own
+/// edits are noticed only after a restart (or SIGHUP).
 pub fn watch(
     gateway: Arc<Gateway>,
     path: &Path,
     loaded: Option<Vec<u8>>,
 ) -> Result<notify::RecommendedWatcher, String> {
     let path = std::path::absolute(path).map_err(|err| format!("{}: {err}", path.display()))?;
-    let directory = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let name = path
-        .file_name()
-        .map(OsString::from)
-        .ok_or_else(|| format!("{} names no file", path.display()))?;
+    let mut watched = vec![path.clone()];
+    for document in documents(&gateway) {
+        watched.push(
+            std::path::absolute(&document)
+                .map_err(|err| format!("{}: {err}", document.display()))?,
+        );
+    }
+    let mut names = Vec::new();
+    let mut directories: Vec<PathBuf> = Vec::new();
+    for file in &watched {
+        let directory = file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let name = file
+            .file_name()
+            .map(OsString::from)
+            .ok_or_else(|| format!("{} names no file", file.display()))?;
+        names.push(name);
+        if !directories.contains(&directory) {
+            directories.push(directory);
+        }
+    }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let check = tx.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
-            && concerns(&event, &name)
+            && concerns(&event, &names)
         {
             let _ = tx.send(());
         }
     })
-    .map_err(|err| format!("cannot watch {}: {err}", directory.display()))?;
-    watcher
-        .watch(&directory, RecursiveMode::NonRecursive)
-        .map_err(|err| format!("cannot watch {}: {err}", directory.display()))?;
+    .map_err(|err| format!("cannot watch {}: {err}", path.display()))?;
+    for directory in &directories {
+        watcher
+            .watch(directory, RecursiveMode::NonRecursive)
+            .map_err(|err| format!("cannot watch {}: {err}", directory.display()))?;
+    }
     // Read here, not in the task: a change made before the task first runs must still
     // differ from `last`.
-    let mut last = loaded.or_else(|| std::fs::read(&path).ok());
-    if std::fs::read(&path).ok() != last {
+    let mut files = documents(&gateway);
+    let mut last = fingerprint(loaded.or_else(|| std::fs::read(&path).ok()), &files);
+    if fingerprint(std::fs::read(&path).ok(), &files) != last {
         let _ = check.send(());
     }
 
@@ -93,12 +134,20 @@ pub fn watch(
                     _ => break,
                 }
             }
-            let current = std::fs::read(&path).ok();
+            let current = fingerprint(std::fs::read(&path).ok(), &files);
             if current.is_none() || current == last {
                 continue;
             }
-            last = current;
-            match gateway.reload().await {
+            let result = gateway.reload().await;
+            // The documents of the config now serving (a reload may list others).
+            let now = documents(&gateway);
+            last = if now == files {
+                current
+            } else {
+                fingerprint(std::fs::read(&path).ok(), &now)
+            };
+            files = now;
+            match result {
                 Ok(()) => tracing::info!(file = %path.display(), "configuration changed; reloaded"),
                 Err(err) => tracing::error!(
                     file = %path.display(),
@@ -124,7 +173,7 @@ mod tests {
     #[test]
     fn only_events_naming_the_file_or_the_kubernetes_link_count() {
         use notify::event::{CreateKind, DataChange, EventKind, ModifyKind};
-        let name = OsString::from("gateway.yaml");
+        let name = [OsString::from("gateway.yaml")];
         let event = |kind: EventKind, path: &str| {
             notify::Event::new(kind).add_path(PathBuf::from("/etc/scopegate").join(path))
         };

@@ -15,7 +15,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::clock::Clock;
-use crate::config::{Config, ConfigError, RateLimitConfig, RateLimitKey};
+use crate::config::openapi::GeneratedRoute;
+use crate::config::{Config, ConfigError, RateLimitConfig, RateLimitKey, RouteConfig};
 use crate::http::{Body, ConnInfo};
 use crate::issuer::{Endpoint, Issuer};
 use crate::jwks::{KeySource, TrustedIssuer};
@@ -352,11 +353,12 @@ fn compile_routes(
     };
     let mut errors = Vec::new();
     let mut compiled = Vec::with_capacity(config.routes.len());
-    for (index, route) in config.routes.iter().enumerate() {
+    // Explicit routes first (they win ties), then those generated from OpenAPI.
+    for (at, route, generated) in config_routes(config) {
         let limits = match RouteLimits::from_route(route, &context) {
             Ok(limits) => limits,
             Err(err) => {
-                errors.push(ConfigError::at(format!("routes[{index}]"), err));
+                errors.push(ConfigError::at(at, err));
                 continue;
             }
         };
@@ -366,7 +368,8 @@ fn compile_routes(
             name: route.name.as_str().into(),
             path: route.matcher.path.to_string(),
             methods,
-            policy: Policy::from_route(route),
+            policy: Policy::from_route(route)
+                .with_alternatives(generated.map_or(&[], |g| g.alternatives.as_slice())),
             target: Target::Upstream(route.upstream.first().clone()),
             strip_prefix: route.strip_prefix.as_deref().map(Into::into),
             limits,
@@ -388,6 +391,24 @@ fn compile_routes(
     Ok((routes, Router::with_reserved(&reserved, &compiled), notes))
 }
 
+/// Every route of the config with its key path: `routes:` in file order, then those
+/// generated from `openapi:` documents.
+fn config_routes(
+    config: &Config,
+) -> impl Iterator<Item = (String, &RouteConfig, Option<&GeneratedRoute>)> {
+    let explicit = config
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(index, route)| (format!("routes[{index}]"), route, None));
+    let generated = config
+        .openapi_routes
+        .routes
+        .iter()
+        .map(|g| (format!("openapi[{}]", g.block), &g.route, Some(g)));
+    explicit.chain(generated)
+}
+
 /// Config routes whose paths include issuer endpoints (which are matched first).
 fn shadow_notes(
     config: &Config,
@@ -396,7 +417,7 @@ fn shadow_notes(
 ) -> Vec<String> {
     let endpoints: Vec<String> = reserved.iter().map(|(p, _)| p.to_string()).collect();
     let mut notes = Vec::new();
-    for (route, config_route) in routes.iter().zip(&config.routes) {
+    for (route, (_, config_route, _)) in routes.iter().zip(config_routes(config)) {
         let router = Router::new(&[(config_route.matcher.path.clone(), MethodSet::any())]);
         let taken: Vec<&str> = endpoints
             .iter()
@@ -525,9 +546,18 @@ fn route_table(config: &Config, notes: &[String]) -> String {
         "AUTH".into(),
         "SCOPES".into(),
         "UPSTREAM".into(),
+        "ORIGIN".into(),
     ]];
-    for route in &config.routes {
+    for (_, route, generated) in config_routes(config) {
         let mut scopes = route.scopes.join(" ");
+        if let Some(g) = generated.filter(|g| !g.alternatives.is_empty()) {
+            let sets: Vec<String> = g
+                .alternatives
+                .iter()
+                .map(|set| format!("({})", set.join(" ")))
+                .collect();
+            scopes = format!("one of {}", sets.join(" | "));
+        }
         if !route.any_scopes.is_empty() {
             if !scopes.is_empty() {
                 scopes.push_str(" + ");
@@ -555,9 +585,10 @@ fn route_table(config: &Config, notes: &[String]) -> String {
                 scopes
             },
             route.upstream.to_string(),
+            generated.map_or_else(|| "routes".to_string(), |g| g.origin.clone()),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..7)
         .map(|column| rows.iter().map(|row| row[column].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -583,13 +614,13 @@ fn route_table(config: &Config, notes: &[String]) -> String {
             endpoints.join(" ")
         ));
     }
-    for note in notes {
+    for note in config.openapi_routes.notes.iter().chain(notes) {
         out.push_str(note);
         out.push('\n');
     }
     out.push_str(&format!(
         "{} route(s); {} trusted issuer(s)\n",
-        config.routes.len(),
+        config.routes.len() + config.openapi_routes.routes.len(),
         config.trust.issuers.len() + usize::from(builtin.is_some())
     ));
     out

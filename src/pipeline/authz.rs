@@ -16,9 +16,13 @@ pub struct Policy {
     pub audience: Option<Box<str>>,
     pub scopes: Vec<Box<str>>,
     pub any_scopes: Vec<Box<str>>,
+    /// Any one of these all-of sets (routes from OpenAPI whose operations list several
+    /// security requirements with several scopes each); empty: no such rule.
+    pub alternatives: Vec<Vec<Box<str>>>,
     /// `scope="..."` values for 403 answers, built once.
     all_text: String,
     any_text: String,
+    alt_text: String,
 }
 
 impl Policy {
@@ -31,8 +35,10 @@ impl Policy {
             audience: None,
             scopes: Vec::new(),
             any_scopes: Vec::new(),
+            alternatives: Vec::new(),
             all_text: String::new(),
             any_text: String::new(),
+            alt_text: String::new(),
         }
     }
 
@@ -44,9 +50,24 @@ impl Policy {
             audience: route.audience.as_deref().map(Into::into),
             scopes: route.scopes.iter().map(|s| s.as_str().into()).collect(),
             any_scopes: route.any_scopes.iter().map(|s| s.as_str().into()).collect(),
+            alternatives: Vec::new(),
             all_text: route.scopes.join(" "),
             any_text: route.any_scopes.join(" "),
+            alt_text: String::new(),
         }
+    }
+
+    /// Adds alternatives of all-of scope sets: a token must hold every scope of at least
+    /// one of them. A 403 names the first set.
+    pub fn with_alternatives(mut self, alternatives: &[Vec<String>]) -> Policy {
+        self.alternatives = alternatives
+            .iter()
+            .map(|set| set.iter().map(|s| s.as_str().into()).collect())
+            .collect();
+        if let Some(first) = alternatives.first() {
+            self.alt_text = first.join(" ");
+        }
+        self
     }
 
     /// Checks the identity against this policy.
@@ -72,6 +93,16 @@ impl Policy {
         {
             return Err(ProxyError::InsufficientScope {
                 required: self.any_text.clone(),
+            });
+        }
+        if !self.alternatives.is_empty()
+            && !self
+                .alternatives
+                .iter()
+                .any(|set| set.iter().all(|scope| identity.has_scope(scope)))
+        {
+            return Err(ProxyError::InsufficientScope {
+                required: self.alt_text.clone(),
             });
         }
         Ok(())
