@@ -140,6 +140,8 @@ pub struct Timeouts {
     pub client_header: Dur,
     /// A keep-alive connection with no request in flight is closed after this long.
     pub idle: Dur,
+    /// A WebSocket connection with no bytes either way is closed after this long.
+    pub tunnel_idle: Dur,
 }
 
 impl Default for Timeouts {
@@ -149,6 +151,7 @@ impl Default for Timeouts {
             upstream_response: Dur::secs(30),
             client_header: Dur::secs(10),
             idle: Dur::secs(60),
+            tunnel_idle: Dur::secs(300),
         }
     }
 }
@@ -695,6 +698,7 @@ impl ServerConfig {
             ("upstream_response", self.timeouts.upstream_response),
             ("client_header", self.timeouts.client_header),
             ("idle", self.timeouts.idle),
+            ("tunnel_idle", self.timeouts.tunnel_idle),
         ] {
             if value.get().is_zero() {
                 return Err(ConfigError::at(
@@ -970,13 +974,16 @@ impl RouteConfig {
             }
             health.validate(at)?;
         }
-        if let Some(timeout) = self.timeouts.upstream_response
-            && timeout.get().is_zero()
-        {
-            return Err(ConfigError::at(
-                format!("{at}.timeouts.upstream_response"),
-                "must be greater than zero",
-            ));
+        for (key, value) in [
+            ("upstream_response", self.timeouts.upstream_response),
+            ("tunnel_idle", self.timeouts.tunnel_idle),
+        ] {
+            if value.is_some_and(|timeout| timeout.get().is_zero()) {
+                return Err(ConfigError::at(
+                    format!("{at}.timeouts.{key}"),
+                    "must be greater than zero",
+                ));
+            }
         }
         Ok(())
     }

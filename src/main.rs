@@ -67,17 +67,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// A Tokio runtime for `workers` threads. One worker is a current-thread scheduler (no
-/// work-stealing machinery, no second thread for the accept loop): measured 12-18% more
-/// requests/s than a one-worker multi-thread runtime (benches/RESULTS.md).
+/// A Tokio runtime for `workers` threads; 0 means one per core this process may run on
+/// (its CPU affinity and cgroup quota, as `available_parallelism` reads them). One worker
+/// is a current-thread scheduler (no work-stealing machinery, no second thread for the
+/// accept loop): measured 12-18% more requests/s than a one-worker multi-thread runtime
+/// (benches/RESULTS.md), so a process pinned to one core gets it without being told.
 fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, String> {
+    let workers = match workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
     let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
-        if workers > 0 {
-            builder.worker_threads(workers);
-        }
+        builder.worker_threads(workers);
         builder
     };
     builder

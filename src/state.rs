@@ -350,6 +350,7 @@ fn compile_routes(
         metrics: &shared.metrics,
         trusted_proxies: config.server.trusted_proxies.as_slice().into(),
         claim_names,
+        tunnel_idle: config.server.timeouts.tunnel_idle.get(),
     };
     let mut errors = Vec::new();
     let mut compiled = Vec::with_capacity(config.routes.len());

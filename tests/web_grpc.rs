@@ -395,3 +395,142 @@ fn protocols_must_fit_the_upstream() {
     );
     assert!(scopegate::config::Config::from_yaml(&unknown).is_err());
 }
+
+/// Where grpcio is importable from: an install of it (from PyPI, by pip) in the test
+/// build's temporary directory, made once per build directory.
+fn grpcio_path() -> std::path::PathBuf {
+    const VERSION: &str = "1.85.3";
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("grpcio-{VERSION}"));
+    if dir.join("grpc").is_dir() {
+        return dir;
+    }
+    let partial = dir.with_extension(format!("partial-{}", std::process::id()));
+    let installed = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(["--no-warn-script-location", "--target"])
+        .arg(&partial)
+        .arg(format!("grpcio=={VERSION}"))
+        .status()
+        .expect("python3 -m pip (grpcio comes from PyPI)");
+    assert!(
+        installed.success(),
+        "pip install grpcio=={VERSION}: {installed}"
+    );
+    // Another build's test may have finished first; either install will do.
+    if std::fs::rename(&partial, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    dir
+}
+
+/// The grpcio scripts in tests/grpcio/.
+fn grpcio_script(name: &str) -> std::process::Command {
+    let mut command = std::process::Command::new("python3");
+    command
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/grpcio")
+                .join(name),
+        )
+        .env("PYTHONPATH", grpcio_path())
+        .env("no_grpc_proxy", "*");
+    command
+}
+
+/// The grpcio server, alive until dropped.
+struct GrpcioServer {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl GrpcioServer {
+    fn start() -> GrpcioServer {
+        use std::io::BufRead;
+        let mut child = grpcio_script("server.py")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the grpcio server");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the grpcio server's port");
+        let port: u16 = line.trim().parse().expect("a port");
+        GrpcioServer {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+}
+
+impl Drop for GrpcioServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One unary call by the grpcio client: (status code name, details, reply).
+async fn grpcio_call(
+    gateway: SocketAddr,
+    path: &str,
+    message: &str,
+    token: Option<&str>,
+) -> serde_json::Value {
+    let mut command = grpcio_script("client.py");
+    command.args([gateway.to_string().as_str(), path, message]);
+    command.args(token);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run the grpcio client");
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).expect("the client's JSON")
+}
+
+/// The reference gRPC implementation (grpcio, on gRPC's C core) at both ends: its client
+/// reads the gateway's answers and the server's relayed statuses as gRPC statuses.
+#[tokio::test]
+async fn grpcio_client_and_server_work_through_the_gateway() {
+    let server = tokio::task::spawn_blocking(GrpcioServer::start)
+        .await
+        .expect("join");
+    let issuer = Issuer::start(&default_keys()).await;
+    let yaml = standard_yaml(&routes(server.addr));
+    let gw = Gw::start(&render(&yaml, &[("issuer", &issuer.url)])).await;
+    gw.wait_ready().await;
+    let token = token(&issuer, &gw, json!({}));
+
+    let ok = grpcio_call(gw.addr, "/test.Echo/Say", "hello", Some(&token)).await;
+    assert_eq!(ok["code"], "OK", "{ok}");
+    assert_eq!(ok["reply"], "user-1:hello", "{ok}");
+    // A status the server sends in trailers reaches the client.
+    let failed = grpcio_call(gw.addr, "/test.Echo/Say", "fail", Some(&token)).await;
+    assert_eq!(failed["code"], "NOT_FOUND", "{failed}");
+    assert_eq!(failed["details"], "no such thing", "{failed}");
+    // The gateway's own refusals, as grpcio reads them.
+    let missing = grpcio_call(gw.addr, "/test.Echo/Say", "x", None).await;
+    assert_eq!(missing["code"], "UNAUTHENTICATED", "{missing}");
+    let forged = grpcio_call(gw.addr, "/test.Echo/Say", "x", Some("not.a.token")).await;
+    assert_eq!(forged["code"], "UNAUTHENTICATED", "{forged}");
+    let denied = grpcio_call(gw.addr, "/test.Admin/Do", "x", Some(&token)).await;
+    assert_eq!(denied["code"], "PERMISSION_DENIED", "{denied}");
+
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        auth_failures(&metrics, "grpc", "missing_token"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        auth_failures(&metrics, "grpc-admin", "insufficient_scope"),
+        1.0
+    );
+}

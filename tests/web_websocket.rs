@@ -286,3 +286,36 @@ async fn websockets_hold_the_drain_and_close_once_the_grace_is_over() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_idle_websocket_is_closed_after_tunnel_idle() {
+    let issuer = Issuer::start(&default_keys()).await;
+    let server = echo_server().await;
+    let yaml = yaml(&server.url).replace(
+        "websocket: true }",
+        "websocket: true, timeouts: { tunnel_idle: 500ms } }",
+    );
+    let gw = Gw::start(&render(&yaml, &[("issuer", &issuer.url)])).await;
+    gw.wait_ready().await;
+    let token = rsa().token(&claims_at(&issuer.url, gw.clock.unix_secs(), json!({})));
+    let mut ws = connect(gw.addr, "/ws/chat", Some(&token))
+        .await
+        .expect("101");
+    echo(&mut ws, "then silence").await;
+    // Nothing moves either way: the gateway closes both connections.
+    let end = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(message)) if message.is_close() => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the idle WebSocket stayed open");
+    eventually("open_websockets back to 0", async || {
+        metric(&gw.metrics().await, "scopegate_open_websockets", &[]) == 0.0
+    })
+    .await;
+}

@@ -18,6 +18,9 @@ pub struct RouteTimeouts {
     /// From sending the request to the upstream's answer head.
     #[serde(default)]
     pub upstream_response: Option<Dur>,
+    /// A WebSocket connection with no bytes either way is closed after this long.
+    #[serde(default)]
+    pub tunnel_idle: Option<Dur>,
 }
 
 /// `routes[].rate_limit`: a token bucket per key holding `requests + burst`, refilled at

@@ -22,17 +22,33 @@ use crate::upstream::UpstreamBody;
 use crate::upstream::set::EndpointSet;
 
 /// A route's limits, compiled once.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RouteLimits {
     /// `max_body` in bytes.
     pub max_body: Option<u64>,
     /// `timeouts.upstream_response`; `None` takes the server's.
     pub response_timeout: Option<Duration>,
+    /// `timeouts.tunnel_idle`, or the server's.
+    pub tunnel_idle: Duration,
     /// `Location` / `Content-Location` back under `strip_prefix`.
     pub redirects: Option<Redirects>,
     pub rate_limit: Option<RateLimit>,
     /// Several endpoints (or one with health checks); `None` sends to the one URL.
     pub endpoints: Option<Arc<EndpointSet>>,
+}
+
+/// No limits (the issuer's own endpoints, which never tunnel).
+impl Default for RouteLimits {
+    fn default() -> Self {
+        RouteLimits {
+            max_body: None,
+            response_timeout: None,
+            tunnel_idle: Duration::from_secs(300),
+            redirects: None,
+            rate_limit: None,
+            endpoints: None,
+        }
+    }
 }
 
 /// What compiling a route's limits needs beside the route.
@@ -42,6 +58,8 @@ pub struct RouteContext<'a> {
     pub trusted_proxies: Arc<[Cidr]>,
     /// The claims the verifier reads into `Identity::mapped`, in order.
     pub claim_names: &'a [Box<str>],
+    /// `server.timeouts.tunnel_idle`.
+    pub tunnel_idle: Duration,
 }
 
 impl RouteLimits {
@@ -81,6 +99,10 @@ impl RouteLimits {
             rate_limit,
             max_body: config.max_body.map(|size| size.bytes()),
             response_timeout: config.timeouts.upstream_response.map(|d| d.get()),
+            tunnel_idle: config
+                .timeouts
+                .tunnel_idle
+                .map_or(context.tunnel_idle, |d| d.get()),
             redirects: Redirects::new(config.upstream.targets(), config.strip_prefix.as_deref()),
         })
     }

@@ -4,13 +4,20 @@
 //! headers rewritten (identity headers added, spoofed ones stripped), then sent on a
 //! new upstream connection with `Connection: upgrade` and `Upgrade: websocket` put back.
 //! When the upstream answers `101`, the client gets the `101` and the two connections
-//! are joined: bytes are relayed both ways, unread, until either side closes or the
-//! listener's shutdown grace runs out. Any other answer is relayed as an answer.
+//! are joined: bytes are relayed both ways, unread, until either side closes, no byte
+//! moves either way for `timeouts.tunnel_idle` (default 5 minutes), or the listener's
+//! shutdown grace runs out. Any other answer is relayed as an answer.
 //!
 //! `Upgrade` elsewhere: without `Connection: upgrade` it asks nothing and is dropped
 //! with the other hop-by-hop headers; `h2c` (what `curl --http2` offers over cleartext)
 //! is ignored, as RFC 9110 §7.8 allows; a WebSocket handshake on a route without `websocket: true`
 //! and an upgrade to any other protocol are refused with 400 and a counted reason.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::header::{CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -18,6 +25,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::forward;
 use super::{Exchange, Route, Target, upstream_uri};
@@ -76,6 +84,8 @@ pub fn check<B>(websocket: bool, request: &Request<B>) -> Result<bool, ProxyErro
 pub struct Tunnel {
     client: OnUpgrade,
     upstream: OnUpgrade,
+    /// Closed after this long with no bytes either way (`timeouts.tunnel_idle`).
+    idle: Duration,
 }
 
 impl std::fmt::Debug for Tunnel {
@@ -85,8 +95,8 @@ impl std::fmt::Debug for Tunnel {
 }
 
 impl Tunnel {
-    /// Relays bytes both ways until either side closes or `lease` says to close;
-    /// `open` counts the tunnel while it relays.
+    /// Relays bytes both ways until either side closes, nothing moves for the idle
+    /// timeout, or `lease` says to close; `open` counts the tunnel while it relays.
     pub fn spawn(self, open: prometheus::IntGauge, mut lease: Lease) {
         open.inc();
         tokio::spawn(async move {
@@ -98,17 +108,90 @@ impl Tunnel {
                     return;
                 }
             };
-            let mut client = TokioIo::new(client);
-            let mut upstream = TokioIo::new(upstream);
+            let activity = Activity::default();
+            let mut client = Active::new(TokioIo::new(client), &activity);
+            let mut upstream = Active::new(TokioIo::new(upstream), &activity);
             tokio::select! {
                 result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
                     if let Err(err) = result {
                         tracing::debug!(error = %err, "a WebSocket connection ended with an error");
                     }
                 }
+                () = activity.idle_for(self.idle) => {
+                    tracing::debug!("closing an idle WebSocket connection");
+                }
                 () = lease.closed() => tracing::debug!("closing a WebSocket connection at shutdown"),
             }
         });
+    }
+}
+
+/// Counts the bytes a tunnel moves, either way, so an idle one can be told from a busy
+/// one without a timer per read.
+#[derive(Clone, Default)]
+struct Activity(Arc<AtomicU64>);
+
+impl Activity {
+    /// Returns once no byte has moved for `idle`: wakes every `idle` and compares.
+    async fn idle_for(&self, idle: Duration) {
+        let mut seen = self.0.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(idle).await;
+            let now = self.0.load(Ordering::Relaxed);
+            if now == seen {
+                return;
+            }
+            seen = now;
+        }
+    }
+}
+
+/// One side of a tunnel, counting what it reads into `Activity`.
+struct Active<T> {
+    io: T,
+    activity: Activity,
+}
+
+impl<T> Active<T> {
+    fn new(io: T, activity: &Activity) -> Active<T> {
+        Active {
+            io,
+            activity: activity.clone(),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Active<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.activity.0.fetch_add(read as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Active<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -183,7 +266,11 @@ impl Exchange<'_> {
         parts
             .headers
             .insert(UPGRADE, HeaderValue::from_static("websocket"));
-        self.outcome.tunnel = Some(Tunnel { client, upstream });
+        self.outcome.tunnel = Some(Tunnel {
+            client,
+            upstream,
+            idle: route.limits.tunnel_idle,
+        });
         Ok(Response::from_parts(parts, crate::http::full("")))
     }
 }
