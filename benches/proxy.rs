@@ -105,6 +105,7 @@ fn fixture(alg: Alg) -> Fixture {
         clients: None,
         scope_claims: None,
         introspection: None,
+        token_exchange: None,
     };
     let fetcher = Fetcher::new(tls_client_config(None).unwrap());
     let make = |cache| {

@@ -240,6 +240,10 @@ pub struct TrustedIssuerConfig {
     /// with `revocation: strict`.
     #[serde(default)]
     pub introspection: Option<IntrospectionConfig>,
+    /// RFC 8693 token exchange at this issuer's token endpoint, for routes with
+    /// `upstream_token` that take its tokens.
+    #[serde(default)]
+    pub token_exchange: Option<TokenExchangeConfig>,
 }
 
 /// `trust.issuers[].introspection`: the issuer's RFC 7662 endpoint and the gateway's
@@ -253,6 +257,16 @@ pub struct IntrospectionConfig {
     /// How long an answer is reused (never past the token's `exp`).
     #[serde(default = "default_introspection_cache_ttl")]
     pub cache_ttl: Dur,
+}
+
+/// `trust.issuers[].token_exchange`: the issuer's token endpoint and the gateway's
+/// client credentials there (HTTP Basic).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenExchangeConfig {
+    pub url: String,
+    pub client_id: String,
+    pub client_secret: String,
 }
 
 fn default_introspection_cache_ttl() -> Dur {
@@ -594,8 +608,9 @@ impl Config {
 }
 
 impl Config {
-    /// `upstream_token` is minted by the built-in issuer, for one of its APIs, with
-    /// scopes that API defines, for a route that verifies a token.
+    /// `upstream_token` is minted by the built-in issuer, for one of its APIs with
+    /// scopes that API defines, or obtained from a trusted issuer with `token_exchange`;
+    /// for a route that verifies a token.
     fn validate_upstream_token(
         &self,
         at: &str,
@@ -603,12 +618,6 @@ impl Config {
         upstream_token: &UpstreamTokenConfig,
     ) -> Result<(), ConfigError> {
         let at = format!("{at}.upstream_token");
-        let issuer = self.issuer.as_ref().filter(|i| i.enabled).ok_or_else(|| {
-            ConfigError::at(
-                &at,
-                "upstream tokens are minted by the built-in issuer; enable `issuer:`",
-            )
-        })?;
         if route.auth != AuthMode::Required {
             return Err(ConfigError::at(
                 &at,
@@ -621,25 +630,41 @@ impl Config {
                 "upstream tokens are not sent on WebSocket routes",
             ));
         }
-        let Some(api) = issuer
-            .apis
-            .iter()
-            .find(|api| api.identifier == upstream_token.audience)
-        else {
-            return Err(ConfigError::at(
-                format!("{at}.audience"),
-                format!(
-                    "{:?} is not an API of the built-in issuer (issuer.apis[].identifier)",
-                    upstream_token.audience
-                ),
-            ));
-        };
         if upstream_token.scopes.is_empty() {
             return Err(ConfigError::at(
                 format!("{at}.scopes"),
                 "list the scopes the upstream token may carry",
             ));
         }
+        let exchanges = self
+            .trust
+            .issuers
+            .iter()
+            .any(|issuer| issuer.token_exchange.is_some());
+        let api = self
+            .issuer
+            .as_ref()
+            .filter(|issuer| issuer.enabled)
+            .and_then(|issuer| {
+                issuer
+                    .apis
+                    .iter()
+                    .find(|api| api.identifier == upstream_token.audience)
+            });
+        let Some(api) = api else {
+            if exchanges {
+                // Obtained from the external issuers, which know their own audiences.
+                return Ok(());
+            }
+            return Err(ConfigError::at(
+                format!("{at}.audience"),
+                format!(
+                    "{:?} is not an API of the built-in issuer (issuer.apis[].identifier), \
+                     and no trusted issuer has `token_exchange`",
+                    upstream_token.audience
+                ),
+            ));
+        };
         for (index, scope) in upstream_token.scopes.iter().enumerate() {
             if !api.scopes.iter().any(|defined| defined.value == *scope) {
                 return Err(ConfigError::at(
@@ -769,7 +794,23 @@ impl TrustedIssuerConfig {
             ));
         }
         if let Some(introspection) = &self.introspection {
-            introspection.validate(&format!("{at}.introspection"))?;
+            let at = format!("{at}.introspection");
+            let IntrospectionConfig {
+                url,
+                client_id,
+                client_secret,
+                ..
+            } = introspection;
+            validate_endpoint(&at, url, client_id, client_secret)?;
+        }
+        if let Some(exchange) = &self.token_exchange {
+            let at = format!("{at}.token_exchange");
+            validate_endpoint(
+                &at,
+                &exchange.url,
+                &exchange.client_id,
+                &exchange.client_secret,
+            )?;
         }
         if let Some(names) = &self.scope_claims {
             let at = format!("{at}.scope_claims");
@@ -794,23 +835,27 @@ impl TrustedIssuerConfig {
     }
 }
 
-impl IntrospectionConfig {
-    fn validate(&self, at: &str) -> Result<(), ConfigError> {
-        check_url(&self.url, &format!("{at}.url"))?;
-        if self.client_id.is_empty() || self.client_id.contains(':') {
-            return Err(ConfigError::at(
-                format!("{at}.client_id"),
-                "a client id, not empty and without ':' (it is sent with HTTP Basic)",
-            ));
-        }
-        if self.client_secret.is_empty() {
-            return Err(ConfigError::at(
-                format!("{at}.client_secret"),
-                "the secret the gateway authenticates with (e.g. \"${INTROSPECTION_SECRET}\")",
-            ));
-        }
-        Ok(())
+/// An issuer endpoint the gateway calls as a client: its URL and HTTP Basic credentials.
+fn validate_endpoint(
+    at: &str,
+    url: &str,
+    client_id: &str,
+    client_secret: &str,
+) -> Result<(), ConfigError> {
+    check_url(url, &format!("{at}.url"))?;
+    if client_id.is_empty() || client_id.contains(':') {
+        return Err(ConfigError::at(
+            format!("{at}.client_id"),
+            "a client id, not empty and without ':' (it is sent with HTTP Basic)",
+        ));
     }
+    if client_secret.is_empty() {
+        return Err(ConfigError::at(
+            format!("{at}.client_secret"),
+            "the secret the gateway authenticates with (e.g. \"${GATEWAY_SECRET}\")",
+        ));
+    }
+    Ok(())
 }
 
 /// `http(s)://` URL check for issuer and JWKS addresses: https anywhere, http only on

@@ -163,6 +163,36 @@ pub fn percent_encoded(b: u8) -> [u8; 3] {
     [b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]
 }
 
+/// `application/x-www-form-urlencoded` for one value: unreserved characters as they
+/// are, everything else percent-encoded.
+///
+/// ```
+/// assert_eq!(scopegate::http::form_encode("a.b-c_d~e"), "a.b-c_d~e");
+/// assert_eq!(scopegate::http::form_encode("a+b/c=d e:é"), "a%2Bb%2Fc%3Dd%20e%3A%C3%A9");
+/// ```
+pub fn form_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.extend(percent_encoded(byte).map(char::from));
+        }
+    }
+    out
+}
+
+/// A client's HTTP Basic credentials as RFC 6749 §2.3.1 has them: each part
+/// form-encoded first. Marked sensitive; `None` if they cannot be a header.
+pub fn basic_credentials(client_id: &str, client_secret: &str) -> Option<HeaderValue> {
+    use base64::Engine;
+    let credentials = format!("{}:{}", form_encode(client_id), form_encode(client_secret));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+    let mut value = HeaderValue::try_from(format!("Basic {encoded}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1), plus the non-standard ones proxies meet.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(

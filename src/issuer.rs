@@ -258,6 +258,7 @@ impl Issuer {
             clients: None,
             scope_claims: None,
             introspection: None,
+            token_exchange: None,
         }
     }
 

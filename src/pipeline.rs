@@ -243,7 +243,11 @@ impl<'a> Exchange<'a> {
                     None => return Err(ProxyError::MissingToken),
                 };
                 let issuer = self.pipeline.issuer.as_deref();
-                Some(upstream_token.authorization(issuer, token, identity)?)
+                Some(
+                    upstream_token
+                        .authorization(issuer, token, identity)
+                        .await?,
+                )
             }
             _ => None,
         };

@@ -27,7 +27,7 @@ use crate::pipeline::dpop::ProofChecker;
 use crate::pipeline::forward::ForwardHeaders;
 use crate::pipeline::limit::{RouteContext, RouteLimits};
 use crate::pipeline::router::{MethodSet, Pattern, Router};
-use crate::pipeline::upstream_token::UpstreamToken;
+use crate::pipeline::upstream_token::{Exchanger, UpstreamToken};
 use crate::pipeline::web::RouteWeb;
 use crate::pipeline::{ISSUER_ROUTE, Pipeline, Route, Target};
 use crate::upstream::{Fetcher, Upstreams};
@@ -353,6 +353,22 @@ fn compile_routes(
         tunnel_idle: config.server.timeouts.tunnel_idle.get(),
     };
     let mut errors = Vec::new();
+    // By trusted issuer, in `trust.issuers` order (an identity's `issuer_index`).
+    let exchangers: Arc<[Option<Exchanger>]> = config
+        .trust
+        .issuers
+        .iter()
+        .enumerate()
+        .map(|(index, issuer)| {
+            let exchange = issuer.token_exchange.as_ref()?;
+            Exchanger::new(exchange, shared.fetcher.clone())
+                .map_err(|err| {
+                    let at = format!("trust.issuers[{index}].token_exchange");
+                    errors.push(ConfigError::at(at, err));
+                })
+                .ok()
+        })
+        .collect();
     let mut compiled = Vec::with_capacity(config.routes.len());
     // Explicit routes first (they win ties), then those generated from OpenAPI.
     for (at, route, generated) in config_routes(config) {
@@ -379,6 +395,7 @@ fn compile_routes(
                 UpstreamToken::new(
                     &route.name,
                     upstream_token,
+                    exchangers.clone(),
                     shared.clock.clone(),
                     &shared.metrics,
                 )

@@ -122,7 +122,7 @@ async fn the_upstream_gets_a_token_minted_for_it_not_the_callers() {
 }
 
 #[test]
-fn upstream_tokens_need_the_builtin_issuer_and_its_api_scopes() {
+fn upstream_tokens_need_the_builtin_issuers_api_scopes_or_a_token_exchange() {
     let base = |upstream_token: &str, issuer: bool| {
         let issuer = if issuer {
             "issuer:\n  url: http://127.0.0.1:8080/\n  store: \"sqlite::memory:\"\n  apis:\n    - identifier: https://billing.example.com\n      scopes: [{ value: read:invoices }]\n"
@@ -135,6 +135,23 @@ fn upstream_tokens_need_the_builtin_issuer_and_its_api_scopes() {
     };
     let ok = "{ audience: https://billing.example.com, scopes: [read:invoices] }";
     assert!(scopegate::config::Config::from_yaml(&base(ok, true)).is_ok());
+    // An external issuer that exchanges tokens knows its own audiences and scopes.
+    let exchange = base(ok, false).replace(
+        "audiences: [api]\n",
+        "audiences: [api]\n      token_exchange: { url: https://idp.example.com/token, client_id: gw, client_secret: s }\n",
+    );
+    assert!(
+        scopegate::config::Config::from_yaml(&exchange).is_ok(),
+        "{exchange}"
+    );
+    let no_secret = exchange.replace("client_secret: s", "client_secret: \"\"");
+    let err = scopegate::config::Config::from_yaml(&no_secret)
+        .expect_err("an empty secret")
+        .to_string();
+    assert!(
+        err.contains("trust.issuers[0].token_exchange.client_secret"),
+        "{err}"
+    );
     for (upstream_token, issuer, key) in [
         (ok, false, "routes[0].upstream_token"),
         (
@@ -158,4 +175,138 @@ fn upstream_tokens_need_the_builtin_issuer_and_its_api_scopes() {
             .to_string();
         assert!(err.contains(key), "{key}: {err}");
     }
+}
+
+/// An external issuer with `token_exchange`: the gateway exchanges the caller's token at
+/// that issuer's token endpoint (RFC 8693) and sends the upstream what comes back.
+const EXTERNAL: &str = r#"server:
+  timeouts: { upstream_connect: 1s, upstream_response: 2s }
+trust:
+  issuers:
+    - issuer: "@issuer@"
+      audiences: [https://api.example.com]
+      algorithms: [RS256]
+      token_exchange:
+        url: "@issuer@token"
+        client_id: gateway
+        client_secret: "gw-secret/+="
+routes:
+  - name: billing
+    match: { path: /billing/* }
+    upstream: "@upstream@"
+    scopes: [read:contacts]
+    upstream_token: { audience: "https://billing.internal", scopes: [read:invoices, write:invoices] }
+  - name: same
+    match: { path: /same/* }
+    upstream: "@upstream@"
+    scopes: [read:contacts]
+    upstream_token: { audience: "https://api.example.com", scopes: [read:contacts, write:contacts] }
+"#;
+
+fn external_metric(text: &str, route: &str, result: &str) -> f64 {
+    common::metric(
+        text,
+        "scopegate_upstream_token_total",
+        &[("route", route), ("result", result)],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_issuers_token_endpoint_exchanges_the_callers_token() {
+    let env = common::Env::start_yaml(EXTERNAL).await;
+    let caller = env.token(serde_json::json!({}));
+    let exchanged = common::rsa().token(&env.claims(serde_json::json!({
+        "aud": "https://billing.internal",
+        "scope": "read:invoices",
+        "act": { "sub": "gateway" },
+    })));
+    env.issuer.set_exchange(
+        &caller,
+        serde_json::json!({
+            "access_token": exchanged,
+            "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "read:invoices",
+        }),
+    );
+
+    let reply = env.get_bearer("/billing/1", &caller).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(received_token(&env.upstream), exchanged);
+    let forms = env.issuer.exchange_forms();
+    assert_eq!(forms.len(), 1);
+    let form = &forms[0];
+    let field = |name: &str| form.get(name).map(String::as_str);
+    assert_eq!(
+        field("grant_type"),
+        Some("urn:ietf:params:oauth:grant-type:token-exchange")
+    );
+    assert_eq!(field("subject_token"), Some(caller.as_str()));
+    assert_eq!(
+        field("subject_token_type"),
+        Some("urn:ietf:params:oauth:token-type:access_token")
+    );
+    assert_eq!(field("audience"), Some("https://billing.internal"));
+    // Another audience: the route's scopes are asked for; the issuer decides.
+    assert_eq!(field("scope"), Some("read:invoices write:invoices"));
+
+    // Reused for the same caller token, not asked again.
+    let again = env.get_bearer("/billing/2", &caller).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(received_token(&env.upstream), exchanged);
+    assert_eq!(env.issuer.exchange_forms().len(), 1);
+    let metrics = env.gw.metrics().await;
+    assert_eq!(external_metric(&metrics, "billing", "minted"), 1.0);
+    assert_eq!(external_metric(&metrics, "billing", "hit"), 1.0);
+
+    // At the caller's own audience only the scopes it carries are asked for.
+    let same = env.token(serde_json::json!({}));
+    env.issuer.set_exchange(
+        &same,
+        serde_json::json!({ "access_token": "same-audience", "token_type": "Bearer" }),
+    );
+    assert_eq!(env.get_bearer("/same/1", &same).await.status, 200);
+    assert_eq!(received_token(&env.upstream), "same-audience");
+    let forms = env.issuer.exchange_forms();
+    assert_eq!(
+        forms[1].get("scope").map(String::as_str),
+        Some("read:contacts")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_or_widened_exchange_is_503_and_the_callers_token_never_goes_upstream() {
+    let env = common::Env::start_yaml(EXTERNAL).await;
+    // The issuer refuses (no answer set: invalid_grant).
+    let refused = env.token(serde_json::json!({}));
+    let reply = env.get_bearer("/billing/1", &refused).await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    // The issuer grants a scope that was not asked for.
+    let widened = env.token(serde_json::json!({}));
+    env.issuer.set_exchange(
+        &widened,
+        serde_json::json!({
+            "access_token": "too-wide",
+            "token_type": "Bearer",
+            "scope": "read:invoices admin",
+        }),
+    );
+    assert_eq!(env.get_bearer("/billing/1", &widened).await.status, 503);
+    // Not a bearer token.
+    let dpop = env.token(serde_json::json!({}));
+    env.issuer.set_exchange(
+        &dpop,
+        serde_json::json!({ "access_token": "bound", "token_type": "DPoP" }),
+    );
+    assert_eq!(env.get_bearer("/billing/1", &dpop).await.status, 503);
+    // The token endpoint is down.
+    let down = env.token(serde_json::json!({}));
+    env.issuer.set_failing(true);
+    assert_eq!(env.get_bearer("/billing/1", &down).await.status, 503);
+    env.issuer.set_failing(false);
+
+    assert_eq!(env.upstream.count(), 0, "nothing may reach the upstream");
+    let metrics = env.gw.metrics().await;
+    assert_eq!(external_metric(&metrics, "billing", "failed"), 4.0);
 }

@@ -73,6 +73,7 @@ fn fixture() -> &'static Fixture {
             clients: Some(vec!["web".into(), "cli".into()]),
             scope_claims: None,
             introspection: None,
+            token_exchange: None,
         };
         let fetcher = Fetcher::new(tls_client_config(None).expect("tls"));
         let make = |cache_size| {

@@ -13,14 +13,13 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use http::{HeaderValue, Uri};
 use serde_json::{Map, Value};
 
 use crate::claims::{AuthFailure, Identity};
 use crate::clock::Clock;
 use crate::config::IntrospectionConfig;
+use crate::http::{basic_credentials, form_encode};
 use crate::upstream::Fetcher;
 
 /// Answers held per issuer at most.
@@ -84,15 +83,8 @@ impl Introspector {
             .url
             .parse()
             .map_err(|err| format!("introspection url: {err}"))?;
-        let credentials = format!(
-            "{}:{}",
-            form_encode(&config.client_id),
-            form_encode(&config.client_secret)
-        );
-        let mut authorization =
-            HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(credentials)))
-                .map_err(|_| "introspection credentials do not fit a header".to_string())?;
-        authorization.set_sensitive(true);
+        let authorization = basic_credentials(&config.client_id, &config.client_secret)
+            .ok_or("introspection credentials do not fit a header")?;
         let cache = moka::sync::Cache::builder()
             .max_capacity(CACHE_ENTRIES)
             .expire_after(UntilReusable {
@@ -152,31 +144,5 @@ impl Introspector {
             until,
             identity: OnceLock::new(),
         }
-    }
-}
-
-/// `application/x-www-form-urlencoded` for one value: unreserved characters as they
-/// are, everything else percent-encoded.
-fn form_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn form_values_are_percent_encoded() {
-        assert_eq!(form_encode("a.b-c_d~e"), "a.b-c_d~e");
-        assert_eq!(form_encode("a+b/c=d e:f"), "a%2Bb%2Fc%3Dd%20e%3Af");
-        assert_eq!(form_encode("é"), "%C3%A9");
     }
 }

@@ -1,28 +1,121 @@
 //! `routes[].upstream_token`: token exchange at the edge. The upstream receives, as
-//! `Authorization: Bearer`, a token the built-in issuer mints in process for the route's
-//! audience on the caller's behalf (RFC 8693 semantics: same `sub`, `act` naming the
-//! gateway), instead of the caller's token.
+//! `Authorization: Bearer`, a token for the route's audience obtained on the caller's
+//! behalf, instead of the caller's token:
 //!
-//! Scopes: those the route lists that the caller holds at the upstream's audience (see
-//! [`held_at`]: never more than the caller's token carries at the same audience);
-//! none is 403 `insufficient_scope`. Lifetime: the API's access-token lifetime, cut at the caller's
-//! `exp`. Minted tokens are cached per caller token (the route fixes the audience) and
-//! reused until shortly before they expire, by the gateway's clock. A token that cannot
-//! be minted is 503: the caller's token is never sent in its place.
+//! - A caller whose token's issuer has `token_exchange` (an external issuer): an RFC 8693
+//!   exchange at that issuer's token endpoint with the gateway's client credentials,
+//!   asking for the route's scopes (only those the caller's token carries when it is
+//!   already for that audience). An answer granting a scope not asked for is refused.
+//! - Any other caller: the built-in issuer mints it in process (same `sub`, `act` naming
+//!   the gateway), with the route's scopes the caller holds at the upstream's audience
+//!   (see [`held_at`]: never more than the caller's token carries at the same audience).
+//!
+//! No scope to ask for is 403 `insufficient_scope`. Lifetime: never used past the
+//! caller's `exp` (minted ones expire by then). Tokens are cached per caller token (the
+//! route fixes the audience) and reused until shortly before they expire, by the
+//! gateway's clock. A token that cannot be obtained is 503: the caller's token is never
+//! sent in its place.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::HeaderValue;
+use http::{HeaderValue, Uri};
 use prometheus::IntCounter;
+use serde::Deserialize;
 
 use crate::claims::Identity;
 use crate::clock::Clock;
-use crate::config::UpstreamTokenConfig;
+use crate::config::{TokenExchangeConfig, UpstreamTokenConfig};
 use crate::error::ProxyError;
+use crate::http::{basic_credentials, form_encode};
 use crate::issuer::Issuer;
 use crate::issuer::mint::{self, OnBehalf};
 use crate::metrics::Metrics;
+use crate::upstream::Fetcher;
+
+/// An external issuer's token endpoint, where the gateway exchanges its callers' tokens
+/// (RFC 8693) as a client of its own (`trust.issuers[].token_exchange`).
+pub struct Exchanger {
+    uri: Uri,
+    authorization: HeaderValue,
+    fetcher: Fetcher,
+}
+
+impl std::fmt::Debug for Exchanger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchanger").field("uri", &self.uri).finish()
+    }
+}
+
+/// A token endpoint's successful answer (RFC 8693 §2.2.1), the members used.
+#[derive(Deserialize)]
+struct Exchanged {
+    access_token: String,
+    token_type: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+    /// Absent when it is the scope asked for.
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+impl Exchanger {
+    /// The exchanger `config` describes; its URL was checked when the config loaded.
+    pub fn new(config: &TokenExchangeConfig, fetcher: Fetcher) -> Result<Exchanger, String> {
+        Ok(Exchanger {
+            uri: config
+                .url
+                .parse()
+                .map_err(|err| format!("token_exchange url: {err}"))?,
+            authorization: basic_credentials(&config.client_id, &config.client_secret)
+                .ok_or("token_exchange credentials do not fit a header")?,
+            fetcher,
+        })
+    }
+
+    /// Exchanges `token` for one for `audience` with `scope`; the answer's token and
+    /// lifetime in seconds, if it says.
+    async fn exchange(
+        &self,
+        token: &str,
+        audience: &str,
+        scope: &str,
+    ) -> Result<(String, Option<u64>), String> {
+        const ACCESS_TOKEN: &str = "urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token";
+        let form = format!(
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange\
+             &subject_token={}&subject_token_type={ACCESS_TOKEN}\
+             &requested_token_type={ACCESS_TOKEN}&audience={}&scope={}",
+            form_encode(token),
+            form_encode(audience),
+            form_encode(scope),
+        );
+        let body = self
+            .fetcher
+            .post_form(&self.uri, &self.authorization, form)
+            .await
+            .map_err(|err| format!("token exchange at {}: {err}", self.uri))?;
+        let answer: Exchanged = serde_json::from_slice(&body)
+            .map_err(|_| format!("token exchange at {}: not a token response", self.uri))?;
+        if !answer.token_type.eq_ignore_ascii_case("bearer") {
+            return Err(format!(
+                "token exchange at {}: token_type {:?}, not Bearer",
+                self.uri, answer.token_type
+            ));
+        }
+        if let Some(granted) = &answer.scope
+            && let Some(extra) = granted
+                .split_ascii_whitespace()
+                .find(|g| !scope.split(' ').any(|asked| asked == *g))
+        {
+            return Err(format!(
+                "token exchange at {}: granted {extra:?}, which was not asked for",
+                self.uri
+            ));
+        }
+        Ok((answer.access_token, answer.expires_in))
+    }
+}
 
 /// Does the caller hold `scope` at `audience`?
 ///
@@ -72,6 +165,8 @@ struct Minted {
 }
 
 pub struct UpstreamToken {
+    /// By trusted issuer (`Identity::issuer_index`): its token endpoint, if it has one.
+    exchangers: Arc<[Option<Exchanger>]>,
     audience: Box<str>,
     scopes: Vec<Box<str>>,
     /// The route's scopes, space separated, for a 403's `scope`.
@@ -113,6 +208,7 @@ impl UpstreamToken {
     pub fn new(
         route: &str,
         config: &UpstreamTokenConfig,
+        exchangers: Arc<[Option<Exchanger>]>,
         clock: Clock,
         metrics: &Metrics,
     ) -> UpstreamToken {
@@ -122,6 +218,7 @@ impl UpstreamToken {
                 .with_label_values(&[route, result])
         };
         UpstreamToken {
+            exchangers,
             audience: config.audience.as_str().into(),
             scopes: config.scopes.iter().map(|s| s.as_str().into()).collect(),
             scopes_text: config.scopes.join(" "),
@@ -139,7 +236,7 @@ impl UpstreamToken {
     }
 
     /// The `Authorization` value the upstream gets for the caller's `token`.
-    pub fn authorization(
+    pub async fn authorization(
         &self,
         issuer: Option<&Issuer>,
         token: &str,
@@ -153,8 +250,21 @@ impl UpstreamToken {
             }
             self.cache.invalidate(token);
         }
-        let scope = self.granted(issuer, identity)?;
-        let minted = self.mint(issuer, identity, &scope).inspect_err(|_| {
+        let exchanger = self
+            .exchangers
+            .get(identity.issuer_index)
+            .and_then(Option::as_ref);
+        let minted = match exchanger {
+            Some(exchanger) => {
+                let scope = self.asked(identity)?;
+                self.exchange(exchanger, token, identity, &scope).await
+            }
+            None => {
+                let scope = self.granted(issuer, identity)?;
+                self.mint(issuer, identity, &scope)
+            }
+        }
+        .inspect_err(|_| {
             self.failed.inc();
         })?;
         self.minted.inc();
@@ -180,6 +290,48 @@ impl UpstreamToken {
         Ok(granted.join(" "))
     }
 
+    /// What to ask an external issuer for: the route's scopes, but only those the
+    /// caller's token carries when it is already for the upstream's audience.
+    fn asked(&self, identity: &Identity) -> Result<String, ProxyError> {
+        let same_audience = identity.has_audience(&self.audience);
+        let asked: Vec<&str> = self
+            .scopes
+            .iter()
+            .map(|s| &**s)
+            .filter(|scope| !same_audience || identity.has_scope(scope))
+            .collect();
+        if asked.is_empty() {
+            return Err(ProxyError::InsufficientScope {
+                required: self.scopes_text.clone(),
+            });
+        }
+        Ok(asked.join(" "))
+    }
+
+    async fn exchange(
+        &self,
+        exchanger: &Exchanger,
+        token: &str,
+        identity: &Identity,
+        scope: &str,
+    ) -> Result<Minted, ProxyError> {
+        let (token, expires_in) = exchanger
+            .exchange(token, &self.audience, scope)
+            .await
+            .map_err(|err| {
+                tracing::warn!(audience = &*self.audience, error = %err, "upstream token: exchange failed");
+                ProxyError::UpstreamTokenFailed(
+                    "the gateway could not obtain a token for the upstream: the issuer's token exchange failed"
+                        .to_string(),
+                )
+            })?;
+        let now = self.clock.unix_secs();
+        // A token that does not say its lifetime is reused for a minute at most.
+        let expires_at = now.saturating_add(expires_in.map_or(60, |s| s.min(86_400) as i64));
+        let expires_at = expires_at.min(identity.expires_at.floor() as i64);
+        Minted::new(&token, expires_at - now, expires_at)
+    }
+
     fn mint(
         &self,
         issuer: Option<&Issuer>,
@@ -203,16 +355,27 @@ impl UpstreamToken {
             tracing::warn!(audience = &*self.audience, error = %err.description, "upstream token: minting failed");
             failed(&err.description)
         })?;
-        let mut authorization = HeaderValue::try_from(format!("Bearer {}", token.token))
-            .map_err(|_| failed("the minted token does not fit a header"))?;
+        Minted::new(&token.token, token.expires_in as i64, token.expires_at)
+    }
+}
+
+impl Minted {
+    /// `token`, living `lifetime` seconds until `expires_at`, as the upstream gets it.
+    fn new(token: &str, lifetime: i64, expires_at: i64) -> Result<Minted, ProxyError> {
+        let mut authorization = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+            ProxyError::UpstreamTokenFailed(
+                "the gateway could not obtain a token for the upstream: it does not fit a header"
+                    .to_string(),
+            )
+        })?;
         authorization.set_sensitive(true);
         // Renewed a tenth of its lifetime (at least 5 s) before it expires, so an
         // upstream never receives a token about to lapse on the way.
-        let lifetime = token.expires_in as i64;
+        let lifetime = lifetime.max(0);
         let margin = (lifetime / 10).max(5).min(lifetime);
         Ok(Minted {
             authorization,
-            reuse_until: token.expires_at - margin,
+            reuse_until: expires_at - margin,
         })
     }
 }

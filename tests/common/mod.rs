@@ -290,6 +290,10 @@ struct IssuerShared {
     /// RFC 7662 answers by token (`/introspect`); unknown tokens are inactive.
     introspection: Mutex<std::collections::HashMap<String, Value>>,
     introspect_hits: AtomicU64,
+    /// RFC 8693 answers by `subject_token` (`/token`); others are `invalid_grant`.
+    exchanges: Mutex<std::collections::HashMap<String, Value>>,
+    /// Every authenticated `/token` request's form, decoded.
+    exchange_forms: Mutex<Vec<std::collections::BTreeMap<String, String>>>,
 }
 
 /// The client `/introspect` accepts (HTTP Basic).
@@ -330,6 +334,8 @@ impl Issuer {
                 other_hits: AtomicU64::new(0),
                 introspection: Mutex::default(),
                 introspect_hits: AtomicU64::new(0),
+                exchanges: Mutex::default(),
+                exchange_forms: Mutex::default(),
             }),
             url,
             addr,
@@ -422,14 +428,31 @@ impl Issuer {
     pub fn introspect_hits(&self) -> u64 {
         self.shared.introspect_hits.load(Ordering::SeqCst)
     }
+
+    /// What `/token` answers (200) to a token exchange of `subject_token` from now on.
+    pub fn set_exchange(&self, subject_token: &str, answer: Value) {
+        self.shared
+            .exchanges
+            .lock()
+            .expect("lock")
+            .insert(subject_token.to_string(), answer);
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("{}token", self.url)
+    }
+
+    /// The forms of the token exchanges asked so far (with the right credentials).
+    pub fn exchange_forms(&self) -> Vec<std::collections::BTreeMap<String, String>> {
+        self.shared.exchange_forms.lock().expect("lock").clone()
+    }
 }
 
-/// `/introspect`: needs [`INTROSPECTION_CLIENT`] by HTTP Basic (form-encoded, RFC 6749
-/// §2.3.1) and a form with `token`.
-async fn introspect_handle(
-    shared: &IssuerShared,
+/// The form of a POST authenticated as [`INTROSPECTION_CLIENT`] by HTTP Basic
+/// (form-encoded, RFC 6749 §2.3.1), decoded; `None` for anything else.
+async fn client_form(
     request: Request<Incoming>,
-) -> Response<TestBody> {
+) -> Option<std::collections::BTreeMap<String, String>> {
     let (id, secret) = INTROSPECTION_CLIENT;
     let expected = format!(
         "Basic {}",
@@ -447,24 +470,60 @@ async fn introspect_handle(
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes() == b"application/x-www-form-urlencoded");
     if request.method() != Method::POST || !authorized || !form_typed {
+        return None;
+    }
+    let body = request.into_body().collect().await.ok()?.to_bytes();
+    let form = String::from_utf8_lossy(&body).into_owned();
+    Some(
+        form.split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(name, value)| (percent_decode(name), percent_decode(value)))
+            .collect(),
+    )
+}
+
+/// `/token`: RFC 8693 token exchange for [`INTROSPECTION_CLIENT`], answered from
+/// [`Issuer::set_exchange`].
+async fn token_handle(shared: &IssuerShared, request: Request<Incoming>) -> Response<TestBody> {
+    let Some(form) = client_form(request).await else {
         return response(
             StatusCode::UNAUTHORIZED,
             "application/json",
             r#"{"error":"invalid_client"}"#,
         );
+    };
+    shared
+        .exchange_forms
+        .lock()
+        .expect("lock")
+        .push(form.clone());
+    let answer = form
+        .get("subject_token")
+        .and_then(|token| shared.exchanges.lock().expect("lock").get(token).cloned());
+    match answer {
+        Some(answer) => response(StatusCode::OK, "application/json", answer.to_string()),
+        None => response(
+            StatusCode::BAD_REQUEST,
+            "application/json",
+            r#"{"error":"invalid_grant"}"#,
+        ),
     }
-    let body = request
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let form = String::from_utf8_lossy(&body).into_owned();
-    let token = form
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("token="))
-        .map(percent_decode)
-        .unwrap_or_default();
+}
+
+/// `/introspect`: needs [`INTROSPECTION_CLIENT`] by HTTP Basic (form-encoded, RFC 6749
+/// §2.3.1) and a form with `token`.
+async fn introspect_handle(
+    shared: &IssuerShared,
+    request: Request<Incoming>,
+) -> Response<TestBody> {
+    let Some(form) = client_form(request).await else {
+        return response(
+            StatusCode::UNAUTHORIZED,
+            "application/json",
+            r#"{"error":"invalid_client"}"#,
+        );
+    };
+    let token = form.get("token").cloned().unwrap_or_default();
     shared.introspect_hits.fetch_add(1, Ordering::SeqCst);
     let answer = shared
         .introspection
@@ -537,6 +596,8 @@ async fn issuer_handle(
     match request.uri().path() {
         "/introspect" if failing => fail(),
         "/introspect" => introspect_handle(&shared, request).await,
+        "/token" if failing => fail(),
+        "/token" => token_handle(&shared, request).await,
         "/.well-known/openid-configuration" => {
             if failing {
                 return fail();
