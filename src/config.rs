@@ -17,6 +17,7 @@ pub mod route;
 pub mod schema;
 mod size;
 pub mod source;
+pub mod otel;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -34,6 +35,7 @@ pub use limits::{Balance, Cidr, HealthConfig, RateLimitConfig, RateLimitKey, Rou
 pub use protocol::Protocol;
 pub use route::{Pattern, UpstreamTarget};
 pub use size::Size;
+pub use otel::TracingConfig;
 
 use crate::jose::Alg;
 
@@ -58,6 +60,8 @@ pub struct Config {
     /// What the `openapi` blocks generated, read at load.
     #[serde(skip)]
     pub openapi_routes: openapi::Generated,
+    /// OpenTelemetry spans (OTLP/HTTP export) and head sampling.
+    pub tracing: Option<TracingConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -534,6 +538,9 @@ impl Config {
             ));
         }
         validate_log(&self.log)?;
+        if let Some(tracing) = &self.tracing {
+            tracing.validate()?;
+        }
         for (index, issuer) in self.trust.issuers.iter().enumerate() {
             issuer.validate(&format!("trust.issuers[{index}]"))?;
         }
