@@ -12,12 +12,12 @@ mod env;
 pub mod issuer;
 pub mod limits;
 pub mod openapi;
+pub mod otel;
 pub mod protocol;
 pub mod route;
 pub mod schema;
 mod size;
 pub mod source;
-pub mod otel;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -32,10 +32,10 @@ pub use duration::Dur;
 pub use endpoints::UpstreamList;
 pub use issuer::{IssuerConfig, hash_password};
 pub use limits::{Balance, Cidr, HealthConfig, RateLimitConfig, RateLimitKey, RouteTimeouts};
+pub use otel::TracingConfig;
 pub use protocol::Protocol;
 pub use route::{Pattern, UpstreamTarget};
 pub use size::Size;
-pub use otel::TracingConfig;
 
 use crate::jose::Alg;
 

@@ -790,9 +790,14 @@ impl Gateway {
     pub async fn flush_spans(&self, within: std::time::Duration) {
         let state = self.state();
         if let Some(exporter) = &state.pipeline.tracing.exporter
-            && tokio::time::timeout(within, exporter.flush()).await.is_err()
+            && tokio::time::timeout(within, exporter.flush())
+                .await
+                .is_err()
         {
-            tracing::warn!(?within, "spans were still being sent to the collector at exit");
+            tracing::warn!(
+                ?within,
+                "spans were still being sent to the collector at exit"
+            );
         }
     }
 

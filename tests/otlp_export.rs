@@ -63,17 +63,32 @@ async fn a_request_span_continues_the_callers_trace_and_parents_the_upstream() {
     assert_eq!(span["name"], "GET open");
     assert_eq!(span["kind"], 2, "SPAN_KIND_SERVER");
     let attributes = &span["attributes"];
-    assert_eq!(string(attributes, "http.request.method").as_deref(), Some("GET"));
+    assert_eq!(
+        string(attributes, "http.request.method").as_deref(),
+        Some("GET")
+    );
     assert_eq!(string(attributes, "url.path").as_deref(), Some("/open/a"));
     assert_eq!(string(attributes, "http.route").as_deref(), Some("open"));
     assert_eq!(
         otlp_attribute(attributes, "http.response.status_code"),
         Some(&json!({"intValue": "200"}))
     );
-    assert_eq!(string(attributes, "server.address").as_deref(), Some("127.0.0.1"));
-    assert_eq!(string(attributes, "client.address").as_deref(), Some("127.0.0.1"));
-    assert_eq!(string(attributes, "scopegate.auth").as_deref(), Some("none"));
-    assert_eq!(string(&span["resource"], "service.name").as_deref(), Some("edge"));
+    assert_eq!(
+        string(attributes, "server.address").as_deref(),
+        Some("gateway.test")
+    );
+    assert_eq!(
+        string(attributes, "client.address").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        string(attributes, "scopegate.auth").as_deref(),
+        Some("none")
+    );
+    assert_eq!(
+        string(&span["resource"], "service.name").as_deref(),
+        Some("edge")
+    );
     assert_eq!(
         string(&span["resource"], "service.version").as_deref(),
         Some(env!("CARGO_PKG_VERSION"))
@@ -91,7 +106,10 @@ async fn a_request_span_continues_the_callers_trace_and_parents_the_upstream() {
     assert_eq!(others.len(), 2, "{others:#?}");
     for other in &others {
         assert!(other.get("parentSpanId").is_none(), "{other}");
-        assert_eq!(string(&other["attributes"], "http.route").as_deref(), Some("api"));
+        assert_eq!(
+            string(&other["attributes"], "http.route").as_deref(),
+            Some("api")
+        );
     }
     let auths: Vec<(Option<String>, Option<String>)> = others
         .iter()
@@ -128,11 +146,17 @@ async fn a_request_span_continues_the_callers_trace_and_parents_the_upstream() {
         ))
         .await;
     let parent = "00-11111111111111111111111111111111-2222222222222222-01";
-    assert_eq!(env.get("/open/b", &[("traceparent", parent)]).await.status, 200);
+    assert_eq!(
+        env.get("/open/b", &[("traceparent", parent)]).await.status,
+        200
+    );
     env.gw.gateway.flush_spans(DEADLINE).await;
     let spans = collector.trace("11111111111111111111111111111111");
     assert_eq!(spans.len(), 1, "{spans:#?}");
-    assert_eq!(string(&spans[0]["resource"], "service.name").as_deref(), Some("edge-2"));
+    assert_eq!(
+        string(&spans[0]["resource"], "service.name").as_deref(),
+        Some("edge-2")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,14 +174,33 @@ async fn sample_ratio_zero_starts_unsampled_traces_and_keeps_a_callers_decision(
     assert!(started.ends_with("-00"), "not sampled: {started}");
     let unsampled = PARENT.replace("-01", "-00");
     assert_eq!(
-        env.get("/open/unsampled", &[("traceparent", &unsampled)]).await.status,
+        env.get("/open/unsampled", &[("traceparent", &unsampled)])
+            .await
+            .status,
         200
     );
-    assert!(env.upstream.last().one("traceparent").unwrap().ends_with("-00"));
+    assert!(
+        env.upstream
+            .last()
+            .one("traceparent")
+            .unwrap()
+            .ends_with("-00")
+    );
 
     // A caller that sampled its trace is followed, whatever the ratio.
-    assert_eq!(env.get("/open/sampled", &[("traceparent", PARENT)]).await.status, 200);
-    assert!(env.upstream.last().one("traceparent").unwrap().ends_with("-01"));
+    assert_eq!(
+        env.get("/open/sampled", &[("traceparent", PARENT)])
+            .await
+            .status,
+        200
+    );
+    assert!(
+        env.upstream
+            .last()
+            .one("traceparent")
+            .unwrap()
+            .ends_with("-01")
+    );
     eventually("the sampled span reaches the collector", async || {
         !collector.trace(TRACE_ID).is_empty()
     })
@@ -165,7 +208,11 @@ async fn sample_ratio_zero_starts_unsampled_traces_and_keeps_a_callers_decision(
     // The spans queue in order: had the earlier requests been exported, they would be
     // here by now.
     let spans = collector.spans();
-    assert_eq!(spans.len(), 1, "only the caller-sampled request: {spans:#?}");
+    assert_eq!(
+        spans.len(),
+        1,
+        "only the caller-sampled request: {spans:#?}"
+    );
     assert_eq!(
         string(&spans[0]["resource"], "service.name").as_deref(),
         Some("scopegate"),
@@ -178,7 +225,10 @@ async fn a_collector_away_costs_requests_nothing_and_is_counted() {
     let dead = dead_addr().await;
     let env = Env::start_yaml(&yaml(&format!("{{ otlp_endpoint: \"http://{dead}\" }}"))).await;
     for _ in 0..3 {
-        assert_eq!(env.get("/open/a", &[("traceparent", PARENT)]).await.status, 200);
+        assert_eq!(
+            env.get("/open/a", &[("traceparent", PARENT)]).await.status,
+            200
+        );
     }
     eventually("the failed export is counted", async || {
         spans_total(&env.gw.metrics().await, "failed") == 3.0
@@ -196,7 +246,10 @@ async fn a_busy_collector_gets_the_batch_again() {
         collector.url
     )))
     .await;
-    assert_eq!(env.get("/open/a", &[("traceparent", PARENT)]).await.status, 200);
+    assert_eq!(
+        env.get("/open/a", &[("traceparent", PARENT)]).await.status,
+        200
+    );
     eventually("the batch is exported on the third try", async || {
         spans_total(&env.gw.metrics().await, "exported") == 1.0
     })

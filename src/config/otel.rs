@@ -68,10 +68,7 @@ impl TracingConfig {
             }
         }
         if self.service_name.trim().is_empty() {
-            return Err(ConfigError::at(
-                "tracing.service_name",
-                "must not be empty",
-            ));
+            return Err(ConfigError::at("tracing.service_name", "must not be empty"));
         }
         if !(0.0..=1.0).contains(&self.sample_ratio) {
             return Err(ConfigError::at(
@@ -112,9 +109,18 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         for (yaml, key) in [
-            ("tracing: { otlp_endpoint: 'otel:4318' }", "tracing.otlp_endpoint"),
-            ("tracing: { otlp_endpoint: 'ftp://otel' }", "tracing.otlp_endpoint"),
-            ("tracing: { otlp_endpoint: 'http://otel?x=1' }", "tracing.otlp_endpoint"),
+            (
+                "tracing: { otlp_endpoint: 'otel:4318' }",
+                "tracing.otlp_endpoint",
+            ),
+            (
+                "tracing: { otlp_endpoint: 'ftp://otel' }",
+                "tracing.otlp_endpoint",
+            ),
+            (
+                "tracing: { otlp_endpoint: 'http://otel?x=1' }",
+                "tracing.otlp_endpoint",
+            ),
             ("tracing: { service_name: ' ' }", "tracing.service_name"),
             ("tracing: { sample_ratio: 1.5 }", "tracing.sample_ratio"),
             ("tracing: { sample_ratio: -0.1 }", "tracing.sample_ratio"),

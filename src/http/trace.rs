@@ -303,7 +303,10 @@ mod tests {
         let never = Sampler::ratio(0.0);
         let trace = Trace::start(&with(&[GOOD]), &never);
         assert!(trace.sampled(), "the caller sampled it");
-        assert_eq!(trace.parent_id, Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]));
+        assert_eq!(
+            trace.parent_id,
+            Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
+        );
         assert_eq!(&trace.traceparent().to_str().unwrap()[36..52], {
             let mut text = Vec::new();
             hex(&trace.span_id, &mut text);

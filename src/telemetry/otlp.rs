@@ -557,7 +557,10 @@ fn span_json(span: &ServerSpan) -> SpanJson {
     SpanJson {
         trace_id: hex_string(&span.trace_id),
         span_id: hex_string(&span.span_id),
-        parent_span_id: span.parent_id.as_ref().map_or_else(String::new, |p| hex_string(p)),
+        parent_span_id: span
+            .parent_id
+            .as_ref()
+            .map_or_else(String::new, |p| hex_string(p)),
         name,
         kind: SPAN_KIND_SERVER,
         start_time_unix_nano: unix_nanos(span.start).to_string(),
@@ -636,16 +639,28 @@ mod tests {
         assert_eq!(span["endTimeUnixNano"], "1700000000124956789");
         assert_eq!(span["status"], json!({"code": 0}));
         let text = |key| attribute(span, key).cloned();
-        assert_eq!(text("http.request.method"), Some(json!({"stringValue": "GET"})));
-        assert_eq!(text("url.path"), Some(json!({"stringValue": "/api/contacts/7"})));
+        assert_eq!(
+            text("http.request.method"),
+            Some(json!({"stringValue": "GET"}))
+        );
+        assert_eq!(
+            text("url.path"),
+            Some(json!({"stringValue": "/api/contacts/7"}))
+        );
         assert_eq!(text("http.route"), Some(json!({"stringValue": "contacts"})));
         assert_eq!(
             text("http.response.status_code"),
             Some(json!({"intValue": "200"}))
         );
-        assert_eq!(text("server.address"), Some(json!({"stringValue": "api.example.com"})));
+        assert_eq!(
+            text("server.address"),
+            Some(json!({"stringValue": "api.example.com"}))
+        );
         assert_eq!(text("server.port"), Some(json!({"intValue": "8080"})));
-        assert_eq!(text("client.address"), Some(json!({"stringValue": "203.0.113.9"})));
+        assert_eq!(
+            text("client.address"),
+            Some(json!({"stringValue": "203.0.113.9"}))
+        );
         assert_eq!(text("scopegate.auth"), Some(json!({"stringValue": "ok"})));
         assert_eq!(text("scopegate.auth.reason"), None);
         assert_eq!(
@@ -696,7 +711,10 @@ mod tests {
             rejected_spans(br#"{"partialSuccess":{"rejectedSpans":"3"}}"#),
             3
         );
-        assert_eq!(rejected_spans(br#"{"partialSuccess":{"rejectedSpans":4}}"#), 4);
+        assert_eq!(
+            rejected_spans(br#"{"partialSuccess":{"rejectedSpans":4}}"#),
+            4
+        );
         let mut headers = http::HeaderMap::new();
         assert_eq!(retry_after(&headers), None);
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("2"));

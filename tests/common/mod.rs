@@ -646,7 +646,11 @@ impl Collector {
         for (_, body) in self.received() {
             let request: Value = serde_json::from_slice(&body).expect("OTLP JSON");
             for resource_spans in request["resourceSpans"].as_array().into_iter().flatten() {
-                for scope_spans in resource_spans["scopeSpans"].as_array().into_iter().flatten() {
+                for scope_spans in resource_spans["scopeSpans"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
                     for span in scope_spans["spans"].as_array().into_iter().flatten() {
                         let mut span = span.clone();
                         span["resource"] = resource_spans["resource"]["attributes"].clone();
