@@ -135,7 +135,7 @@ pub struct Pipeline {
     /// DPoP proof checks (with their replay cache, shared across reloads).
     pub dpop: Arc<dpop::ProofChecker>,
     /// Head sampling, and the exporter of sampled requests' spans (`tracing:`).
-    pub tracing: crate::telemetry::otlp::Tracing,
+    pub tracing: crate::otlp::Tracing,
 }
 
 /// What happened to a request, for metrics and the access line.

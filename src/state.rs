@@ -21,6 +21,7 @@ use crate::http::{Body, ConnInfo};
 use crate::issuer::{Endpoint, Issuer};
 use crate::jwks::{KeySource, TrustedIssuer};
 use crate::metrics::Metrics;
+use crate::otlp::Tracing;
 use crate::pipeline::authn::{Revocations, Verifier};
 use crate::pipeline::authz::Policy;
 use crate::pipeline::dpop::ProofChecker;
@@ -30,7 +31,6 @@ use crate::pipeline::router::{MethodSet, Pattern, Router};
 use crate::pipeline::upstream_token::UpstreamToken;
 use crate::pipeline::web::RouteWeb;
 use crate::pipeline::{ISSUER_ROUTE, Pipeline, Route, Target};
-use crate::telemetry::otlp::Tracing;
 use crate::upstream::{Fetcher, Upstreams};
 
 /// One immutable generation of configuration-derived state.

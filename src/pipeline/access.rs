@@ -29,7 +29,7 @@ use crate::claims::Reason;
 use crate::http::trace::Trace;
 use crate::http::{Body, ConnInfo};
 use crate::metrics::{Metrics, method_label};
-use crate::telemetry::otlp::ServerSpan;
+use crate::otlp::ServerSpan;
 
 /// Serves one request through `pipeline`, recording it in `metrics` and the access log.
 pub async fn serve(

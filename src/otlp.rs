@@ -21,6 +21,10 @@
 //! `opentelemetry-otlp` crate, whose HTTP transport brings reqwest (or tonic and prost)
 //! in; the gateway already has an HTTP client, and one request kind is all it sends.
 //!
+//! It sits above [`crate::upstream`] (whose client it uses) and below the pipeline and
+//! the state, which record and own it; logging setup ([`crate::telemetry`]) stays
+//! below both.
+//!
 //! An [`Exporter`] belongs to a [`crate::state::State`] and is carried over by a reload
 //! that leaves `tracing:` unchanged; when the last state holding it is gone, its task
 //! sends what it holds and ends. On shutdown, [`Exporter::flush`] sends what is queued.
@@ -440,34 +444,37 @@ struct KeyValue {
     value: AnyValue,
 }
 
+/// An `AnyValue` of the kinds used here (`stringValue`, `intValue`, `doubleValue`).
 #[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
 enum AnyValue {
-    StringValue(String),
+    #[serde(rename = "stringValue")]
+    String(String),
     /// int64: a decimal string in the JSON mapping.
-    IntValue(String),
-    DoubleValue(f64),
+    #[serde(rename = "intValue")]
+    Int(String),
+    #[serde(rename = "doubleValue")]
+    Double(f64),
 }
 
 impl KeyValue {
     fn string(key: &'static str, value: impl Into<String>) -> KeyValue {
         KeyValue {
             key,
-            value: AnyValue::StringValue(value.into()),
+            value: AnyValue::String(value.into()),
         }
     }
 
     fn int(key: &'static str, value: impl Into<i64>) -> KeyValue {
         KeyValue {
             key,
-            value: AnyValue::IntValue(value.into().to_string()),
+            value: AnyValue::Int(value.into().to_string()),
         }
     }
 
     fn double(key: &'static str, value: f64) -> KeyValue {
         KeyValue {
             key,
-            value: AnyValue::DoubleValue(value),
+            value: AnyValue::Double(value),
         }
     }
 }
