@@ -257,3 +257,25 @@ async fn a_busy_collector_gets_the_batch_again() {
     assert_eq!(collector.received().len(), 3, "two 503s, then accepted");
     assert_eq!(spans_total(&env.gw.metrics().await, "failed"), 0.0);
 }
+
+/// `scopegate run`: on SIGTERM, the spans still queued reach the collector before the
+/// process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sends_the_queued_spans_before_exit() {
+    let collector = Collector::start().await;
+    let dir = issuer::TempDir::new("otlp");
+    let config = format!(
+        "{}log: {{ format: json }}\ntracing: {{ otlp_endpoint: \"{}\" }}\nroutes:\n  - {{ name: echo, match: {{ path: /echo }}, upstream: builtin:echo, auth: none }}\n",
+        process::LISTEN_ANY,
+        collector.url
+    );
+    let running = process::Process::start(dir.path(), &config, &[]);
+    running.wait_ready().await;
+    let reply = get(running.addr, "/echo", &[("traceparent", PARENT)]).await;
+    assert_eq!(reply.status, 200);
+    let (status, stderr) = running.stop().await;
+    assert!(status.success(), "{stderr}");
+    let spans = collector.trace(TRACE_ID);
+    assert_eq!(spans.len(), 1, "{spans:#?}\n{stderr}");
+    assert_eq!(spans[0]["name"], "GET echo");
+}
