@@ -81,8 +81,9 @@ impl Default for Tracing {
 }
 
 impl Tracing {
-    /// The tracing of a `tracing:` block. `previous` lends its exporter when the block
-    /// (and `fetcher`'s trust, which the caller compares) is unchanged.
+    /// The tracing of a `tracing:` block. `previous` lends its exporter when the
+    /// collector and the service name are unchanged (and so is `fetcher`'s trust, which
+    /// the caller compares); `fetcher` makes the client of a new one.
     pub fn new(
         config: Option<&TracingConfig>,
         previous: Option<&Tracing>,
@@ -95,7 +96,10 @@ impl Tracing {
         let exporter = config.traces_url().map(|url| {
             previous
                 .and_then(|p| p.exporter.as_ref())
-                .filter(|old| old.config == *config)
+                .filter(|old| {
+                    old.config.otlp_endpoint == config.otlp_endpoint
+                        && old.config.service_name == config.service_name
+                })
                 .cloned()
                 .unwrap_or_else(|| Exporter::new(config, url, fetcher(), metrics))
         });
@@ -106,7 +110,8 @@ impl Tracing {
     }
 }
 
-/// The span of one request (SpanKind SERVER), as the request path records it.
+/// The span of one request (SpanKind SERVER), as the request path records it: from the
+/// request head to the answer head (as the access line's `latency_ms`).
 #[derive(Debug, Clone)]
 pub struct ServerSpan {
     pub trace_id: [u8; 16],
@@ -162,7 +167,8 @@ pub struct Exporter {
     /// The task's half until [`Exporter::start`] spawns it.
     worker: Arc<Mutex<Option<Worker>>>,
     dropped: IntCounter,
-    /// The block it was made for (a reload keeps it while this is unchanged).
+    /// The block it was made for (a reload keeps it while the collector and the service
+    /// name are unchanged).
     config: TracingConfig,
 }
 
@@ -731,6 +737,44 @@ mod tests {
         assert!(retryable(StatusCode::TOO_MANY_REQUESTS));
         assert!(retryable(StatusCode::SERVICE_UNAVAILABLE));
         assert!(!retryable(StatusCode::BAD_REQUEST));
+    }
+
+    #[test]
+    fn a_reload_keeps_the_exporter_unless_the_collector_or_service_changes() {
+        let metrics = Metrics::new();
+        let fetcher = || Fetcher::new(crate::tls::tls_client_config(None).unwrap());
+        let block = |endpoint: &str, service: &str, ratio: f64| TracingConfig {
+            otlp_endpoint: Some(endpoint.into()),
+            service_name: service.into(),
+            sample_ratio: ratio,
+        };
+        let first = Tracing::new(Some(&block("http://a", "s", 1.0)), None, fetcher, &metrics);
+        let same = |next: &Tracing| {
+            Arc::ptr_eq(
+                &first.exporter.as_ref().unwrap().worker,
+                &next.exporter.as_ref().unwrap().worker,
+            )
+        };
+        let ratio = Tracing::new(
+            Some(&block("http://a", "s", 0.5)),
+            Some(&first),
+            fetcher,
+            &metrics,
+        );
+        assert!(same(&ratio));
+        assert_eq!(ratio.sampler, Sampler::ratio(0.5));
+        for (endpoint, service) in [("http://b", "s"), ("http://a", "t")] {
+            let next = Tracing::new(
+                Some(&block(endpoint, service, 1.0)),
+                Some(&first),
+                fetcher,
+                &metrics,
+            );
+            assert!(!same(&next), "{endpoint} {service}");
+        }
+        let off = Tracing::new(None, Some(&first), fetcher, &metrics);
+        assert!(off.exporter.is_none());
+        assert_eq!(off.sampler, Sampler::ALWAYS);
     }
 
     #[test]
