@@ -17,16 +17,18 @@
 //!
 //! The JSON encoding is the OTLP specification's protobuf-JSON mapping: ids as hex,
 //! times as decimal strings of Unix nanoseconds, enums as integers, `intValue` as a
-//! string. It is written with serde over types below rather than with the
-//! `opentelemetry-otlp` crate, whose HTTP transport brings reqwest (or tonic and prost)
-//! in; the gateway already has an HTTP client, and one request kind is all it sends.
+//! string. It is written with serde over the types below rather than with the
+//! `opentelemetry-otlp` crate, whose HTTP transports (`http-json` included) bring in
+//! prost and the generated protobuf messages, the SDK with its own batch processor, and
+//! reqwest unless a client is written for it; the gateway already has an HTTP client,
+//! and records one kind of span in one place.
 //!
 //! It sits above [`crate::upstream`] (whose client it uses) and below the pipeline and
 //! the state, which record and own it; logging setup ([`crate::telemetry`]) stays
 //! below both.
 //!
 //! An [`Exporter`] belongs to a [`crate::state::State`] and is carried over by a reload
-//! that leaves `tracing:` unchanged; when the last state holding it is gone, its task
+//! that leaves the collector and the service name unchanged; when the last state holding it is gone, its task
 //! sends what it holds and ends. On shutdown, [`Exporter::flush`] sends what is queued.
 
 use std::net::IpAddr;
