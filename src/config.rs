@@ -12,6 +12,7 @@ mod env;
 pub mod issuer;
 pub mod limits;
 pub mod openapi;
+pub mod otel;
 pub mod protocol;
 pub mod route;
 pub mod schema;
@@ -31,6 +32,7 @@ pub use duration::Dur;
 pub use endpoints::UpstreamList;
 pub use issuer::{IssuerConfig, hash_password};
 pub use limits::{Balance, Cidr, HealthConfig, RateLimitConfig, RateLimitKey, RouteTimeouts};
+pub use otel::TracingConfig;
 pub use protocol::Protocol;
 pub use route::{Pattern, UpstreamTarget};
 pub use size::Size;
@@ -58,6 +60,8 @@ pub struct Config {
     /// What the `openapi` blocks generated, read at load.
     #[serde(skip)]
     pub openapi_routes: openapi::Generated,
+    /// OpenTelemetry spans (OTLP/HTTP export) and head sampling.
+    pub tracing: Option<TracingConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -551,6 +555,9 @@ impl Config {
             ));
         }
         validate_log(&self.log)?;
+        if let Some(tracing) = &self.tracing {
+            tracing.validate()?;
+        }
         for (index, issuer) in self.trust.issuers.iter().enumerate() {
             issuer.validate(&format!("trust.issuers[{index}]"))?;
         }

@@ -21,6 +21,7 @@ pub mod issuer;
 pub mod jose;
 pub mod jwks;
 pub mod metrics;
+pub mod otlp;
 pub mod pipeline;
 pub mod reload;
 pub mod revoked;

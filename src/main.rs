@@ -67,6 +67,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// How long the spans still queued for the collector may take to go at exit.
+const SPAN_FLUSH_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A Tokio runtime for `workers` threads; 0 means one per core this process may run on
 /// (its CPU affinity and cgroup quota, as `available_parallelism` reads them). One worker
 /// is a current-thread scheduler (no work-stealing machinery, no second thread for the
@@ -196,9 +199,10 @@ async fn serve(config: Config, path: &Path, loaded: Option<Vec<u8>>) -> Result<(
         gateway.clone(),
         stopped(stop_rx.clone()),
     ));
-    scopegate::serve(listener, gateway, stopped(stop_rx))
+    scopegate::serve(listener, gateway.clone(), stopped(stop_rx))
         .await
         .map_err(|err| err.to_string())?;
+    gateway.flush_spans(SPAN_FLUSH_AT_EXIT).await;
     admin.abort();
     tracing::info!("scopegate stopped");
     Ok(())

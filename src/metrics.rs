@@ -46,6 +46,9 @@ pub struct Metrics {
     /// Upstream tokens (`routes[].upstream_token`) by route and result: `hit` (cached),
     /// `minted`, `failed`.
     pub upstream_token_total: IntCounterVec,
+    /// Spans of `tracing.otlp_endpoint` by result: `exported`, `dropped` (the queue was
+    /// full), `failed` (the collector refused them or could not be reached).
+    pub otlp_spans_total: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -163,6 +166,11 @@ impl Metrics {
                 "upstream_token_total",
                 "Tokens obtained for upstreams on callers' behalf, by route and result (hit, minted, failed).",
                 &["route", "result"],
+            )?,
+            otlp_spans_total: counter(
+                "otlp_spans_total",
+                "Spans for the OTLP collector, by result (exported, dropped, failed).",
+                &["result"],
             )?,
             revoked_tokens: gauge(
                 "revoked_tokens",

@@ -134,6 +134,8 @@ pub struct Pipeline {
     pub trusted_proxies: Arc<[crate::config::limits::Cidr]>,
     /// DPoP proof checks (with their replay cache, shared across reloads).
     pub dpop: Arc<dpop::ProofChecker>,
+    /// Head sampling, and the exporter of sampled requests' spans (`tracing:`).
+    pub tracing: crate::otlp::Tracing,
 }
 
 /// What happened to a request, for metrics and the access line.

@@ -21,6 +21,7 @@ use crate::http::{Body, ConnInfo};
 use crate::issuer::{Endpoint, Issuer};
 use crate::jwks::{KeySource, TrustedIssuer};
 use crate::metrics::Metrics;
+use crate::otlp::Tracing;
 use crate::pipeline::authn::{Revocations, Verifier};
 use crate::pipeline::authz::Policy;
 use crate::pipeline::dpop::ProofChecker;
@@ -122,6 +123,14 @@ impl State {
             issuers,
             fresh,
         } = Parts::compile(&config, shared, previous, builtin.as_ref())?;
+        let tracing = Tracing::new(
+            config.tracing.as_ref(),
+            previous
+                .filter(|p| p.config.server.upstream_ca_file == config.server.upstream_ca_file)
+                .map(|p| &p.pipeline.tracing),
+            || Fetcher::new(tls_client.clone()),
+            &shared.metrics,
+        );
         let claim_names = claim_names(&config);
         let (routes, router, notes) = compile_routes(&config, shared, &claim_names)?;
         // The built-in issuer is the last trusted issuer; its revocations are honoured.
@@ -155,6 +164,7 @@ impl State {
                 issuer: builtin,
                 trusted_proxies: config.server.trusted_proxies.as_slice().into(),
                 dpop: shared.dpop.clone(),
+                tracing,
             },
             tls,
             fresh,
@@ -164,8 +174,12 @@ impl State {
     }
 
     /// Puts a compiled state to work: starts the key refreshers of its new trusted
-    /// issuers. Must run inside a Tokio runtime.
+    /// issuers and its span exporter (unless carried over). Must run inside a Tokio
+    /// runtime.
     pub fn start(&self) {
+        if let Some(exporter) = &self.pipeline.tracing.exporter {
+            exporter.start();
+        }
         for issuer in &self.fresh {
             issuer.spawn_refresher();
         }
@@ -751,6 +765,11 @@ impl Gateway {
         if state.config.server.workers != previous.config.server.workers {
             tracing::warn!("server.workers changed; it takes effect only after a restart");
         }
+        if state.config.tracing != previous.config.tracing {
+            // Applied: a new exporter when the collector or service name changed; the
+            // previous one sends what it holds once the requests on it are done.
+            tracing::info!("tracing changed; new requests are traced by the new settings");
+        }
         state.start();
         self.state.store(Arc::new(state));
         Ok(())
@@ -782,6 +801,22 @@ impl Gateway {
         let state =
             State::compile(config, &self.shared, Some(&previous), builtin).map_err(joined)?;
         Ok((state, previous))
+    }
+
+    /// Sends the spans queued for the collector (on shutdown), waiting at most
+    /// `within`.
+    pub async fn flush_spans(&self, within: std::time::Duration) {
+        let state = self.state();
+        if let Some(exporter) = &state.pipeline.tracing.exporter
+            && tokio::time::timeout(within, exporter.flush())
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                ?within,
+                "spans were still being sent to the collector at exit"
+            );
+        }
     }
 
     /// Re-reads the config file and applies it; a bad file leaves the old state serving.

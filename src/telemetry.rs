@@ -11,6 +11,10 @@
 //! logging cost about three times as much (`pipeline_echo/json-info` in
 //! `benches/proxy.rs`: +6 µs a request over no logging, against +1.9 µs). The pretty
 //! format prints span fields after the event's own.
+//!
+//! Spans for an OpenTelemetry collector (`tracing.otlp_endpoint`) are
+//! [`crate::otlp`]'s: it sends them with the HTTP client of [`crate::upstream`], a layer
+//! above this one.
 
 use std::fmt::{self, Write as _};
 use std::io::IsTerminal;

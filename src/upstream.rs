@@ -389,6 +389,14 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 
 const USER_AGENT: &str = concat!("scopegate/", env!("CARGO_PKG_VERSION"));
 
+/// An answer to [`Fetcher::post`].
+#[derive(Debug)]
+pub struct Answer {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
 /// A client for the gateway's own requests (JWKS and discovery documents, token
 /// introspection), with a size cap and a deadline.
 #[derive(Clone)]
@@ -446,6 +454,42 @@ impl Fetcher {
             .body(Full::new(Bytes::from(form)))
             .map_err(|err| err.to_string())?;
         self.fetch(request).await
+    }
+
+    /// POSTs `body` as `content_type` and returns the answer whatever its status, its
+    /// body cut at the size cap; `Err` when no answer came (connection, timeout).
+    pub async fn post(
+        &self,
+        uri: &Uri,
+        content_type: &'static str,
+        body: Bytes,
+    ) -> Result<Answer, String> {
+        let request = Request::post(uri.clone())
+            .header(http::header::USER_AGENT, USER_AGENT)
+            .header(http::header::CONTENT_TYPE, content_type)
+            .body(Full::new(body))
+            .map_err(|err| err.to_string())?;
+        let work = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|err| error_chain(&err))?;
+            let (parts, body) = response.into_parts();
+            // A body past the cap is not kept (the status is what counts).
+            let body = match Limited::new(body, self.max_bytes).collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(_) => Bytes::new(),
+            };
+            Ok(Answer {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| "timed out".to_string())?
     }
 
     async fn fetch(&self, request: Request<Full<Bytes>>) -> Result<Bytes, String> {

@@ -3,11 +3,60 @@
 //! as the parent, and starts a new trace when the caller sent none (or a malformed
 //! one). `tracestate` travels on untouched with a valid `traceparent`, and is dropped
 //! with an invalid one, as the specification asks.
+//!
+//! Whether a trace is sampled is decided once, here, by a [`Sampler`]: a continued
+//! trace keeps its caller's decision (parent-based), a new one is sampled by its trace
+//! id against `tracing.sample_ratio`. The `traceparent` sent upstream carries the
+//! decision in its flags.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// The `sampled` bit of `trace-flags`.
+const SAMPLED: u8 = 0x01;
+
+/// Head sampling of the traces the gateway starts: a trace is sampled when the 56
+/// random low bits of its id fall under `ratio × 2^56`, so every hop that samples by
+/// the same ratio makes the same decision for the same trace.
+///
+/// ```
+/// use scopegate::http::trace::Sampler;
+/// let trace_id = [0x4b; 16];
+/// assert!(Sampler::ratio(1.0).samples(&trace_id));
+/// assert!(!Sampler::ratio(0.0).samples(&trace_id));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sampler {
+    /// Trace ids whose low 56 bits are below this are sampled; `1 << 56`: all.
+    threshold: u64,
+}
+
+impl Sampler {
+    /// Samples every trace it starts: the gateway's behaviour without `tracing:`.
+    pub const ALWAYS: Sampler = Sampler { threshold: 1 << 56 };
+
+    /// Samples `ratio` (0.0 to 1.0, clamped) of the traces it starts.
+    pub fn ratio(ratio: f64) -> Sampler {
+        let ratio = if ratio.is_nan() {
+            0.0
+        } else {
+            ratio.clamp(0.0, 1.0)
+        };
+        // Exact for 0.0 and 1.0; in between the rounding is below one part in 2^52.
+        Sampler {
+            threshold: (ratio * (1u64 << 56) as f64) as u64,
+        }
+    }
+
+    /// The decision for a trace this hop starts.
+    pub fn samples(&self, trace_id: &[u8; 16]) -> bool {
+        let mut low = [0u8; 8];
+        low[1..].copy_from_slice(&trace_id[9..]);
+        u64::from_be_bytes(low) < self.threshold
+    }
+}
 
 /// This hop's place in a trace: the `traceparent` the upstream receives.
 #[derive(Debug, Clone)]
@@ -16,24 +65,41 @@ pub struct Trace {
     traceparent: HeaderValue,
     /// The caller sent a usable `traceparent` (else this hop started the trace).
     pub continued: bool,
+    pub trace_id: [u8; 16],
+    /// This hop's span id: the parent the upstream sees.
+    pub span_id: [u8; 8],
+    /// The caller's span id, when the trace is continued.
+    pub parent_id: Option<[u8; 8]>,
+    /// `trace-flags` as sent upstream.
+    flags: u8,
 }
 
 impl Trace {
-    /// Continues the trace `headers` carry, or starts one.
+    /// Continues the trace `headers` carry, or starts one; a started trace is sampled.
     pub fn from_headers(headers: &HeaderMap) -> Trace {
+        Trace::start(headers, &Sampler::ALWAYS)
+    }
+
+    /// Continues the trace `headers` carry with its sampling decision, or starts one
+    /// that `sampler` decides on.
+    pub fn start(headers: &HeaderMap, sampler: &Sampler) -> Trace {
         let mut span_id = [0u8; 8];
         random(&mut span_id);
         let parent = headers
             .get(&TRACEPARENT)
             .filter(|_| headers.get_all(&TRACEPARENT).iter().count() == 1)
             .and_then(|value| parse(value.as_bytes()));
-        let (trace_id, flags, continued) = match parent {
-            Some((trace_id, flags)) => (trace_id, flags, true),
+        let (trace_id, parent_id, flags) = match parent {
+            Some((trace_id, parent_id, flags)) => (trace_id, Some(parent_id), flags),
             None => {
                 let mut trace_id = [0u8; 16];
                 random(&mut trace_id);
-                // Sampled: with no sampler of its own, the gateway records what it starts.
-                (trace_id, 0x01, false)
+                let flags = if sampler.samples(&trace_id) {
+                    SAMPLED
+                } else {
+                    0
+                };
+                (trace_id, None, flags)
             }
         };
         let mut text = Vec::with_capacity(55);
@@ -47,8 +113,18 @@ impl Trace {
             // Only hex digits and dashes: always a valid header value.
             traceparent: HeaderValue::from_bytes(&text)
                 .unwrap_or_else(|_| HeaderValue::from_static("")),
-            continued,
+            continued: parent_id.is_some(),
+            trace_id,
+            span_id,
+            parent_id,
+            flags,
         }
+    }
+
+    /// The trace is sampled: this hop's span is recorded (and exported, when
+    /// `tracing.otlp_endpoint` is set).
+    pub fn sampled(&self) -> bool {
+        self.flags & SAMPLED != 0
     }
 
     /// The value sent upstream.
@@ -75,10 +151,10 @@ impl Trace {
     }
 }
 
-/// The trace id and flags of a `traceparent`, if it is well formed: version `00` is
+/// The trace id, parent span id and flags of a `traceparent`, if it is well formed: version `00` is
 /// exactly `00-<32 hex>-<16 hex>-<2 hex>`; a later version may append `-...` fields;
 /// version `ff` and all-zero ids are invalid; hex is lower case.
-fn parse(value: &[u8]) -> Option<([u8; 16], u8)> {
+fn parse(value: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
     if value.len() < 55 {
         return None;
     }
@@ -98,7 +174,7 @@ fn parse(value: &[u8]) -> Option<([u8; 16], u8)> {
     if trace_id == [0; 16] || parent_id == [0; 8] {
         return None;
     }
-    Some((trace_id, flags))
+    Some((trace_id, parent_id, flags))
 }
 
 fn unhex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
@@ -114,7 +190,8 @@ fn unhex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     Some(out)
 }
 
-fn hex(bytes: &[u8], out: &mut Vec<u8>) {
+/// Lower-case hex of `bytes`, appended to `out`.
+pub fn hex(bytes: &[u8], out: &mut Vec<u8>) {
     for byte in bytes {
         out.push(b"0123456789abcdef"[usize::from(byte >> 4)]);
         out.push(b"0123456789abcdef"[usize::from(byte & 15)]);
@@ -190,6 +267,61 @@ mod tests {
         // Two traceparent headers: which one? Neither.
         assert!(!Trace::from_headers(&with(&[GOOD, GOOD])).continued);
         assert!(!Trace::from_headers(&HeaderMap::new()).continued);
+    }
+
+    #[test]
+    fn the_sampler_decides_new_traces_by_their_id() {
+        let id = |low: u64| {
+            let mut trace_id = [0xff; 16];
+            trace_id[8..].copy_from_slice(&low.to_be_bytes());
+            trace_id
+        };
+        let half = Sampler::ratio(0.5);
+        // Only the 56 low bits count: the high byte of the low half is ignored.
+        assert!(half.samples(&id(0xff7f_ffff_ffff_ffff)));
+        assert!(!half.samples(&id(0x0080_0000_0000_0000)));
+        for ratio in [0.0, 0.1, 0.5, 1.0] {
+            let sampler = Sampler::ratio(ratio);
+            assert_eq!(sampler.samples(&id(0)), ratio > 0.0, "{ratio}");
+            assert_eq!(sampler.samples(&id(u64::MAX)), ratio == 1.0, "{ratio}");
+        }
+        assert_eq!(Sampler::ratio(1.0), Sampler::ALWAYS);
+        assert_eq!(Sampler::ratio(f64::NAN), Sampler::ratio(0.0));
+        // Roughly the ratio over random ids.
+        let sampled = (0..4000)
+            .filter(|_| {
+                let mut trace_id = [0u8; 16];
+                random(&mut trace_id);
+                Sampler::ratio(0.25).samples(&trace_id)
+            })
+            .count();
+        assert!((700..1300).contains(&sampled), "{sampled} of 4000");
+    }
+
+    #[test]
+    fn a_continued_trace_keeps_its_callers_decision() {
+        let never = Sampler::ratio(0.0);
+        let trace = Trace::start(&with(&[GOOD]), &never);
+        assert!(trace.sampled(), "the caller sampled it");
+        assert_eq!(
+            trace.parent_id,
+            Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
+        );
+        assert_eq!(&trace.traceparent().to_str().unwrap()[36..52], {
+            let mut text = Vec::new();
+            hex(&trace.span_id, &mut text);
+            String::from_utf8(text).unwrap()
+        });
+        let unsampled = GOOD.replace("-01", "-00");
+        assert!(!Trace::start(&with(&[&unsampled]), &Sampler::ALWAYS).sampled());
+
+        let started = Trace::start(&HeaderMap::new(), &never);
+        assert!(!started.sampled());
+        assert_eq!(started.parent_id, None);
+        assert!(started.traceparent().to_str().unwrap().ends_with("-00"));
+        let started = Trace::start(&HeaderMap::new(), &Sampler::ALWAYS);
+        assert!(started.sampled());
+        assert!(started.traceparent().to_str().unwrap().ends_with("-01"));
     }
 
     #[test]

@@ -11,8 +11,12 @@
 //! processed (an upstream failure, a JWKS refetch its token triggered) carry the span's
 //! fields; the span is closed by the access event (`scopegate::access`, message
 //! `request`). When the level filter disables the span, it costs a few branches.
+//!
+//! The request's W3C trace is continued or started here, sampled by `tracing:`; a
+//! sampled request's OpenTelemetry span ([`ServerSpan`]) goes to the exporter when
+//! there is one. The facts it needs from the request are taken only then.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -25,6 +29,7 @@ use crate::claims::Reason;
 use crate::http::trace::Trace;
 use crate::http::{Body, ConnInfo};
 use crate::metrics::{Metrics, method_label};
+use crate::otlp::ServerSpan;
 
 /// Serves one request through `pipeline`, recording it in `metrics` and the access log.
 pub async fn serve(
@@ -42,7 +47,13 @@ pub async fn serve(
         _ => forward::new_request_id(),
     };
     let method = method_label(request.method());
-    let trace = Trace::from_headers(request.headers());
+    let trace = Trace::start(request.headers(), &pipeline.tracing.sampler);
+    let exporter = pipeline
+        .tracing
+        .exporter
+        .as_ref()
+        .filter(|_| trace.sampled());
+    let facts = exporter.map(|_| Facts::of(pipeline, &request, conn));
     let span = tracing::info_span!(
         target: "scopegate::access",
         "request",
@@ -83,10 +94,86 @@ pub async fn serve(
     let elapsed = started.elapsed().as_secs_f64();
     record(metrics, &outcome, method, status, elapsed);
     close(&outcome, &span, &request_id, method, status, elapsed);
+    if let (Some(exporter), Some(facts)) = (exporter, facts) {
+        exporter.record(facts.span(&trace, &outcome, method, status, &request_id));
+    }
     response
         .headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id);
     response
+}
+
+/// What a span needs of the request, taken before the pipeline consumes it.
+struct Facts {
+    start: SystemTime,
+    started: Instant,
+    path: Box<str>,
+    scheme: &'static str,
+    protocol_version: &'static str,
+    server_address: Option<Box<str>>,
+    server_port: Option<u16>,
+    client_address: std::net::IpAddr,
+}
+
+impl Facts {
+    fn of(pipeline: &Pipeline, request: &Request<Incoming>, conn: &ConnInfo) -> Facts {
+        let authority = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .and_then(|host| host.parse::<http::uri::Authority>().ok())
+            .or_else(|| request.uri().authority().cloned());
+        Facts {
+            start: SystemTime::now(),
+            started: Instant::now(),
+            path: ServerSpan::path_of(request.uri().path()),
+            scheme: if conn.tls { "https" } else { "http" },
+            protocol_version: match request.version() {
+                http::Version::HTTP_10 => "1.0",
+                http::Version::HTTP_2 => "2",
+                _ => "1.1",
+            },
+            server_address: authority.as_ref().map(|a| a.host().into()),
+            server_port: authority.as_ref().and_then(|a| a.port_u16()),
+            client_address: super::ratelimit::client_ip(
+                conn.remote.ip(),
+                request.headers(),
+                &pipeline.trusted_proxies,
+            ),
+        }
+    }
+
+    fn span(
+        self,
+        trace: &Trace,
+        outcome: &Outcome,
+        method: &'static str,
+        status: StatusCode,
+        request_id: &HeaderValue,
+    ) -> ServerSpan {
+        ServerSpan {
+            trace_id: trace.trace_id,
+            span_id: trace.span_id,
+            parent_id: trace.parent_id,
+            start: self.start,
+            duration: self.started.elapsed(),
+            method,
+            route: outcome.route.clone(),
+            path: self.path,
+            scheme: self.scheme,
+            protocol_version: self.protocol_version,
+            server_address: self.server_address,
+            server_port: self.server_port,
+            client_address: self.client_address,
+            status: status.as_u16(),
+            auth: auth(outcome),
+            reason: outcome.reason.map(Reason::label),
+            request_id: request_id.clone(),
+            upstream: outcome
+                .upstream_seconds
+                .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
+        }
+    }
 }
 
 fn record(metrics: &Metrics, outcome: &Outcome, method: &str, status: StatusCode, elapsed: f64) {

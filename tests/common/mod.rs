@@ -10,6 +10,7 @@
 //! - [`Key`]: signing keys (shared per test binary) and token minting; hostile headers
 //!   are written by hand with [`Key::token_with`] and [`raw_token`].
 //! - Clients: HTTP/1.1 and h2c (hyper), and raw TCP for requests no client would send.
+//! - [`Collector`]: an OTLP/HTTP trace receiver recording the spans it is sent.
 //! - [`eventually`]: the one way to wait for something to happen.
 //!
 //! This file is compiled into every test binary; not every binary uses every helper.
@@ -619,6 +620,126 @@ async fn issuer_handle(
         }
         _ => response(StatusCode::NOT_FOUND, "text/plain", "not found"),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Collector: an OTLP/HTTP trace receiver
+
+struct CollectorShared {
+    /// Every POST to `/v1/traces`: its `content-type` and body.
+    received: Mutex<Vec<(String, Bytes)>>,
+    /// Answers 503 to this many more POSTs before accepting.
+    refuse: AtomicU64,
+}
+
+/// An OpenTelemetry collector's OTLP/HTTP receiver on a real port: records what is
+/// POSTed to `/v1/traces` and answers `{}` (or 503 while told to refuse).
+pub struct Collector {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    shared: Arc<CollectorShared>,
+    _server: Server,
+}
+
+impl Collector {
+    pub async fn start() -> Collector {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind collector");
+        let addr = listener.local_addr().expect("addr");
+        let shared = Arc::new(CollectorShared {
+            received: Mutex::new(Vec::new()),
+            refuse: AtomicU64::new(0),
+        });
+        let handler_shared = shared.clone();
+        let server = Server::spawn(listener, move |request: Request<Incoming>| {
+            let shared = handler_shared.clone();
+            async move {
+                if request.method() != Method::POST || request.uri().path() != "/v1/traces" {
+                    return response(StatusCode::NOT_FOUND, "text/plain", "not found");
+                }
+                let content_type = request
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                let body = match request.into_body().collect().await {
+                    Ok(body) => body.to_bytes(),
+                    Err(_) => return response(StatusCode::BAD_REQUEST, "text/plain", "body"),
+                };
+                let refuse = shared
+                    .refuse
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                shared
+                    .received
+                    .lock()
+                    .expect("lock")
+                    .push((content_type, body));
+                if refuse {
+                    return response(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "busy");
+                }
+                response(StatusCode::OK, "application/json", "{}")
+            }
+        });
+        Collector {
+            url: format!("http://{addr}"),
+            shared,
+            _server: server,
+        }
+    }
+
+    /// Answer 503 to the next `times` POSTs.
+    pub fn refuse(&self, times: u64) {
+        self.shared.refuse.store(times, Ordering::SeqCst);
+    }
+
+    /// Every POST so far: `content-type` and body.
+    pub fn received(&self) -> Vec<(String, Bytes)> {
+        self.shared.received.lock().expect("lock").clone()
+    }
+
+    /// Every span of every POST so far (refused ones included), each with its
+    /// resource's attributes as `resource`.
+    pub fn spans(&self) -> Vec<Value> {
+        let mut spans = Vec::new();
+        for (_, body) in self.received() {
+            let request: Value = serde_json::from_slice(&body).expect("OTLP JSON");
+            for resource_spans in request["resourceSpans"].as_array().into_iter().flatten() {
+                for scope_spans in resource_spans["scopeSpans"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    for span in scope_spans["spans"].as_array().into_iter().flatten() {
+                        let mut span = span.clone();
+                        span["resource"] = resource_spans["resource"]["attributes"].clone();
+                        spans.push(span);
+                    }
+                }
+            }
+        }
+        spans
+    }
+
+    /// The spans of trace `trace_id` (32 hex digits).
+    pub fn trace(&self, trace_id: &str) -> Vec<Value> {
+        self.spans()
+            .into_iter()
+            .filter(|span| span["traceId"] == trace_id)
+            .collect()
+    }
+}
+
+/// The value of attribute `key` in an OTLP `attributes` list, as JSON (`{"stringValue":
+/// ...}`); `None` when absent.
+pub fn otlp_attribute<'v>(attributes: &'v Value, key: &str) -> Option<&'v Value> {
+    attributes
+        .as_array()?
+        .iter()
+        .find(|kv| kv["key"] == key)
+        .map(|kv| &kv["value"])
 }
 
 // ---------------------------------------------------------------------------------------
