@@ -643,34 +643,38 @@ impl Config {
                 "list the scopes the upstream token may carry",
             ));
         }
-        let exchanges = self
-            .trust
-            .issuers
-            .iter()
-            .any(|issuer| issuer.token_exchange.is_some());
-        let api = self
-            .issuer
-            .as_ref()
-            .filter(|issuer| issuer.enabled)
-            .and_then(|issuer| {
-                issuer
-                    .apis
-                    .iter()
-                    .find(|api| api.identifier == upstream_token.audience)
-            });
+        let builtin = self.issuer.as_ref().filter(|issuer| issuer.enabled);
+        let api = builtin.and_then(|issuer| {
+            issuer
+                .apis
+                .iter()
+                .find(|api| api.identifier == upstream_token.audience)
+        });
         let Some(api) = api else {
-            if exchanges {
-                // Obtained from the external issuers, which know their own audiences.
-                return Ok(());
-            }
-            return Err(ConfigError::at(
-                format!("{at}.audience"),
-                format!(
-                    "{:?} is not an API of the built-in issuer (issuer.apis[].identifier), \
-                     and no trusted issuer has `token_exchange`",
-                    upstream_token.audience
+            // Every caller's token must then come from an issuer that exchanges it.
+            let audience = &upstream_token.audience;
+            let without = self
+                .trust
+                .issuers
+                .iter()
+                .find(|issuer| issuer.token_exchange.is_none());
+            let why = match (builtin, without) {
+                (Some(_), _) => format!(
+                    "{audience:?} is not an API of the built-in issuer (issuer.apis[].identifier)"
                 ),
-            ));
+                (None, _) if self.trust.issuers.is_empty() => {
+                    "no issuer can provide it: add the audience to issuer.apis, \
+                     or token_exchange to the trusted issuers"
+                        .to_string()
+                }
+                (None, Some(issuer)) => format!(
+                    "trusted issuer {:?} has no token_exchange, so its callers could not get a token for {audience:?}",
+                    issuer.issuer
+                ),
+                // Obtained from the external issuers, which know their own audiences.
+                (None, None) => return Ok(()),
+            };
+            return Err(ConfigError::at(format!("{at}.audience"), why));
         };
         for (index, scope) in upstream_token.scopes.iter().enumerate() {
             if !api.scopes.iter().any(|defined| defined.value == *scope) {

@@ -375,12 +375,16 @@ fn compile_routes(
         .enumerate()
         .map(|(index, issuer)| {
             let exchange = issuer.token_exchange.as_ref()?;
-            Exchanger::new(exchange, shared.fetcher.clone())
-                .map_err(|err| {
-                    let at = format!("trust.issuers[{index}].token_exchange");
-                    errors.push(ConfigError::at(at, err));
-                })
-                .ok()
+            Exchanger::new(
+                exchange,
+                shared.fetcher.clone(),
+                config.server.limits.max_token_bytes,
+            )
+            .map_err(|err| {
+                let at = format!("trust.issuers[{index}].token_exchange");
+                errors.push(ConfigError::at(at, err));
+            })
+            .ok()
         })
         .collect();
     let mut compiled = Vec::with_capacity(config.routes.len());

@@ -443,6 +443,21 @@ impl Fetcher {
         authorization: &http::HeaderValue,
         form: String,
     ) -> Result<Bytes, String> {
+        let answer = self.post_form_answer(uri, authorization, form).await?;
+        if answer.status != http::StatusCode::OK {
+            return Err(format!("answered {}", answer.status));
+        }
+        Ok(answer.body)
+    }
+
+    /// [`Fetcher::post_form`], returning the answer whatever its status (its body cut
+    /// at the size cap); `Err` when no answer came.
+    pub async fn post_form_answer(
+        &self,
+        uri: &Uri,
+        authorization: &http::HeaderValue,
+        form: String,
+    ) -> Result<Answer, String> {
         let request = Request::post(uri.clone())
             .header(http::header::ACCEPT, "application/json")
             .header(http::header::USER_AGENT, USER_AGENT)
@@ -453,7 +468,7 @@ impl Fetcher {
             .header(http::header::AUTHORIZATION, authorization)
             .body(Full::new(Bytes::from(form)))
             .map_err(|err| err.to_string())?;
-        self.fetch(request).await
+        self.answer(request).await
     }
 
     /// POSTs `body` as `content_type` and returns the answer whatever its status, its
@@ -469,6 +484,11 @@ impl Fetcher {
             .header(http::header::CONTENT_TYPE, content_type)
             .body(Full::new(body))
             .map_err(|err| err.to_string())?;
+        self.answer(request).await
+    }
+
+    /// Sends `request`; the answer whatever its status.
+    async fn answer(&self, request: Request<Full<Bytes>>) -> Result<Answer, String> {
         let work = async {
             let response = self
                 .client

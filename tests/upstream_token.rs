@@ -214,7 +214,7 @@ fn external_metric(text: &str, route: &str, result: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_external_issuers_token_endpoint_exchanges_the_callers_token() {
     let env = common::Env::start_yaml(EXTERNAL).await;
-    let caller = env.token(serde_json::json!({}));
+    let caller = env.token(serde_json::json!({ "scope": "read:contacts read:invoices" }));
     let exchanged = common::rsa().token(&env.claims(serde_json::json!({
         "aud": "https://billing.internal",
         "scope": "read:invoices",
@@ -248,8 +248,9 @@ async fn an_external_issuers_token_endpoint_exchanges_the_callers_token() {
         Some("urn:ietf:params:oauth:token-type:access_token")
     );
     assert_eq!(field("audience"), Some("https://billing.internal"));
-    // Another audience: the route's scopes are asked for; the issuer decides.
-    assert_eq!(field("scope"), Some("read:invoices write:invoices"));
+    // The route's scopes the caller's token carries, and no others: the gateway asks
+    // as its own client, so the caller's scopes bound what it asks for.
+    assert_eq!(field("scope"), Some("read:invoices"));
 
     // Reused for the same caller token, not asked again.
     let again = env.get_bearer("/billing/2", &caller).await;
@@ -260,7 +261,7 @@ async fn an_external_issuers_token_endpoint_exchanges_the_callers_token() {
     assert_eq!(external_metric(&metrics, "billing", "minted"), 1.0);
     assert_eq!(external_metric(&metrics, "billing", "hit"), 1.0);
 
-    // At the caller's own audience only the scopes it carries are asked for.
+    // At the caller's own audience too.
     let same = env.token(serde_json::json!({}));
     env.issuer.set_exchange(
         &same,
@@ -276,14 +277,19 @@ async fn an_external_issuers_token_endpoint_exchanges_the_callers_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_or_widened_exchange_is_503_and_the_callers_token_never_goes_upstream() {
+async fn a_refused_exchange_is_403_a_failed_or_widened_one_503_and_the_callers_token_stays() {
     let env = common::Env::start_yaml(EXTERNAL).await;
-    // The issuer refuses (no answer set: invalid_grant).
-    let refused = env.token(serde_json::json!({}));
+    let token = || env.token(serde_json::json!({ "scope": "read:contacts read:invoices" }));
+    // A caller without any of the route's scopes: nothing to ask for.
+    let unscoped = env.token(serde_json::json!({}));
+    assert_eq!(env.get_bearer("/billing/1", &unscoped).await.status, 403);
+    assert!(env.issuer.exchange_forms().is_empty());
+    // The issuer refuses this caller (no answer set: 400 invalid_grant): 403, final.
+    let refused = token();
     let reply = env.get_bearer("/billing/1", &refused).await;
-    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(reply.status, 403, "{}", reply.text());
     // The issuer grants a scope that was not asked for.
-    let widened = env.token(serde_json::json!({}));
+    let widened = token();
     env.issuer.set_exchange(
         &widened,
         serde_json::json!({
@@ -293,20 +299,26 @@ async fn a_failed_or_widened_exchange_is_503_and_the_callers_token_never_goes_up
         }),
     );
     assert_eq!(env.get_bearer("/billing/1", &widened).await.status, 503);
-    // Not a bearer token.
-    let dpop = env.token(serde_json::json!({}));
+    // Not a bearer token; an empty token.
+    let empty = token();
+    env.issuer.set_exchange(
+        &empty,
+        serde_json::json!({ "access_token": "", "token_type": "Bearer" }),
+    );
+    assert_eq!(env.get_bearer("/billing/1", &empty).await.status, 503);
+    let dpop = token();
     env.issuer.set_exchange(
         &dpop,
         serde_json::json!({ "access_token": "bound", "token_type": "DPoP" }),
     );
     assert_eq!(env.get_bearer("/billing/1", &dpop).await.status, 503);
     // The token endpoint is down.
-    let down = env.token(serde_json::json!({}));
+    let down = token();
     env.issuer.set_failing(true);
     assert_eq!(env.get_bearer("/billing/1", &down).await.status, 503);
     env.issuer.set_failing(false);
 
     assert_eq!(env.upstream.count(), 0, "nothing may reach the upstream");
     let metrics = env.gw.metrics().await;
-    assert_eq!(external_metric(&metrics, "billing", "failed"), 4.0);
+    assert_eq!(external_metric(&metrics, "billing", "failed"), 5.0);
 }

@@ -404,7 +404,7 @@ fn grpcio_path() -> std::path::PathBuf {
     if dir.join("grpc").is_dir() {
         return dir;
     }
-    let partial = dir.with_extension(format!("partial-{}", std::process::id()));
+    let partial = dir.with_file_name(format!("grpcio-{VERSION}.partial-{}", std::process::id()));
     let installed = std::process::Command::new("python3")
         .args([
             "-m",

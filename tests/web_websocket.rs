@@ -288,12 +288,12 @@ async fn websockets_hold_the_drain_and_close_once_the_grace_is_over() {
 }
 
 #[tokio::test]
-async fn an_idle_websocket_is_closed_after_tunnel_idle() {
+async fn a_websocket_stays_open_while_used_and_closes_after_tunnel_idle() {
     let issuer = Issuer::start(&default_keys()).await;
     let server = echo_server().await;
     let yaml = yaml(&server.url).replace(
         "websocket: true }",
-        "websocket: true, timeouts: { tunnel_idle: 500ms } }",
+        "websocket: true, timeouts: { tunnel_idle: 1s } }",
     );
     let gw = Gw::start(&render(&yaml, &[("issuer", &issuer.url)])).await;
     gw.wait_ready().await;
@@ -301,6 +301,11 @@ async fn an_idle_websocket_is_closed_after_tunnel_idle() {
     let mut ws = connect(gw.addr, "/ws/chat", Some(&token))
         .await
         .expect("101");
+    // Used for three times the idle timeout, a message every fifth of it: stays open.
+    for round in 0..15 {
+        echo(&mut ws, &format!("busy {round}")).await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     echo(&mut ws, "then silence").await;
     // Nothing moves either way: the gateway closes both connections.
     let end = tokio::time::timeout(DEADLINE, async {

@@ -54,6 +54,12 @@ impl TracingConfig {
                     format!("{endpoint:?} must be an http:// or https:// URL with a host"),
                 ));
             }
+            if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+                return Err(ConfigError::at(
+                    at,
+                    "must not carry a user or password (they would be logged, and are never sent)",
+                ));
+            }
             if uri.query().is_some() {
                 return Err(ConfigError::at(
                     at,

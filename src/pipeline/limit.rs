@@ -43,7 +43,7 @@ impl Default for RouteLimits {
         RouteLimits {
             max_body: None,
             response_timeout: None,
-            tunnel_idle: Duration::from_secs(300),
+            tunnel_idle: crate::config::Timeouts::default().tunnel_idle.get(),
             redirects: None,
             rate_limit: None,
             endpoints: None,

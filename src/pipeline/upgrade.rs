@@ -26,6 +26,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 use super::forward;
 use super::{Exchange, Route, Target, upstream_uri};
@@ -126,27 +127,47 @@ impl Tunnel {
     }
 }
 
-/// Counts the bytes a tunnel moves, either way, so an idle one can be told from a busy
-/// one without a timer per read.
-#[derive(Clone, Default)]
-struct Activity(Arc<AtomicU64>);
+/// When a tunnel last moved a byte, either way, so an idle one can be told from a busy
+/// one without a timer per read or write.
+#[derive(Clone)]
+struct Activity(Arc<LastMoved>);
+
+struct LastMoved {
+    start: Instant,
+    /// Milliseconds from `start` to the last read or write.
+    at_ms: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity(Arc::new(LastMoved {
+            start: Instant::now(),
+            at_ms: AtomicU64::new(0),
+        }))
+    }
+}
 
 impl Activity {
-    /// Returns once no byte has moved for `idle`: wakes every `idle` and compares.
+    fn moved(&self) {
+        let at = u64::try_from(self.0.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.at_ms.store(at, Ordering::Relaxed);
+    }
+
+    /// Returns once nothing has moved for `idle`: sleeps until `idle` after the last
+    /// move, and again if something moved meanwhile.
     async fn idle_for(&self, idle: Duration) {
-        let mut seen = self.0.load(Ordering::Relaxed);
         loop {
-            tokio::time::sleep(idle).await;
-            let now = self.0.load(Ordering::Relaxed);
-            if now == seen {
+            let last = Duration::from_millis(self.0.at_ms.load(Ordering::Relaxed));
+            let deadline = self.0.start + last + idle;
+            if Instant::now() >= deadline {
                 return;
             }
-            seen = now;
+            tokio::time::sleep_until(deadline).await;
         }
     }
 }
 
-/// One side of a tunnel, counting what it reads into `Activity`.
+/// One side of a tunnel, telling `Activity` when bytes move.
 struct Active<T> {
     io: T,
     activity: Activity,
@@ -169,9 +190,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Active<T> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        if read > 0 {
-            self.activity.0.fetch_add(read as u64, Ordering::Relaxed);
+        if buf.filled().len() > before {
+            self.activity.moved();
         }
         polled
     }
@@ -183,7 +203,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Active<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.moved();
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -39,6 +39,8 @@ pub struct Exchanger {
     uri: Uri,
     authorization: HeaderValue,
     fetcher: Fetcher,
+    /// The largest token taken back (`server.limits.max_token_bytes`).
+    max_token_bytes: usize,
 }
 
 impl std::fmt::Debug for Exchanger {
@@ -53,15 +55,38 @@ struct Exchanged {
     access_token: String,
     token_type: String,
     #[serde(default)]
+    issued_token_type: Option<String>,
+    #[serde(default)]
     expires_in: Option<u64>,
     /// Absent when it is the scope asked for.
     #[serde(default)]
     scope: Option<String>,
 }
 
+/// Why an exchange gave no token.
+#[derive(Debug)]
+enum ExchangeFailure {
+    /// The issuer said no to this caller (a 400: `invalid_grant`, `invalid_scope`,
+    /// `invalid_target`...): asking again will not help.
+    Refused,
+    /// No usable answer (unreachable, slow, an error status, a malformed or widened
+    /// token response): the message says which, for the log.
+    Failed(String),
+}
+
+/// How long one exchange may take, whatever the fetcher's own deadline.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
 impl Exchanger {
     /// The exchanger `config` describes; its URL was checked when the config loaded.
-    pub fn new(config: &TokenExchangeConfig, fetcher: Fetcher) -> Result<Exchanger, String> {
+    pub fn new(
+        config: &TokenExchangeConfig,
+        fetcher: Fetcher,
+        max_token_bytes: usize,
+    ) -> Result<Exchanger, String> {
         Ok(Exchanger {
             uri: config
                 .url
@@ -70,6 +95,7 @@ impl Exchanger {
             authorization: basic_credentials(&config.client_id, &config.client_secret)
                 .ok_or("token_exchange credentials do not fit a header")?,
             fetcher,
+            max_token_bytes,
         })
     }
 
@@ -80,41 +106,69 @@ impl Exchanger {
         token: &str,
         audience: &str,
         scope: &str,
-    ) -> Result<(String, Option<u64>), String> {
-        const ACCESS_TOKEN: &str = "urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token";
+    ) -> Result<(String, Option<u64>), ExchangeFailure> {
+        let failed = |why: String| ExchangeFailure::Failed(format!("at {}: {why}", self.uri));
         let form = format!(
-            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange\
-             &subject_token={}&subject_token_type={ACCESS_TOKEN}\
-             &requested_token_type={ACCESS_TOKEN}&audience={}&scope={}",
+            "grant_type={}&subject_token={}&subject_token_type={type_}\
+             &requested_token_type={type_}&audience={}&scope={}",
+            form_encode("urn:ietf:params:oauth:grant-type:token-exchange"),
             form_encode(token),
             form_encode(audience),
             form_encode(scope),
+            type_ = form_encode(ACCESS_TOKEN_TYPE),
         );
-        let body = self
+        let sent = self
             .fetcher
-            .post_form(&self.uri, &self.authorization, form)
+            .post_form_answer(&self.uri, &self.authorization, form);
+        let answer = tokio::time::timeout(EXCHANGE_TIMEOUT, sent)
             .await
-            .map_err(|err| format!("token exchange at {}: {err}", self.uri))?;
-        let answer: Exchanged = serde_json::from_slice(&body)
-            .map_err(|_| format!("token exchange at {}: not a token response", self.uri))?;
+            .map_err(|_| failed("timed out".to_string()))?
+            .map_err(failed)?;
+        match answer.status {
+            http::StatusCode::OK => {}
+            http::StatusCode::BAD_REQUEST => return Err(ExchangeFailure::Refused),
+            status => return Err(failed(format!("answered {status}"))),
+        }
+        let answer: Exchanged = serde_json::from_slice(&answer.body)
+            .map_err(|_| failed("not a token response".to_string()))?;
+        self.check(&answer, scope).map_err(failed)?;
+        Ok((answer.access_token, answer.expires_in))
+    }
+
+    /// A usable answer: a bearer access token of sane size, no scope beyond `asked`.
+    fn check(&self, answer: &Exchanged, asked: &str) -> Result<(), String> {
         if !answer.token_type.eq_ignore_ascii_case("bearer") {
+            return Err(format!("token_type {:?}, not Bearer", answer.token_type));
+        }
+        if let Some(issued) = &answer.issued_token_type
+            && issued != ACCESS_TOKEN_TYPE
+            && issued != JWT_TOKEN_TYPE
+        {
+            return Err(format!("issued_token_type {issued:?}, not an access token"));
+        }
+        if answer.access_token.is_empty() || answer.access_token.len() > self.max_token_bytes {
             return Err(format!(
-                "token exchange at {}: token_type {:?}, not Bearer",
-                self.uri, answer.token_type
+                "an access_token of {} bytes (at most {})",
+                answer.access_token.len(),
+                self.max_token_bytes
             ));
         }
         if let Some(granted) = &answer.scope
             && let Some(extra) = granted
                 .split_ascii_whitespace()
-                .find(|g| !scope.split(' ').any(|asked| asked == *g))
+                .find(|g| !asked.split(' ').any(|a| a == *g))
         {
-            return Err(format!(
-                "token exchange at {}: granted {extra:?}, which was not asked for",
-                self.uri
-            ));
+            return Err(format!("granted {extra:?}, which was not asked for"));
         }
-        Ok((answer.access_token, answer.expires_in))
+        Ok(())
     }
+}
+
+/// A 503 saying why the upstream's token could not be had.
+fn failed(why: &str) -> ProxyError {
+    ProxyError::UpstreamTokenFailed(format!(
+        "the gateway could not obtain a token for the upstream: {why}"
+    ))
 }
 
 /// Does the caller hold `scope` at `audience`?
@@ -290,15 +344,16 @@ impl UpstreamToken {
         Ok(granted.join(" "))
     }
 
-    /// What to ask an external issuer for: the route's scopes, but only those the
-    /// caller's token carries when it is already for the upstream's audience.
+    /// What to ask an external issuer for: the route's scopes the caller's token
+    /// carries. The gateway asks as its own client, and an issuer whose exchange
+    /// policy looks at the requesting client could grant what the gateway may have
+    /// rather than what the caller does; so the caller's own scopes bound the request.
     fn asked(&self, identity: &Identity) -> Result<String, ProxyError> {
-        let same_audience = identity.has_audience(&self.audience);
         let asked: Vec<&str> = self
             .scopes
             .iter()
             .map(|s| &**s)
-            .filter(|scope| !same_audience || identity.has_scope(scope))
+            .filter(|scope| identity.has_scope(scope))
             .collect();
         if asked.is_empty() {
             return Err(ProxyError::InsufficientScope {
@@ -318,12 +373,17 @@ impl UpstreamToken {
         let (token, expires_in) = exchanger
             .exchange(token, &self.audience, scope)
             .await
-            .map_err(|err| {
-                tracing::warn!(audience = &*self.audience, error = %err, "upstream token: exchange failed");
-                ProxyError::UpstreamTokenFailed(
-                    "the gateway could not obtain a token for the upstream: the issuer's token exchange failed"
-                        .to_string(),
-                )
+            .map_err(|failure| match failure {
+                ExchangeFailure::Refused => {
+                    tracing::info!(audience = &*self.audience, "upstream token: the issuer refused the exchange");
+                    ProxyError::InsufficientScope {
+                        required: self.scopes_text.clone(),
+                    }
+                }
+                ExchangeFailure::Failed(why) => {
+                    tracing::warn!(audience = &*self.audience, error = %why, "upstream token: exchange failed");
+                    failed("the issuer's token exchange failed")
+                }
             })?;
         let now = self.clock.unix_secs();
         // A token that does not say its lifetime is reused for a minute at most.
@@ -338,11 +398,6 @@ impl UpstreamToken {
         identity: &Identity,
         scope: &str,
     ) -> Result<Minted, ProxyError> {
-        let failed = |why: &str| {
-            ProxyError::UpstreamTokenFailed(format!(
-                "the gateway could not obtain a token for the upstream: {why}"
-            ))
-        };
         let issuer = issuer.ok_or_else(|| failed("the built-in issuer is not running"))?;
         let request = OnBehalf {
             subject: identity.subject.to_str().unwrap_or(""),
@@ -362,12 +417,8 @@ impl UpstreamToken {
 impl Minted {
     /// `token`, living `lifetime` seconds until `expires_at`, as the upstream gets it.
     fn new(token: &str, lifetime: i64, expires_at: i64) -> Result<Minted, ProxyError> {
-        let mut authorization = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
-            ProxyError::UpstreamTokenFailed(
-                "the gateway could not obtain a token for the upstream: it does not fit a header"
-                    .to_string(),
-            )
-        })?;
+        let mut authorization = HeaderValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| failed("it does not fit a header"))?;
         authorization.set_sensitive(true);
         // Renewed a tenth of its lifetime (at least 5 s) before it expires, so an
         // upstream never receives a token about to lapse on the way.
