@@ -197,12 +197,8 @@ impl ProofChecker {
                     ));
                 }
             }
-            (None, Some(_)) => {
-                return Err(ProofError(
-                    "the DPoP proof names an access token (ath) where none is sent",
-                ));
-            }
-            (None, None) => {}
+            // No access token goes with it (the token endpoint): `ath` means nothing.
+            (None, _) => {}
         }
         Ok(())
     }
