@@ -375,11 +375,11 @@ mod tests {
             let form = Form::parse(form).unwrap();
             by_secret(&model, &HeaderMap::new(), &form, requirement).is_ok()
         };
-        assert!(by_form(b"client_id=pub", Requirement::ConfidentialOrPublic));
+        assert!(by_form(b"client_id=pub", Requirement::AnyClient));
         assert!(!by_form(b"client_id=pub", Requirement::Confidential));
         assert!(!by_form(
             b"client_id=pub&client_secret=x",
-            Requirement::ConfidentialOrPublic
+            Requirement::AnyClient
         ));
     }
 }
