@@ -327,7 +327,7 @@ async fn rfc_6749_2_3_only_the_registered_method() {
 // ---------------------------------------------------------------------------------------
 // RFC 9126: pushed authorization requests.
 
-fn webapp_request<'a>(challenge: &'a str) -> Vec<(&'a str, &'a str)> {
+fn webapp_request(challenge: &str) -> Vec<(&str, &str)> {
     vec![
         ("response_type", "code"),
         ("redirect_uri", WEBAPP_CALLBACK),
