@@ -313,6 +313,8 @@ async fn resolve<'m>(issuer: &'m Issuer, params: &Form) -> Result<AuthRequest<'m
 
 /// Checks a pushed authorization request exactly as `/authorize` would check it sent
 /// directly (`/oauth/par`, RFC 9126 §2.1); the error is the one `/authorize` would give.
+/// It is checked as a pushed request (its `request_uri` not made yet), so
+/// `require_pushed_authorization_requests` does not refuse it.
 pub fn check_pushed(issuer: &Issuer, params: &Form) -> Result<(), OAuthError> {
     match parse(issuer, params, Some("")) {
         Ok(_) => Ok(()),
