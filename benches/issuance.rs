@@ -102,6 +102,7 @@ fn issuance(c: &mut Criterion) {
                     black_box("read:contacts write:contacts"),
                     false,
                     None,
+                    None,
                 )
                 .expect("mint")
             })

@@ -396,6 +396,11 @@ pub enum OAuthCode {
     /// Connect Core §6.1, §6.2; §3.1.2.6).
     RequestNotSupported,
     RequestUriNotSupported,
+    /// `/authorize` with a pushed request's `request_uri` that is unknown, spent, expired
+    /// or another client's (RFC 9126 §4).
+    InvalidRequestUri,
+    /// A `DPoP` proof that is missing where required, or fails a check (RFC 9449 §5).
+    InvalidDpopProof,
     /// Device flow polling (RFC 8628 §3.5).
     AuthorizationPending,
     SlowDown,
@@ -420,6 +425,8 @@ impl OAuthCode {
             OAuthCode::LoginRequired => "login_required",
             OAuthCode::RequestNotSupported => "request_not_supported",
             OAuthCode::RequestUriNotSupported => "request_uri_not_supported",
+            OAuthCode::InvalidRequestUri => "invalid_request_uri",
+            OAuthCode::InvalidDpopProof => "invalid_dpop_proof",
             OAuthCode::AuthorizationPending => "authorization_pending",
             OAuthCode::SlowDown => "slow_down",
             OAuthCode::ExpiredToken => "expired_token",

@@ -10,7 +10,8 @@
 //! On a reload whose `store` and `keys` settings are unchanged, [`Issuer::reconfigure`]
 //! builds the new issuer around the same store and key ring, without I/O.
 //!
-//! Endpoints (under the path of `issuer.url`): `/oauth/token` ([`grant`]), `/userinfo`
+//! Endpoints (under the path of `issuer.url`): `/oauth/token` ([`grant`]), `/oauth/par`
+//! ([`par`]), `/userinfo`
 //! ([`userinfo`]), `/oauth/revoke` ([`revocation`]), `/oauth/introspect`
 //! ([`introspection`]), `/.well-known/jwks.json`, `/.well-known/openid-configuration`
 //! and `/.well-known/oauth-authorization-server` ([`discovery`]); and those a person
@@ -38,12 +39,14 @@ pub mod logout;
 pub mod mint;
 pub mod model;
 pub mod pages;
+pub mod par;
 pub mod revocation;
 pub mod session;
 pub mod store;
 pub mod throttle;
 pub mod userinfo;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -57,8 +60,9 @@ use crate::config::{Dur, IssuerConfig, TrustedIssuerConfig};
 use crate::error::OAuthError;
 use crate::http::{Body, ConnInfo};
 use crate::jose::Alg;
-use crate::jwks::LocalJwks;
+use crate::jwks::{KeySource, LocalJwks, TrustedIssuer};
 use crate::metrics::Metrics;
+use crate::upstream::Fetcher;
 pub use endpoint::Endpoint;
 use keys::{KeyEncryption, KeyPolicy, KeyRing, alg_of};
 use model::Model;
@@ -79,6 +83,10 @@ pub struct Core {
     hashing: tokio::sync::Semaphore,
     store_url: String,
     keys_config: crate::config::issuer::KeysConfig,
+    /// Fetches clients' `jwks_uri`s.
+    fetcher: Fetcher,
+    /// Checks DPoP proofs at the token endpoint (remembering their `jti`s, per process).
+    pub dpop: crate::jose::dpop::ProofChecker,
 }
 
 /// The built-in issuer for one configuration generation.
@@ -87,6 +95,9 @@ pub struct Issuer {
     pub model: Model,
     pub core: Arc<Core>,
     documents: discovery::Documents,
+    /// The keys of clients with a `jwks_uri`, by `client_id`: fetched on first use and
+    /// when an assertion names an unknown `kid`.
+    client_jwks: HashMap<String, Arc<TrustedIssuer>>,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -116,6 +127,7 @@ struct CoreParts {
     metrics: Metrics,
     clock: Clock,
     dummy_hash: String,
+    fetcher: Fetcher,
 }
 
 /// How often the key ring re-reads the store (keys made by other replicas, rotation)
@@ -166,12 +178,14 @@ impl Issuer {
         let dummy_hash = tokio::task::spawn_blocking(dummy_hash)
             .await
             .map_err(|_| "hashing was interrupted".to_string())??;
+        let tls = crate::tls::tls_client_config(None).map_err(|e| e.to_string())?;
         let parts = CoreParts {
             store,
             keys,
             metrics,
             clock,
             dummy_hash,
+            fetcher: Fetcher::new(tls),
         };
         Ok(Issuer::finish(config, model, parts))
     }
@@ -181,13 +195,15 @@ impl Issuer {
             store: parts.store,
             keys: parts.keys,
             metrics: parts.metrics,
-            clock: parts.clock,
+            clock: parts.clock.clone(),
             dummy_hash: parts.dummy_hash,
             hashing: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
             ),
             store_url: config.store.clone(),
             keys_config: config.keys,
+            fetcher: parts.fetcher,
+            dpop: crate::jose::dpop::ProofChecker::new(parts.clock.clone()),
         });
         spawn_housekeeping(Arc::downgrade(&core), config.throttle.window);
         spawn_store_probe(Arc::downgrade(&core));
@@ -203,12 +219,19 @@ impl Issuer {
 
     fn assemble(config: &IssuerConfig, model: Model, core: Arc<Core>) -> Issuer {
         let documents = discovery::documents(&model, alg_of(config.keys.algorithm));
+        let client_jwks = client_jwks(&model, &core);
         Issuer {
             config: config.clone(),
             model,
             core,
             documents,
+            client_jwks,
         }
+    }
+
+    /// The fetched keys of a client with a `jwks_uri`.
+    pub fn client_jwks(&self, client_id: &str) -> Option<&Arc<TrustedIssuer>> {
+        self.client_jwks.get(client_id)
     }
 
     /// The issuer for a new configuration around this one's store and keys, without
@@ -220,6 +243,15 @@ impl Issuer {
         let model = Model::new(config);
         self.core.keys.set_policy(policy_for(config, &model));
         Some(Arc::new(Issuer::assemble(config, model, self.core.clone())))
+    }
+
+    /// The URL of one of the endpoints, under the issuer URL.
+    pub fn endpoint_url(&self, endpoint: Endpoint) -> String {
+        format!(
+            "{}{}",
+            self.model.base_url,
+            endpoint.path().trim_start_matches('/')
+        )
     }
 
     /// The configuration this issuer was built from.
@@ -305,6 +337,10 @@ impl Issuer {
                         .inc();
                     err.into_response()
                 }
+            },
+            Endpoint::Par => match form::read(&parts.headers, body).await {
+                Ok(form) => par::handle(self, &parts.headers, &form).await,
+                Err(err) => err.into_response(),
             },
             Endpoint::Revoke => match form::read(&parts.headers, body).await {
                 Ok(form) => revocation::handle(self, &parts.headers, &form).await,
@@ -412,6 +448,46 @@ impl Issuer {
     pub fn signing_alg(&self) -> Alg {
         self.core.keys.active().alg
     }
+}
+
+/// A key cache per client with a `jwks_uri` (the trusted-issuer machinery: single
+/// flight, refetch on an unknown `kid` at most once a second, last good keys kept).
+fn client_jwks(model: &Model, core: &Core) -> HashMap<String, Arc<TrustedIssuer>> {
+    let mut out = HashMap::new();
+    for client in model.clients.values() {
+        let model::ClientKeys::Remote(url) = &client.keys else {
+            continue;
+        };
+        let Ok(uri) = url.parse() else { continue };
+        let config = TrustedIssuerConfig {
+            issuer: url.clone(),
+            jwks_uri: Some(url.clone()),
+            audiences: Vec::new(),
+            algorithms: client_auth::ASSERTION_ALGS.to_vec(),
+            jwks_ttl: Dur::secs(300),
+            jwks_min_refresh: Dur::secs(1),
+            clients: None,
+            scope_claims: None,
+            introspection: None,
+            token_exchange: None,
+        };
+        let source = KeySource::Jwks(uri);
+        match TrustedIssuer::new(
+            config,
+            source,
+            core.fetcher.clone(),
+            core.metrics.clone(),
+            core.clock.clone(),
+        ) {
+            Ok(keys) => {
+                out.insert(client.client_id.clone(), keys);
+            }
+            Err(err) => {
+                tracing::warn!(client_id = %client.client_id, error = %err, "client jwks_uri unusable")
+            }
+        }
+    }
+    out
 }
 
 /// An argon2id hash of a random password (production parameters).

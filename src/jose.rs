@@ -8,6 +8,8 @@
 //! configuration. What remains is small: split, base64url, JSON, and one aws-lc-rs call.
 //! `jsonwebtoken` (same backend) is used in the tests as an independent verifier.
 
+pub mod dpop;
+
 use std::borrow::Cow;
 use std::fmt;
 

@@ -339,15 +339,18 @@ impl<'a> Exchange<'a> {
         match (identity.dpop_jkt.as_deref(), scheme) {
             (Some(jkt), TokenScheme::Dpop) => {
                 let authority = request_authority(request);
-                self.pipeline.dpop.check(dpop::Request {
-                    headers: request.headers(),
-                    method: request.method(),
-                    authority: authority.as_deref().unwrap_or(""),
-                    path: request.uri().path(),
-                    token,
-                    jkt,
-                    leeway: self.pipeline.verifier.leeway(),
-                })
+                dpop::check(
+                    &self.pipeline.dpop,
+                    dpop::Request {
+                        headers: request.headers(),
+                        method: request.method(),
+                        authority: authority.as_deref().unwrap_or(""),
+                        path: request.uri().path(),
+                        token,
+                        jkt,
+                        leeway: self.pipeline.verifier.leeway(),
+                    },
+                )
             }
             (Some(_), TokenScheme::Bearer) => {
                 refuse("this token is DPoP-bound: send it as Authorization: DPoP with a proof")

@@ -192,7 +192,7 @@ fn check_names_routes_the_issuer_endpoints_take() {
         table.contains("note: route \"everything\" does not get /authorize /oauth/token"),
         "{table}"
     );
-    assert!(table.contains("note: route \"oauth\" does not get /oauth/token /oauth/revoke /oauth/introspect /oauth/device/code: the issuer serves it\n"), "{table}");
+    assert!(table.contains("note: route \"oauth\" does not get /oauth/token /oauth/par /oauth/revoke /oauth/introspect /oauth/device/code: the issuer serves it\n"), "{table}");
     assert!(
         !table.contains("route \"read-contacts\" does not get"),
         "{table}"

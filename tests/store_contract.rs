@@ -8,8 +8,8 @@ mod common;
 use common::issuer::{Backend, TestStore};
 use scopegate::clock::Clock;
 use scopegate::issuer::store::{
-    CodeIssue, CodeRecord, DeviceRecord, DeviceStatus, Family, KeyEncryptionScheme, Rotation,
-    SessionRecord, Store, StoredKey, secret_hash,
+    CodeIssue, CodeRecord, DeviceRecord, DeviceStatus, Family, KeyEncryptionScheme, PushedRequest,
+    Rotation, SessionRecord, Store, StoredKey, secret_hash,
 };
 use scopegate::jose::Alg;
 
@@ -35,6 +35,7 @@ fn family(id: &str) -> Family {
         scope: "openid read offline_access".into(),
         auth_time: now(),
         created_at: now(),
+        dpop_jkt: Some("jkt-1".into()),
     }
 }
 
@@ -57,11 +58,11 @@ fn code(hash: &str, expires_at: i64) -> CodeRecord {
 
 async fn migrations_are_idempotent(backend: Backend) {
     let (store, test) = open(backend).await;
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.schema_version().await.unwrap(), 3);
     store.close().await;
     // Opening again (a restart, a second replica) applies nothing and keeps data.
     let again = Store::open(&test.url, Clock::system()).await.unwrap();
-    assert_eq!(again.schema_version().await.unwrap(), 2);
+    assert_eq!(again.schema_version().await.unwrap(), 3);
     // Two replicas opening at once both succeed.
     let (a, b) = tokio::join!(
         Store::open(&test.url, Clock::system()),
@@ -542,7 +543,98 @@ async fn sessions_expire_and_end(backend: Backend) {
     );
 }
 
+/// RFC 9126 §4: a pushed request is found while unused and unexpired, redeemed once.
+async fn pushed_requests_are_redeemed_once(backend: Backend) {
+    let (store, _test) = open(backend).await;
+    let t = now();
+    let pushed = PushedRequest {
+        uri_hash: secret_hash("urn:ietf:params:oauth:request_uri:abc"),
+        client_id: "web".into(),
+        params: "client_id=web&response_type=code".into(),
+        expires_at: t + 60,
+    };
+    store.insert_pushed(&pushed).await.unwrap();
+    assert_eq!(
+        store.find_pushed(&pushed.uri_hash, t).await.unwrap(),
+        Some(pushed.clone())
+    );
+    assert!(
+        store
+            .find_pushed(&pushed.uri_hash, t + 60)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        !store.redeem_pushed(&pushed.uri_hash, t + 60).await.unwrap(),
+        "expired"
+    );
+    assert!(store.redeem_pushed(&pushed.uri_hash, t).await.unwrap());
+    assert!(
+        !store.redeem_pushed(&pushed.uri_hash, t).await.unwrap(),
+        "spent"
+    );
+    assert!(
+        store
+            .find_pushed(&pushed.uri_hash, t)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store.purge_expired(t + 61, 600).await.unwrap();
+}
+
+/// RFC 7523 §3: a client assertion's jti is accepted once until the assertion expires.
+async fn values_are_used_once(backend: Backend) {
+    let (store, _test) = open(backend).await;
+    let t = now();
+    assert!(
+        store
+            .use_once("client_assertion", "c", "j1", t + 60, t)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .use_once("client_assertion", "c", "j1", t + 60, t + 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .use_once("client_assertion", "d", "j1", t + 60, t)
+            .await
+            .unwrap(),
+        "another client"
+    );
+    assert!(
+        store
+            .use_once("client_assertion", "c", "j1", t + 200, t + 60)
+            .await
+            .unwrap(),
+        "expired record"
+    );
+    // Parallel uses of one value: one winner.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .use_once("client_assertion", "c", "j2", t + 60, t)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for task in tasks {
+        winners += usize::from(task.await.unwrap());
+    }
+    assert_eq!(winners, 1);
+}
+
 both_backends!(
+    pushed_requests_are_redeemed_once,
+    values_are_used_once,
     code_redemption_and_replay,
     sessions_expire_and_end,
     migrations_are_idempotent,

@@ -31,6 +31,8 @@ pub struct IssuerConfig {
     pub keys: KeysConfig,
     #[serde(default)]
     pub session: SessionConfig,
+    #[serde(default)]
+    pub par: ParConfig,
     /// How long after a refresh token is spent a parallel redemption of it still gets a
     /// valid pair instead of revoking its family (`0s`: never).
     #[serde(default = "default_refresh_grace")]
@@ -66,6 +68,20 @@ impl Default for SessionConfig {
         SessionConfig {
             lifetime: Dur::secs(24 * 3600),
         }
+    }
+}
+
+/// `issuer.par`: pushed authorization requests (RFC 9126).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParConfig {
+    /// How long a pushed request's `request_uri` may be redeemed at `/authorize`.
+    pub ttl: Dur,
+}
+
+impl Default for ParConfig {
+    fn default() -> Self {
+        ParConfig { ttl: Dur::secs(60) }
     }
 }
 
@@ -203,6 +219,57 @@ pub struct ClientConfig {
     pub post_logout_redirect_uris: Vec<String>,
     #[serde(default)]
     pub grants: BTreeMap<String, Vec<String>>,
+    /// The one way this client authenticates (RFC 7591 §2); unset: with its secret
+    /// (Basic or form) when it has one, else `none`.
+    #[serde(default)]
+    pub token_endpoint_auth_method: Option<ClientAuthMethod>,
+    /// The client's public keys, inline (for `private_key_jwt`).
+    #[serde(default)]
+    pub jwks: Option<ClientJwks>,
+    /// Where the client publishes its public keys (for `private_key_jwt`); fetched and
+    /// cached, refetched for an unknown `kid`.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// `/authorize` only with a `request_uri` from `/oauth/par` (RFC 9126 §6).
+    #[serde(default)]
+    pub require_pushed_authorization_requests: bool,
+    /// Tokens only with a DPoP proof (RFC 9449 §5.2).
+    #[serde(default)]
+    pub dpop_bound_access_tokens: bool,
+    /// The algorithm of this client's ID tokens: `RS256`, or the issuer's
+    /// `keys.algorithm` (the default).
+    #[serde(default)]
+    pub id_token_signed_response_alg: Option<SigningAlg>,
+}
+
+/// How a client authenticates at the token endpoint (and every endpoint that
+/// authenticates clients).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    ClientSecretBasic,
+    ClientSecretPost,
+    PrivateKeyJwt,
+    None,
+}
+
+impl ClientAuthMethod {
+    /// The registered name (RFC 7591 §2, OIDC Core §9).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuthMethod::ClientSecretBasic => "client_secret_basic",
+            ClientAuthMethod::ClientSecretPost => "client_secret_post",
+            ClientAuthMethod::PrivateKeyJwt => "private_key_jwt",
+            ClientAuthMethod::None => "none",
+        }
+    }
+}
+
+/// `clients[].jwks`: a JWK Set (public keys only).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientJwks {
+    pub keys: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -317,8 +384,9 @@ impl<'de> Deserialize<'de> for GrantType {
 
 /// The issuer's endpoints, relative to the path of `issuer.url` (Auth0's paths). They are
 /// matched before routes; `scopegate check` names routes whose paths they take.
-pub const ENDPOINTS: [&str; 11] = [
+pub const ENDPOINTS: [&str; 12] = [
     "/authorize",
+    "/oauth/par",
     "/oauth/token",
     "/userinfo",
     "/oauth/revoke",
@@ -393,6 +461,7 @@ impl IssuerConfig {
         let mut client_ids = HashSet::new();
         for (index, client) in self.clients.iter().enumerate() {
             check_client(&apis, &mut client_ids, index, client)?;
+            check_client_keys(self.keys.algorithm, index, client)?;
         }
         let mut seen = SeenUsers::default();
         for (index, user) in self.users.iter().enumerate() {
@@ -458,6 +527,7 @@ impl IssuerConfig {
             ("issuer.keys.rotate_after", self.keys.rotate_after),
             ("issuer.throttle.window", self.throttle.window),
             ("issuer.session.lifetime", self.session.lifetime),
+            ("issuer.par.ttl", self.par.ttl),
         ] {
             if value.get() < std::time::Duration::from_secs(1) {
                 return Err(ConfigError::at(key, "must be at least 1s"));
@@ -706,10 +776,12 @@ fn check_client_grant_types(at: &str, client: &ClientConfig) -> Result<(), Confi
             "list the grant types this client may use",
         ));
     }
-    if may(GrantType::ClientCredentials) && client.client_secret.is_none() {
+    let confidential = client.client_secret.is_some()
+        || client.token_endpoint_auth_method == Some(ClientAuthMethod::PrivateKeyJwt);
+    if may(GrantType::ClientCredentials) && !confidential {
         return Err(ConfigError::at(
             format!("{at}.grant_types"),
-            "client_credentials needs a confidential client (set client_secret)",
+            "client_credentials needs a confidential client (set client_secret, or use private_key_jwt)",
         ));
     }
     let browser = may(GrantType::AuthorizationCode) || may(GrantType::Implicit);
@@ -717,6 +789,83 @@ fn check_client_grant_types(at: &str, client: &ClientConfig) -> Result<(), Confi
         return Err(ConfigError::at(
             format!("{at}.redirect_uris"),
             "authorization_code and implicit need at least one redirect URI",
+        ));
+    }
+    Ok(())
+}
+
+/// How a client authenticates and the keys it does so with: a method that fits what is
+/// configured (a secret for the secret methods, keys for `private_key_jwt`, nothing for
+/// `none`), keys inline or by URL (not both), usable keys, and an ID token algorithm the
+/// issuer has keys for.
+fn check_client_keys(
+    issuer_alg: SigningAlg,
+    index: usize,
+    client: &ClientConfig,
+) -> Result<(), ConfigError> {
+    let at = format!("issuer.clients[{index}]");
+    if client.jwks.is_some() && client.jwks_uri.is_some() {
+        return Err(ConfigError::at(
+            format!("{at}.jwks_uri"),
+            "give the client's keys inline (jwks) or by URL (jwks_uri), not both",
+        ));
+    }
+    let has_keys = client.jwks.is_some() || client.jwks_uri.is_some();
+    let has_secret = client.client_secret.is_some();
+    let method_at = format!("{at}.token_endpoint_auth_method");
+    match client.token_endpoint_auth_method {
+        Some(ClientAuthMethod::PrivateKeyJwt) if !has_keys => {
+            return Err(ConfigError::at(
+                method_at,
+                "private_key_jwt needs the client's public keys (jwks or jwks_uri)",
+            ));
+        }
+        Some(ClientAuthMethod::PrivateKeyJwt) if has_secret => {
+            return Err(ConfigError::at(
+                format!("{at}.client_secret"),
+                "a private_key_jwt client has no secret",
+            ));
+        }
+        Some(ClientAuthMethod::ClientSecretBasic | ClientAuthMethod::ClientSecretPost)
+            if !has_secret =>
+        {
+            return Err(ConfigError::at(
+                method_at,
+                "client_secret_basic and client_secret_post need client_secret",
+            ));
+        }
+        Some(ClientAuthMethod::None) if has_secret => {
+            return Err(ConfigError::at(
+                method_at,
+                "none is for public clients, which have no client_secret",
+            ));
+        }
+        _ => {}
+    }
+    if let Some(jwks) = &client.jwks {
+        let body = serde_json::to_vec(jwks).unwrap_or_default();
+        let (keys, skipped) = crate::jose::parse_jwks(&body, &crate::jose::Alg::ALL)
+            .map_err(|err| ConfigError::at(format!("{at}.jwks"), err))?;
+        if let Some(problem) = skipped.first() {
+            return Err(ConfigError::at(format!("{at}.jwks.keys"), problem.clone()));
+        }
+        if keys.is_empty() {
+            return Err(ConfigError::at(
+                format!("{at}.jwks.keys"),
+                "no usable signing key (public RSA, EC P-256/P-384 or Ed25519 keys)",
+            ));
+        }
+    }
+    if let Some(uri) = &client.jwks_uri {
+        check_url(uri, &format!("{at}.jwks_uri"))?;
+    }
+    if let Some(alg) = client.id_token_signed_response_alg
+        && alg != SigningAlg::RS256
+        && alg != issuer_alg
+    {
+        return Err(ConfigError::at(
+            format!("{at}.id_token_signed_response_alg"),
+            "must be RS256 or the issuer's keys.algorithm",
         ));
     }
     Ok(())

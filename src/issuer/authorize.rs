@@ -38,8 +38,12 @@ use crate::http::{Body, ConnInfo};
 /// The hidden field of the sign-in form that carries the pending authorization request.
 pub const PENDING_FIELD: &str = "pending_request";
 
-/// The parameters of an authorization request that are carried through the sign-in page.
-const PARAMS: [&str; 16] = [
+/// The prefix of the `request_uri`s that `/oauth/par` hands out (RFC 9126 §2.2).
+pub const PUSHED_URI_PREFIX: &str = "urn:ietf:params:oauth:request_uri:";
+
+/// The parameters of an authorization request that are carried through the sign-in page
+/// (and stored for a pushed request).
+pub const PARAMS: [&str; 16] = [
     "client_id",
     "redirect_uri",
     "response_type",
@@ -135,7 +139,11 @@ struct AuthRequest<'m> {
     /// The `sub` of a good `id_token_hint`: only that user's session may answer.
     hinted_subject: Option<String>,
     /// The request's parameters, form-encoded: the sign-in form's `pending_request`.
+    /// For a pushed request, only `client_id` and `request_uri`: the browser never
+    /// holds (or changes) the pushed parameters.
     pending: String,
+    /// The `request_uri` of a pushed request, redeemed when the answer is issued.
+    pushed: Option<String>,
 }
 
 /// Why a request ends before its answer.
@@ -177,7 +185,7 @@ async fn authorize(
     conn: ConnInfo,
     params: &Form,
 ) -> Response<Body> {
-    let request = match parse(issuer, params) {
+    let request = match resolve(issuer, params).await {
         Ok(request) => request,
         Err(failure) => return fail(issuer, failure, Vec::new()),
     };
@@ -243,7 +251,7 @@ async fn sign_in(
         Ok(params) => params,
         Err(err) => return fail(issuer, Failure::Page(err), Vec::new()),
     };
-    let request = match parse(issuer, &params) {
+    let request = match resolve(issuer, &params).await {
         Ok(request) => request,
         Err(failure) => return fail(issuer, failure, Vec::new()),
     };
@@ -268,14 +276,70 @@ fn redirect(request: &AuthRequest<'_>, err: OAuthError) -> Failure {
     Failure::Redirect(Box::new(request.reply.clone()), err)
 }
 
+/// The request `/authorize` was sent: its own parameters, or (for a `request_uri` from
+/// `/oauth/par`) the pushed ones, which then are the only ones read (RFC 9126 §4). A
+/// pushed request that is unknown, spent, expired or another client's is
+/// `invalid_request_uri`, on a page: nothing says where the client may be redirected.
+async fn resolve<'m>(issuer: &'m Issuer, params: &Form) -> Result<AuthRequest<'m>, Failure> {
+    let Some(request_uri) = params
+        .get("request_uri")
+        .filter(|uri| uri.starts_with(PUSHED_URI_PREFIX))
+    else {
+        return parse(issuer, params, None);
+    };
+    let invalid = |description: &'static str| {
+        Failure::Page(OAuthError::new(OAuthCode::InvalidRequestUri, description))
+    };
+    let client_id = params.get("client_id").ok_or_else(|| {
+        Failure::Page(OAuthError::invalid_request(
+            "The request does not name an application (client_id is missing).",
+        ))
+    })?;
+    let pushed = issuer
+        .core
+        .store
+        .find_pushed(&secret_hash(request_uri), issuer.now())
+        .await
+        .map_err(|err| Failure::Page(err.into()))?
+        .ok_or_else(|| invalid("The request_uri is unknown, used or expired."))?;
+    if pushed.client_id != client_id {
+        return Err(invalid(
+            "The request_uri was pushed by another application.",
+        ));
+    }
+    let pushed_params = Form::parse(pushed.params.as_bytes()).map_err(Failure::Page)?;
+    parse(issuer, &pushed_params, Some(request_uri))
+}
+
+/// Checks a pushed authorization request exactly as `/authorize` would check it sent
+/// directly (`/oauth/par`, RFC 9126 §2.1); the error is the one `/authorize` would give.
+/// It is checked as a pushed request (its `request_uri` not made yet), so
+/// `require_pushed_authorization_requests` does not refuse it.
+pub fn check_pushed(issuer: &Issuer, params: &Form) -> Result<(), OAuthError> {
+    match parse(issuer, params, Some("")) {
+        Ok(_) => Ok(()),
+        Err(Failure::Page(err) | Failure::Redirect(_, err)) => Err(err),
+    }
+}
+
 /// Checks an authorization request: first what decides whether redirecting is safe
-/// (errors are pages), then the rest (errors are redirects).
-fn parse<'m>(issuer: &'m Issuer, params: &Form) -> Result<AuthRequest<'m>, Failure> {
+/// (errors are pages), then the rest (errors are redirects). `pushed` is the
+/// `request_uri` the parameters were pushed under.
+fn parse<'m>(
+    issuer: &'m Issuer,
+    params: &Form,
+    pushed: Option<&str>,
+) -> Result<AuthRequest<'m>, Failure> {
     let model = &issuer.model;
     let (client, redirect_uri) = trusted_client(model, params)?;
     // From here on, errors go back to the client.
     let (response, reply) = response_type(client, redirect_uri, params)?;
     let back = |err: OAuthError| Failure::Redirect(Box::new(reply.clone()), err);
+    if client.require_par && pushed.is_none() {
+        return Err(back(OAuthError::invalid_request(
+            "this client must push its authorization requests to /oauth/par (request_uri)",
+        )));
+    }
     unsupported_request_objects(params).map_err(back)?;
     let (prompt_login, prompt_none) = prompt(params).map_err(back)?;
     let max_age = max_age(params).map_err(back)?;
@@ -306,7 +370,14 @@ fn parse<'m>(issuer: &'m Issuer, params: &Form) -> Result<AuthRequest<'m>, Failu
         max_age,
         login_hint: params.get("login_hint").map(str::to_string),
         hinted_subject,
-        pending: form::encode(params.pairs().filter(|(name, _)| PARAMS.contains(name))),
+        pending: match pushed {
+            Some(uri) => form::encode([
+                ("client_id", client.client_id.as_str()),
+                ("request_uri", uri),
+            ]),
+            None => form::encode(params.pairs().filter(|(name, _)| PARAMS.contains(name))),
+        },
+        pushed: pushed.map(str::to_string),
     })
 }
 
@@ -601,6 +672,18 @@ async fn issue(
 ) -> Result<Vec<(&'static str, String)>, OAuthError> {
     let model = &issuer.model;
     let client = request.client;
+    if let Some(uri) = &request.pushed
+        && !issuer
+            .core
+            .store
+            .redeem_pushed(&secret_hash(uri), issuer.now())
+            .await?
+    {
+        return Err(OAuthError::new(
+            OAuthCode::InvalidRequestUri,
+            "the request_uri is used or expired",
+        ));
+    }
     let requested: Vec<&str> = request.scope.iter().map(String::as_str).collect();
     let mut granted = mint::user_grant(model, user, client, request.api, &requested);
     let mut params = Vec::new();
@@ -621,6 +704,7 @@ async fn issue(
             request.api,
             &scope,
             granted.openid,
+            None,
             None,
         )?;
         params.push(("access_token", access.token.clone()));

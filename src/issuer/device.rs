@@ -118,7 +118,9 @@ async fn start(
     form: &Form,
 ) -> Result<DeviceAuthorization, OAuthError> {
     let model = &issuer.model;
-    let client = client_auth::authenticate(model, headers, form, Requirement::SecretOrPublic)?;
+    let url = issuer.endpoint_url(super::Endpoint::DeviceCode);
+    let client =
+        client_auth::authenticate(issuer, headers, form, &url, Requirement::AnyClient).await?;
     if !client.may_use(GrantType::DeviceCode) {
         return Err(OAuthError::new(
             OAuthCode::UnauthorizedClient,

@@ -1,6 +1,8 @@
 //! `/.well-known/openid-configuration` (OpenID Connect Discovery) and
 //! `/.well-known/oauth-authorization-server` (RFC 8414): every endpoint, grant, response
-//! type, client authentication method and signing algorithm. Built once per
+//! type, client authentication method (with `private_key_jwt`'s algorithms) and signing
+//! algorithm (ID tokens: the issuer's, and RS256 always), the PAR endpoint (RFC 9126 §5)
+//! and DPoP's proof algorithms (RFC 9449 §5.1). Built once per
 //! configuration; served with a short public cache lifetime, as is the JWKS.
 
 use bytes::Bytes;
@@ -8,6 +10,7 @@ use http::header::ACCESS_CONTROL_ALLOW_ORIGIN;
 use http::{Response, StatusCode};
 use serde_json::{Value, json};
 
+use super::client_auth::ASSERTION_ALGS;
 use super::model::Model;
 use crate::config::issuer::GrantType;
 use crate::http::{Body, JSON, with_headers};
@@ -40,7 +43,23 @@ pub fn documents(model: &Model, alg: Alg) -> Documents {
             }
         }
     }
-    let auth_methods = json!(["client_secret_basic", "client_secret_post", "none"]);
+    // RS256 is always there for ID tokens (OpenID Connect Core §15.1).
+    let id_token_algs: Vec<&str> = if alg == Alg::RS256 {
+        vec!["RS256"]
+    } else {
+        vec![alg.name(), "RS256"]
+    };
+    let auth_methods = json!([
+        "client_secret_basic",
+        "client_secret_post",
+        "private_key_jwt",
+        "none"
+    ]);
+    let assertion_algs: Vec<&str> = ASSERTION_ALGS.iter().map(|a| a.name()).collect();
+    let dpop_algs: Vec<&str> = crate::jose::dpop::PROOF_ALGS
+        .iter()
+        .map(|a| a.name())
+        .collect();
     let mut doc = json!({
         "issuer": model.issuer,
         "authorization_endpoint": url("/authorize"),
@@ -58,10 +77,16 @@ pub fn documents(model: &Model, alg: Alg) -> Documents {
         "prompt_values_supported": ["none", "login", "consent", "select_account"],
         "grant_types_supported": GrantType::ALL.map(GrantType::as_str),
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": [alg.name()],
+        "id_token_signing_alg_values_supported": id_token_algs,
         "token_endpoint_auth_methods_supported": auth_methods,
+        "token_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "revocation_endpoint_auth_methods_supported": auth_methods,
-        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "revocation_endpoint_auth_signing_alg_values_supported": assertion_algs,
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "introspection_endpoint_auth_signing_alg_values_supported": assertion_algs,
+        "pushed_authorization_request_endpoint": url("/oauth/par"),
+        "require_pushed_authorization_requests": false,
+        "dpop_signing_alg_values_supported": dpop_algs,
         "code_challenge_methods_supported": ["S256"],
         "claims_supported": [
             "iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "c_hash", "azp",

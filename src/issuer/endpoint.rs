@@ -7,6 +7,8 @@
 pub enum Endpoint {
     Authorize,
     Token,
+    /// Pushed authorization requests (RFC 9126).
+    Par,
     Userinfo,
     Revoke,
     Introspect,
@@ -19,9 +21,10 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 11] = [
+    pub const ALL: [Endpoint; 12] = [
         Endpoint::Authorize,
         Endpoint::Token,
+        Endpoint::Par,
         Endpoint::Userinfo,
         Endpoint::Revoke,
         Endpoint::Introspect,
@@ -38,6 +41,7 @@ impl Endpoint {
         match self {
             Endpoint::Authorize => "/authorize",
             Endpoint::Token => "/oauth/token",
+            Endpoint::Par => "/oauth/par",
             Endpoint::Userinfo => "/userinfo",
             Endpoint::Revoke => "/oauth/revoke",
             Endpoint::Introspect => "/oauth/introspect",
@@ -86,9 +90,11 @@ impl Endpoint {
     /// never HEAD.
     pub fn methods(self) -> &'static [&'static str] {
         match self {
-            Endpoint::Token | Endpoint::Revoke | Endpoint::Introspect | Endpoint::DeviceCode => {
-                &["POST"]
-            }
+            Endpoint::Token
+            | Endpoint::Par
+            | Endpoint::Revoke
+            | Endpoint::Introspect
+            | Endpoint::DeviceCode => &["POST"],
             Endpoint::Userinfo => &["GET", "HEAD", "POST"],
             Endpoint::Authorize | Endpoint::Activate | Endpoint::Logout => &["GET", "POST"],
             Endpoint::Jwks | Endpoint::OpenidConfiguration | Endpoint::OAuthMetadata => {

@@ -58,11 +58,12 @@ pub struct TokenResponse {
 pub(super) type Issued = Result<TokenResponse, OAuthError>;
 
 impl TokenResponse {
-    /// A bearer access token with its scope, and nothing else.
+    /// An access token with its scope, and nothing else: `token_type` `DPoP` for a token
+    /// bound to a key (RFC 9449 §5), else `Bearer`.
     fn bearer(access: AccessToken, scope: String) -> TokenResponse {
         TokenResponse {
+            token_type: if access.bound { "DPoP" } else { "Bearer" },
             access_token: access.token,
-            token_type: "Bearer",
             expires_in: access.expires_in,
             scope,
             id_token: None,
@@ -127,26 +128,68 @@ async fn run(
     remote: IpAddr,
     grant_type: GrantType,
 ) -> Result<TokenResponse, OAuthError> {
+    let url = issuer.endpoint_url(super::Endpoint::Token);
     let client =
-        client_auth::authenticate(&issuer.model, headers, form, Requirement::SecretOrPublic)?;
+        client_auth::authenticate(issuer, headers, form, &url, Requirement::AnyClient).await?;
     if !client.may_use(grant_type) {
         return Err(OAuthError::new(
             OAuthCode::UnauthorizedClient,
             "this client may not use this grant type",
         ));
     }
+    let jkt = dpop_key(issuer, headers, client)?;
+    let dpop = jkt.as_deref();
     match grant_type {
-        GrantType::ClientCredentials => client_credentials::grant(issuer, client, form),
-        GrantType::Password => password::grant(issuer, client, form, remote).await,
-        GrantType::RefreshToken => refresh_token::grant(issuer, client, form).await,
-        GrantType::TokenExchange => token_exchange::grant(issuer, client, form).await,
-        GrantType::AuthorizationCode => authorization_code::grant(issuer, client, form).await,
-        GrantType::DeviceCode => device_code::grant(issuer, client, form).await,
+        GrantType::ClientCredentials => client_credentials::grant(issuer, client, form, dpop),
+        GrantType::Password => password::grant(issuer, client, form, remote, dpop).await,
+        GrantType::RefreshToken => refresh_token::grant(issuer, client, form, dpop).await,
+        GrantType::TokenExchange => token_exchange::grant(issuer, client, form, dpop).await,
+        GrantType::AuthorizationCode => authorization_code::grant(issuer, client, form, dpop).await,
+        GrantType::DeviceCode => device_code::grant(issuer, client, form, dpop).await,
         GrantType::Implicit => Err(OAuthError::new(
             OAuthCode::UnsupportedGrantType,
             "this grant type is not supported here",
         )),
     }
+}
+
+/// The DPoP key the tokens are bound to (RFC 9449 §5): the thumbprint of the key of a
+/// valid `DPoP` proof for this endpoint (checked as the proxy checks proofs, without an
+/// access token), or none without a proof. A client registered with
+/// `dpop_bound_access_tokens` must send one. Any failure is `invalid_dpop_proof`.
+fn dpop_key(
+    issuer: &Issuer,
+    headers: &HeaderMap,
+    client: &Client,
+) -> Result<Option<String>, OAuthError> {
+    use crate::jose::dpop::{Expected, ProofChecker};
+    if !ProofChecker::present(headers) {
+        if client.dpop_bound {
+            return Err(OAuthError::new(
+                OAuthCode::InvalidDpopProof,
+                "this client's tokens are DPoP-bound: send a DPoP proof",
+            ));
+        }
+        return Ok(None);
+    }
+    let token_endpoint = issuer.endpoint_url(super::Endpoint::Token);
+    let uri: http::Uri = token_endpoint
+        .parse()
+        .map_err(|_| OAuthError::server_error())?;
+    let expected = Expected {
+        method: &http::Method::POST,
+        authority: uri.authority().map_or("", |a| a.as_str()),
+        path: uri.path(),
+        token: None,
+        jkt: None,
+        leeway: std::time::Duration::ZERO,
+    };
+    issuer
+        .core
+        .dpop
+        .check(headers, expected)
+        .map(Some)
+        .map_err(|err| OAuthError::new(OAuthCode::InvalidDpopProof, err.0))
 }
 
 /// The scope intersection of the grants that issue for one API without `/authorize`:
@@ -182,6 +225,8 @@ struct Extras<'a> {
     /// grant records them with the code, so a replay can revoke them).
     jti: Option<String>,
     family_id: Option<String>,
+    /// The DPoP key the tokens are bound to.
+    jkt: Option<&'a str>,
 }
 
 /// The tokens of a user grant: an access token, an ID token (with `openid`), a refresh
@@ -198,7 +243,9 @@ async fn issue_for_user(
     let scope = granted.scope_string();
     let subject = Subject::User(user);
     let openid = granted.openid;
-    let access = mint::access_token(issuer, client, subject, api, &scope, openid, extras.jti)?;
+    let access = mint::access_token(
+        issuer, client, subject, api, &scope, openid, extras.jti, extras.jkt,
+    )?;
     let id_token = if openid {
         Some(mint::id_token(
             issuer,
@@ -229,8 +276,9 @@ async fn issue_for_user(
                 .store
                 .record_family_access(&family_id, &access.jti, access.expires_at)
                 .await?;
-            let token =
-                mint::refresh_token(issuer, client, user, api, &scope, auth_time, family_id);
+            let token = mint::refresh_token(
+                issuer, client, user, api, &scope, auth_time, family_id, extras.jkt,
+            );
             Some(token.await?)
         }
         None => None,

@@ -26,7 +26,9 @@ async fn introspect(
     headers: &HeaderMap,
     form: &Form,
 ) -> Result<Value, OAuthError> {
-    let client = client_auth::authenticate(&issuer.model, headers, form, Requirement::Secret)?;
+    let url = issuer.endpoint_url(super::Endpoint::Introspect);
+    let client =
+        client_auth::authenticate(issuer, headers, form, &url, Requirement::Confidential).await?;
     let token = form.require("token")?;
     let inactive = json!({ "active": false });
     if token.split('.').count() == 3 {

@@ -11,6 +11,12 @@
 //! stays in the JWKS until every token it signed has expired (the longest access or ID
 //! token lifetime, plus a margin), then it is deleted.
 //!
+//! **RS256 for ID tokens.** OpenID Connect requires RS256 to be available for ID tokens
+//! (Core §15.1). An issuer whose `keys.algorithm` is not RS256 therefore also keeps an
+//! active RS256 key, generated, stored, rotated and published like the main one; it signs
+//! the ID tokens of clients that ask for RS256 (`id_token_signed_response_alg`) and
+//! nothing else. Replicas find it in the store like any key.
+//!
 //! **Encryption at rest.** When `SCOPEGATE_KEY_ENCRYPTION_KEY` is set (32 bytes as 64 hex
 //! digits, or base64/base64url), new private keys are stored encrypted with AES-256-GCM:
 //! `private_key` = `v1.` + base64url(12-byte random nonce ‖ ciphertext ‖ 16-byte tag),
@@ -189,6 +195,8 @@ impl ActiveKey {
 /// The published side: verification keys and the JWKS document.
 pub struct Published {
     pub active: Arc<ActiveKey>,
+    /// The RS256 key for ID tokens, when `active` is of another algorithm.
+    pub rs256: Option<Arc<ActiveKey>>,
     pub verify: Vec<VerifyKey>,
     pub algs: Vec<Alg>,
     /// The JWKS document served at `/.well-known/jwks.json`.
@@ -274,6 +282,16 @@ impl KeyRing {
         self.current.load().active.clone()
     }
 
+    /// The key to sign an ID token with: of `alg` when asked (RS256 is always there),
+    /// else the active key.
+    pub fn id_token_key(&self, alg: Option<Alg>) -> Arc<ActiveKey> {
+        let published = self.current.load();
+        match (alg, &published.rs256) {
+            (Some(Alg::RS256), Some(rs256)) => rs256.clone(),
+            _ => published.active.clone(),
+        }
+    }
+
     pub fn published(&self) -> Arc<Published> {
         self.current.load_full()
     }
@@ -348,29 +366,51 @@ async fn sync(
     clock: &Clock,
 ) -> Result<Published, String> {
     let rotate_secs = policy.rotate_after.as_secs() as i64;
-    for _attempt in 0..3 {
+    // The configured algorithm, and RS256 for ID tokens when that is another.
+    let mut algs = vec![policy.alg];
+    if policy.alg != Alg::RS256 {
+        algs.push(Alg::RS256);
+    }
+    'attempt: for _attempt in 0..4 {
         let now = clock.unix_secs();
         let keys = store.load_keys().await.map_err(|e| e.to_string())?;
-        let active = newest_active(&keys, policy.alg);
-        // No key of the configured algorithm yet (first start, or the algorithm changed):
-        // add one, retiring nothing, so replicas still configured with another algorithm
-        // keep theirs (no flip-flop during a rolling change). An active key past
-        // rotate_after: replace it, conditionally, so one replica wins.
-        let Some(active) = active.filter(|k| k.created_at + rotate_secs > now) else {
-            rotate(store, active, policy.alg, encryption, now).await?;
-            // Either way, read again: ours or the winner's key is in the store now.
-            continue;
+        let mut actives = Vec::with_capacity(algs.len());
+        for &alg in &algs {
+            let active = newest_active(&keys, alg);
+            // No key of this algorithm yet (first start, or the algorithm changed): add
+            // one, retiring nothing, so replicas still configured with another algorithm
+            // keep theirs (no flip-flop during a rolling change). An active key past
+            // rotate_after: replace it, conditionally, so one replica wins.
+            match active.filter(|k| k.created_at + rotate_secs > now) {
+                Some(active) => actives.push(active),
+                None => {
+                    rotate(store, active, alg, encryption, now).await?;
+                    // Either way, read again: ours or the winner's key is there now.
+                    continue 'attempt;
+                }
+            }
+        }
+        retire_strays(store, &keys, &actives, rotate_secs, now).await?;
+        let parsed = |stored: &StoredKey, alg: Alg| -> Result<Arc<ActiveKey>, String> {
+            let earlier = previous
+                .into_iter()
+                .flat_map(|p| std::iter::once(&p.active).chain(&p.rs256))
+                .find(|key| key.kid == stored.kid);
+            Ok(match earlier {
+                Some(key) => key.clone(),
+                None => Arc::new(ActiveKey::new(
+                    stored.kid.clone(),
+                    alg,
+                    open_key(stored, alg, encryption)?,
+                )),
+            })
         };
-        retire_strays(store, &keys, active, rotate_secs, now).await?;
-        let active = match previous {
-            Some(p) if p.active.kid == active.kid => p.active.clone(),
-            _ => Arc::new(ActiveKey::new(
-                active.kid.clone(),
-                policy.alg,
-                open_key(active, policy.alg, encryption)?,
-            )),
+        let active = parsed(actives[0], policy.alg)?;
+        let rs256 = match actives.get(1) {
+            Some(stored) => Some(parsed(stored, Alg::RS256)?),
+            None => None,
         };
-        return publish(store, &keys, active, policy.retire_after, now).await;
+        return publish(store, &keys, active, rs256, policy.retire_after, now).await;
     }
     Err("could not settle on a signing key (keys keep changing in the store)".into())
 }
@@ -414,12 +454,14 @@ async fn rotate(
 async fn retire_strays(
     store: &Store,
     keys: &[StoredKey],
-    active: &StoredKey,
+    actives: &[&StoredKey],
     rotate_secs: i64,
     now: i64,
 ) -> Result<(), String> {
     for stray in keys.iter().filter(|k| {
-        k.rotated_at.is_none() && k.kid != active.kid && k.created_at + rotate_secs <= now
+        k.rotated_at.is_none()
+            && actives.iter().all(|active| active.kid != k.kid)
+            && k.created_at + rotate_secs <= now
     }) {
         store
             .retire_key(&stray.kid, now)
@@ -435,6 +477,7 @@ async fn publish(
     store: &Store,
     keys: &[StoredKey],
     active: Arc<ActiveKey>,
+    rs256: Option<Arc<ActiveKey>>,
     retire_after: Duration,
     now: i64,
 ) -> Result<Published, String> {
@@ -473,6 +516,7 @@ async fn publish(
     }
     Ok(Published {
         active,
+        rs256,
         verify,
         algs,
         jwks: Bytes::from(doc),

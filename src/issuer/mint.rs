@@ -278,6 +278,14 @@ struct AccessClaims<'a> {
     exp: i64,
     jti: &'a str,
     scope: &'a str,
+    /// The DPoP key the token is bound to (RFC 9449 §6.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cnf: Option<Cnf<'a>>,
+}
+
+#[derive(Serialize)]
+struct Cnf<'a> {
+    jkt: &'a str,
 }
 
 #[derive(Serialize)]
@@ -303,6 +311,8 @@ pub struct AccessToken {
     pub expires_in: u64,
     pub jti: String,
     pub expires_at: i64,
+    /// Bound to a DPoP key (`cnf.jkt`): its `token_type` is `DPoP`.
+    pub bound: bool,
 }
 
 /// Appends `extra` members to a serialized JSON object.
@@ -394,7 +404,9 @@ pub fn access_ttl(model: &Model, api: Option<&Api>) -> u64 {
 
 /// Signs an access token for `client` about `subject`, good for `api` (or for
 /// `/userinfo` only), with `scope`. Its `jti` is new, unless one was chosen beforehand
-/// (the code grant records it before the token exists, so a replay can revoke it).
+/// (the code grant records it before the token exists, so a replay can revoke it). With
+/// `jkt` (a DPoP key's thumbprint) it is bound to that key.
+#[allow(clippy::too_many_arguments)]
 pub fn access_token(
     issuer: &Issuer,
     client: &Client,
@@ -403,6 +415,7 @@ pub fn access_token(
     scope: &str,
     openid: bool,
     jti: Option<String>,
+    jkt: Option<&str>,
 ) -> Result<AccessToken, OAuthError> {
     let model = &issuer.model;
     let aud = match api {
@@ -411,7 +424,7 @@ pub fn access_token(
         None => Aud::One(&model.userinfo_url),
     };
     let ttl = access_ttl(model, api);
-    sign_access(issuer, client, subject, aud, ttl, scope, jti)
+    sign_access(issuer, client, subject, aud, ttl, scope, jti, jkt)
 }
 
 /// [`access_token`] good for several APIs at once (RFC 8707 §2): `aud` is their
@@ -423,6 +436,7 @@ pub fn access_token_for_apis(
     apis: &[&Api],
     scope: &str,
     openid: bool,
+    jkt: Option<&str>,
 ) -> Result<AccessToken, OAuthError> {
     let model = &issuer.model;
     let mut auds: Vec<&str> = apis.iter().map(|a| a.identifier.as_str()).collect();
@@ -434,9 +448,19 @@ pub fn access_token_for_apis(
         .map(|a| access_ttl(model, Some(a)))
         .min()
         .unwrap_or_else(|| access_ttl(model, None));
-    sign_access(issuer, client, subject, Aud::Many(auds), ttl, scope, None)
+    sign_access(
+        issuer,
+        client,
+        subject,
+        Aud::Many(auds),
+        ttl,
+        scope,
+        None,
+        jkt,
+    )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn sign_access(
     issuer: &Issuer,
     client: &Client,
@@ -445,6 +469,7 @@ fn sign_access(
     ttl: u64,
     scope: &str,
     jti: Option<String>,
+    jkt: Option<&str>,
 ) -> Result<AccessToken, OAuthError> {
     let jti = match jti {
         Some(jti) => jti,
@@ -474,6 +499,7 @@ fn sign_access(
         exp: now + ttl as i64,
         jti: &jti,
         scope,
+        cnf: jkt.map(|jkt| Cnf { jkt }),
     };
     let mut json = serde_json::to_vec(&claims).map_err(signing_failed)?;
     if let Subject::User(user) = subject {
@@ -488,6 +514,7 @@ fn sign_access(
         expires_in: ttl,
         jti,
         expires_at: now + ttl as i64,
+        bound: jkt.is_some(),
     })
 }
 
@@ -510,7 +537,7 @@ pub struct IdToken<'a> {
 pub fn id_token(issuer: &Issuer, id: IdToken<'_>) -> Result<String, OAuthError> {
     let model = &issuer.model;
     let now = issuer.now();
-    let key = issuer.core.keys.active();
+    let key = issuer.core.keys.id_token_key(id.client.id_token_alg);
     let hash = id.access_token.map(|t| at_hash(key.alg, t));
     let c_hash = id.code.map(|c| at_hash(key.alg, c));
     let claims = IdClaims {
@@ -533,7 +560,9 @@ pub fn id_token(issuer: &Issuer, id: IdToken<'_>) -> Result<String, OAuthError> 
 }
 
 /// Starts a refresh-token family (with the id `family_id`, from
-/// [`random_token`]`(16)`) and returns its first token.
+/// [`random_token`]`(16)`) and returns its first token. A public client's family is
+/// bound to the DPoP key `jkt`, if any (RFC 9449 §5).
+#[allow(clippy::too_many_arguments)]
 pub async fn refresh_token(
     issuer: &Issuer,
     client: &Client,
@@ -542,6 +571,7 @@ pub async fn refresh_token(
     scope: &str,
     auth_time: i64,
     family_id: String,
+    jkt: Option<&str>,
 ) -> Result<String, OAuthError> {
     let now = issuer.now();
     let token = random_token(32)?;
@@ -553,6 +583,7 @@ pub async fn refresh_token(
         scope: scope.to_string(),
         auth_time,
         created_at: now,
+        dpop_jkt: jkt.filter(|_| client.is_public()).map(str::to_string),
     };
     let expires_at = now + issuer.model.refresh_ttl.as_secs() as i64;
     issuer
@@ -639,5 +670,6 @@ pub fn on_behalf(issuer: &Issuer, request: OnBehalf<'_>) -> Result<AccessToken, 
         expires_in: (expires_at - now) as u64,
         jti,
         expires_at,
+        bound: false,
     })
 }

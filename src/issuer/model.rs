@@ -6,7 +6,11 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::config::IssuerConfig;
-use crate::config::issuer::{ClaimsConfig, GrantType, ThrottleConfig, UserConfig, issuer_base};
+use crate::config::issuer::{
+    ClaimsConfig, ClientAuthMethod, ClientConfig, GrantType, ThrottleConfig, UserConfig,
+    issuer_base,
+};
+use crate::jose::{Alg, VerifyKey, parse_jwks};
 
 /// An API (resource server): the `aud` of its tokens and the scopes it defines.
 #[derive(Debug)]
@@ -40,11 +44,50 @@ pub struct Client {
     /// Registered redirect URIs, exact strings (loopback ones match any port).
     pub redirect_uris: Vec<String>,
     pub post_logout_redirect_uris: Vec<String>,
+    /// `token_endpoint_auth_method` as configured; `None` = by the secret if there is
+    /// one, else `none`.
+    pub auth_method: Option<ClientAuthMethod>,
+    /// Where the client's public keys come from (`private_key_jwt`).
+    pub keys: ClientKeys,
+    /// `/authorize` only through a pushed request (RFC 9126 §6).
+    pub require_par: bool,
+    /// Tokens only with a DPoP proof (RFC 9449 §5.2).
+    pub dpop_bound: bool,
+    /// The algorithm of its ID tokens, when it asked for one.
+    pub id_token_alg: Option<Alg>,
+}
+
+/// A client's public keys, for its signed assertions.
+#[derive(Debug)]
+pub enum ClientKeys {
+    None,
+    /// `jwks`, parsed at load.
+    Inline(Vec<VerifyKey>),
+    /// `jwks_uri`, fetched (and cached) by the issuer.
+    Remote(String),
 }
 
 impl Client {
+    /// True for a client that cannot authenticate (`none`): it only names itself.
     pub fn is_public(&self) -> bool {
-        self.secret_digest.is_none()
+        match self.auth_method {
+            Some(method) => method == ClientAuthMethod::None,
+            None => self.secret_digest.is_none(),
+        }
+    }
+
+    /// True if the client may authenticate by `method`: the configured one only; without
+    /// one, `client_secret_basic` and `client_secret_post` for a client with a secret, and
+    /// `none` for one without.
+    pub fn accepts(&self, method: ClientAuthMethod) -> bool {
+        match (self.auth_method, self.secret_digest.is_some()) {
+            (Some(configured), _) => configured == method,
+            (None, true) => matches!(
+                method,
+                ClientAuthMethod::ClientSecretBasic | ClientAuthMethod::ClientSecretPost
+            ),
+            (None, false) => method == ClientAuthMethod::None,
+        }
     }
 
     pub fn may_use(&self, grant_type: GrantType) -> bool {
@@ -277,10 +320,31 @@ fn compile_clients(config: &IssuerConfig) -> HashMap<String, Client> {
                         .unwrap_or_else(|| client.client_id.clone()),
                     redirect_uris: client.redirect_uris.clone(),
                     post_logout_redirect_uris: client.post_logout_redirect_uris.clone(),
+                    auth_method: client.token_endpoint_auth_method,
+                    keys: client_keys(client),
+                    require_par: client.require_pushed_authorization_requests,
+                    dpop_bound: client.dpop_bound_access_tokens,
+                    id_token_alg: client.id_token_signed_response_alg.map(super::keys::alg_of),
                 },
             )
         })
         .collect()
+}
+
+/// A client's keys: inline ones parsed (the config check has refused unusable ones), or
+/// the URL to fetch them from.
+fn client_keys(client: &ClientConfig) -> ClientKeys {
+    if let Some(uri) = &client.jwks_uri {
+        return ClientKeys::Remote(uri.clone());
+    }
+    let Some(jwks) = &client.jwks else {
+        return ClientKeys::None;
+    };
+    let body = serde_json::to_vec(jwks).unwrap_or_default();
+    match parse_jwks(&body, &Alg::ALL) {
+        Ok((keys, _)) => ClientKeys::Inline(keys),
+        Err(_) => ClientKeys::Inline(Vec::new()),
+    }
 }
 
 /// role → API → scopes.

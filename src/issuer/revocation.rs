@@ -28,8 +28,9 @@ fn not_yours() -> OAuthError {
 }
 
 async fn revoke(issuer: &Issuer, headers: &HeaderMap, form: &Form) -> Result<(), OAuthError> {
+    let url = issuer.endpoint_url(super::Endpoint::Revoke);
     let client =
-        client_auth::authenticate(&issuer.model, headers, form, Requirement::SecretOrPublic)?;
+        client_auth::authenticate(issuer, headers, form, &url, Requirement::AnyClient).await?;
     let token = form.require("token")?;
     // The hint only orders the lookups; both kinds are tried (RFC 7009 §2.1).
     let looks_like_jwt = token.split('.').count() == 3;

@@ -7,7 +7,7 @@
 //! under an advisory lock, so replicas starting together do not race).
 //!
 //! One file per kind of record: [`keys`], [`refresh`], [`codes`], [`devices`],
-//! [`sessions`], [`revocations`], [`throttle`]; the schema in [`migrations`]. Columns
+//! [`sessions`], [`revocations`], [`throttle`], [`pushed`], [`once`]; the schema in [`migrations`]. Columns
 //! with a closed set of values (a device's status, a key's algorithm and encryption) are
 //! parsed into enums where a row is read, and written back from them.
 //!
@@ -32,12 +32,12 @@
 //! transaction that starts with one): refresh rotation, code redemption and device-code
 //! consumption each let exactly one of several parallel callers win.
 //!
-//! Schema (version 2; times are Unix seconds, `BIGINT`):
+//! Schema (version 3; times are Unix seconds, `BIGINT`):
 //!
 //! | table | columns |
 //! |---|---|
 //! | `signing_keys` | `kid` PK, `alg`, `private_key` (base64url PKCS#8 or `v1.` + AES-256-GCM), `encryption` (`none` \| `aes-256-gcm`), `public_jwk`, `created_at`, `rotated_at` |
-//! | `refresh_families` | `id` PK, `client_id`, `subject`, `audience`, `scope`, `auth_time`, `created_at`, `revoked_at` |
+//! | `refresh_families` | `id` PK, `client_id`, `subject`, `audience`, `scope`, `auth_time`, `created_at`, `revoked_at`; since v3 `dpop_jkt` |
 //! | `refresh_tokens` | `token_hash` PK, `family_id`, `created_at`, `expires_at`, `used_at` |
 //! | `authorization_codes` | `code_hash` PK, `client_id`, `redirect_uri`, `subject`, `audience`, `scope`, `nonce`, `code_challenge`, `code_challenge_method`, `auth_time`, `created_at`, `expires_at`, `used_at`; since v2 what it was redeemed for: `issued_jti`, `issued_until`, `issued_family`, and `replayed_at` |
 //! | `device_codes` | `device_code_hash` PK, `user_code` UNIQUE, `client_id`, `audience`, `scope`, `status` (`pending` \| `approved` \| `denied` \| `consumed`), `subject`, `auth_time`, `created_at`, `expires_at`, `interval_secs`, `last_polled_at` |
@@ -45,11 +45,15 @@
 //! | `login_throttle` | `throttle_key` PK (`user:<name>` \| `ip:<addr>` \| `user_code:<addr>`), `failures`, `window_start` |
 //! | `sessions` (v2) | `session_hash` PK (SHA-256 of the cookie value), `subject`, `auth_time`, `created_at`, `expires_at` |
 //! | `family_access_tokens` (v2) | `jti` PK, `family_id`, `expires_at`: access tokens minted by a refresh |
+//! | `pushed_requests` (v3) | `uri_hash` PK (SHA-256 of the `request_uri`), `client_id`, `params` (form-encoded), `expires_at`, `used_at` |
+//! | `used_once` (v3) | `once_key` PK (SHA-256 of kind, client and value: a client assertion's `jti`), `expires_at` |
 
 mod codes;
 mod devices;
 mod keys;
 mod migrations;
+mod once;
+mod pushed;
 mod refresh;
 pub mod revocations;
 mod sessions;
@@ -68,6 +72,7 @@ use crate::error::OAuthError;
 pub use codes::{CodeIssue, CodeRecord, FoundCode};
 pub use devices::{DeviceRecord, DeviceStatus};
 pub use keys::{KeyEncryptionScheme, StoredKey};
+pub use pushed::PushedRequest;
 pub use refresh::{Family, RefreshRecord, Rotation};
 pub use sessions::SessionRecord;
 
@@ -342,6 +347,8 @@ impl Store {
                 now,
             ),
             ("DELETE FROM sessions WHERE expires_at < $1", now),
+            ("DELETE FROM pushed_requests WHERE expires_at < $1", now),
+            ("DELETE FROM used_once WHERE expires_at < $1", now),
             ("DELETE FROM family_access_tokens WHERE expires_at < $1", now),
             ("DELETE FROM device_codes WHERE expires_at < $1", now),
             ("DELETE FROM revoked_tokens WHERE expires_at < $1", now),

@@ -448,6 +448,8 @@ pub struct Options {
     /// More keys for `server:` and for `issuer:`, each a line indented two spaces.
     pub server_extra: &'static str,
     pub issuer_extra: &'static str,
+    /// More entries of `issuer.clients`, each starting `    - client_id: ...`.
+    pub extra_clients: String,
 }
 
 impl Default for Options {
@@ -463,6 +465,7 @@ impl Default for Options {
             device_interval: "5s",
             server_extra: "",
             issuer_extra: "",
+            extra_clients: String::new(),
         }
     }
 }
@@ -556,6 +559,7 @@ issuer:
     - client_id: tv
       name: Living-room TV
       grant_types: [device_code, refresh_token]
+{extra_clients}
   users:
     - username: alice
       password_hash: {alice}
@@ -584,6 +588,7 @@ issuer:
         device_interval = options.device_interval,
         server_extra = options.server_extra,
         issuer_extra = options.issuer_extra,
+        extra_clients = options.extra_clients,
         url = options
             .issuer_url
             .clone()
@@ -943,6 +948,29 @@ pub async fn post_raw(
         builder = builder.header("authorization", auth);
     }
     send(builder.body(Full::new(Bytes::from(body))).unwrap()).await
+}
+
+/// [`post_form`] with more headers (a `DPoP` proof, ...).
+pub async fn post_form_with(
+    url: &str,
+    params: &[(&str, &str)],
+    basic_auth: Option<(&str, &str)>,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut builder =
+        http::Request::post(url).header("content-type", "application/x-www-form-urlencoded");
+    if let Some((id, secret)) = basic_auth {
+        builder = builder.header("authorization", basic(id, secret));
+    }
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    send(
+        builder
+            .body(Full::new(Bytes::from(form_encode(params))))
+            .unwrap(),
+    )
+    .await
 }
 
 pub async fn post_form(

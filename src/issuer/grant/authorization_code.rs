@@ -15,7 +15,12 @@ use crate::issuer::mint::{self, Granted};
 use crate::issuer::model::{Api, Client};
 use crate::issuer::store::{CodeIssue, CodeRecord, secret_hash};
 
-pub(super) async fn grant(issuer: &Issuer, client: &Client, form: &Form) -> Issued {
+pub(super) async fn grant(
+    issuer: &Issuer,
+    client: &Client,
+    form: &Form,
+    dpop: Option<&str>,
+) -> Issued {
     let model = &issuer.model;
     let code = form.require("code")?;
     let redirect_uri = form.require("redirect_uri")?;
@@ -36,6 +41,7 @@ pub(super) async fn grant(issuer: &Issuer, client: &Client, form: &Form) -> Issu
 
     let issue = redeem(issuer, &hash, api, &granted, now).await?;
     let extras = Extras {
+        jkt: dpop,
         nonce: record.nonce.as_deref(),
         jti: Some(issue.jti),
         family_id: issue.family_id,

@@ -10,7 +10,7 @@ use crate::issuer::form::Form;
 use crate::issuer::mint::{self, Subject};
 use crate::issuer::model::{Api, Client};
 
-pub(super) fn grant(issuer: &Issuer, client: &Client, form: &Form) -> Issued {
+pub(super) fn grant(issuer: &Issuer, client: &Client, form: &Form, dpop: Option<&str>) -> Issued {
     if client.is_public() {
         return Err(OAuthError::new(
             OAuthCode::UnauthorizedClient,
@@ -26,7 +26,7 @@ pub(super) fn grant(issuer: &Issuer, client: &Client, form: &Form) -> Issued {
             ));
         }
         [api] => *api,
-        several => return several_apis(issuer, client, several, &requested),
+        several => return several_apis(issuer, client, several, &requested, dpop),
     };
     let Some(granted) = client.grants.get(&api.identifier) else {
         return Err(OAuthError::new(
@@ -49,6 +49,7 @@ pub(super) fn grant(issuer: &Issuer, client: &Client, form: &Form) -> Issued {
         &scope,
         false,
         None,
+        dpop,
     )?;
     Ok(TokenResponse::bearer(access, scope))
 }
@@ -56,7 +57,13 @@ pub(super) fn grant(issuer: &Issuer, client: &Client, form: &Form) -> Issued {
 /// One machine token for several APIs (RFC 8707 §2): the requested scopes must fit the
 /// APIs (`invalid_target`), the client must hold a grant at each (`access_denied`); the
 /// scope is the union of each API's decision.
-fn several_apis(issuer: &Issuer, client: &Client, apis: &[&Api], requested: &[&str]) -> Issued {
+fn several_apis(
+    issuer: &Issuer,
+    client: &Client,
+    apis: &[&Api],
+    requested: &[&str],
+    dpop: Option<&str>,
+) -> Issued {
     mint::check_scopes_across(apis, requested)?;
     let mut scopes: Vec<&str> = Vec::new();
     for api in apis {
@@ -82,6 +89,6 @@ fn several_apis(issuer: &Issuer, client: &Client, apis: &[&Api], requested: &[&s
     }
     let scope = scopes.join(" ");
     let access =
-        mint::access_token_for_apis(issuer, client, Subject::Machine, apis, &scope, false)?;
+        mint::access_token_for_apis(issuer, client, Subject::Machine, apis, &scope, false, dpop)?;
     Ok(TokenResponse::bearer(access, scope))
 }

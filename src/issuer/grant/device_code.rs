@@ -10,7 +10,12 @@ use crate::issuer::model::Client;
 use crate::issuer::store::{DeviceRecord, DeviceStatus, secret_hash};
 use crate::issuer::{Issuer, mint};
 
-pub(super) async fn grant(issuer: &Issuer, client: &Client, form: &Form) -> Issued {
+pub(super) async fn grant(
+    issuer: &Issuer,
+    client: &Client,
+    form: &Form,
+    dpop: Option<&str>,
+) -> Issued {
     let device_code = form.require("device_code")?;
     let hash = secret_hash(device_code);
     let Some(record) = issuer.core.store.find_device(&hash).await? else {
@@ -32,7 +37,7 @@ pub(super) async fn grant(issuer: &Issuer, client: &Client, form: &Form) -> Issu
             OAuthCode::AccessDenied,
             "the user denied this device",
         )),
-        DeviceStatus::Approved => issue(issuer, client, &hash, now).await,
+        DeviceStatus::Approved => issue(issuer, client, &hash, now, dpop).await,
         DeviceStatus::Consumed => Err(invalid()),
     }
 }
@@ -72,6 +77,7 @@ async fn issue(
     client: &Client,
     hash: &str,
     now: i64,
+    dpop: Option<&str>,
 ) -> Result<TokenResponse, OAuthError> {
     let model = &issuer.model;
     let Some(record) = issuer.core.store.consume_device(hash, now).await? else {
@@ -97,7 +103,10 @@ async fn issue(
         api,
         &granted,
         auth_time,
-        Extras::default(),
+        Extras {
+            jkt: dpop,
+            ..Extras::default()
+        },
     )
     .await
 }

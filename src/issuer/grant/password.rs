@@ -17,6 +17,7 @@ pub(super) async fn grant(
     client: &Client,
     form: &Form,
     remote: IpAddr,
+    dpop: Option<&str>,
 ) -> Result<TokenResponse, OAuthError> {
     let model = &issuer.model;
     let login = form.require("username")?;
@@ -47,10 +48,14 @@ pub(super) async fn grant(
 
     let now = issuer.now();
     if apis.len() > 1 {
-        return several_apis(issuer, client, user, &apis, &requested, now);
+        return several_apis(issuer, client, user, &apis, &requested, now, dpop);
     }
     let granted = mint::user_grant(model, user, client, api, &requested);
-    issue_for_user(issuer, client, user, api, &granted, now, Extras::default()).await
+    let extras = Extras {
+        jkt: dpop,
+        ..Extras::default()
+    };
+    issue_for_user(issuer, client, user, api, &granted, now, extras).await
 }
 
 /// One user token for several APIs: each API's scopes as [`mint::user_grant`] decides
@@ -62,6 +67,7 @@ fn several_apis(
     apis: &[&Api],
     requested: &[&str],
     auth_time: i64,
+    dpop: Option<&str>,
 ) -> Result<TokenResponse, OAuthError> {
     let model = &issuer.model;
     let mut granted = mint::user_grant(model, user, client, None, requested);
@@ -76,7 +82,7 @@ fn several_apis(
     let scope = granted.scope_string();
     let subject = Subject::User(user);
     let access =
-        mint::access_token_for_apis(issuer, client, subject, apis, &scope, granted.openid)?;
+        mint::access_token_for_apis(issuer, client, subject, apis, &scope, granted.openid, dpop)?;
     let id_token = if granted.openid {
         Some(mint::id_token(
             issuer,

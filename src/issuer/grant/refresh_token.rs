@@ -11,13 +11,19 @@ use crate::issuer::model::{Api, Client, User};
 use crate::issuer::store::{RefreshRecord, Rotation, secret_hash};
 use crate::issuer::{Issuer, mint};
 
-pub(super) async fn grant(issuer: &Issuer, client: &Client, form: &Form) -> Issued {
+pub(super) async fn grant(
+    issuer: &Issuer,
+    client: &Client,
+    form: &Form,
+    dpop: Option<&str>,
+) -> Issued {
     let model = &issuer.model;
     let presented = form.require("refresh_token")?;
     let requested = mint::requested_scopes(form.get("scope"))?;
     let hash = secret_hash(presented);
     let now = issuer.now();
     let record = find_unspent(issuer, client, &hash, now).await?;
+    check_binding(record.family.dpop_jkt.as_deref(), dpop)?;
     // Validate everything before spending the token.
     let (user, api) = what_it_is_for(issuer, &record, form)?;
     check_narrowing(&record.family.scope, &requested)?;
@@ -38,11 +44,26 @@ pub(super) async fn grant(issuer: &Issuer, client: &Client, form: &Form) -> Issu
     }
     let auth_time = record.family.auth_time;
     let extras = Extras {
+        jkt: dpop,
         rotated: Some(rotated.token),
         jti: Some(rotated.jti),
         ..Extras::default()
     };
     issue_for_user(issuer, client, user, api, &granted, auth_time, extras).await
+}
+
+/// A family bound to a DPoP key is refreshed only with a proof by that key (RFC 9449 §5).
+fn check_binding(bound: Option<&str>, dpop: Option<&str>) -> Result<(), OAuthError> {
+    match (bound, dpop) {
+        (Some(_), None) => Err(OAuthError::new(
+            crate::error::OAuthCode::InvalidDpopProof,
+            "this refresh token is bound to a DPoP key: send a proof signed with it",
+        )),
+        (Some(bound), Some(key)) if bound != key => Err(OAuthError::invalid_grant(
+            "this refresh token is bound to another DPoP key",
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn invalid() -> OAuthError {

@@ -21,7 +21,12 @@ use crate::issuer::form::Form;
 use crate::issuer::mint::{self, Subject};
 use crate::issuer::model::{Api, Client};
 
-pub(super) async fn grant(issuer: &Issuer, client: &Client, form: &Form) -> Issued {
+pub(super) async fn grant(
+    issuer: &Issuer,
+    client: &Client,
+    form: &Form,
+    dpop: Option<&str>,
+) -> Issued {
     let model = &issuer.model;
     let (subject_token, api) = validate(issuer, form)?;
     let requested = mint::requested_scopes(form.get("scope"))?;
@@ -55,7 +60,16 @@ pub(super) async fn grant(issuer: &Issuer, client: &Client, form: &Form) -> Issu
         widened_elsewhere(issuer, subject, api, &requested)?
     };
 
-    let access = mint::access_token(issuer, client, subject, Some(api), &scope, false, None)?;
+    let access = mint::access_token(
+        issuer,
+        client,
+        subject,
+        Some(api),
+        &scope,
+        false,
+        None,
+        dpop,
+    )?;
     Ok(TokenResponse {
         issued_token_type: Some(ACCESS_TOKEN_TYPE),
         ..TokenResponse::bearer(access, scope)

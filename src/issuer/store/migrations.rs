@@ -88,6 +88,21 @@ const MIGRATIONS: &[&[&str]] = &[
             expires_at BIGINT NOT NULL)",
         "CREATE INDEX IF NOT EXISTS family_access_tokens_family ON family_access_tokens (family_id)",
     ],
+    &[
+        // Version 3: pushed authorization requests (RFC 9126), and values that may be
+        // used once (client assertion `jti`s, RFC 7523 §3).
+        "CREATE TABLE IF NOT EXISTS pushed_requests (
+            uri_hash TEXT PRIMARY KEY,
+            client_id TEXT NOT NULL,
+            params TEXT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            used_at BIGINT)",
+        // The DPoP key a public client's refresh family is bound to (RFC 9449 §5).
+        "ALTER TABLE refresh_families ADD COLUMN dpop_jkt TEXT",
+        "CREATE TABLE IF NOT EXISTS used_once (
+            once_key TEXT PRIMARY KEY,
+            expires_at BIGINT NOT NULL)",
+    ],
 ];
 
 /// An arbitrary constant naming Scopegate's migration lock on PostgreSQL.

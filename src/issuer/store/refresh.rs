@@ -16,6 +16,9 @@ pub struct Family {
     pub scope: String,
     pub auth_time: i64,
     pub created_at: i64,
+    /// The DPoP key (RFC 7638 thumbprint) its tokens are bound to, for a public client
+    /// that sent a proof (RFC 9449 §5).
+    pub dpop_jkt: Option<String>,
 }
 
 /// A refresh token as found by its hash, with its family.
@@ -53,8 +56,8 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO refresh_families (id, client_id, subject, audience, scope, auth_time, created_at, revoked_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)",
+            "INSERT INTO refresh_families (id, client_id, subject, audience, scope, auth_time, created_at, revoked_at, dpop_jkt)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8)",
         )
         .bind(&family.id)
         .bind(&family.client_id)
@@ -63,6 +66,7 @@ impl Store {
         .bind(&family.scope)
         .bind(family.auth_time)
         .bind(family.created_at)
+        .bind(&family.dpop_jkt)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -83,7 +87,8 @@ impl Store {
     pub async fn find_refresh(&self, token_hash: &str) -> Result<Option<RefreshRecord>> {
         let row = sqlx::query(
             "SELECT t.token_hash, t.created_at, t.expires_at, t.used_at,
-                    f.id, f.client_id, f.subject, f.audience, f.scope, f.auth_time, f.created_at, f.revoked_at
+                    f.id, f.client_id, f.subject, f.audience, f.scope, f.auth_time, f.created_at, f.revoked_at,
+                    f.dpop_jkt
              FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id
              WHERE t.token_hash = $1",
         )
@@ -107,6 +112,7 @@ impl Store {
                 scope: row.try_get(8)?,
                 auth_time: row.try_get(9)?,
                 created_at: row.try_get(10)?,
+                dpop_jkt: row.try_get(12)?,
             },
             family_revoked: revoked.is_some(),
         }))
