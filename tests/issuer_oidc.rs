@@ -796,3 +796,127 @@ fn private_key_jwt_config_is_checked_at_load() {
         err.path
     );
 }
+
+/// Where openid-client (from npm) is installed for these tests: once per build
+/// directory; the path of its entry module.
+fn openid_client() -> std::path::PathBuf {
+    const VERSION: &str = "6.9.0";
+    let dir =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("openid-client-{VERSION}"));
+    let entry = dir.join("node_modules/openid-client/build/index.js");
+    if entry.is_file() {
+        return entry;
+    }
+    let partial = dir.with_file_name(format!(
+        "openid-client-{VERSION}.partial-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&partial).expect("a directory for npm");
+    let installed = std::process::Command::new("npm")
+        .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&partial)
+        .arg(format!("openid-client@{VERSION}"))
+        .status()
+        .expect("npm (openid-client comes from the npm registry)");
+    assert!(
+        installed.success(),
+        "npm install openid-client@{VERSION}: {installed}"
+    );
+    // Another build's test may have finished first; either install will do.
+    if std::fs::rename(&partial, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    entry
+}
+
+/// A certified relying-party library, openid-client, as the client: it discovers the
+/// issuer, authenticates with private_key_jwt (RFC 7523), gets a DPoP-bound token by
+/// client credentials (RFC 9449) and uses it on a proxied route with its proofs, and
+/// pushes an authorization request (RFC 9126) whose request_uri opens the sign-in page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_client_uses_private_key_jwt_dpop_and_par() {
+    let key = Key::generate(scopegate::jose::Alg::ES256, "interop-1");
+    let jwks = jwks_of(&[&key]);
+    let upstream = common::Upstream::start().await;
+    let routes = format!(
+        r#"  - name: interop
+    match: {{ path: /interop/* }}
+    upstream: "{}"
+    audience: {CONTACTS}
+    scopes: [read:contacts]
+"#,
+        upstream.url
+    );
+    let options = Options {
+        extra_clients: format!(
+            r#"
+    - client_id: interop
+      token_endpoint_auth_method: private_key_jwt
+      jwks: {jwks}
+      grant_types: [client_credentials, authorization_code]
+      redirect_uris: [{WEBAPP_CALLBACK}]
+      grants: {{ "{CONTACTS}": [read:contacts] }}
+"#
+        ),
+        extra_routes: Box::leak(routes.into_boxed_str()),
+        ..Options::default()
+    };
+    let store = TestStore::new(Backend::Sqlite).await;
+    let gw = Running::start(&store.url, &options).await;
+    let der = key.key.to_pkcs8().expect("PKCS#8");
+    let client_key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der);
+
+    let mut command = std::process::Command::new("node");
+    command
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/openid-client/interop.mjs"),
+        )
+        .env("OPENID_CLIENT", openid_client())
+        .env("ISSUER", issuer_of(&gw))
+        .env("CLIENT_ID", "interop")
+        .env("CLIENT_KEY", client_key)
+        .env("CLIENT_KID", &key.kid)
+        .env("AUDIENCE", CONTACTS)
+        .env("SCOPE", "read:contacts")
+        .env("RESOURCE", gw.url("/interop/contacts"))
+        .env("REDIRECT_URI", WEBAPP_CALLBACK);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("node runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "openid-client failed: {stderr}");
+    let out: Value = serde_json::from_slice(&output.stdout).expect("the script's JSON");
+
+    assert_eq!(
+        out["token_type"]
+            .as_str()
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("dpop"),
+        "{out}"
+    );
+    assert_eq!(out["scope"], "read:contacts", "{out}");
+    assert_eq!(out["with_proof"], 200, "{out}");
+    assert_eq!(out["without_proof"], 401, "{out}");
+    assert!(
+        out["without_proof_challenge"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("DPoP")),
+        "{out}"
+    );
+    assert_eq!(
+        out["pushed_params"],
+        json!(["client_id", "request_uri"]),
+        "{out}"
+    );
+    assert_eq!(out["authorize_status"], 200, "{out}");
+    assert_eq!(out["authorize_page_asks_sign_in"], true, "{out}");
+    // The upstream saw the caller once: the request with its proof.
+    assert_eq!(upstream.count(), 1);
+    assert_eq!(
+        upstream.last().one("x-auth-subject"),
+        Some("interop@clients")
+    );
+}
