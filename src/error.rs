@@ -401,6 +401,8 @@ pub enum OAuthCode {
     InvalidRequestUri,
     /// A `DPoP` proof that is missing where required, or fails a check (RFC 9449 §5).
     InvalidDpopProof,
+    /// A `DPoP` proof without the server's current nonce (RFC 9449 §8).
+    UseDpopNonce,
     /// Device flow polling (RFC 8628 §3.5).
     AuthorizationPending,
     SlowDown,
@@ -427,6 +429,7 @@ impl OAuthCode {
             OAuthCode::RequestUriNotSupported => "request_uri_not_supported",
             OAuthCode::InvalidRequestUri => "invalid_request_uri",
             OAuthCode::InvalidDpopProof => "invalid_dpop_proof",
+            OAuthCode::UseDpopNonce => "use_dpop_nonce",
             OAuthCode::AuthorizationPending => "authorization_pending",
             OAuthCode::SlowDown => "slow_down",
             OAuthCode::ExpiredToken => "expired_token",
@@ -442,6 +445,8 @@ pub struct OAuthError {
     /// `Retry-After` in seconds: a login lockout (answered 429) or an unreachable store
     /// (`temporarily_unavailable`, answered 503).
     pub retry_after: Option<u64>,
+    /// A nonce for the client's next DPoP proof, sent as `DPoP-Nonce` (RFC 9449 §8).
+    pub dpop_nonce: Option<String>,
 }
 
 impl OAuthError {
@@ -450,6 +455,7 @@ impl OAuthError {
             code,
             description: description.into(),
             retry_after: None,
+            dpop_nonce: None,
         }
     }
 
@@ -481,6 +487,7 @@ impl OAuthError {
             code: OAuthCode::TemporarilyUnavailable,
             description: "the issuer's store is unreachable; try again later".into(),
             retry_after: Some(retry_after.max(1)),
+            dpop_nonce: None,
         }
     }
 
@@ -490,6 +497,7 @@ impl OAuthError {
             code: OAuthCode::InvalidGrant,
             description: "too many failed login attempts; try again later".into(),
             retry_after: Some(retry_after.max(1)),
+            dpop_nonce: None,
         }
     }
 
@@ -529,6 +537,9 @@ impl OAuthError {
         }
         if let Some(seconds) = self.retry_after {
             set_retry_after(headers, seconds);
+        }
+        if let Some(nonce) = self.dpop_nonce.and_then(|n| HeaderValue::try_from(n).ok()) {
+            headers.insert(crate::jose::dpop::DPOP_NONCE.clone(), nonce);
         }
         response
     }

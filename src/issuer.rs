@@ -30,6 +30,7 @@ pub mod authorize;
 pub mod client_auth;
 pub mod device;
 pub mod discovery;
+pub mod dpop_nonce;
 mod endpoint;
 pub mod form;
 pub mod grant;

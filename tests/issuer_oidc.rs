@@ -612,12 +612,26 @@ impl Holder {
 
     /// A proof for `method` on `url` (with `ath` for `token`), at the gateway's time.
     fn proof(&self, gw: &Running, method: &str, url: &str, token: Option<&str>) -> String {
+        self.proof_with_nonce(gw, method, url, token, None)
+    }
+
+    fn proof_with_nonce(
+        &self,
+        gw: &Running,
+        method: &str,
+        url: &str,
+        token: Option<&str>,
+        nonce: Option<&str>,
+    ) -> String {
         let mut claims = json!({
             "jti": unique("proof"),
             "htm": method,
             "htu": url,
             "iat": gw.issuer.now(),
         });
+        if let Some(nonce) = nonce {
+            claims["nonce"] = Value::from(nonce);
+        }
         if let Some(token) = token {
             let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
             claims["ath"] = Value::from(b64url(digest.as_ref()));
@@ -831,8 +845,10 @@ fn openid_client() -> std::path::PathBuf {
 
 /// A certified relying-party library, openid-client, as the client: it discovers the
 /// issuer, authenticates with private_key_jwt (RFC 7523), gets a DPoP-bound token by
-/// client credentials (RFC 9449) and uses it on a proxied route with its proofs, and
-/// pushes an authorization request (RFC 9126) whose request_uri opens the sign-in page.
+/// client credentials (RFC 9449, the issuer requiring server nonces, which the library
+/// fetches by the `use_dpop_nonce` round trip) and uses it on a proxied route with its
+/// proofs, and pushes an authorization request (RFC 9126) whose request_uri opens the
+/// sign-in page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openid_client_uses_private_key_jwt_dpop_and_par() {
     let key = Key::generate(scopegate::jose::Alg::ES256, "interop-1");
@@ -859,6 +875,7 @@ async fn openid_client_uses_private_key_jwt_dpop_and_par() {
 "#
         ),
         extra_routes: Box::leak(routes.into_boxed_str()),
+        issuer_extra: "  dpop: { require_nonce: true }\n",
         ..Options::default()
     };
     let store = TestStore::new(Backend::Sqlite).await;
@@ -913,10 +930,72 @@ async fn openid_client_uses_private_key_jwt_dpop_and_par() {
     );
     assert_eq!(out["authorize_status"], 200, "{out}");
     assert_eq!(out["authorize_page_asks_sign_in"], true, "{out}");
+    let asked_for_nonce = gw
+        .issuer
+        .core
+        .metrics
+        .token_errors_total
+        .with_label_values(&["client_credentials", "use_dpop_nonce"])
+        .get();
+    assert_eq!(asked_for_nonce, 1, "one use_dpop_nonce round trip");
     // The upstream saw the caller once: the request with its proof.
     assert_eq!(upstream.count(), 1);
     assert_eq!(
         upstream.last().one("x-auth-subject"),
         Some("interop@clients")
     );
+}
+
+/// RFC 9449 §8: with `issuer.dpop.require_nonce`, a proof without the issuer's nonce is
+/// `use_dpop_nonce` with a `DPoP-Nonce` to use; with it the token is bound; a made-up or
+/// stale nonce is asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc_9449_8_the_token_endpoint_can_require_server_nonces() {
+    let store = TestStore::new(Backend::Sqlite).await;
+    let options = Options {
+        issuer_extra: "  dpop: { require_nonce: true }\n",
+        ..Options::default()
+    };
+    let gw = Running::start(&store.url, &options).await;
+    let holder = Holder::new();
+    let url = gw.url("/oauth/token");
+    let machine = |proof: String| {
+        let gw = &gw;
+        async move {
+            let (id, secret) = ("m2m", M2M_SECRET);
+            let headers = [("dpop", proof.as_str())];
+            post_form_with(
+                &gw.url("/oauth/token"),
+                &[("grant_type", "client_credentials"), ("audience", CONTACTS)],
+                Some((id, secret)),
+                &headers,
+            )
+            .await
+        }
+    };
+
+    let first = machine(holder.proof(&gw, "POST", &url, None)).await;
+    assert_eq!(first.status, 400, "{}", first.text());
+    assert_eq!(first.error(), "use_dpop_nonce");
+    let nonce = first.header("dpop-nonce").to_string();
+    assert!(!nonce.is_empty(), "no DPoP-Nonce");
+
+    let bound = machine(holder.proof_with_nonce(&gw, "POST", &url, None, Some(&nonce))).await;
+    assert_eq!(bound.status, 200, "{}", bound.text());
+    assert_eq!(bound.json["token_type"], "DPoP");
+    let token = bound.json["access_token"].as_str().expect("a token");
+    assert_eq!(claims_of(token)["cnf"]["jkt"], holder.jkt());
+
+    // A nonce the issuer never gave out, and one from long ago, are asked again.
+    for stale in ["0.AAAAAAAAAAAAAAAAAAAAAA", "garbage", ""] {
+        let again = machine(holder.proof_with_nonce(&gw, "POST", &url, None, Some(stale))).await;
+        assert_eq!(again.error(), "use_dpop_nonce", "{stale}");
+    }
+    gw.clock.advance(Duration::from_secs(300));
+    let expired = machine(holder.proof_with_nonce(&gw, "POST", &url, None, Some(&nonce))).await;
+    assert_eq!(expired.error(), "use_dpop_nonce");
+    let fresh = expired.header("dpop-nonce").to_string();
+    assert_ne!(fresh, nonce);
+    let good = machine(holder.proof_with_nonce(&gw, "POST", &url, None, Some(&fresh))).await;
+    assert_eq!(good.status, 200, "{}", good.text());
 }

@@ -33,6 +33,8 @@ pub struct IssuerConfig {
     pub session: SessionConfig,
     #[serde(default)]
     pub par: ParConfig,
+    #[serde(default)]
+    pub dpop: DpopConfig,
     /// How long after a refresh token is spent a parallel redemption of it still gets a
     /// valid pair instead of revoking its family (`0s`: never).
     #[serde(default = "default_refresh_grace")]
@@ -83,6 +85,16 @@ impl Default for ParConfig {
     fn default() -> Self {
         ParConfig { ttl: Dur::secs(60) }
     }
+}
+
+/// `issuer.dpop`: DPoP at the token endpoint (RFC 9449).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpopConfig {
+    /// Proofs must carry a nonce the issuer gave out (`DPoP-Nonce`, RFC 9449 §8), so a
+    /// proof cannot be made ahead of time; a proof without one is answered
+    /// `use_dpop_nonce` with a fresh nonce.
+    pub require_nonce: bool,
 }
 
 fn yes() -> bool {

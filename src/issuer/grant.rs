@@ -156,7 +156,9 @@ async fn run(
 /// The DPoP key the tokens are bound to (RFC 9449 §5): the thumbprint of the key of a
 /// valid `DPoP` proof for this endpoint (checked as the proxy checks proofs, without an
 /// access token), or none without a proof. A client registered with
-/// `dpop_bound_access_tokens` must send one. Any failure is `invalid_dpop_proof`.
+/// `dpop_bound_access_tokens` must send one. Any failure is `invalid_dpop_proof`, but a
+/// proof without a good nonce where `issuer.dpop.require_nonce` asks for one, which is
+/// `use_dpop_nonce` with a fresh `DPoP-Nonce` (RFC 9449 §8).
 fn dpop_key(
     issuer: &Issuer,
     headers: &HeaderMap,
@@ -176,6 +178,7 @@ fn dpop_key(
     let uri: http::Uri = token_endpoint
         .parse()
         .map_err(|_| OAuthError::server_error())?;
+    let good_nonce = |nonce: &str| super::dpop_nonce::is_good(issuer, nonce);
     let expected = Expected {
         method: &http::Method::POST,
         authority: uri.authority().map_or("", |a| a.as_str()),
@@ -183,13 +186,25 @@ fn dpop_key(
         token: None,
         jkt: None,
         leeway: std::time::Duration::ZERO,
+        nonce: issuer
+            .config()
+            .dpop
+            .require_nonce
+            .then_some(&good_nonce as &dyn Fn(&str) -> bool),
     };
     issuer
         .core
         .dpop
         .check(headers, expected)
         .map(Some)
-        .map_err(|err| OAuthError::new(OAuthCode::InvalidDpopProof, err.0))
+        .map_err(|err| {
+            if err == crate::jose::dpop::NONCE_REQUIRED {
+                let mut refused = OAuthError::new(OAuthCode::UseDpopNonce, err.0);
+                refused.dpop_nonce = super::dpop_nonce::current(issuer);
+                return refused;
+            }
+            OAuthError::new(OAuthCode::InvalidDpopProof, err.0)
+        })
 }
 
 /// The scope intersection of the grants that issue for one API without `/authorize`:

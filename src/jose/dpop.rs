@@ -10,7 +10,8 @@
 //! clock, and a `jti` not seen before within that time (a bounded replay cache, per
 //! process). Where an access token goes with it, `ath` = base64url(SHA-256(token)); where
 //! a key is expected (a bound token), the proof's key thumbprint (RFC 7638) is that one.
-//! Server nonces (`DPoP-Nonce`) are not demanded.
+//! Where the checker is given a nonce test (the issuer with `issuer.dpop.require_nonce`),
+//! the proof's `nonce` claim must pass it (RFC 9449 §8), else [`NONCE_REQUIRED`].
 
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use super::{Alg, Jwk, Jws, VerifyKey, b64url, thumbprint};
 use crate::clock::Clock;
 
 pub static DPOP: HeaderName = HeaderName::from_static("dpop");
+pub static DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
 
 /// The algorithms a proof may be signed with (discovery's
 /// `dpop_signing_alg_values_supported`): asymmetric only.
@@ -40,6 +42,11 @@ const REPLAY_ENTRIES: u64 = 1_000_000;
 /// The members of a JWK that only a private key has.
 const PRIVATE_MEMBERS: [&str; 7] = ["d", "p", "q", "dp", "dq", "qi", "k"];
 
+/// The refusal of a proof without a good server nonce: answered `use_dpop_nonce` with a
+/// fresh `DPoP-Nonce` (RFC 9449 §8).
+pub const NONCE_REQUIRED: ProofError =
+    ProofError("the DPoP proof needs the server's current nonce (DPoP-Nonce)");
+
 /// Why a proof was refused; the text is safe to send back (it never quotes the proof).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProofError(pub &'static str);
@@ -51,7 +58,7 @@ impl std::fmt::Display for ProofError {
 }
 
 /// What a proof must match.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Expected<'a> {
     pub method: &'a Method,
     /// `host[:port]` as the client addressed the gateway.
@@ -64,6 +71,8 @@ pub struct Expected<'a> {
     pub jkt: Option<&'a str>,
     /// Added to [`WINDOW`] (counted up to [`MAX_LEEWAY`]).
     pub leeway: Duration,
+    /// Whether a `nonce` claim is one the server gave out; `None`: no nonce needed.
+    pub nonce: Option<&'a dyn Fn(&str) -> bool>,
 }
 
 /// Checks proofs, remembering their `jti`s.
@@ -92,6 +101,7 @@ struct ProofClaims {
     htu: Option<String>,
     iat: Option<f64>,
     ath: Option<String>,
+    nonce: Option<String>,
 }
 
 impl ProofChecker {
@@ -186,6 +196,11 @@ impl ProofChecker {
             return Err(ProofError(
                 "the DPoP proof is too old or from the future (iat)",
             ));
+        }
+        if let Some(good) = expected.nonce
+            && !claims.nonce.as_deref().is_some_and(good)
+        {
+            return Err(NONCE_REQUIRED);
         }
         // Without an access token (the token endpoint), `ath` means nothing.
         if let Some(token) = expected.token {

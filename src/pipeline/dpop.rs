@@ -40,6 +40,7 @@ pub fn check(checker: &ProofChecker, request: Request<'_>) -> Result<(), AuthFai
         token: Some(request.token),
         jkt: Some(request.jkt),
         leeway: request.leeway,
+        nonce: None,
     };
     checker
         .check(request.headers, expected)
