@@ -749,6 +749,10 @@ async fn sessions_prompt_and_logout(backend: Backend) {
     let code = Redirect::of(&first).query["code"].clone();
     let tokens = redeem(&gw, &code, SPA_CALLBACK, Some(&verifier), ("spa", None)).await;
     let first_auth_time = auth_time_of(&tokens);
+    let first_access = tokens.json["access_token"]
+        .as_str()
+        .expect("a token")
+        .to_string();
     let first_session = browser.cookies["scopegate_session"].clone();
 
     // Within the session: straight to the redirect; prompt=none too.
@@ -775,6 +779,38 @@ async fn sessions_prompt_and_logout(backend: Backend) {
     let code = Redirect::of(&done).query["code"].clone();
     let tokens = redeem(&gw, &code, SPA_CALLBACK, Some(&verifier), ("spa", None)).await;
     assert!(auth_time_of(&tokens) > first_auth_time);
+    let access = tokens.json["access_token"]
+        .as_str()
+        .expect("a token")
+        .to_string();
+    let refresh_spa = |refresh_token: String| {
+        let gw = &gw;
+        async move {
+            let params = [
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token.as_str()),
+                ("client_id", "spa"),
+            ];
+            gw.token(&params, None).await
+        }
+    };
+    let rotated = refresh_spa(
+        tokens.json["refresh_token"]
+            .as_str()
+            .expect("a refresh token")
+            .to_string(),
+    )
+    .await;
+    assert_eq!(rotated.status, 200, "{}", rotated.text());
+    let refresh = rotated.json["refresh_token"]
+        .as_str()
+        .expect("rotated")
+        .to_string();
+    let refreshed_access = rotated.json["access_token"]
+        .as_str()
+        .expect("a token")
+        .to_string();
+    assert_eq!(introspect(&gw, &access).await["active"], true);
     let second_session = browser.cookies["scopegate_session"].clone();
     assert_ne!(
         first_session, second_session,
@@ -815,6 +851,13 @@ async fn sessions_prompt_and_logout(backend: Backend) {
         .expect("the session cookie is expired");
     assert!(expired.contains("Max-Age=0"), "{expired}");
     assert!(!browser.cookies.contains_key("scopegate_session"));
+    // What the ended session's sign-in issued is revoked: its access token and its
+    // refresh token; another sign-in's tokens are not.
+    assert_eq!(introspect(&gw, &access).await["active"], false);
+    assert_eq!(introspect(&gw, &refreshed_access).await["active"], false);
+    let refreshed = refresh_spa(refresh).await;
+    assert_eq!(refreshed.error(), "invalid_grant", "{}", refreshed.text());
+    assert_eq!(introspect(&gw, &first_access).await["active"], true);
     let r = Redirect::of(&browser.get(&authorize_url(&gw, &silent)).await);
     assert_eq!(r.query["error"], "login_required");
     let mut replay = Browser::new(&gw);

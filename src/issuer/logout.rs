@@ -1,5 +1,7 @@
 //! `/logout` (GET, or POST form; OpenID Connect RP-Initiated Logout): ends the browser's
-//! session (deleted in the store, cookie expired), then returns to
+//! session (deleted in the store, cookie expired) and revokes what its sign-in issued
+//! (refresh families and their access tokens, code-redeemed access tokens; at the
+//! proxy at once, through the deny-set), then returns to
 //! `post_logout_redirect_uri` (with `state`) only if it is registered for the client,
 //! which `client_id` or `id_token_hint` (an ID token this issuer signed, expired or
 //! not) names; otherwise shows a "signed out" page.

@@ -302,7 +302,11 @@ pub async fn end(
     tls: bool,
 ) -> Result<Option<HeaderValue>, OAuthError> {
     if let Some(id) = cookie(headers, SESSION_COOKIE) {
-        issuer.core.store.delete_session(&secret_hash(id)).await?;
+        issuer
+            .core
+            .store
+            .end_session(&secret_hash(id), issuer.now())
+            .await?;
     }
     Ok(set_cookie(&issuer.model, tls, SESSION_COOKIE, "", Some(0)))
 }
