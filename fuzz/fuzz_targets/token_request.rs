@@ -63,6 +63,7 @@ fn fixture() -> &'static Fixture {
             "read:contacts",
             false,
             None,
+            None,
         )
         .expect("access token")
         .token;
@@ -100,6 +101,7 @@ async fn refresh_token(issuer: &Issuer) -> String {
         "read:contacts offline_access",
         issuer.now(),
         family,
+        None,
     )
     .await
     .expect("refresh token")
