@@ -115,6 +115,20 @@ async fn connect(addr: std::net::SocketAddr, path: &str, token: Option<&str>) ->
     }
 }
 
+/// Whether the gateway closes `ws` (a close frame, an error or the end) in time.
+async fn closed(ws: &mut Ws) -> bool {
+    let end = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(message)) if message.is_close() => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    });
+    end.await.is_ok()
+}
+
 async fn echo(ws: &mut Ws, text: &str) {
     ws.send(Message::text(text)).await.expect("send");
     let reply = tokio::time::timeout(DEADLINE, ws.next())
@@ -270,17 +284,10 @@ async fn websockets_hold_the_drain_and_close_once_the_grace_is_over() {
         .expect("serve did not return after the grace")
         .expect("join")
         .expect("serve");
-    let end = tokio::time::timeout(DEADLINE, async {
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) => return,
-                Some(Ok(message)) if message.is_close() => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
-    assert!(end.is_ok(), "the WebSocket stayed open after the grace");
+    assert!(
+        closed(&mut ws).await,
+        "the WebSocket stayed open after the grace"
+    );
     eventually("open_websockets back to 0", async || {
         metric(&gw.metrics().await, "scopegate_open_websockets", &[]) == 0.0
     })
@@ -308,17 +315,7 @@ async fn a_websocket_stays_open_while_used_and_closes_after_tunnel_idle() {
     }
     echo(&mut ws, "then silence").await;
     // Nothing moves either way: the gateway closes both connections.
-    let end = tokio::time::timeout(DEADLINE, async {
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) => return,
-                Some(Ok(message)) if message.is_close() => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
-    assert!(end.is_ok(), "the idle WebSocket stayed open");
+    assert!(closed(&mut ws).await, "the idle WebSocket stayed open");
     eventually("open_websockets back to 0", async || {
         metric(&gw.metrics().await, "scopegate_open_websockets", &[]) == 0.0
     })

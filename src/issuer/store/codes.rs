@@ -4,7 +4,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::refresh::revoke_family_in;
+use super::refresh::{deny_in, revoke_family_in};
 use super::{Result, Store};
 
 /// An authorization code (redeemed by the code grant).
@@ -138,13 +138,7 @@ impl Store {
         let family: Option<String> = row.try_get(2)?;
         let mut revoked = Vec::new();
         if let (Some(jti), Some(until)) = (jti, until) {
-            sqlx::query(
-                "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
-            )
-            .bind(&jti)
-            .bind(until)
-            .execute(&mut *tx)
-            .await?;
+            deny_in(&mut tx, &jti, until).await?;
             revoked.push((jti, until));
         }
         if let Some(family) = family {

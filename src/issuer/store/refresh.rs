@@ -229,6 +229,23 @@ impl Store {
     }
 }
 
+/// Puts `jti` (good until `until`) in the deny-list inside `tx`; announce it once
+/// committed.
+pub(super) async fn deny_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    jti: &str,
+    until: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
+    )
+    .bind(jti)
+    .bind(until)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Revokes a family inside `tx`, with every access token recorded for it
 /// (`family_access_tokens`): whether it was active, and those tokens (to announce once
 /// committed).

@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::refresh::revoke_family_in;
+use super::refresh::{deny_in, revoke_family_in};
 use super::revocations::Revoked;
 use super::{Result, Store};
 
@@ -103,13 +103,7 @@ impl Store {
         for code in codes {
             let jti: String = code.try_get(0)?;
             let until: i64 = code.try_get(1)?;
-            sqlx::query(
-                "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
-            )
-            .bind(&jti)
-            .bind(until)
-            .execute(&mut *tx)
-            .await?;
+            deny_in(&mut tx, &jti, until).await?;
             revoked.push((jti, until));
         }
         tx.commit().await?;
