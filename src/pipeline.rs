@@ -225,7 +225,7 @@ impl<'a> Exchange<'a> {
         }
         let route = self.route(&path, request.method())?;
         if let Target::Issuer(endpoint) = route.target {
-            return self.issuer(endpoint, request).await;
+            return Box::pin(self.issuer(endpoint, request)).await;
         }
         let websocket = self.protocol(route, &request)?;
         let identity = self.authenticate(route, &request).await?;
@@ -245,11 +245,7 @@ impl<'a> Exchange<'a> {
                     None => return Err(ProxyError::MissingToken),
                 };
                 let issuer = self.pipeline.issuer.as_deref();
-                Some(
-                    upstream_token
-                        .authorization(issuer, token, identity)
-                        .await?,
-                )
+                Some(Box::pin(upstream_token.authorization(issuer, token, identity)).await?)
             }
             _ => None,
         };
@@ -472,8 +468,7 @@ impl<'a> Exchange<'a> {
         let upstreams = &self.pipeline.upstreams;
         let timeout = route.limits.response_timeout;
         let result = match (&route.limits.endpoints, route.web.protocol) {
-            (Some(set), Protocol::Http1) => set
-                .send(upstreams, request, timeout)
+            (Some(set), Protocol::Http1) => Box::pin(set.send(upstreams, request, timeout))
                 .await
                 .map(|(response, in_flight)| (response, Some(in_flight))),
             (None, Protocol::Http1) => upstreams

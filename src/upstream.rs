@@ -244,7 +244,9 @@ impl Upstreams {
         loop {
             let (mut sender, reused) = match self.checkout(&key) {
                 Some(sender) if stale_retries < MAX_STALE_RETRIES => (sender, true),
-                _ => match self.connect(&key).await {
+                // Boxed: a new connection's state (TCP, TLS, handshake) is large and
+                // rare; a reused one's request future stays small.
+                _ => match Box::pin(self.connect(&key)).await {
                     Ok(sender) => (sender, false),
                     Err(error) => {
                         return Err(Failed {
