@@ -41,6 +41,7 @@ pub mod mint;
 pub mod model;
 pub mod pages;
 pub mod par;
+pub mod password;
 pub mod revocation;
 pub mod session;
 pub mod store;
@@ -385,20 +386,22 @@ impl Issuer {
     /// Checks a password against a user's argon2id hash, or against the dummy hash when
     /// there is no such user (same work either way). Runs off the async workers.
     pub async fn verify_password(&self, hash: Option<String>, password: &str) -> bool {
-        use argon2::PasswordVerifier;
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.core.dummy_hash.clone());
         let password = password.to_string();
         let Ok(_permit) = self.core.hashing.acquire().await else {
             return false;
         };
-        let ok = tokio::task::spawn_blocking(move || {
-            argon2::Argon2::default()
-                .verify_password(password.as_bytes(), hash.as_str())
-                .is_ok()
-        })
-        .await
-        .unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || password::verify(password.as_bytes(), &hash))
+            .await
+            .unwrap_or(false);
+        // The check's working memory goes back to the system once checks stop.
+        tokio::spawn(async {
+            // A second of slack: the reservation's clock started a moment before this
+            // timer's, and the timer may fire a hair before its deadline by that clock.
+            tokio::time::sleep(password::KEEP_IDLE + Duration::from_secs(1)).await;
+            let _ = tokio::task::spawn_blocking(password::release_idle).await;
+        });
         ok && known
     }
 
