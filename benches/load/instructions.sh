@@ -123,7 +123,8 @@ for bin in "$@"; do
     "$bin" run -c "$WORK/gateway.yaml" >"$WORK/scopegate.log" 2>&1 &
   pid=$!
   PIDS+=("$pid")
-  for _ in $(seq 600); do
+  # Under callgrind, start-up is slow (the built-in issuer generates an RSA key): 5 min.
+  for _ in $(seq 3000); do
     [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ADMIN/readyz" || true) == 200 ]] && break
     sleep 0.1
   done
@@ -133,7 +134,8 @@ for bin in "$@"; do
     builtin)
       TOKEN=$(curl -s -u bench:bench-secret-0123456789 -d grant_type=client_credentials \
         -d "audience=$AUDIENCE" "http://127.0.0.1:$SG/oauth/token" |
-        "$PY" -c 'import json, sys; print(json.load(sys.stdin)["access_token"])') ;;
+        "$PY" -c 'import json, sys; print(json.load(sys.stdin)["access_token"])') ||
+        { echo "$bin: no token from its issuer; its log:" >&2; tail -5 "$WORK/scopegate.log" >&2; exit 1; } ;;
   esac
   warm=$(load 500)
   ((warm == 500)) || { echo "$bin: warm-up answered $warm of 500 with 200" >&2; exit 1; }
