@@ -681,7 +681,19 @@ resumption_note() {
 # ---------------------------------------------------------------- proxies (PROXY_CPU)
 start_direct() { PROXY_PID=-; }
 
-start_nginx() {
+start_nginx() { # NGINX_TLS=1: the TLS listener (scenarios 11-13), HTTP/1.1 and h2
+  local port=$NGINX_PORT listen tls=
+  listen="listen 127.0.0.1:$NGINX_PORT;"
+  if [[ ${NGINX_TLS:-0} == 1 ]]; then
+    port=$NGINX_TLS_PORT
+    listen="listen 127.0.0.1:$NGINX_TLS_PORT ssl http2;"
+    tls="ssl_certificate $WORK/tls-cert.pem;
+        ssl_certificate_key $WORK/tls-key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:bench:10m;
+        ssl_session_tickets on;
+        http2_max_requests 100000000;"
+  fi
   {
     nginx_common "$1"
     cat <<EOF
@@ -692,7 +704,8 @@ start_nginx() {
         keepalive_timeout 300s;
     }
     server {
-        listen 127.0.0.1:$NGINX_PORT;
+        $listen
+        $tls
         location / {
             proxy_pass http://up;
             proxy_http_version 1.1;
@@ -704,7 +717,7 @@ EOF
   } >"$WORK/$1.conf"
   start_bg "$1" "$PROXY_CPU" nginx -e "$WORK/$1.error.log" -p "$WORK" -c "$WORK/$1.conf"
   PROXY_PID=$BG_PID
-  wait_port "$1" "$PROXY_PID" "$NGINX_PORT"
+  wait_port "$1" "$PROXY_PID" "$port"
 }
 
 start_envoy() {
@@ -890,20 +903,27 @@ EOF
 # The built-in issuer (RS256, SQLite) and a route for its API: the revocation deny-set is
 # checked on every request, cached or not. EXCHANGE=1 adds upstream_token to the route:
 # the upstream gets a token minted for a second API (cached per caller token).
-sg_builtin_config() { # ID EXCHANGE(0|1)
-  sg_server_block 10000
+# The built-in issuer's block, up to its first API (the bench API).
+sg_issuer_head() { # ID ALG
   cat <<EOF
 issuer:
   enabled: true
   url: http://127.0.0.1:$SG_PORT/
   store: sqlite://$WORK/issuer-$1.db
-  keys: { algorithm: RS256 }
+  keys: { algorithm: $2 }
   tokens: { access_ttl: 1h }
   apis:
     - identifier: $AUDIENCE
       name: Bench API
       scopes:
         - { value: $SCOPE }
+EOF
+}
+
+sg_builtin_config() { # ID EXCHANGE(0|1)
+  sg_server_block 10000
+  sg_issuer_head "$1" RS256
+  cat <<EOF
     - identifier: $AUDIENCE/downstream
       name: Bench downstream API
       scopes:
@@ -972,37 +992,7 @@ start_sg_scaling() {
 }
 
 # ---------------------------------------------------------------- TLS fronts (11-13)
-start_nginx_tls() {
-  {
-    nginx_common "$1"
-    cat <<EOF
-    upstream up {
-        server 127.0.0.1:$UPSTREAM_PORT;
-        keepalive 64;
-        keepalive_requests 100000000;
-        keepalive_timeout 300s;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_TLS_PORT ssl http2;
-        ssl_certificate $WORK/tls-cert.pem;
-        ssl_certificate_key $WORK/tls-key.pem;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_session_cache shared:bench:10m;
-        ssl_session_tickets on;
-        http2_max_requests 100000000;
-        location / {
-            proxy_pass http://up;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-EOF
-  } >"$WORK/$1.conf"
-  start_bg "$1" "$PROXY_CPU" nginx -e "$WORK/$1.error.log" -p "$WORK" -c "$WORK/$1.conf"
-  PROXY_PID=$BG_PID
-  wait_port "$1" "$PROXY_PID" "$NGINX_TLS_PORT"
-}
+start_nginx_tls() { NGINX_TLS=1 start_nginx "$1"; }
 
 # Envoy as in scenario 3a, on a TLS listener (ALPN h2 and http/1.1, codec AUTO).
 start_envoy_tls() { ENVOY_TLS=1 start_envoy "$1"; }
@@ -1039,17 +1029,9 @@ server:
   admin_listen: 127.0.0.1:$SG_ADMIN_PORT
   workers: 1
 log: { format: json, level: warn }
-issuer:
-  enabled: true
-  url: http://127.0.0.1:$SG_PORT/
-  store: sqlite://$WORK/issuer-$1.db
-  keys: { algorithm: $1 }
-  tokens: { access_ttl: 1h }
-  apis:
-    - identifier: $AUDIENCE
-      name: Bench API
-      scopes:
-        - { value: $SCOPE }
+EOF
+  sg_issuer_head "$1" "$1"
+  cat <<EOF
   clients:
     - client_id: $CLIENT_ID
       client_secret: $CLIENT_SECRET
