@@ -82,7 +82,7 @@ pub struct Core {
     dummy_hash: String,
     /// Bounds concurrent argon2 verifications (each takes ~19 MiB and a core for tens of
     /// milliseconds), so a login flood queues instead of exhausting memory.
-    hashing: tokio::sync::Semaphore,
+    hashing: Arc<tokio::sync::Semaphore>,
     store_url: String,
     keys_config: crate::config::issuer::KeysConfig,
     /// Fetches clients' `jwks_uri`s.
@@ -199,9 +199,9 @@ impl Issuer {
             metrics: parts.metrics,
             clock: parts.clock.clone(),
             dummy_hash: parts.dummy_hash,
-            hashing: tokio::sync::Semaphore::new(
+            hashing: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
-            ),
+            )),
             store_url: config.store.clone(),
             keys_config: config.keys,
             fetcher: parts.fetcher,
@@ -389,12 +389,18 @@ impl Issuer {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.core.dummy_hash.clone());
         let password = password.to_string();
-        let Ok(_permit) = self.core.hashing.acquire().await else {
+        let Ok(permit) = self.core.hashing.clone().acquire_owned().await else {
             return false;
         };
-        let ok = tokio::task::spawn_blocking(move || password::verify(password.as_bytes(), &hash))
-            .await
-            .unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || {
+            // The permit goes with the check: when the request gives up (its client
+            // left), the hash still runs to the end and still counts, so no more checks
+            // (and working memories) than permits are ever under way.
+            let _permit = permit;
+            password::verify(password.as_bytes(), &hash)
+        })
+        .await
+        .unwrap_or(false);
         // The check's working memory goes back to the system once checks stop.
         tokio::spawn(async {
             // A second of slack: the reservation's clock started a moment before this
