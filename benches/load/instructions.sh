@@ -11,7 +11,9 @@
 # over CONNECTIONS keep-alive connections (curl's HTTP/1.1 client, --parallel), counters
 # dumped: Ir / requests. The requests must all answer 200.
 # ROUTE: cached (an outside issuer's RS256 token, verified once then cached; default),
-# none (auth: none), builtin (the built-in issuer's RS256 token: deny-set checked).
+# none (auth: none), builtin (the built-in issuer's RS256 token: deny-set checked),
+# token (POST /oauth/token client_credentials to the built-in issuer: a signature each;
+# ALG=RS256|ES256, default ES256, where the signature is not most of the cost).
 # KEEP_DUMPS=DIR keeps each binary's dump (callgrind_annotate DIR/callgrind.NAME.ROUTE).
 # Needs valgrind, nginx, curl and python3 with `cryptography` (the load harness's venv
 # under ~/.cache/scopegate-load is used when it exists).
@@ -29,7 +31,9 @@ PY=${PY:-${XDG_CACHE_HOME:-$HOME/.cache}/scopegate-load/venv/bin/python}
 for tool in valgrind callgrind_control nginx curl; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install valgrind nginx-light curl)" >&2; exit 1; }
 done
-case $ROUTE in cached | none | builtin) ;; *) echo "ROUTE must be cached, none or builtin" >&2; exit 2 ;; esac
+case $ROUTE in cached | none | builtin | token) ;; *) echo "ROUTE must be cached, none, builtin or token" >&2; exit 2 ;; esac
+ALG=${ALG:-ES256}
+case $ALG in RS256 | ES256) ;; *) echo "ALG must be RS256 or ES256" >&2; exit 2 ;; esac
 
 UP=$((PORT_BASE + 1)) SG=$((PORT_BASE + 2)) ADMIN=$((PORT_BASE + 3))
 ISSUER=https://issuer.bench.local/ AUDIENCE=https://api.bench.local SCOPE=read:bench
@@ -83,13 +87,15 @@ trust:
       audiences: [$AUDIENCE]
       algorithms: [RS256]
 EOF
-  if [[ $ROUTE == builtin ]]; then
+  if [[ $ROUTE == builtin || $ROUTE == token ]]; then
+    local alg=RS256
+    [[ $ROUTE == token ]] && alg=$ALG
     cat <<EOF
 issuer:
   enabled: true
   url: http://127.0.0.1:$SG/
   store: sqlite://$WORK/issuer.db
-  keys: { algorithm: RS256 }
+  keys: { algorithm: $alg }
   apis: [{ identifier: $AUDIENCE, scopes: [{ value: $SCOPE }] }]
   clients:
     - { client_id: bench, client_secret: bench-secret-0123456789, grant_types: [client_credentials], grants: { "$AUDIENCE": [$SCOPE] } }
@@ -106,11 +112,16 @@ EOF
 
 # load N: N requests over CONNECTIONS reused connections; prints how many answered 200.
 load() {
-  local n=$1 auth=()
+  local n=$1 auth=() url=http://127.0.0.1:$SG/bench/hello
   [[ -n $TOKEN ]] && auth=(-H "Authorization: Bearer $TOKEN")
+  if [[ $ROUTE == token ]]; then
+    url=http://127.0.0.1:$SG/oauth/token
+    auth=(-u bench:bench-secret-0123456789)
+    auth+=(--data "grant_type=client_credentials&audience=$AUDIENCE") # every URL, POST
+  fi
   local urls=$WORK/urls
   : >"$urls"
-  for _ in $(seq "$n"); do echo "url = \"http://127.0.0.1:$SG/bench/hello\""; echo 'output = "/dev/null"'; echo 'write-out = "%{http_code}\n"'; done >"$urls"
+  for _ in $(seq "$n"); do echo "url = \"$url\""; echo 'output = "/dev/null"'; echo 'write-out = "%{http_code}\n"'; done >"$urls"
   curl -s --no-progress-meter --parallel --parallel-max "$CONNECTIONS" --http1.1 "${auth[@]}" -K "$urls" 2>/dev/null | grep -c "^200$" || true
 }
 

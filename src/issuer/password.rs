@@ -47,9 +47,23 @@ fn memory_for(blocks: usize) -> Vec<Block> {
     memory
 }
 
-/// Unmaps the reservations no check has used for [`KEEP_IDLE`].
-pub fn release_idle() {
-    spare().retain(|(_, used)| used.elapsed() < KEEP_IDLE);
+/// Unmaps the reservations no check has used for [`KEEP_IDLE`]; returns how long until
+/// the next of those kept will have been idle that long (`None`: none are kept).
+pub fn release_idle() -> Option<Duration> {
+    release_from(&mut spare())
+}
+
+fn release_from(spare: &mut Vec<(Vec<Block>, Instant)>) -> Option<Duration> {
+    spare.retain(|(_, used)| used.elapsed() < KEEP_IDLE);
+    spare
+        .iter()
+        .map(|(_, used)| KEEP_IDLE.saturating_sub(used.elapsed()))
+        .min()
+}
+
+/// Whether any reservation is kept.
+pub fn has_spare() -> bool {
+    !spare().is_empty()
 }
 
 /// Whether `password` matches the PHC string `phc` (argon2id, argon2i or argon2d, any
@@ -110,6 +124,25 @@ mod tests {
         let demo = "$argon2id$v=19$m=19456,t=2,p=1$Sey33Law2smPDKMXM0gApQ$56lNDyuMtjfbVtprtVHruu3iIByQCZJ5fXYeSv9nJ4A";
         assert!(verify(b"alice-demo-password", demo));
         assert!(!verify(b"bob-demo-password", demo));
+    }
+
+    #[test]
+    fn a_used_reservation_is_kept_for_keep_idle_then_released() {
+        let demo = "$argon2id$v=19$m=19456,t=2,p=1$Sey33Law2smPDKMXM0gApQ$56lNDyuMtjfbVtprtVHruu3iIByQCZJ5fXYeSv9nJ4A";
+        assert!(verify(b"alice-demo-password", demo));
+        assert!(has_spare());
+        // Just used: kept, and due no later than KEEP_IDLE from now.
+        let next = release_idle().expect("the reservation is kept");
+        assert!(next <= KEEP_IDLE);
+        assert!(has_spare());
+        // Aged past KEEP_IDLE (as if unused since): unmapped, nothing left to wait for.
+        // Under one lock: other tests' checks return reservations meanwhile.
+        let mut spare = spare();
+        for (_, used) in spare.iter_mut() {
+            *used = Instant::now() - KEEP_IDLE - Duration::from_secs(1);
+        }
+        assert_eq!(release_from(&mut spare), None);
+        assert!(spare.is_empty());
     }
 
     #[test]
