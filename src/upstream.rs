@@ -230,7 +230,9 @@ impl Upstreams {
         *request.uri_mut() = Uri::from_parts(origin)
             .map_err(|err| lost(UpstreamError::Exchange(err.to_string())))?;
         let timeout = response_timeout.unwrap_or(self.response_timeout);
-        tokio::time::timeout(timeout, self.exchange(key, request))
+        // Boxed: the exchange's state is moved once, into the box, not again into the
+        // timeout and the caller's future.
+        tokio::time::timeout(timeout, Box::pin(self.exchange(key, request)))
             .await
             .map_err(|_| lost(UpstreamError::Timeout))?
     }

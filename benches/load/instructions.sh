@@ -51,7 +51,7 @@ trap cleanup EXIT
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/rsa.pem" 2>/dev/null
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/ec.pem" 2>/dev/null
 "$PY" "$HERE/lib/mint.py" "$WORK" "$ISSUER" "$AUDIENCE" "$SCOPE" >/dev/null
-mkdir -p "$WORK/tmp"
+mkdir -p "$WORK/tmp" "$WORK/conf" # conf: the config alone (Scopegate watches its directory)
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -127,11 +127,11 @@ load() {
 
 for bin in "$@"; do
   [[ -x $bin ]] || { echo "no binary at $bin" >&2; exit 1; }
-  config >"$WORK/gateway.yaml"
-  "$bin" check -c "$WORK/gateway.yaml" >/dev/null
+  config >"$WORK/conf/gateway.yaml"
+  "$bin" check -c "$WORK/conf/gateway.yaml" >/dev/null
   rm -f "$WORK"/callgrind.out.*
   env -u RUST_LOG valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$WORK/callgrind.out.%p" \
-    "$bin" run -c "$WORK/gateway.yaml" >"$WORK/scopegate.log" 2>&1 &
+    "$bin" run -c "$WORK/conf/gateway.yaml" >"$WORK/scopegate.log" 2>&1 &
   pid=$!
   PIDS+=("$pid")
   # Under callgrind, start-up is slow (the built-in issuer generates an RSA key): 5 min.

@@ -156,6 +156,10 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 WORK=$(mktemp -d /tmp/scopegate-load.XXXXXX)
 chmod 755 "$WORK" # nginx's worker (www-data) serves the JWKS from here
+# Scopegate configs alone in their directory: Scopegate watches it, and logs and wrk output
+# written next to them would wake its watcher during a measurement.
+SGCONF=$WORK/sg
+mkdir -p "$SGCONF"
 
 # start_bg NAME CPU cmd...: runs cmd pinned on CPU, logs to $WORK/NAME.log, sets BG_PID.
 start_bg() {
@@ -963,17 +967,17 @@ start_scopegate_with() {
   [[ $SG_TLS == 1 ]] && SG_BASE_OF=https://127.0.0.1:$port
   wait_http "$id" "$PROXY_PID" "http://127.0.0.1:$admin/readyz" && wait_port "$id" "$PROXY_PID" "$port"
 }
-start_sg_none() { sg_proxy_config none 10000 >"$WORK/$1.yaml"; start_scopegate_with "$1" "$WORK/$1.yaml"; }
-start_sg_cached() { sg_proxy_config required 10000 >"$WORK/$1.yaml"; start_scopegate_with "$1" "$WORK/$1.yaml"; }
-start_sg_nocache() { sg_proxy_config required 0 >"$WORK/$1.yaml"; start_scopegate_with "$1" "$WORK/$1.yaml"; }
+start_sg_none() { sg_proxy_config none 10000 >"$SGCONF/$1.yaml"; start_scopegate_with "$1" "$SGCONF/$1.yaml"; }
+start_sg_cached() { sg_proxy_config required 10000 >"$SGCONF/$1.yaml"; start_scopegate_with "$1" "$SGCONF/$1.yaml"; }
+start_sg_nocache() { sg_proxy_config required 0 >"$SGCONF/$1.yaml"; start_scopegate_with "$1" "$SGCONF/$1.yaml"; }
 start_sg_default_workers() { SG_WORKERS='' start_sg_cached "$1"; }
 start_sg_tls() { SG_TLS=1 start_sg_cached "$1"; }
 
 # Built-in issuer scenarios: the token is the instance's own, asked once before the load.
 start_sg_builtin_with() { # ID EXCHANGE
   local basic body
-  sg_builtin_config "$1" "$2" >"$WORK/$1.yaml"
-  start_scopegate_with "$1" "$WORK/$1.yaml" || return 1
+  sg_builtin_config "$1" "$2" >"$SGCONF/$1.yaml"
+  start_scopegate_with "$1" "$SGCONF/$1.yaml" || return 1
   basic=$(printf '%s:%s' "$CLIENT_ID" "$CLIENT_SECRET" | base64 -w0)
   body="grant_type=client_credentials&audience=$(urlenc "$AUDIENCE")&scope=$(urlenc "$SCOPE")"
   SG_TOKEN[$1]=$(curl -s --max-time 5 -H "Authorization: Basic $basic" --data "$body" \
@@ -1076,9 +1080,9 @@ issuer_scenario() {
       body="grant_type=password&username=$USER_NAME&password=$(urlenc "$USER_PASSWORD")&audience=$(urlenc "$AUDIENCE")&scope=$(urlenc "$SCOPE")"
     fi
     jwks=http://127.0.0.1:$SG_PORT/.well-known/jwks.json
-    sg_issuer_config "$alg" >"$WORK/$id.yaml"
+    sg_issuer_config "$alg" >"$SGCONF/$id.yaml"
     log "scenario $id: $label"
-    if ! "$SCOPEGATE_BIN" check -c "$WORK/$id.yaml" >"$WORK/$id.check.log" 2>&1; then
+    if ! "$SCOPEGATE_BIN" check -c "$SGCONF/$id.yaml" >"$WORK/$id.check.log" 2>&1; then
       # A binary without the issuer may refuse the section (unknown field), or accept it
       # and not serve it (404 below). Any other refusal is a bug in this config: FAILED.
       if grep -qi 'unknown field.*issuer' "$WORK/$id.check.log"; then
@@ -1091,7 +1095,7 @@ issuer_scenario() {
       fi
       return 0
     fi
-    start_bg "$id" "$PROXY_CPU" env -u RUST_LOG "$SCOPEGATE_BIN" run -c "$WORK/$id.yaml"
+    start_bg "$id" "$PROXY_CPU" env -u RUST_LOG "$SCOPEGATE_BIN" run -c "$SGCONF/$id.yaml"
     pid=$BG_PID
     if ! wait_http "$id" "$pid" "http://127.0.0.1:$SG_ADMIN_PORT/readyz" || ! wait_port "$id" "$pid" "$SG_PORT"; then
       STATUS[$id]=FAILED; NOTE[$id]="scopegate with the issuer config did not start"; stop_pid "$pid"; return 0

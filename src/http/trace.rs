@@ -113,7 +113,8 @@ impl Trace {
         hex(&[flags], &mut text);
         Trace {
             // Only hex digits and dashes: always a valid header value.
-            traceparent: HeaderValue::from_bytes(&text)
+            // `Bytes` from the `Vec`: the value keeps this buffer, no second copy.
+            traceparent: HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
                 .unwrap_or_else(|_| HeaderValue::from_static("")),
             continued: parent_id.is_some(),
             trace_id,
