@@ -31,5 +31,5 @@ pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 
-pub use server::{serve, serve_admin};
+pub use server::{Workers, serve, serve_admin, serve_on};
 pub use state::{Gateway, Runtime};

@@ -70,24 +70,22 @@ fn main() -> ExitCode {
 /// How long the spans still queued for the collector may take to go at exit.
 const SPAN_FLUSH_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A Tokio runtime for `workers` threads; 0 means one per core this process may run on
-/// (its CPU affinity and cgroup quota, as `available_parallelism` reads them). One worker
-/// is a current-thread scheduler (no work-stealing machinery, no second thread for the
-/// accept loop): measured 12-18% more requests/s than a one-worker multi-thread runtime
-/// (benches/RESULTS.md), so a process pinned to one core gets it without being told.
-fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, String> {
-    let workers = match workers {
+/// `server.workers` resolved: 0 means one per core this process may run on (its CPU
+/// affinity and cgroup quota, as `available_parallelism` reads them).
+fn worker_count(workers: usize) -> usize {
+    match workers {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
-    };
-    let mut builder = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(workers);
-        builder
-    };
-    builder
+    }
+}
+
+/// A current-thread Tokio runtime: no work-stealing machinery, no second thread for the
+/// accept loop. One worker serves on it directly (measured 12-18% more requests/s than a
+/// one-worker multi-thread runtime, benches/RESULTS.md); with more, it accepts, runs the
+/// admin listener and the background work, and each worker thread has one of its own
+/// ([`scopegate::Workers`]).
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|err| format!("cannot start the runtime: {err}"))
@@ -97,7 +95,7 @@ fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, String> {
 /// issuer's store or binding listeners; prints the route table, or every error.
 fn check(path: &Path) -> Result<(), String> {
     let config = Config::load(path).map_err(|err| err.to_string())?;
-    let state = runtime(1)?.block_on(async {
+    let state = runtime()?.block_on(async {
         let shared = Shared::new(Metrics::new(), Clock::system())?;
         State::compile(config, &shared, None, Builtin::Absent).map_err(|errors| {
             errors
@@ -150,12 +148,26 @@ fn run(path: &Path) -> Result<(), String> {
     // even one made while the gateway starts.
     let loaded = std::fs::read(path).ok();
     scopegate::telemetry::init(&config.log);
-    runtime(config.server.workers)?
-        .block_on(serve(config, path, loaded))
-        .inspect_err(|err| tracing::error!("{err}"))
+    let workers = match worker_count(config.server.workers) {
+        1 => None,
+        count => Some(
+            scopegate::Workers::start(count)
+                .map_err(|err| format!("cannot start {count} worker threads: {err}"))?,
+        ),
+    };
+    let served = runtime()?.block_on(serve(config, path, loaded, workers.as_ref()));
+    if let Some(workers) = workers {
+        workers.stop();
+    }
+    served.inspect_err(|err| tracing::error!("{err}"))
 }
 
-async fn serve(config: Config, path: &Path, loaded: Option<Vec<u8>>) -> Result<(), String> {
+async fn serve(
+    config: Config,
+    path: &Path,
+    loaded: Option<Vec<u8>>,
+    workers: Option<&scopegate::Workers>,
+) -> Result<(), String> {
     let listen = config.server.listen;
     let admin_listen = config.server.admin_listen;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -185,6 +197,7 @@ async fn serve(config: Config, path: &Path, loaded: Option<Vec<u8>>) -> Result<(
     tracing::info!(
         listen = %bound(&listener, listen),
         admin_listen = %bound(&admin_listener, admin_listen),
+        workers = workers.map_or(1, scopegate::Workers::count),
         config = %path.display(),
         version = env!("CARGO_PKG_VERSION"),
         commit = env!("SCOPEGATE_COMMIT"),
@@ -199,7 +212,7 @@ async fn serve(config: Config, path: &Path, loaded: Option<Vec<u8>>) -> Result<(
         gateway.clone(),
         stopped(stop_rx.clone()),
     ));
-    scopegate::serve(listener, gateway.clone(), stopped(stop_rx))
+    scopegate::serve_on(listener, gateway.clone(), stopped(stop_rx), workers)
         .await
         .map_err(|err| err.to_string())?;
     gateway.flush_spans(SPAN_FLUSH_AT_EXIT).await;

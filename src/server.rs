@@ -267,12 +267,111 @@ async fn accept_loop(
     }
 }
 
+/// The threads client connections are served on when `server.workers` is above 1: one
+/// current-thread runtime each, so a connection, its requests and the upstream
+/// connections they use live on one thread and one event loop (no work-stealing
+/// scheduler between them). The accept loop hands each new connection to the next
+/// worker in turn.
+///
+/// Handing connections over rather than one `SO_REUSEPORT` listener per worker: the
+/// kernel spreads reuse-port connections by a hash of their addresses, so a few
+/// long-lived connections (a load balancer's, a service mesh's) can all land on one
+/// worker; handed over in turn, they spread evenly. The cost is one pair of
+/// `epoll_ctl` calls per connection; `max_connections` and the drain stay one count.
+pub struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    next: AtomicUsize,
+    threads: Vec<(
+        std::thread::JoinHandle<()>,
+        tokio::sync::oneshot::Sender<()>,
+    )>,
+}
+
+impl Workers {
+    /// Starts `count` worker threads (`sg-worker-N`), each running a current-thread
+    /// runtime.
+    pub fn start(count: usize) -> std::io::Result<Workers> {
+        let mut workers = Workers {
+            handles: Vec::with_capacity(count),
+            next: AtomicUsize::new(0),
+            threads: Vec::with_capacity(count),
+        };
+        for index in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            workers.handles.push(runtime.handle().clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("sg-worker-{index}"))
+                .spawn(move || {
+                    // Pools apart: an upstream connection's I/O runs on the runtime
+                    // that opened it, so only this worker's requests may reuse it.
+                    crate::upstream::set_worker(index + 1);
+                    runtime.block_on(async {
+                        let _ = stopped.await;
+                    });
+                })?;
+            workers.threads.push((thread, stop));
+        }
+        Ok(workers)
+    }
+
+    /// How many workers there are.
+    pub fn count(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Serves `stream` with `serve` on the next worker. The socket moves from the
+    /// accepting runtime's event loop to the worker's.
+    fn spawn<F, Fut>(&self, stream: TcpStream, serve: F)
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot hand the connection to a worker");
+                return;
+            }
+        };
+        let next = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
+        self.handles[next].spawn(async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => serve(stream).await,
+                Err(err) => tracing::debug!(error = %err, "a worker cannot take the connection"),
+            }
+        });
+    }
+
+    /// Stops the workers (what still runs on them is dropped) and waits for their
+    /// threads. Call it once [`serve_on`] has returned.
+    pub fn stop(self) {
+        for (thread, stop) in self.threads {
+            let _ = stop.send(());
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Serves the proxy (and issuer) on `listener` until `shutdown` resolves, then lets
-/// in-flight requests finish for at most `server.shutdown_grace`.
+/// in-flight requests finish for at most `server.shutdown_grace`. Connections are served
+/// on the calling runtime.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    serve_on(listener, gateway, shutdown, None).await
+}
+
+/// [`serve`], with each connection served on one of `workers` when given.
+pub async fn serve_on(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+    workers: Option<&Workers>,
 ) -> std::io::Result<()> {
     let server = gateway.state().config.server.clone();
     let builder = Arc::new(http_builder(&server));
@@ -296,9 +395,15 @@ pub async fn serve(
                 slot: Some(Arc::new(permit)),
                 closing: Some(close_rx.clone()),
             };
-            tokio::spawn(async move {
+            let serve = move |stream| async move {
                 serve_client(&gateway, &builder, stream, remote, stop, lease).await;
-            });
+            };
+            match workers {
+                Some(workers) => workers.spawn(stream, serve),
+                None => {
+                    tokio::spawn(serve(stream));
+                }
+            }
         },
     )
     .await;

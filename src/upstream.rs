@@ -58,6 +58,22 @@ struct Idle {
     since: Instant,
 }
 
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread as worker `index` of the server (0: not a worker, the
+/// default). An upstream connection's I/O runs on the runtime of the thread that opened
+/// it: pooled per worker, a connection is reused only by requests on that runtime, and
+/// never bounces each request through another thread.
+pub fn set_worker(index: usize) {
+    WORKER.with(|worker| worker.set(index));
+}
+
+fn worker() -> usize {
+    WORKER.with(std::cell::Cell::get)
+}
+
 /// The connection pool every route shares: HTTP/1.1 keep-alive connections per upstream,
 /// reused most-recently-used first.
 ///
@@ -72,7 +88,8 @@ struct Idle {
 pub struct Upstreams {
     connector: Connector,
     handshake: http1::Builder,
-    idle: Mutex<HashMap<PoolKey, Vec<Idle>, foldhash::fast::RandomState>>,
+    /// Per upstream, per worker ([`set_worker`]), the idle connections.
+    idle: Mutex<HashMap<PoolKey, Vec<Vec<Idle>>, foldhash::fast::RandomState>>,
     response_timeout: Duration,
     /// HTTP/2 upstreams (`protocol: h2c | h2 | auto`).
     h2: h2::H2Pool,
@@ -296,7 +313,8 @@ impl Upstreams {
 
     fn pool(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<Idle>, foldhash::fast::RandomState>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<Vec<Idle>>, foldhash::fast::RandomState>>
+    {
         // The critical sections cannot panic halfway; a poisoned lock holds sane data.
         self.idle
             .lock()
@@ -306,7 +324,7 @@ impl Upstreams {
     /// The most recently used ready connection; drops closed and expired ones on the way.
     fn checkout(&self, key: &PoolKey) -> Option<SendRequest<UpstreamBody>> {
         let mut pool = self.pool();
-        let idle = pool.get_mut(key)?;
+        let idle = pool.get_mut(key)?.get_mut(worker())?;
         let mut index = idle.len();
         while index > 0 {
             index -= 1;
@@ -326,7 +344,12 @@ impl Upstreams {
             return;
         }
         let mut pool = self.pool();
-        let idle = pool.entry(key).or_default();
+        let workers = pool.entry(key).or_default();
+        let worker = worker();
+        if workers.len() <= worker {
+            workers.resize_with(worker + 1, Vec::new);
+        }
+        let idle = &mut workers[worker];
         if idle.len() < MAX_IDLE_PER_UPSTREAM {
             idle.push(Idle {
                 sender,

@@ -1,9 +1,10 @@
 //! Operations, on the real binary: SIGTERM drains in-flight requests and exits 0;
 //! SIGHUP and file changes reload, a broken file is refused while the old config keeps
 //! serving; requests in flight across a reload all succeed; TLS termination with ALPN
-//! h2/http1.1; https upstreams verified against `upstream_ca_file`. The drain and
-//! in-flight-reload tests run on `workers: 1` (the current-thread scheduler), the rest on
-//! the default multi-thread one.
+//! h2/http1.1; https upstreams verified against `upstream_ca_file`; worker threads share
+//! the connections and drain together. The drain and in-flight-reload tests run on
+//! `workers: 1` (served on the accepting thread), the rest on the default (one worker
+//! per core).
 
 mod common;
 
@@ -170,6 +171,98 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "ok");
 
+    let (status, _) = gateway.process.wait().await;
+    assert_eq!(status.code(), Some(0), "exit status after drain");
+}
+
+/// The CPU time (ns) of each of the process's worker threads (`sg-worker-N`), by name.
+fn worker_cpu_ns(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut workers = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task") {
+        let task = task.expect("task entry").path();
+        let Ok(name) = std::fs::read_to_string(task.join("comm")) else {
+            continue;
+        };
+        let name = name.trim();
+        if !name.starts_with("sg-worker-") {
+            continue;
+        }
+        let schedstat = std::fs::read_to_string(task.join("schedstat")).expect("schedstat");
+        let on_cpu = schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse().ok())
+            .expect("schedstat's first field");
+        workers.insert(name.to_string(), on_cpu);
+    }
+    workers
+}
+
+#[tokio::test]
+async fn workers_share_the_connections_and_drain_together() {
+    let (upstream, mut arrivals) = slow_upstream().await;
+    let gateway = Gateway::start_with(
+        "  workers: 3\n",
+        &format!(
+            "routes:\n{}",
+            route("slow", "/slow", &format!("http://{upstream}"))
+        ),
+    );
+    let before = worker_cpu_ns(gateway.pid());
+    assert_eq!(
+        before.keys().cloned().collect::<Vec<_>>(),
+        ["sg-worker-0", "sg-worker-1", "sg-worker-2"],
+        "one thread per worker"
+    );
+
+    // Six keep-alive connections, handed to the workers in turn: two each, and every
+    // worker serves requests.
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let addr = gateway.addr;
+        clients.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            for _ in 0..20 {
+                sender.ready().await.unwrap();
+                let request = Request::get("/slow")
+                    .header("host", "gateway")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                let response = sender.send_request(request).await.unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(&body[..], b"ok");
+            }
+        }));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    while arrivals.try_recv().is_ok() {}
+    let after = worker_cpu_ns(gateway.pid());
+    for (name, ns) in &after {
+        assert!(ns > &before[name], "{name} served none of the connections");
+    }
+
+    // A request in flight on one of the workers when SIGTERM comes completes; the
+    // process then exits 0.
+    let url = gateway.url("/slow?ms=1500");
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    arrivals
+        .recv()
+        .await
+        .expect("the request reached the upstream");
+    gateway.signal("TERM");
+    let (status, body) = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request answered");
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
     let (status, _) = gateway.process.wait().await;
     assert_eq!(status.code(), Some(0), "exit status after drain");
 }

@@ -25,7 +25,9 @@ pub struct H2Pool {
     /// Offers `h2` and `http/1.1` over TLS; plain TCP for `http://`.
     connector: Connector,
     handshake: http2::Builder<TokioExecutor>,
-    live: Mutex<HashMap<PoolKey, SendRequest<UpstreamBody>, foldhash::fast::RandomState>>,
+    /// One connection per upstream and worker ([`super::set_worker`]): its I/O runs on
+    /// the runtime that opened it.
+    live: Mutex<HashMap<(usize, PoolKey), SendRequest<UpstreamBody>, foldhash::fast::RandomState>>,
     /// `auto` upstreams that picked HTTP/1.1.
     http1_only: Mutex<HashSet<PoolKey, foldhash::fast::RandomState>>,
 }
@@ -66,7 +68,7 @@ impl H2Pool {
         &self,
     ) -> std::sync::MutexGuard<
         '_,
-        HashMap<PoolKey, SendRequest<UpstreamBody>, foldhash::fast::RandomState>,
+        HashMap<(usize, PoolKey), SendRequest<UpstreamBody>, foldhash::fast::RandomState>,
     > {
         self.live
             .lock()
@@ -120,7 +122,8 @@ impl Upstreams {
             .headers_mut()
             .insert(http::header::TE, HeaderValue::from_static("trailers"));
         *request.version_mut() = Version::HTTP_2;
-        let mut cached = self.h2.live().get(&key).cloned();
+        let pooled = (super::worker(), key.clone());
+        let mut cached = self.h2.live().get(&pooled).cloned();
         // A connection that went away (GOAWAY, reset) fails `ready` before anything is
         // sent: then one new connection is made.
         if let Some(sender) = &mut cached
@@ -132,7 +135,7 @@ impl Upstreams {
             Some(sender) => sender,
             None => match self.connect_h2(&key, protocol).await? {
                 Handshaken::H2(sender) => {
-                    self.h2.live().insert(key, sender.clone());
+                    self.h2.live().insert(pooled, sender.clone());
                     sender
                 }
                 Handshaken::Http1(sender) => {

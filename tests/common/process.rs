@@ -135,6 +135,12 @@ impl Process {
         .await;
     }
 
+    /// The process id.
+    #[allow(dead_code)] // not every test binary looks into /proc
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Sends a signal (`TERM`, `HUP`...) with kill(1).
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
