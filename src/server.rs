@@ -57,6 +57,10 @@ fn http_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(None)
+        // One buffer and one write(2) per answer, head and body copied together, rather
+        // than a vectored write of the two: 1.3% fewer instructions a proxied request
+        // (callgrind), the copy being small for API-sized bodies. TLS flattens anyway.
+        .writev(false)
         .max_buf_size(head_buffer_bytes(server.limits.max_header_bytes));
     builder
         .http2()

@@ -204,7 +204,12 @@ impl Upstreams {
         Upstreams {
             h2: h2::H2Pool::new(tls.clone(), connect_timeout),
             connector: connector(tls, connect_timeout),
-            handshake: http1::Builder::new(),
+            handshake: {
+                let mut builder = http1::Builder::new();
+                // As the server side (`server::http_builder`): one buffer per request.
+                builder.writev(false);
+                builder
+            },
             idle: Mutex::new(HashMap::default()),
             response_timeout,
         }
