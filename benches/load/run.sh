@@ -12,6 +12,8 @@
 #   DURATION=15s  WARMUP=5s  RUNS=3  CONNECTIONS=64
 #   SCENARIOS="1 2 3a 3b 4 5 5w 6 7 8 9 10 11 12 13 14"
 #     ("3" = 3a 3b; "11", "12", "13" = their a b c; "14" = 14-1 14-2)
+#     not in the default list: "p5" "p11" "p12", nginx and Scopegate up at once with
+#     their runs alternating (rows p5a/p5c as 2/5, p11a/p11c as 11a/11c, p12a/p12c)
 #   SCOPEGATE_BIN=path     use this binary instead of `cargo build --release`
 #   SCOPEGATE_BIN_B=path   A/B: every Scopegate scenario also runs this binary as row
 #                          "ID/B", both up at once, runs alternating A, B, A, B, ...
@@ -215,8 +217,8 @@ for s in $SCENARIOS; do
     3) WANT[3a]=1; WANT[3b]=1 ;;
     11|12|13) WANT[${s}a]=1; WANT[${s}b]=1; WANT[${s}c]=1 ;;
     14) WANT[14-1]=1; WANT[14-2]=1 ;;
-    1|2|3a|3b|4|5|5w|6|7|8|9|10|11[abc]|12[abc]|13[abc]|14-1|14-2) WANT[$s]=1 ;;
-    *) die "unknown scenario '$s' in SCENARIOS (use 1 2 3 3a 3b 4 5 5w 6 7 8 9 10 11 11a-c 12 12a-c 13 13a-c 14 14-1 14-2)" ;;
+    1|2|3a|3b|4|5|5w|6|7|8|9|10|11[abc]|12[abc]|13[abc]|14-1|14-2|p5|p11|p12) WANT[$s]=1 ;;
+    *) die "unknown scenario '$s' in SCENARIOS (use 1 2 3 3a 3b 4 5 5w 6 7 8 9 10 11 11a-c 12 12a-c 13 13a-c 14 14-1 14-2 p5 p11 p12)" ;;
   esac
 done
 wants() { local s; for s in "$@"; do [[ -n ${WANT[$s]:-} ]] && return 0; done; return 1; }
@@ -231,7 +233,7 @@ command -v taskset >/dev/null || need_apt+=(util-linux)
 command -v ss >/dev/null || need_apt+=(iproute2)
 command -v pgrep >/dev/null || need_apt+=(procps)
 if wants 3b; then command -v haproxy >/dev/null || need_apt+=(haproxy); fi
-if wants 12a 12b 12c; then command -v h2load >/dev/null || need_apt+=(nghttp2-client); fi
+if wants 12a 12b 12c p12; then command -v h2load >/dev/null || need_apt+=(nghttp2-client); fi
 # python3 always: mint.py signs the tokens (the venv also holds Envoy).
 if [[ ! -x $CACHE_DIR/venv/bin/python ]]; then
   python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3 python3-venv)
@@ -305,7 +307,7 @@ chmod 600 "$WORK/rsa.pem" "$WORK/ec.pem"
 "$PY" "$LIB/mint.py" "$WORK" "$ISSUER" "$AUDIENCE" "$SCOPE"
 chmod 600 "$WORK/jwks-private.json"
 token() { cat "$WORK/tokens/$1"; }
-if wants 11a 11b 11c 12a 12b 12c 13a 13b 13c; then
+if wants 11a 11b 11c 12a 12b 12c 13a 13b 13c p11 p12; then
   # One server certificate for every TLS front: ECDSA P-256, for 127.0.0.1 and localhost.
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj /CN=localhost -addext 'subjectAltName=DNS:localhost,IP:127.0.0.1' \
@@ -609,6 +611,63 @@ checks_exchange() { # ID ADMIN_PORT
 # run_proxy_scenario ID LABEL KIND(open|auth|builtin) ALG URL START_FN
 # With SCOPEGATE_BIN_B, a Scopegate scenario also starts binary B as row "ID-B" on its
 # own ports; both pass the same checks, then their runs alternate.
+# row_checks ID KIND ALG URL PID: idle RSS and pinning noted, then the enforcement checks
+# (a row whose checks fail is FAILED, not measured).
+row_checks() {
+  local iid=$1 kind=$2 alg=$3 url=$4 pid=$5 ok=0
+  if [[ $pid != - ]]; then
+    RSS_IDLE[$iid]=$(rss_kb VmRSS "$pid")
+    note_pinning "$iid" "$pid"
+  fi
+  case $kind in
+    open) checks_open "$iid" "$url" && ok=1 ;;
+    auth) checks_auth "$iid" "$url" "$alg" && ok=1 ;;
+    builtin) checks_builtin "$iid" "$url" && ok=1 ;;
+  esac
+  if ((ok)) && [[ $LOAD_TOOL == h2load ]]; then
+    load_args "$iid" "$kind" "$alg" "$url"
+    expect "$iid" "the same over HTTP/2 (ALPN h2) -> 200 ok" 200 --http2 "${LOAD_ARGS[@]}" || ok=0
+  fi
+  if ((ok)) && [[ -n ${SG_EXCHANGE_ADMIN[$iid]:-} ]]; then
+    checks_exchange "$iid" "${SG_EXCHANGE_ADMIN[$iid]}" || ok=0
+  fi
+  if ((!ok)); then
+    STATUS[$iid]=FAILED
+    log "  $iid FAILED its checks: ${NOTE[$iid]}"
+  fi
+  return 0
+}
+
+# run_pair ID_A LABEL_A KIND_A URL_A START_A ID_B LABEL_B KIND_B URL_B START_B: two fronts
+# up at once on PROXY_CPU (the one not under load sits idle), their runs alternating
+# A, B, A, B, ...: a ratio that the machine's drift cannot make up (this VM's speed moves
+# 10-20% within minutes, and a sequential run compares rows taken minutes apart).
+# Scopegate's row (B) uses the RS256 token.
+run_pair() {
+  local -a ids=("$1" "$6") labels=("$2" "$7") kinds=("$3" "$8") urls=("$4" "$9") starts=("$5" "${10}")
+  local -a pids=()
+  local k pid
+  for k in 0 1; do row "${ids[$k]}" "${labels[$k]}"; done
+  log "scenarios ${ids[0]} and ${ids[1]}, interleaved: ${labels[0]} / ${labels[1]}"
+  SG_INSTANCE=A
+  for k in 0 1; do
+    if ! "${starts[$k]}" "${ids[$k]}"; then
+      STATUS[${ids[$k]}]=FAILED; NOTE[${ids[$k]}]=${NOTE[${ids[$k]}]:-"did not start (see ${ids[$k]}.log)"}
+      for pid in "${pids[@]}"; do [[ $pid != - ]] && stop_pid "$pid"; done
+      [[ $k == 0 ]] && STATUS[${ids[1]}]=SKIPPED && NOTE[${ids[1]}]="its pair did not start"
+      return 0
+    fi
+    pids+=("$PROXY_PID")
+  done
+  for k in 0 1; do row_checks "${ids[$k]}" "${kinds[$k]}" rs256 "${urls[$k]}" "${pids[$k]}"; done
+  AB_IDS=("${ids[@]}"); AB_PIDS=("${pids[@]}")
+  load_args "${ids[0]}" "${kinds[0]}" rs256 "${urls[0]}"; AB_ARGS_0=("${LOAD_ARGS[@]}")
+  load_args "${ids[1]}" "${kinds[1]}" rs256 "${urls[1]}"; AB_ARGS_1=("${LOAD_ARGS[@]}")
+  measure_ab
+  for pid in "${pids[@]}"; do [[ $pid != - ]] && stop_pid "$pid"; done
+  return 0
+}
+
 run_proxy_scenario() {
   local id=$1 label=$2 kind=$3 alg=$4 url=$5 start=$6 k iid pid ok
   local -a ids=() pids=() urls=()
@@ -631,28 +690,7 @@ run_proxy_scenario() {
     SG_INSTANCE=A
   fi
   for k in "${!ids[@]}"; do
-    iid=${ids[$k]} pid=${pids[$k]}
-    if [[ $pid != - ]]; then
-      RSS_IDLE[$iid]=$(rss_kb VmRSS "$pid")
-      note_pinning "$iid" "$pid"
-    fi
-    ok=0
-    case $kind in
-      open) checks_open "$iid" "${urls[$k]}" && ok=1 ;;
-      auth) checks_auth "$iid" "${urls[$k]}" "$alg" && ok=1 ;;
-      builtin) checks_builtin "$iid" "${urls[$k]}" && ok=1 ;;
-    esac
-    if ((ok)) && [[ $LOAD_TOOL == h2load ]]; then
-      load_args "$iid" "$kind" "$alg" "${urls[$k]}"
-      expect "$iid" "the same over HTTP/2 (ALPN h2) -> 200 ok" 200 --http2 "${LOAD_ARGS[@]}" || ok=0
-    fi
-    if ((ok)) && [[ -n ${SG_EXCHANGE_ADMIN[$iid]:-} ]]; then
-      checks_exchange "$iid" "${SG_EXCHANGE_ADMIN[$iid]}" || ok=0
-    fi
-    if ((!ok)); then
-      STATUS[$iid]=FAILED
-      log "  $iid FAILED its checks: ${NOTE[$iid]}"
-    fi
+    row_checks "${ids[$k]}" "$kind" "$alg" "${urls[$k]}" "${pids[$k]}"
   done
   if ((${#ids[@]} == 2)); then
     AB_IDS=("${ids[@]}"); AB_PIDS=("${pids[@]}")
@@ -1194,6 +1232,17 @@ WRK_CPUS=$ALL_CPUS WRK_THREADS=2
 wants 14-1 && run_proxy_scenario 14-1 "Scopegate RS256 + scope, workers: 1, unpinned (wrk -t2 on both cores)" auth rs256 "$SG_URL" start_sg_scaling
 wants 14-2 && run_proxy_scenario 14-2 "Scopegate RS256 + scope, workers: 2, unpinned (wrk -t2 on both cores)" auth rs256 "$SG_URL" start_sg_scaling
 WRK_CPUS=$LOAD_CPU WRK_THREADS=1
+# Interleaved pairs (not in the default list): nginx against Scopegate, runs alternating.
+wants p5 && run_pair p5a "nginx proxy_pass, no auth (interleaved with p5c)" open "http://127.0.0.1:$NGINX_PORT$BENCH_PATH" start_nginx \
+  p5c "Scopegate RS256 + scope, cached (interleaved with p5a)" auth "$SG_URL" start_sg_cached
+wants p11 && run_pair p11a "nginx over TLS, HTTP/1.1 (interleaved with p11c)" open "https://127.0.0.1:$NGINX_TLS_PORT$BENCH_PATH" start_nginx_tls \
+  p11c "Scopegate RS256 + scope over TLS, HTTP/1.1 (interleaved with p11a)" auth "$SG_TLS_URL" start_sg_tls
+if wants p12; then
+  LOAD_TOOL=h2load
+  run_pair p12a "nginx over TLS, HTTP/2 (interleaved with p12c)" open "https://127.0.0.1:$NGINX_TLS_PORT$BENCH_PATH" start_nginx_tls \
+    p12c "Scopegate RS256 + scope over TLS, HTTP/2 (interleaved with p12a)" auth "$SG_TLS_URL" start_sg_tls
+  LOAD_TOOL=wrk
+fi
 if wants 8; then
   openssl_measure before
   issuer_scenario 8-sg-RS256 "Scopegate /oauth/token client_credentials RS256" RS256 scopegate
@@ -1213,7 +1262,7 @@ mb() { [[ -n ${1:-} && ${1:-0} != 0 ]] && awk -v k="$1" 'BEGIN { printf "%.1f MB
 ratio_ref_row() { # ID -> the row its "ratio" column compares with
   local id=${1%-B}
   case $id in
-    1[123][bc]) echo "${id%?}a" ;;
+    1[123][bc] | p*c) echo "${id%?}a" ;;
     14-*) echo 14-1 ;;
     *) echo 2 ;;
   esac
@@ -1278,6 +1327,9 @@ rss_line() { # ID LIMIT_MB WHAT
     have "${n}c" "${n}a" && cmp_line "row ${n}c / row ${n}a: TLS, Scopegate with auth vs nginx" "$(q "${n}c" "${n}a")" 1.0
     have "${n}c" "${n}b" && cmp_line "row ${n}c / row ${n}b: TLS, Scopegate vs Envoy (both with auth)" "$(q "${n}c" "${n}b")" 2.0
   done
+  have p5c p5a && cmp_line "row p5c / row p5a (interleaved): cached-token proxy vs nginx proxy_pass" "$(q p5c p5a)" 1.0
+  have p11c p11a && cmp_line "row p11c / row p11a (interleaved): TLS HTTP/1.1, Scopegate with auth vs nginx" "$(q p11c p11a)" 1.0
+  have p12c p12a && cmp_line "row p12c / row p12a (interleaved): TLS HTTP/2, Scopegate with auth vs nginx" "$(q p12c p12a)" 1.0
   have 14-2 14-1 && awk -v a="${RPS[14-2]}" -v b="${RPS[14-1]}" 'BEGIN { printf "- row 14-2 / row 14-1: workers 2 vs 1 on both cores: %.2f× (reported, no target)\n", a / b }'
   have 8-sg-RS256 8-openssl-RS256 && cmp_line "Scopegate RS256 issuance / openssl rsa2048 sign/s" "$(awk -v a="${RPS[8-sg-RS256]}" -v b="${SIGN_PER_S[RS256]}" 'BEGIN { print a / b }')" 0.85
   have 8-sg-ES256 8-node-ES256 && cmp_line "Scopegate ES256 issuance / node-oidc-provider ES256" "$(q 8-sg-ES256 8-node-ES256)" 8
@@ -1314,7 +1366,7 @@ ver() { local out; out=$("$@" 2>&1 | head -1) || true; echo "${out:-not found}";
   echo "- openssl: $(ver openssl version)"
   [[ -n $SCOPEGATE_BIN ]] && echo "- scopegate: $(ver "$SCOPEGATE_BIN" --version) ($SCOPEGATE_BIN), commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (+ uncommitted changes)'), $(ver rustc --version)"
   [[ -n $SCOPEGATE_BIN_B ]] && echo "- scopegate B (rows *-B): $(ver "$SCOPEGATE_BIN_B" --version) ($SCOPEGATE_BIN_B)"
-  wants 12a 12b 12c && echo "- h2load: $(ver h2load --version)"
+  wants 12a 12b 12c p12 && echo "- h2load: $(ver h2load --version)"
   echo "- python cryptography: $("$PY" -c 'import cryptography; print(cryptography.__version__)')"
   echo
   echo "## Results"
