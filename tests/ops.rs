@@ -138,17 +138,24 @@ fn route(name: &str, path: &str, upstream: &str) -> String {
     )
 }
 
-#[tokio::test]
-async fn sigterm_drains_in_flight_requests_then_exits_zero() {
-    let (upstream, mut arrivals) = slow_upstream().await;
-    // `workers: 1` runs the current-thread scheduler: it drains too.
-    let gateway = Gateway::start_with(
-        "  workers: 1\n",
+/// A gateway with `server_extra` under `server:` and one route, `/slow`, to `upstream`.
+fn slow_route_gateway(server_extra: &str, upstream: SocketAddr) -> Gateway {
+    Gateway::start_with(
+        server_extra,
         &format!(
             "routes:\n{}",
             route("slow", "/slow", &format!("http://{upstream}"))
         ),
-    );
+    )
+}
+
+type InFlight = tokio::task::JoinHandle<Result<(StatusCode, String), String>>;
+
+/// Sends a request the upstream answers in 1.5 s and, once it has arrived there, SIGTERM.
+async fn term_with_a_request_in_flight(
+    gateway: &Gateway,
+    arrivals: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+) -> InFlight {
     let url = gateway.url("/slow?ms=1500");
     let in_flight = tokio::spawn(async move { get(&url).await });
     arrivals
@@ -156,6 +163,15 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         .await
         .expect("the request reached the upstream");
     gateway.signal("TERM");
+    in_flight
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let (upstream, mut arrivals) = slow_upstream().await;
+    // `workers: 1` serves on the accepting thread: it drains too.
+    let gateway = slow_route_gateway("  workers: 1\n", upstream);
+    let in_flight = term_with_a_request_in_flight(&gateway, &mut arrivals).await;
 
     // New connections are refused once the listener is closed...
     let addr = gateway.addr;
@@ -201,13 +217,7 @@ fn worker_cpu_ns(pid: u32) -> std::collections::BTreeMap<String, u64> {
 #[tokio::test]
 async fn workers_share_the_connections_and_drain_together() {
     let (upstream, mut arrivals) = slow_upstream().await;
-    let gateway = Gateway::start_with(
-        "  workers: 3\n",
-        &format!(
-            "routes:\n{}",
-            route("slow", "/slow", &format!("http://{upstream}"))
-        ),
-    );
+    let gateway = slow_route_gateway("  workers: 3\n", upstream);
     let before = worker_cpu_ns(gateway.pid());
     assert_eq!(
         before.keys().cloned().collect::<Vec<_>>(),
@@ -251,13 +261,7 @@ async fn workers_share_the_connections_and_drain_together() {
 
     // A request in flight on one of the workers when SIGTERM comes completes; the
     // process then exits 0.
-    let url = gateway.url("/slow?ms=1500");
-    let in_flight = tokio::spawn(async move { get(&url).await });
-    arrivals
-        .recv()
-        .await
-        .expect("the request reached the upstream");
-    gateway.signal("TERM");
+    let in_flight = term_with_a_request_in_flight(&gateway, &mut arrivals).await;
     let (status, body) = in_flight
         .await
         .unwrap()
