@@ -1030,6 +1030,12 @@ impl RouteConfig {
             }
             health.validate(at)?;
         }
+        if self.timeouts.tunnel_idle.is_some() && !self.websocket {
+            return Err(ConfigError::at(
+                format!("{at}.timeouts.tunnel_idle"),
+                "only a WebSocket route has a tunnel: set websocket: true, or drop the key",
+            ));
+        }
         for (key, value) in [
             ("upstream_response", self.timeouts.upstream_response),
             ("tunnel_idle", self.timeouts.tunnel_idle),
@@ -1127,6 +1133,20 @@ mod tests {
         assert_eq!(err.path, "routes[0].match.method");
         assert!(err.message.contains("unknown field `method`"), "{err}");
         assert_eq!(err.line, Some(7));
+    }
+
+    #[test]
+    fn tunnel_idle_belongs_to_websocket_routes() {
+        let route = |websocket: bool| {
+            format!(
+                "{BASE}routes:\n  - {{ name: a, match: {{ path: /a }}, upstream: http://127.0.0.1:9001, auth: none, websocket: {websocket}, timeouts: {{ tunnel_idle: 30s }} }}\n"
+            )
+        };
+        let err = load(&route(false)).unwrap_err();
+        assert_eq!(err.path, "routes[0].timeouts.tunnel_idle");
+        assert!(err.message.contains("websocket: true"), "{err}");
+        let config = load(&route(true)).unwrap();
+        assert!(config.routes[0].timeouts.tunnel_idle.is_some());
     }
 
     #[test]
