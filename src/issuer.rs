@@ -405,41 +405,7 @@ impl Issuer {
         release_hash_memory_later();
         ok && known
     }
-}
 
-/// Whether a task is waiting to unmap the password checks' working memory.
-static RELEASE_SCHEDULED: AtomicBool = AtomicBool::new(false);
-
-/// Gives the password checks' working memory back to the system once checks stop: one
-/// task for the whole process, which sleeps until the next reservation has been idle for
-/// [`password::KEEP_IDLE`], unmaps what has, and ends when nothing is left.
-fn release_hash_memory_later() {
-    if RELEASE_SCHEDULED.swap(true, Ordering::SeqCst) {
-        return;
-    }
-    tokio::spawn(async {
-        let mut wait = password::KEEP_IDLE;
-        loop {
-            // A second of slack: the reservation's clock started a moment before this
-            // timer's, and the timer may fire a hair before its deadline by that clock.
-            tokio::time::sleep(wait + Duration::from_secs(1)).await;
-            match tokio::task::spawn_blocking(password::release_idle).await {
-                Ok(Some(next)) => wait = next,
-                _ => {
-                    RELEASE_SCHEDULED.store(false, Ordering::SeqCst);
-                    // A check that returned its memory just before the flag went down
-                    // saw it up and left the memory to this task: take it back.
-                    if !password::has_spare() || RELEASE_SCHEDULED.swap(true, Ordering::SeqCst) {
-                        return;
-                    }
-                    wait = password::KEEP_IDLE;
-                }
-            }
-        }
-    });
-}
-
-impl Issuer {
     /// Verifies an access token issued here: signature by a published key, `typ` at+jwt,
     /// `iss`, unexpired, `jti` not revoked. `Ok(None)` for anything else; `Err` only when
     /// the store fails.
@@ -487,6 +453,38 @@ impl Issuer {
     pub fn signing_alg(&self) -> Alg {
         self.core.keys.active().alg
     }
+}
+
+/// Whether a task is waiting to unmap the password checks' working memory.
+static RELEASE_SCHEDULED: AtomicBool = AtomicBool::new(false);
+
+/// Gives the password checks' working memory back to the system once checks stop: one
+/// task for the whole process, which sleeps until the next reservation has been idle for
+/// [`password::KEEP_IDLE`], unmaps what has, and ends when nothing is left.
+fn release_hash_memory_later() {
+    if RELEASE_SCHEDULED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    tokio::spawn(async {
+        let mut wait = password::KEEP_IDLE;
+        loop {
+            // A second of slack: the reservation's clock started a moment before this
+            // timer's, and the timer may fire a hair before its deadline by that clock.
+            tokio::time::sleep(wait + Duration::from_secs(1)).await;
+            match tokio::task::spawn_blocking(password::release_idle).await {
+                Ok(Some(next)) => wait = next,
+                _ => {
+                    RELEASE_SCHEDULED.store(false, Ordering::SeqCst);
+                    // A check that returned its memory just before the flag went down
+                    // saw it up and left the memory to this task: take it back.
+                    if !password::has_spare() || RELEASE_SCHEDULED.swap(true, Ordering::SeqCst) {
+                        return;
+                    }
+                    wait = password::KEEP_IDLE;
+                }
+            }
+        }
+    });
 }
 
 /// A key cache per client with a `jwks_uri` (the trusted-issuer machinery: single

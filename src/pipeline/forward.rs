@@ -89,11 +89,11 @@ pub struct Origin<'a> {
     pub trace: &'a crate::http::trace::Trace,
 }
 
-/// Rewrites the client's headers, in place, into the headers sent upstream.
-/// Headers `upstream_headers` may add besides mapped claims: x-forwarded-for, -proto,
+/// Headers [`upstream_headers`] may add besides mapped claims: x-forwarded-for, -proto,
 /// -host, x-request-id, traceparent, Host, subject, scopes, client id, issuer.
 const ADDED_UPSTREAM: usize = 10;
 
+/// Rewrites the client's headers, in place, into the headers sent upstream.
 pub fn upstream_headers(
     forward: &ForwardHeaders,
     mut headers: HeaderMap,
