@@ -45,6 +45,14 @@ enum Command {
     HashPassword,
 }
 
+/// jemalloc: its per-thread caches make the ~20 allocations of a proxied request cheaper
+/// than glibc's malloc (benches/RESULTS.md), and allocations over 8 MiB (argon2id's
+/// working memory) come from an arena of their own whose pages go back to the system as
+/// soon as they are freed. Without the `jemalloc` feature: the system allocator.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Run) {

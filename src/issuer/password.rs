@@ -1,16 +1,18 @@
 //! Password checks: argon2id verification whose working memory goes back to the system
 //! once password checks stop.
 //!
-//! The argon2 crate allocates its working memory (19 MiB at OWASP's `m=19456`) with the
-//! global allocator. glibc serves a block that size by `mmap` the first time, then
-//! raises its mmap threshold to the block's size, so later ones come from the hashing
-//! threads' arenas and stay resident after they are freed: a five-second burst of
-//! password grants left the process at ~450 MB. Here the memory is reserved above
-//! glibc's largest mmap threshold (32 MiB), which it always maps on its own and unmaps
-//! on free; only the blocks argon2 uses are ever written (the rest is never touched, so
-//! never resident). A reservation is kept for the next check and dropped after
-//! [`KEEP_IDLE`] unused: mapping fresh memory for every check cost a third of the
-//! password grant's rate (page faults on 19 MiB).
+//! The argon2 working memory (19 MiB at OWASP's `m=19456`) is reserved here, kept for
+//! the next check and dropped after [`KEEP_IDLE`] unused: mapping fresh memory for every
+//! check cost a third of the password grant's rate (page faults on 19 MiB). Dropping it
+//! must give the pages back. The `scopegate` binary's allocator (jemalloc) serves
+//! anything over 8 MiB from an arena that purges freed pages at once. Under glibc (the
+//! library's tests, other embedders) a block that size is `mmap`ed the first time, then
+//! glibc raises its mmap threshold to the block's size, so later ones come from the
+//! hashing threads' arenas and stay resident after they are freed (a five-second burst
+//! of password grants left the process at ~450 MB); so the reservation is made above
+//! glibc's largest mmap threshold (32 MiB), which it always maps on its own and unmaps on
+//! free. Only the blocks argon2 uses are ever written (the rest is never touched, so
+//! never resident, under either allocator).
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};

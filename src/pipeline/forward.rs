@@ -276,19 +276,51 @@ pub fn final_coding_is_chunked(headers: &HeaderMap) -> bool {
 /// Cleans an upstream's response headers and returns the request id.
 pub fn downstream_headers(headers: &mut HeaderMap, request_id: &HeaderValue) {
     if headers.keys().any(is_hop_by_hop) {
-        let named = connection_tokens(headers);
-        let doomed: Vec<HeaderName> = headers
+        if headers
             .keys()
-            .filter(|name| {
-                is_hop_by_hop(name) || named.iter().any(|n| same_header(name.as_str(), n))
-            })
-            .cloned()
-            .collect();
-        for name in &doomed {
-            headers.remove(name);
+            .any(|name| !is_hop_by_hop(name) && named_by_connection(headers, name))
+        {
+            let named = connection_tokens(headers);
+            let doomed: Vec<HeaderName> = headers
+                .keys()
+                .filter(|name| {
+                    is_hop_by_hop(name) || named.iter().any(|n| same_header(name.as_str(), n))
+                })
+                .cloned()
+                .collect();
+            for name in &doomed {
+                headers.remove(name);
+            }
+        } else {
+            // The usual answer (`Connection: keep-alive` names nothing else): the
+            // hop-by-hop names are removed one at a time, without collecting them.
+            while let Some(name) = headers.keys().find(|name| is_hop_by_hop(name)).cloned() {
+                headers.remove(&name);
+            }
         }
     }
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+/// Whether a `Connection` header lists `name`, compared as [`connection_tokens`] and
+/// [`same_header`] compare (ASCII case and `_` as `-` ignored), without allocating.
+fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
+    let fold = |b: u8| {
+        if b == b'_' {
+            b'-'
+        } else {
+            b.to_ascii_lowercase()
+        }
+    };
+    let name = name.as_str().as_bytes();
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|token| {
+            token.len() == name.len() && token.iter().zip(name).all(|(&t, &n)| fold(t) == fold(n))
+        })
 }
 
 /// Header names listed in `Connection`, normalised. Read as bytes: a value with one
@@ -428,6 +460,33 @@ mod tests {
         client.insert("x-secret", HeaderValue::from_static("1"));
         let out = upstream_headers(&forward(), client, None, &origin);
         assert!(!out.contains_key("x-secret"), "non-ASCII hid x-secret");
+    }
+
+    #[test]
+    fn upstream_hop_by_hop_and_connection_named_response_headers_go() {
+        let id = HeaderValue::from_static("rid");
+        // The usual answer: `Connection: keep-alive` names nothing but hop-by-hop headers.
+        let mut reply = HeaderMap::new();
+        reply.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        reply.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        reply.append("proxy-authenticate", HeaderValue::from_static("Basic"));
+        reply.append("proxy-authenticate", HeaderValue::from_static("Bearer"));
+        reply.insert("x-kept", HeaderValue::from_static("1"));
+        downstream_headers(&mut reply, &id);
+        let names: Vec<&str> = reply.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept", "x-request-id"]);
+
+        // Named headers go too, matched as servers match them (case, `_` for `-`), and a
+        // non-ASCII token does not hide the ones beside it.
+        let mut reply = HeaderMap::new();
+        let named = HeaderValue::from_bytes(b"Keep-Alive, X-Hop_Secret, caf\xe9, x_other").unwrap();
+        reply.insert(header::CONNECTION, named);
+        reply.insert("x-hop-secret", HeaderValue::from_static("1"));
+        reply.insert("x-other", HeaderValue::from_static("2"));
+        reply.insert("x-kept", HeaderValue::from_static("3"));
+        downstream_headers(&mut reply, &id);
+        let names: Vec<&str> = reply.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept", "x-request-id"]);
     }
 
     #[test]
