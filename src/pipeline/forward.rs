@@ -276,9 +276,10 @@ pub fn final_coding_is_chunked(headers: &HeaderMap) -> bool {
 /// Cleans an upstream's response headers and returns the request id.
 pub fn downstream_headers(headers: &mut HeaderMap, request_id: &HeaderValue) {
     if headers.keys().any(is_hop_by_hop) {
+        let connection = headers.get_all(header::CONNECTION);
         if headers
             .keys()
-            .any(|name| !is_hop_by_hop(name) && named_by_connection(headers, name))
+            .any(|name| !is_hop_by_hop(name) && lists(&connection, name))
         {
             let named = connection_tokens(headers);
             let doomed: Vec<HeaderName> = headers
@@ -302,9 +303,9 @@ pub fn downstream_headers(headers: &mut HeaderMap, request_id: &HeaderValue) {
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
 }
 
-/// Whether a `Connection` header lists `name`, compared as [`connection_tokens`] and
-/// [`same_header`] compare (ASCII case and `_` as `-` ignored), without allocating.
-fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
+/// Whether the `Connection` header values list `name`, compared as [`connection_tokens`]
+/// and [`same_header`] compare (ASCII case and `_` as `-` ignored), without allocating.
+fn lists(connection: &header::GetAll<'_, HeaderValue>, name: &HeaderName) -> bool {
     let fold = |b: u8| {
         if b == b'_' {
             b'-'
@@ -313,8 +314,7 @@ fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
         }
     };
     let name = name.as_str().as_bytes();
-    headers
-        .get_all(header::CONNECTION)
+    connection
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
