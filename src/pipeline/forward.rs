@@ -273,7 +273,7 @@ pub fn final_coding_is_chunked(headers: &HeaderMap) -> bool {
         .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
-/// Cleans an upstream's response headers and returns the request id.
+/// Cleans an upstream's response headers and sets the request id.
 pub fn downstream_headers(headers: &mut HeaderMap, request_id: &HeaderValue) {
     if headers.keys().any(is_hop_by_hop) {
         let connection = headers.get_all(header::CONNECTION);
