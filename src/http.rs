@@ -216,15 +216,16 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// assert_eq!(scopegate::http::normalize_header_name("X_Auth-Subject"), "x-auth-subject");
 /// ```
 pub fn normalize_header_name(name: &str) -> String {
-    name.bytes()
-        .map(|b| {
-            if b == b'_' {
-                '-'
-            } else {
-                b.to_ascii_lowercase() as char
-            }
-        })
-        .collect()
+    name.bytes().map(|b| header_name_byte(b) as char).collect()
+}
+
+/// One byte of [`normalize_header_name`]: lower case, `_` as `-`.
+pub fn header_name_byte(b: u8) -> u8 {
+    if b == b'_' {
+        b'-'
+    } else {
+        b.to_ascii_lowercase()
+    }
 }
 
 /// Why an `Authorization` header cannot be read.

@@ -306,13 +306,7 @@ pub fn downstream_headers(headers: &mut HeaderMap, request_id: &HeaderValue) {
 /// Whether the `Connection` header values list `name`, compared as [`connection_tokens`]
 /// and [`same_header`] compare (ASCII case and `_` as `-` ignored), without allocating.
 fn lists(connection: &header::GetAll<'_, HeaderValue>, name: &HeaderName) -> bool {
-    let fold = |b: u8| {
-        if b == b'_' {
-            b'-'
-        } else {
-            b.to_ascii_lowercase()
-        }
-    };
+    let fold = crate::http::header_name_byte;
     let name = name.as_str().as_bytes();
     connection
         .iter()
@@ -464,29 +458,37 @@ mod tests {
 
     #[test]
     fn upstream_hop_by_hop_and_connection_named_response_headers_go() {
-        let id = HeaderValue::from_static("rid");
+        // The names left after cleaning a reply whose `Connection` value is `connection`.
+        let left = |connection: &[u8], others: &[(&'static str, &'static str)]| {
+            let mut reply = HeaderMap::new();
+            reply.insert(
+                header::CONNECTION,
+                HeaderValue::from_bytes(connection).unwrap(),
+            );
+            for &(name, value) in others {
+                reply.append(name, HeaderValue::from_static(value));
+            }
+            downstream_headers(&mut reply, &HeaderValue::from_static("rid"));
+            reply
+                .keys()
+                .map(|name| name.as_str().to_owned())
+                .collect::<Vec<_>>()
+        };
         // The usual answer: `Connection: keep-alive` names nothing but hop-by-hop headers.
-        let mut reply = HeaderMap::new();
-        reply.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
-        reply.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        reply.append("proxy-authenticate", HeaderValue::from_static("Basic"));
-        reply.append("proxy-authenticate", HeaderValue::from_static("Bearer"));
-        reply.insert("x-kept", HeaderValue::from_static("1"));
-        downstream_headers(&mut reply, &id);
-        let names: Vec<&str> = reply.keys().map(HeaderName::as_str).collect();
-        assert_eq!(names, ["x-kept", "x-request-id"]);
-
+        let usual = [
+            ("keep-alive", "timeout=5"),
+            ("proxy-authenticate", "Basic"),
+            ("proxy-authenticate", "Bearer"),
+            ("x-kept", "1"),
+        ];
+        assert_eq!(left(b"keep-alive", &usual), ["x-kept", "x-request-id"]);
         // Named headers go too, matched as servers match them (case, `_` for `-`), and a
         // non-ASCII token does not hide the ones beside it.
-        let mut reply = HeaderMap::new();
-        let named = HeaderValue::from_bytes(b"Keep-Alive, X-Hop_Secret, caf\xe9, x_other").unwrap();
-        reply.insert(header::CONNECTION, named);
-        reply.insert("x-hop-secret", HeaderValue::from_static("1"));
-        reply.insert("x-other", HeaderValue::from_static("2"));
-        reply.insert("x-kept", HeaderValue::from_static("3"));
-        downstream_headers(&mut reply, &id);
-        let names: Vec<&str> = reply.keys().map(HeaderName::as_str).collect();
-        assert_eq!(names, ["x-kept", "x-request-id"]);
+        let named = [("x-hop-secret", "1"), ("x-other", "2"), ("x-kept", "3")];
+        assert_eq!(
+            left(b"Keep-Alive, X-Hop_Secret, caf\xe9, x_other", &named),
+            ["x-kept", "x-request-id"]
+        );
     }
 
     #[test]
